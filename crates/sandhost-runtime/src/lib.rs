@@ -1,0 +1,235 @@
+//! The sandbox runtime seam of sandhost.
+//!
+//! Everything sandhost does to the operating system goes through the [`Runtime`] trait: start a
+//! sandbox, wait for it, stop, kill, pause, resume, read its logs, clean it up, and find the sandboxes
+//! of an earlier agent again. The rest of sandhost (the sandbox manager, the drain) never touches a
+//! namespace or a cgroup; it is tested against the recording fake (feature `test-util`).
+//!
+//! Backends:
+//! - `process` ([`process::ProcessRuntime`]): namespaces, cgroups, seccomp and an in-sandbox init,
+//!   all in sandhost's own code; nothing to install.
+//! - the fake ([`fake::FakeRuntime`], feature `test-util`): records every call and can be told to
+//!   hang or fail any operation.
+//!
+//! # Invariants every backend keeps
+//!
+//! - A failed [`Runtime::start`] leaves nothing behind: no process, cgroup, mount or state file.
+//! - Every operation on a sandbox names it by [`SandboxKey`] (id plus lifecycle id), so an operation
+//!   meant for an earlier lifecycle never touches a later sandbox with the same id.
+//! - [`Runtime::stop`] and [`Runtime::kill`] are idempotent, and return only once no process of the
+//!   sandbox is left.
+//! - [`Runtime::wait`] is event-driven (no polling) and cancel-safe.
+
+mod errors;
+mod spec;
+
+#[cfg(feature = "test-util")]
+pub mod fake;
+pub mod process;
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+pub use errors::{
+    CheckpointError, CleanupError, ControlError, LogsError, RecoverError, StartError, StopError, WaitError,
+};
+pub use spec::{
+    IdError, LifecycleId, Limits, SandboxId, SandboxKey, SandboxSpec, SnapshotId, Template, User,
+};
+
+/// How a sandbox's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the code, or 128 + the signal number.
+    #[must_use]
+    pub fn as_shell_code(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// What [`Runtime::start`] returns once the command runs.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The host pid of the sandbox's init.
+    pub pid: i32,
+    /// When it started.
+    pub started_at: SystemTime,
+}
+
+/// A sandbox found by [`Runtime::recover`] in the state dir of an earlier agent.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// Its spec as it was started.
+    pub spec: SandboxSpec,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// Whether it still runs.
+    pub state: RecoveredState,
+}
+
+/// The state of a [`Recovered`] sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveredState {
+    /// Its init still runs (the same process: start time checked); `paused` if it is frozen.
+    Running {
+        /// Whether its cgroup is frozen.
+        paused: bool,
+    },
+    /// Its init is gone; the exit it recorded, if it recorded one. Its leftovers were cleaned up.
+    Exited(Option<Exit>),
+}
+
+/// A piece of a sandbox's combined stdout and stderr.
+#[derive(Debug, Clone, Default)]
+pub struct LogChunk {
+    /// The bytes read.
+    pub data: Vec<u8>,
+    /// The offset to read from next.
+    pub next_offset: u64,
+    /// Bytes before `offset` that were dropped because the log is bounded (the oldest go first).
+    pub dropped: u64,
+}
+
+/// A saved sandbox, from [`Runtime::checkpoint`].
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: SnapshotId,
+    /// The sandbox it was taken of.
+    pub source: SandboxId,
+    /// When it was taken.
+    pub created_at: SystemTime,
+    /// Its size on disk.
+    pub size_bytes: u64,
+}
+
+/// The sandbox runtime: everything sandhost does to the host goes through here.
+///
+/// Implementations must be cheap to share (`Arc<dyn Runtime>`), and every method must be safe to call
+/// concurrently for different sandboxes, and for the same sandbox where the manager allows it (stop
+/// while waiting, logs while running).
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
+    /// The backend's name, as in `--runtime`.
+    fn name(&self) -> &'static str;
+
+    /// Whether [`Runtime::checkpoint`] can work on this backend.
+    fn can_checkpoint(&self) -> bool;
+
+    /// Starts a sandbox and returns once its command runs.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`]; nothing of the sandbox is left behind then.
+    async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError>;
+
+    /// Waits until the sandbox's command has exited and returns how it ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe; many waits on one sandbox may run at once.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::NotFound`] for a sandbox this runtime does not know.
+    async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError>;
+
+    /// Sends SIGTERM to the sandbox's init; after `grace`, kills every process in its cgroup. Returns
+    /// once no process of the sandbox is left. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// A [`StopError`] when the processes could not be signalled or did not die.
+    async fn stop(&self, key: &SandboxKey, grace: Duration) -> Result<(), StopError>;
+
+    /// Kills every process of the sandbox at once (no grace). Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// A [`StopError`] when the processes could not be killed.
+    async fn kill(&self, key: &SandboxKey) -> Result<(), StopError>;
+
+    /// Freezes the sandbox in memory.
+    ///
+    /// # Errors
+    ///
+    /// A [`ControlError`].
+    async fn pause(&self, key: &SandboxKey) -> Result<(), ControlError>;
+
+    /// Thaws a paused sandbox.
+    ///
+    /// # Errors
+    ///
+    /// A [`ControlError`].
+    async fn resume(&self, key: &SandboxKey) -> Result<(), ControlError>;
+
+    /// Reads up to `max` bytes of the sandbox's log from `offset`.
+    ///
+    /// # Errors
+    ///
+    /// A [`LogsError`].
+    async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError>;
+
+    /// Releases what an exited sandbox held (cgroup, mounts, state), keeping its log until
+    /// [`Runtime::forget`]. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// A [`CleanupError`] naming what could not be removed.
+    async fn cleanup(&self, key: &SandboxKey) -> Result<(), CleanupError>;
+
+    /// Removes the last files of a cleaned-up sandbox (its log). Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// A [`CleanupError`].
+    async fn forget(&self, key: &SandboxKey) -> Result<(), CleanupError>;
+
+    /// Finds the sandboxes an earlier agent left in the state dir: re-adopts those whose init still
+    /// runs, and cleans up the others (keeping their recorded exit).
+    ///
+    /// # Errors
+    ///
+    /// A [`RecoverError`] when the state dir cannot be read.
+    async fn recover(&self) -> Result<Vec<Recovered>, RecoverError>;
+
+    /// Saves the whole sandbox as snapshot `snapshot`; stops it afterwards if `stop`.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckpointError::NotSupported`] on a backend that cannot checkpoint.
+    async fn checkpoint(
+        &self,
+        key: &SandboxKey,
+        snapshot: &SnapshotId,
+        stop: bool,
+    ) -> Result<SnapshotInfo, CheckpointError>;
+
+    /// Lists the snapshots in the state dir.
+    ///
+    /// # Errors
+    ///
+    /// A [`CheckpointError`].
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, CheckpointError>;
+
+    /// Deletes a snapshot.
+    ///
+    /// # Errors
+    ///
+    /// A [`CheckpointError`].
+    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError>;
+}
+
+/// The default stop grace: SIGTERM, then this long before the cgroup is killed.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
