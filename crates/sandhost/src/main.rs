@@ -1,13 +1,40 @@
 //! The `sandhost` binary: the node agent (`serve`) and its client subcommands.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sandhost::{cli, config};
 
 /// sandhost: a node agent that runs isolated sandboxes and drains without losing any.
 #[derive(Debug, Parser)]
-#[command(name = "sandhost", version)]
-struct Cli {}
+#[command(name = "sandhost", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Serve(config::ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(_args) => ExitCode::SUCCESS,
+        Command::Client(command) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("sandhost: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(cli::run(command))
+        }
+    }
 }

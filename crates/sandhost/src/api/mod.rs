@@ -1,0 +1,1 @@
+//! The API adapters: gRPC (tonic) and HTTP (axum). The only place that knows either.

@@ -1,0 +1,13 @@
+//! The sandbox manager: the live table keyed by sandbox id, with lifecycle ids; the state machine of
+//! [`SandboxState`], enforced in one place; end times; retention of exited sandboxes; node limits;
+//! and one event per transition.
+
+mod errors;
+mod manager;
+mod model;
+
+pub use errors::{CreateError, InvalidArgument, SandboxError};
+pub use manager::Manager;
+pub use model::{
+    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, SandboxInfo, SandboxState, UpdateRequest,
+};
