@@ -239,6 +239,11 @@ impl DrainCoordinator {
         self.inner.begin(deadline, force, None);
     }
 
+    /// Forgets the persisted intent of a shutdown drain that completed: the next agent starts READY.
+    pub fn complete_shutdown(&self) {
+        self.inner.intent.clear();
+    }
+
     /// Skips to the forced phase (a second signal).
     pub fn escalate(&self) {
         self.inner.begin(None, true, None);
@@ -251,7 +256,7 @@ impl DrainCoordinator {
             return false;
         };
         tracing::info!(?intent, "continuing the drain of the previous agent");
-        self.inner.begin(intent.graceful_deadline(), intent.force, Some(intent));
+        self.inner.begin(intent.graceful_deadline(), intent.force, Some(&intent));
         true
     }
 
@@ -306,7 +311,7 @@ impl Inner {
     }
 
     /// Starts a drain, or tightens / escalates the running one.
-    fn begin(self: &Arc<Self>, deadline: Option<SystemTime>, force: bool, persisted: Option<DrainIntent>) {
+    fn begin(self: &Arc<Self>, deadline: Option<SystemTime>, force: bool, persisted: Option<&DrainIntent>) {
         let mut state = self.lock();
         match &state.run {
             Some(run) => {
@@ -334,8 +339,8 @@ impl Inner {
                     cancel: cancel.clone(),
                     force: watch::Sender::new(force),
                     graceful_deadline: watch::Sender::new(deadline),
-                    force_deadline: persisted.as_ref().and_then(DrainIntent::force_deadline),
-                    started_at: persisted.as_ref().map_or_else(SystemTime::now, DrainIntent::started_at),
+                    force_deadline: persisted.and_then(DrainIntent::force_deadline),
+                    started_at: persisted.map_or_else(SystemTime::now, DrainIntent::started_at),
                 };
                 let force_rx = run.force.subscribe();
                 let deadline_rx = run.graceful_deadline.subscribe();

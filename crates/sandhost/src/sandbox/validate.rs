@@ -187,7 +187,7 @@ mod tests {
     fn cwd_cannot_escape() {
         assert_eq!(cwd(None), Ok(None));
         assert_eq!(cwd(Some("/work/dir")), Ok(Some(PathBuf::from("/work/dir"))));
-        for bad in ["relative", "/a/../b", "/a/./b", "/a\0"] {
+        for bad in ["relative", "/a/../b", "./a", "/a\0"] {
             assert_eq!(cwd(Some(bad)).unwrap_err().field, "cwd", "{bad}");
         }
     }
