@@ -150,7 +150,10 @@ impl DrainCoordinator {
             metrics,
         });
         inner.publish(&inner.lock());
-        tokio::spawn(republish_on_count_changes(Arc::downgrade(&inner), inner.manager.watch_counts()));
+        tokio::spawn(republish_on_count_changes(
+            Arc::downgrade(&inner),
+            inner.manager.watch_counts(),
+        ));
         Self { inner }
     }
 
@@ -202,7 +205,10 @@ impl DrainCoordinator {
     ///
     /// None today.
     pub fn force_stop(&self) -> Result<DrainProgress, DrainError> {
-        self.drain(DrainRequest { timeout: None, force: true })
+        self.drain(DrainRequest {
+            timeout: None,
+            force: true,
+        })
     }
 
     /// Reopens admission and cancels the drain and its pending escalation. Sandboxes already being
@@ -256,7 +262,8 @@ impl DrainCoordinator {
             return false;
         };
         tracing::info!(?intent, "continuing the drain of the previous agent");
-        self.inner.begin(intent.graceful_deadline(), intent.force, Some(&intent));
+        self.inner
+            .begin(intent.graceful_deadline(), intent.force, Some(&intent));
         true
     }
 
@@ -289,13 +296,18 @@ impl Inner {
             shutting_down: state.shutting_down,
             in_flight_starts: counts.get(SandboxState::Starting),
             live: counts.live(),
-            exited: if draining { counts.exits.saturating_sub(state.exits_at_start) } else { 0 },
+            exited: if draining {
+                counts.exits.saturating_sub(state.exits_at_start)
+            } else {
+                0
+            },
             force_stopped: state.report.force_stopped,
             checkpointed: state.report.checkpointed,
             deadline,
             failures: state.report.failures.clone(),
         };
-        self.metrics.set_status(progress.status, progress.status_changed_at);
+        self.metrics
+            .set_status(progress.status, progress.status_changed_at);
         self.metrics.set_drain(
             progress.in_flight_starts,
             progress.live,
@@ -315,17 +327,18 @@ impl Inner {
         let mut state = self.lock();
         match &state.run {
             Some(run) => {
-                run.graceful_deadline.send_if_modified(|current| match (deadline, *current) {
-                    (Some(new), Some(old)) if new < old => {
-                        *current = Some(new);
-                        true
-                    }
-                    (Some(new), None) => {
-                        *current = Some(new);
-                        true
-                    }
-                    _ => false,
-                });
+                run.graceful_deadline
+                    .send_if_modified(|current| match (deadline, *current) {
+                        (Some(new), Some(old)) if new < old => {
+                            *current = Some(new);
+                            true
+                        }
+                        (Some(new), None) => {
+                            *current = Some(new);
+                            true
+                        }
+                        _ => false,
+                    });
                 if force {
                     run.force.send_replace(true);
                 }
@@ -430,9 +443,15 @@ impl Inner {
             if policy == DrainPolicy::Stop && state != SandboxState::Stopping {
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
-                    match this.manager.stop_lifecycle(&key, ExitReason::DrainStopped, StopMode::Graceful).await {
+                    match this
+                        .manager
+                        .stop_lifecycle(&key, ExitReason::DrainStopped, StopMode::Graceful)
+                        .await
+                    {
                         Ok(()) => this.lock().report.policy_stopped += 1,
-                        Err(error) => tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed"),
+                        Err(error) => {
+                            tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed")
+                        }
                     }
                 });
             }
@@ -461,7 +480,9 @@ impl Inner {
             self.publish(&state);
             deadline
         };
-        let remaining = deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let remaining = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
         let (results, mut outcomes) = mpsc::unbounded_channel();
         let stops = async {
             let mut seen = HashSet::new();
@@ -470,7 +491,9 @@ impl Inner {
             self.manager.gate().wait_idle().await;
             started += self.force_pass(&mut seen, &results, remaining);
             for _ in 0..started {
-                let Some((key, outcome)) = outcomes.recv().await else { break };
+                let Some((key, outcome)) = outcomes.recv().await else {
+                    break;
+                };
                 self.record(&key, outcome);
             }
             let mut counts = self.manager.watch_counts();
@@ -482,7 +505,10 @@ impl Inner {
                 tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "sandbox not stopped within the forced phase's bound");
                 state.report.failures.push(DrainFailure {
                     subject: key.to_string(),
-                    message: format!("not stopped within FORCE_SHUTDOWN_TIMEOUT ({})", humantime::format_duration(bound)),
+                    message: format!(
+                        "not stopped within FORCE_SHUTDOWN_TIMEOUT ({})",
+                        humantime::format_duration(bound)
+                    ),
                 });
             }
             self.publish(&state);
@@ -521,12 +547,19 @@ impl Inner {
                 return match manager.evacuate(key).await {
                     Ok(snapshot) => StopOutcome::Checkpointed(snapshot),
                     Err(error) => match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
-                        Ok(()) => StopOutcome::Stopped { note: Some(format!("checkpoint failed ({error}); stopped")) },
-                        Err(stop) => StopOutcome::Failed(format!("checkpoint failed ({error}); stop failed ({stop})")),
+                        Ok(()) => StopOutcome::Stopped {
+                            note: Some(format!("checkpoint failed ({error}); stopped")),
+                        },
+                        Err(stop) => {
+                            StopOutcome::Failed(format!("checkpoint failed ({error}); stop failed ({stop})"))
+                        }
                     },
                 };
             }
-            let note = format!("the {} backend cannot checkpoint; stopped instead", manager.runtime_name());
+            let note = format!(
+                "the {} backend cannot checkpoint; stopped instead",
+                manager.runtime_name()
+            );
             tracing::warn!(sandbox.id = %key.id, "{note}");
             return match manager.stop_lifecycle(key, ExitReason::DrainStopped, mode).await {
                 Ok(()) => StopOutcome::Stopped { note: Some(note) },
@@ -552,7 +585,10 @@ impl Inner {
             }
             StopOutcome::Failed(message) => {
                 tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %message, "forced stop failed");
-                state.report.failures.push(DrainFailure { subject: key.to_string(), message });
+                state.report.failures.push(DrainFailure {
+                    subject: key.to_string(),
+                    message,
+                });
             }
         }
         self.publish(&state);

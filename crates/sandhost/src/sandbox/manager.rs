@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use draingate::{Gate, Permit};
-use sandhost_runtime::{
-    LifecycleId, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User,
-};
+use sandhost_runtime::{LifecycleId, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::store::{MetaStore, SandboxMeta};
-use super::{CreateError, DrainPolicy, ExitInfo, ExitReason, SandboxError, SandboxInfo, SandboxState, validate};
+use super::{
+    CreateError, DrainPolicy, ExitInfo, ExitReason, SandboxError, SandboxInfo, SandboxState, validate,
+};
 use crate::config::SandboxConfig;
 use crate::drain::NodeStatus;
 use crate::metrics::{CreateResult, Metrics};
@@ -145,7 +145,9 @@ impl Table {
 
     pub(super) fn find(&self, id: &str) -> Result<&Entry, SandboxError> {
         let id = validate::sandbox_id("id", id)?;
-        self.sandboxes.get(&id).ok_or_else(|| SandboxError::NotFound(id.to_string()))
+        self.sandboxes
+            .get(&id)
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
     }
 }
 
@@ -166,7 +168,10 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("runtime", &self.runtime.name()).field("gate", &self.gate).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("runtime", &self.runtime.name())
+            .field("gate", &self.gate)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,14 +203,19 @@ impl Manager {
             memory_bytes: host_memory_bytes(),
             cpu_millis: std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1000,
         };
-        let starts = usize::try_from(parts.config.max_concurrent_starts).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        let starts = usize::try_from(parts.config.max_concurrent_starts)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             runtime: parts.runtime,
             config: parts.config,
             templates: parts.templates.into_iter().collect(),
             gate: parts.gate,
             starts: Arc::new(Semaphore::new(starts)),
-            table: Mutex::new(Table { sandboxes: HashMap::new(), counts: Counts::default() }),
+            table: Mutex::new(Table {
+                sandboxes: HashMap::new(),
+                counts: Counts::default(),
+            }),
             counts: watch::Sender::new(Counts::default()),
             status: parts.status,
             metrics: parts.metrics,
@@ -297,21 +307,36 @@ impl Manager {
         result
     }
 
-    async fn admit_and_start(self: &Arc<Self>, request: super::CreateRequest) -> Result<SandboxInfo, CreateError> {
+    async fn admit_and_start(
+        self: &Arc<Self>,
+        request: super::CreateRequest,
+    ) -> Result<SandboxInfo, CreateError> {
         let admitted_at = Instant::now();
         let prepared = self.prepare(request)?;
-        let permit = self.gate.enter().map_err(|_| CreateError::NotAdmitting { status: self.refusal_status() })?;
-        let slot = Arc::clone(&self.starts).try_acquire_owned().map_err(|_| CreateError::ResourceExhausted {
-            limit: "concurrent starts",
-            max: self.config.max_concurrent_starts,
+        let permit = self.gate.enter().map_err(|_| CreateError::NotAdmitting {
+            status: self.refusal_status(),
         })?;
+        let slot =
+            Arc::clone(&self.starts)
+                .try_acquire_owned()
+                .map_err(|_| CreateError::ResourceExhausted {
+                    limit: "concurrent starts",
+                    max: self.config.max_concurrent_starts,
+                })?;
         let key = prepared.spec.key.clone();
         {
             let mut table = self.lock();
             if table.counts.live() >= self.config.max_sandboxes {
-                return Err(CreateError::ResourceExhausted { limit: "live sandboxes", max: self.config.max_sandboxes });
+                return Err(CreateError::ResourceExhausted {
+                    limit: "live sandboxes",
+                    max: self.config.max_sandboxes,
+                });
             }
-            if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
+            if table
+                .sandboxes
+                .get(&key.id)
+                .is_some_and(|e| e.info.state.is_live())
+            {
                 return Err(CreateError::AlreadyExists(key.id));
             }
             let entry = prepared.into_entry();
@@ -348,12 +373,19 @@ impl Manager {
                 let (info, pending_stop, end_changed) = {
                     let mut table = self.lock();
                     let _ = table.transition(&key, SandboxState::Running, &self.counts, &self.metrics);
-                    let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle);
+                    let entry = table
+                        .sandboxes
+                        .get_mut(&key.id)
+                        .filter(|e| e.info.lifecycle == key.lifecycle);
                     let Some(entry) = entry else {
                         return Err(CreateError::AlreadyExists(key.id));
                     };
                     entry.info.started_at = Some(started.started_at);
-                    (entry.info.clone(), entry.pending_stop.take(), Arc::clone(&entry.end_changed))
+                    (
+                        entry.info.clone(),
+                        entry.pending_stop.take(),
+                        Arc::clone(&entry.end_changed),
+                    )
                 };
                 self.metrics.observe_start(admitted_at.elapsed());
                 tokio::spawn(Arc::clone(&self).supervise(key.clone(), end_changed));
@@ -367,7 +399,11 @@ impl Manager {
             }
             Err(error) => {
                 tracing::warn!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %error, "sandbox start failed");
-                let exit = ExitInfo { exit: None, reason: ExitReason::StartFailed, message: Some(error.to_string()) };
+                let exit = ExitInfo {
+                    exit: None,
+                    reason: ExitReason::StartFailed,
+                    message: Some(error.to_string()),
+                };
                 self.finish(&key, exit).await;
                 drop(permit);
                 Err(match error {
@@ -424,9 +460,21 @@ impl Manager {
         }
         let reason = {
             let table = self.lock();
-            table.sandboxes.get(&key.id).and_then(|e| e.stop_reason).unwrap_or(ExitReason::Exited)
+            table
+                .sandboxes
+                .get(&key.id)
+                .and_then(|e| e.stop_reason)
+                .unwrap_or(ExitReason::Exited)
         };
-        self.finish(&key, ExitInfo { exit, reason, message }).await;
+        self.finish(
+            &key,
+            ExitInfo {
+                exit,
+                reason,
+                message,
+            },
+        )
+        .await;
     }
 
     /// Records an exit, and forgets the sandbox after the retention period.
@@ -437,11 +485,18 @@ impl Manager {
         }
         {
             let mut table = self.lock();
-            if let Some(entry) = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle) {
+            if let Some(entry) = table
+                .sandboxes
+                .get_mut(&key.id)
+                .filter(|e| e.info.lifecycle == key.lifecycle)
+            {
                 entry.info.exit = Some(exit);
                 entry.info.exited_at = Some(SystemTime::now());
             }
-            if table.transition(key, SandboxState::Exited, &self.counts, &self.metrics).is_err() {
+            if table
+                .transition(key, SandboxState::Exited, &self.counts, &self.metrics)
+                .is_err()
+            {
                 return;
             }
         }
@@ -479,7 +534,10 @@ impl Manager {
     /// Returns what is left to do to the processes, if anything.
     fn begin_stop(&self, key: &SandboxKey, reason: ExitReason, mode: StopMode) -> Option<PendingStop> {
         let mut table = self.lock();
-        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let entry = table
+            .sandboxes
+            .get_mut(&key.id)
+            .filter(|e| e.info.lifecycle == key.lifecycle)?;
         let state = entry.info.state;
         let grace = entry.spec.stop_grace;
         match state {
@@ -491,24 +549,41 @@ impl Manager {
                 entry.pending_stop = Some(match (entry.pending_stop, mode) {
                     (Some(StopMode::Now), _) | (_, StopMode::Now) => StopMode::Now,
                     (Some(StopMode::Within(a)), StopMode::Within(b)) => StopMode::Within(a.min(b)),
-                    (Some(StopMode::Within(a)), StopMode::Graceful) | (_, StopMode::Within(a)) => StopMode::Within(a),
+                    (Some(StopMode::Within(a)), StopMode::Graceful) | (_, StopMode::Within(a)) => {
+                        StopMode::Within(a)
+                    }
                     _ => StopMode::Graceful,
                 });
                 None
             }
-            SandboxState::Stopping => Some(PendingStop { key: key.clone(), mode, grace, thaw: false }),
+            SandboxState::Stopping => Some(PendingStop {
+                key: key.clone(),
+                mode,
+                grace,
+                thaw: false,
+            }),
             SandboxState::Running | SandboxState::Paused => {
                 entry.stop_reason.get_or_insert(reason);
                 entry.end_changed.notify_one();
                 let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
-                Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
+                Some(PendingStop {
+                    key: key.clone(),
+                    mode,
+                    grace,
+                    thaw: state == SandboxState::Paused,
+                })
             }
         }
     }
 
     /// The asynchronous half of a stop: signals, grace, kill.
     async fn execute_stop(&self, stop: PendingStop) -> Result<(), SandboxError> {
-        let PendingStop { key, mode, grace, thaw } = stop;
+        let PendingStop {
+            key,
+            mode,
+            grace,
+            thaw,
+        } = stop;
         if thaw && let Err(error) = self.runtime.resume(&key).await {
             tracing::warn!(sandbox.id = %key.id, error = %error, "thawing before the stop failed");
         }
@@ -517,14 +592,22 @@ impl Manager {
             StopMode::Within(bound) => self.runtime.stop(&key, grace.min(bound)).await,
             StopMode::Now => self.runtime.kill(&key).await,
         };
-        stopped.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op: "stop", source: Box::new(e) })
+        stopped.map_err(|e| SandboxError::Runtime {
+            id: key.id.clone(),
+            op: "stop",
+            source: Box::new(e),
+        })
     }
 
     /// Waits until `key` has exited (or is no longer in the table).
     pub(super) async fn wait_exited(&self, key: &SandboxKey) {
         let receiver = {
             let table = self.lock();
-            match table.sandboxes.get(&key.id).filter(|e| e.info.lifecycle == key.lifecycle) {
+            match table
+                .sandboxes
+                .get(&key.id)
+                .filter(|e| e.info.lifecycle == key.lifecycle)
+            {
                 Some(entry) => entry.state_tx.subscribe(),
                 None => return,
             }
@@ -554,8 +637,17 @@ impl Manager {
         let (template_name, template) = match request.template.as_deref() {
             None | Some("" | "host") => ("host".to_owned(), Template::Host),
             Some(name) => {
-                let path = self.templates.get(name).ok_or_else(|| CreateError::TemplateNotFound(name.chars().take(80).collect()))?;
-                (name.to_owned(), Template::Rootfs { name: name.to_owned(), path: path.clone() })
+                let path = self
+                    .templates
+                    .get(name)
+                    .ok_or_else(|| CreateError::TemplateNotFound(name.chars().take(80).collect()))?;
+                (
+                    name.to_owned(),
+                    Template::Rootfs {
+                        name: name.to_owned(),
+                        path: path.clone(),
+                    },
+                )
             }
         };
         let restore_from = match request.restore_from.as_deref() {
@@ -563,13 +655,19 @@ impl Manager {
             Some(snapshot) => {
                 let snapshot = validate::snapshot_id("restore_from", snapshot)?;
                 if !self.runtime.can_checkpoint() {
-                    return Err(CreateError::NotSupported { backend: self.runtime.name(), what: "restore from a snapshot" });
+                    return Err(CreateError::NotSupported {
+                        backend: self.runtime.name(),
+                        what: "restore from a snapshot",
+                    });
                 }
                 Some(snapshot)
             }
         };
         let now = SystemTime::now();
-        let key = SandboxKey { id, lifecycle: new_lifecycle_id() };
+        let key = SandboxKey {
+            id,
+            lifecycle: new_lifecycle_id(),
+        };
         Ok(Prepared {
             spec: SandboxSpec {
                 key: key.clone(),
@@ -611,7 +709,11 @@ impl Manager {
         let mut adopted = 0;
         for sandbox in recovered {
             let key = sandbox.spec.key.clone();
-            let meta = self.store.load(&key.id).await.filter(|m| m.lifecycle == key.lifecycle);
+            let meta = self
+                .store
+                .load(&key.id)
+                .await
+                .filter(|m| m.lifecycle == key.lifecycle);
             let state = match sandbox.state {
                 sandhost_runtime::RecoveredState::Running { paused: true } => SandboxState::Paused,
                 sandhost_runtime::RecoveredState::Running { paused: false } => SandboxState::Running,
@@ -622,7 +724,9 @@ impl Manager {
                 lifecycle: key.lifecycle.clone(),
                 state,
                 argv: sandbox.spec.argv.clone(),
-                template: meta.as_ref().map_or_else(|| template_name(&sandbox.spec.template), |m| m.template.clone()),
+                template: meta
+                    .as_ref()
+                    .map_or_else(|| template_name(&sandbox.spec.template), |m| m.template.clone()),
                 limits: sandbox.spec.limits,
                 labels: meta.as_ref().map(|m| m.labels.clone()).unwrap_or_default(),
                 drain_policy: meta.as_ref().map_or(DrainPolicy::Wait, |m| m.drain_policy),
@@ -652,7 +756,15 @@ impl Manager {
                 sandhost_runtime::RecoveredState::Exited(exit) => {
                     tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "a sandbox ended while no agent ran");
                     let message = Some("ended while no agent was running".to_owned());
-                    self.finish(&key, ExitInfo { exit, reason: ExitReason::Exited, message }).await;
+                    self.finish(
+                        &key,
+                        ExitInfo {
+                            exit,
+                            reason: ExitReason::Exited,
+                            message,
+                        },
+                    )
+                    .await;
                 }
             }
         }
@@ -708,7 +820,8 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn generate_id() -> SandboxId {
-    SandboxId::parse(format!("sbx-{}", random_hex(6))).unwrap_or_else(|_| unreachable!("generated ids are valid"))
+    SandboxId::parse(format!("sbx-{}", random_hex(6)))
+        .unwrap_or_else(|_| unreachable!("generated ids are valid"))
 }
 
 fn new_lifecycle_id() -> LifecycleId {
