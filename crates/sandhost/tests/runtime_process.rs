@@ -557,3 +557,149 @@ async fn one_hundred_concurrent_starts_and_stops_leak_nothing() {
         .collect();
     assert!(left.is_empty(), "state left: {left:?}");
 }
+
+/// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.
+fn minimal_rootfs() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("sandhost-rootfs-")
+        .tempdir_in("/var/tmp")
+        .expect("rootfs");
+    for dir in ["bin", "proc", "dev", "tmp", "etc-not"] {
+        std::fs::create_dir_all(root.path().join(dir)).expect("mkdir");
+    }
+    let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh");
+    std::fs::copy(&sh, root.path().join("bin/sh")).expect("copy sh");
+    let ldd = std::process::Command::new("ldd").arg(&sh).output().expect("ldd");
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let dest = root.path().join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir lib");
+        std::fs::copy(lib, &dest).expect("copy lib");
+    }
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rootfs_template_is_the_whole_world_and_read_only() {
+    let t = TestEnv::new();
+    let rootfs = minimal_rootfs();
+    let mut spec = t.spec(&[
+        "/bin/sh",
+        "-c",
+        "echo in-rootfs; [ -e /etc/passwd ] && echo host-visible; echo home=$HOME; echo x > /bin/new || echo ro-root; \
+         echo y > /tmp/t && echo tmp-ok",
+    ]);
+    spec.template = sandhost_runtime::Template::Rootfs {
+        name: "mini".into(),
+        path: rootfs.path().to_path_buf(),
+    };
+    spec.user = sandhost_runtime::User { uid: 0, gid: 0 };
+    t.runtime.start(&spec).await.expect("start");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    let log = t.log(&spec.key).await;
+    for expected in ["in-rootfs", "home=/tmp", "ro-root", "tmp-ok"] {
+        assert!(log.contains(expected), "{expected}: {log}");
+    }
+    assert!(!log.contains("host-visible"), "{log}");
+    assert!(!rootfs.path().join("bin/new").exists());
+    assert!(!rootfs.path().join("tmp/t").exists());
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
+
+const HELPER_STATE: &str = "SANDHOST_TEST_AGENT_STATE";
+const HELPER_PREFIX: &str = "SANDHOST_TEST_AGENT_PREFIX";
+const HELPER_SPECS: &str = "SANDHOST_TEST_AGENT_SPECS";
+
+/// Not a test: the "agent" process that `sandboxes_survive_sigkill_of_the_agent` starts (this test
+/// binary, re-executed) and then kills. Ignored so that it only runs when asked for by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of sandboxes_survive_sigkill_of_the_agent"]
+async fn agent_helper_process() {
+    let (Ok(state), Ok(prefix), Ok(specs)) = (
+        std::env::var(HELPER_STATE),
+        std::env::var(HELPER_PREFIX),
+        std::env::var(HELPER_SPECS),
+    ) else {
+        return;
+    };
+    let specs: Vec<sandhost_runtime::SandboxSpec> = serde_json::from_str(&specs).expect("specs");
+    let runtime = common::open_runtime(std::path::Path::new(&state), &prefix);
+    for spec in &specs {
+        runtime.start(spec).await.expect("start in helper");
+    }
+    println!("HELPER-READY");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
+    use std::io::BufRead;
+    let t = TestEnv::new();
+    let graceful = t.sh("trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done");
+    let sleeper = t.spec(&["sleep", "1000"]);
+    let specs = vec![graceful.clone(), sleeper.clone()];
+    let mut agent = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "agent_helper_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(HELPER_STATE, &t.state_dir)
+        .env(HELPER_PREFIX, &t.prefix)
+        .env(HELPER_SPECS, serde_json::to_string(&specs).expect("json"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    let stdout = agent.stdout.take().expect("stdout");
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("HELPER-READY"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(120), ready)
+        .await
+        .expect("hang guard")
+        .expect("join");
+    assert!(ready, "the agent helper did not start its sandboxes");
+    t.wait_for_log(&graceful.key, "ready").await;
+    agent.kill().expect("SIGKILL the agent");
+    agent.wait().expect("reap the agent");
+
+    // The sandboxes outlive their agent.
+    for spec in &specs {
+        assert!(
+            !t.cgroup_pids(&spec.key).is_empty(),
+            "{} died with its agent",
+            spec.key
+        );
+    }
+    let runtime = t.reopen();
+    let found = runtime.recover().await.expect("recover");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .all(|r| r.state == sandhost_runtime::RecoveredState::Running { paused: false })
+    );
+    runtime
+        .stop(&graceful.key, Duration::from_secs(60))
+        .await
+        .expect("stop");
+    assert_eq!(runtime.wait(&graceful.key).await.expect("wait"), Exit::Code(9));
+    runtime.kill(&sleeper.key).await.expect("kill");
+    assert_eq!(
+        runtime.wait(&sleeper.key).await.expect("wait"),
+        Exit::Signal(libc::SIGKILL)
+    );
+    for spec in &specs {
+        runtime.forget(&spec.key).await.expect("forget");
+    }
+    t.assert_clean();
+}

@@ -71,7 +71,8 @@ pub(super) fn build_root(
     }
     mount_proc(&new_root.join("proc"))?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if mount(Some("sysfs"), &new_root.join("sys"), Some("sysfs"), ro, none).is_err() {
+    let sys_dir = new_root.join("sys");
+    if sys_dir.is_dir() && mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, none).is_err() {
         mount(
             Some("tmpfs"),
             &new_root.join("sys"),
