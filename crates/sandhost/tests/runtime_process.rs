@@ -525,7 +525,6 @@ async fn one_hundred_concurrent_starts_and_stops_leak_nothing() {
     let t = TestEnv::new();
     let specs: Vec<_> = (0..100).map(|_| t.spec(&["sleep", "1000"])).collect();
     let mut set: tokio::task::JoinSet<Result<(), sandhost_runtime::StartError>> = tokio::task::JoinSet::new();
-    let mut set = tokio::task::JoinSet::new();
     for spec in specs.clone() {
         let runtime = t.runtime.clone();
         set.spawn(async move { runtime.start(&spec).await.map(|_| ()) });

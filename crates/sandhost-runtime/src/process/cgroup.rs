@@ -190,10 +190,8 @@ impl Layout {
                 roots.push(root);
             }
         }
-        if !self.v2_freeze {
-            if let Some(root) = self.v1_root("freezer") {
-                roots.push(root);
-            }
+        if let (false, Some(root)) = (self.v2_freeze, self.v1_root("freezer")) {
+            roots.push(root);
         }
         roots.dedup();
         roots

@@ -94,10 +94,8 @@ fn list_segments(dir: &Path) -> io::Result<Option<Vec<u64>>> {
         let Some(hex) = name.to_str().and_then(|n| n.strip_prefix(SEGMENT_PREFIX)) else {
             continue;
         };
-        if hex.len() == 16 {
-            if let Ok(start) = u64::from_str_radix(hex, 16) {
-                starts.push(start);
-            }
+        if let (16, Ok(start)) = (hex.len(), u64::from_str_radix(hex, 16)) {
+            starts.push(start);
         }
     }
     starts.sort_unstable();

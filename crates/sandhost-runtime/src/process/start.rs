@@ -236,10 +236,12 @@ fn validate(spec: &SandboxSpec) -> Result<(), StartError> {
             "names must be non-empty without '=' or NUL; values without NUL",
         ));
     }
-    if let Some(cwd) = &spec.cwd {
-        if !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0) {
-            return Err(invalid("cwd", "must be an absolute path"));
-        }
+    if spec
+        .cwd
+        .as_ref()
+        .is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0))
+    {
+        return Err(invalid("cwd", "must be an absolute path"));
     }
     let limits = &spec.limits;
     if limits
@@ -309,10 +311,10 @@ impl Drop for StartGuard {
                 tracing::error!(step = e.step, error = %e.source, "undoing a failed start: cgroup left behind");
             }
         }
-        if self.dir_created {
-            if let Err(e) = state::remove_dir(&self.dir) {
-                tracing::error!(dir = %self.dir.display(), error = %e, "undoing a failed start: state left behind");
-            }
+        if self.dir_created
+            && let Err(e) = state::remove_dir(&self.dir)
+        {
+            tracing::error!(dir = %self.dir.display(), error = %e, "undoing a failed start: state left behind");
         }
     }
 }

@@ -54,6 +54,7 @@ pub(crate) struct SetupError {
 }
 
 impl SetupError {
+    #[allow(clippy::needless_pass_by_value)] // it reads better at the call sites (`map_err`)
     fn new(step: &'static str, e: io::Error) -> Self {
         Self {
             step,
