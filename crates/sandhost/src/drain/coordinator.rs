@@ -465,7 +465,7 @@ impl Inner {
                     {
                         Ok(()) => this.lock().report.policy_stopped += 1,
                         Err(error) => {
-                            tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed")
+                            tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed");
                         }
                     }
                 });
