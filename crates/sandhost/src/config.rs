@@ -163,7 +163,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(name: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        Self { name, value: value.chars().take(200).collect(), reason: reason.into() }
+        Self {
+            name,
+            value: value.chars().take(200).collect(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -193,22 +197,28 @@ fn count(name: &'static str, value: Option<&String>, default: u64) -> Result<u64
         None => Ok(default),
         Some(value) => match value.trim().parse::<u64>() {
             Ok(n) if n > 0 && n <= 1_000_000 => Ok(n),
-            _ => Err(ConfigError::new(name, value, "expected a whole number from 1 to 1000000")),
+            _ => Err(ConfigError::new(
+                name,
+                value,
+                "expected a whole number from 1 to 1000000",
+            )),
         },
     }
 }
 
 fn addr(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|e| ConfigError::new(name, value, format!("{e}; expected IP:PORT")))
+    value
+        .parse()
+        .map_err(|e| ConfigError::new(name, value, format!("{e}; expected IP:PORT")))
 }
 
 fn default_state_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from(DEFAULT_STATE_DIR);
     }
-    let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
-    });
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")));
     base.unwrap_or_else(std::env::temp_dir).join("sandhost")
 }
 
@@ -225,7 +235,11 @@ impl ServeArgs {
             "process" => RuntimeKind::Process,
             "gvisor" => RuntimeKind::Gvisor,
             other => {
-                return Err(ConfigError::new("--runtime / SANDHOST_RUNTIME", other, "expected process or gvisor"));
+                return Err(ConfigError::new(
+                    "--runtime / SANDHOST_RUNTIME",
+                    other,
+                    "expected process or gvisor",
+                ));
             }
         };
         let token = match (&self.token_file, env_token) {
@@ -238,7 +252,11 @@ impl ServeArgs {
             (None, token) => token.map(|t| t.trim().to_owned()),
         };
         if token.as_deref() == Some("") {
-            return Err(ConfigError::new("SANDHOST_TOKEN / --token-file", "", "the token is empty"));
+            return Err(ConfigError::new(
+                "SANDHOST_TOKEN / --token-file",
+                "",
+                "the token is empty",
+            ));
         }
         if token.is_none() && !listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -247,12 +265,21 @@ impl ServeArgs {
                 "a non-loopback address needs a token (SANDHOST_TOKEN or --token-file)",
             ));
         }
-        let drain_timeout =
-            duration("--shutdown-drain-timeout / SHUTDOWN_DRAIN_TIMEOUT", self.shutdown_drain_timeout.as_ref(), Duration::ZERO)?;
+        let drain_timeout = duration(
+            "--shutdown-drain-timeout / SHUTDOWN_DRAIN_TIMEOUT",
+            self.shutdown_drain_timeout.as_ref(),
+            Duration::ZERO,
+        )?;
         let force_stop = match self.force_stop.as_deref().map(str::trim) {
             None | Some("" | "false" | "0") => false,
             Some("true" | "1") => true,
-            Some(other) => return Err(ConfigError::new("--force-stop / FORCE_STOP", other, "expected true or false")),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "--force-stop / FORCE_STOP",
+                    other,
+                    "expected true or false",
+                ));
+            }
         };
         let force_shutdown_timeout = duration(
             "--force-shutdown-timeout / FORCE_SHUTDOWN_TIMEOUT",
@@ -267,7 +294,11 @@ impl ServeArgs {
             ));
         }
         let sandbox = SandboxConfig {
-            max_sandboxes: count("--max-sandboxes / SANDHOST_MAX_SANDBOXES", self.max_sandboxes.as_ref(), DEFAULT_MAX_SANDBOXES)?,
+            max_sandboxes: count(
+                "--max-sandboxes / SANDHOST_MAX_SANDBOXES",
+                self.max_sandboxes.as_ref(),
+                DEFAULT_MAX_SANDBOXES,
+            )?,
             max_concurrent_starts: count(
                 "--max-concurrent-starts / SANDHOST_MAX_CONCURRENT_STARTS",
                 self.max_concurrent_starts.as_ref(),
@@ -278,8 +309,16 @@ impl ServeArgs {
                 self.default_timeout.as_ref(),
                 DEFAULT_SANDBOX_TIMEOUT,
             )?,
-            retention: duration("--retention / SANDHOST_RETENTION", self.retention.as_ref(), DEFAULT_RETENTION)?,
-            stop_grace: duration("--stop-grace / SANDHOST_STOP_GRACE", self.stop_grace.as_ref(), DEFAULT_STOP_GRACE)?,
+            retention: duration(
+                "--retention / SANDHOST_RETENTION",
+                self.retention.as_ref(),
+                DEFAULT_RETENTION,
+            )?,
+            stop_grace: duration(
+                "--stop-grace / SANDHOST_STOP_GRACE",
+                self.stop_grace.as_ref(),
+                DEFAULT_STOP_GRACE,
+            )?,
         };
         let templates = self
             .templates
@@ -289,7 +328,13 @@ impl ServeArgs {
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError::new("--log-format / SANDHOST_LOG_FORMAT", other, "expected text or json")),
+            other => {
+                return Err(ConfigError::new(
+                    "--log-format / SANDHOST_LOG_FORMAT",
+                    other,
+                    "expected text or json",
+                ));
+            }
         };
         Ok(ServeConfig {
             listen,
@@ -312,11 +357,19 @@ fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {
         .split_once('=')
         .ok_or_else(|| ConfigError::new("--template", value, "expected NAME=DIR"))?;
     if sandhost_runtime::SandboxId::parse(name).is_err() || name == "host" {
-        return Err(ConfigError::new("--template", value, "NAME must match [a-z0-9][a-z0-9-]{0,62} and not be `host`"));
+        return Err(ConfigError::new(
+            "--template",
+            value,
+            "NAME must match [a-z0-9][a-z0-9-]{0,62} and not be `host`",
+        ));
     }
     let dir = PathBuf::from(dir);
     if !dir.is_absolute() || !dir.is_dir() {
-        return Err(ConfigError::new("--template", value, "DIR must be an existing absolute directory"));
+        return Err(ConfigError::new(
+            "--template",
+            value,
+            "DIR must be an existing absolute directory",
+        ));
     }
     Ok((name.to_owned(), dir))
 }
@@ -361,18 +414,28 @@ mod tests {
 
     #[test]
     fn a_malformed_value_names_its_variable() {
-        let error = args(&["--shutdown-drain-timeout", "soon"]).validate(None).expect_err("invalid");
+        let error = args(&["--shutdown-drain-timeout", "soon"])
+            .validate(None)
+            .expect_err("invalid");
         assert!(error.to_string().contains("SHUTDOWN_DRAIN_TIMEOUT"), "{error}");
-        let error = args(&["--force-stop", "maybe"]).validate(None).expect_err("invalid");
+        let error = args(&["--force-stop", "maybe"])
+            .validate(None)
+            .expect_err("invalid");
         assert!(error.to_string().contains("FORCE_STOP"), "{error}");
-        let error = args(&["--force-shutdown-timeout", "0"]).validate(None).expect_err("invalid");
+        let error = args(&["--force-shutdown-timeout", "0"])
+            .validate(None)
+            .expect_err("invalid");
         assert!(error.to_string().contains("FORCE_SHUTDOWN_TIMEOUT"), "{error}");
     }
 
     #[test]
     fn a_public_listen_needs_a_token() {
         assert!(args(&["--listen", "0.0.0.0:5008"]).validate(None).is_err());
-        assert!(args(&["--listen", "0.0.0.0:5008"]).validate(Some("secret".into())).is_ok());
+        assert!(
+            args(&["--listen", "0.0.0.0:5008"])
+                .validate(Some("secret".into()))
+                .is_ok()
+        );
     }
 
     #[test]

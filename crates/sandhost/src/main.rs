@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node agent.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }

@@ -40,7 +40,13 @@ impl NodeStatus {
     }
 
     /// Every status, for metrics.
-    pub const ALL: [Self; 5] = [Self::Ready, Self::Draining, Self::Drained, Self::Forcing, Self::Unhealthy];
+    pub const ALL: [Self; 5] = [
+        Self::Ready,
+        Self::Draining,
+        Self::Drained,
+        Self::Forcing,
+        Self::Unhealthy,
+    ];
 }
 
 impl fmt::Display for NodeStatus {

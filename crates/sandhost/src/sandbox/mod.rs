@@ -5,9 +5,12 @@
 mod errors;
 mod manager;
 mod model;
+mod ops;
+mod store;
+mod validate;
 
 pub use errors::{CreateError, InvalidArgument, SandboxError};
-pub use manager::Manager;
+pub use manager::{Counts, Manager, ManagerParts, StopMode};
 pub use model::{
     CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, SandboxInfo, SandboxState, UpdateRequest,
 };
