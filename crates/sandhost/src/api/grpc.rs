@@ -5,11 +5,10 @@
 //! status is READY, driven by the drain's progress watch, so once DRAINING is visible, health is
 //! NOT_SERVING too.
 //!
-//! Shutdown: when the `shutdown` future completes, the listener stops accepting, long calls
+//! Shutdown: when the `shutdown` token is cancelled, the listener stops accepting, long calls
 //! (`Wait`, `Logs` with follow, `WatchDrain`) end at once, and in-flight unary calls get
 //! [`SHUTDOWN_GRACE`] to finish before the server returns anyway.
 
-use std::future::Future;
 use std::time::Duration;
 
 use sandhost_proto::v1::node_service_server::NodeServiceServer;
@@ -50,7 +49,7 @@ pub enum GrpcServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` completes.
+/// Serves the gRPC API on `listener` until `shutdown` is cancelled.
 ///
 /// `token`: when `Some`, every call must carry `authorization: Bearer <token>`.
 ///
@@ -61,9 +60,10 @@ pub async fn serve(
     listener: TcpListener,
     node: Node,
     token: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), GrpcServeError> {
-    let cancel = CancellationToken::new();
+    // A child: cancelling it (when this server ends on its own) does not cancel the caller's token.
+    let cancel = shutdown.child_token();
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(drive_health(reporter, node.watch_drain(), cancel.clone()));
 
@@ -94,9 +94,8 @@ pub async fn serve(
     let shutdown_then_grace = {
         let cancel = cancel.clone();
         async move {
-            shutdown.await;
+            cancel.cancelled().await;
             tracing::info!("gRPC API shutting down");
-            cancel.cancel();
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         }
     };

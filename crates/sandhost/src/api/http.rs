@@ -4,7 +4,6 @@
 //! - `GET /health/ready`: 200 only when the node status is READY, else 503; the body is the status.
 //! - `GET /metrics`: the registry in the Prometheus (OpenMetrics) text format.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::drain::NodeStatus;
 use crate::node::Node;
@@ -36,7 +36,7 @@ pub fn router(node: Node, registry: Arc<Registry>) -> Router {
         .with_state(AppState { node, registry })
 }
 
-/// Serves the routes on `listener` until `shutdown` completes.
+/// Serves the routes on `listener` until `shutdown` is cancelled.
 ///
 /// # Errors
 ///
@@ -45,13 +45,13 @@ pub async fn serve(
     listener: TcpListener,
     node: Node,
     registry: Arc<Registry>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP health and metrics listening");
     }
     axum::serve(listener, router(node, registry))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 

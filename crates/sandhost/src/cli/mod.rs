@@ -33,7 +33,7 @@ pub struct Target {
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
     /// Start a sandbox running CMD; prints its id.
-    Create(sandbox::CreateArgs),
+    Create(Box<sandbox::CreateArgs>),
     /// List the sandboxes.
     List {
         #[command(flatten)]
@@ -130,7 +130,7 @@ pub enum ClientCommand {
         json: bool,
     },
     /// Drain the node: stop admitting, wait for the sandboxes to leave; shows progress until drained.
-    Drain(node::DrainArgs),
+    Drain(Box<node::DrainArgs>),
     /// Reopen admission after a drain.
     Undrain {
         #[command(flatten)]
