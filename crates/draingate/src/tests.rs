@@ -84,10 +84,7 @@ fn reject_after_drain() {
     assert_eq!(gate.enter().map(drop), Err(Draining));
     assert_eq!(gate.in_flight(), 0, "a rejected enter is not counted");
     assert!(gate.is_idle());
-    assert_eq!(
-        Draining.to_string(),
-        "the gate is draining and admits no new work"
-    );
+    assert_eq!(Draining.to_string(), "the gate is draining and admits no new work");
 }
 
 /// Origin `TestWaitBlocksUntilAllReleases`, with the wake-up itself checked.
@@ -123,10 +120,7 @@ fn bounded_wait_reports_the_timeout() {
     assert!(!gate.wait_idle_timeout(Duration::ZERO));
     assert!(!gate.wait_idle_timeout(Duration::from_millis(1)));
     drop(permit);
-    assert!(
-        gate.wait_idle_timeout(Duration::ZERO),
-        "idle now: true at once, even with no time left"
-    );
+    assert!(gate.wait_idle_timeout(Duration::ZERO), "idle now: true at once, even with no time left");
     assert!(gate.wait_idle_timeout(HANG_GUARD));
 }
 
@@ -228,10 +222,7 @@ fn reopen_keeps_waiters_waiting_until_the_next_idle() {
     assert!(gate.start_draining());
     assert!(gate.reopen());
     assert!(!gate.is_draining());
-    assert!(
-        !gate.reopen(),
-        "only the call that made the transition returns true"
-    );
+    assert!(!gate.reopen(), "only the call that made the transition returns true");
 
     let waker = CountingWaker::new();
     let mut wait = gate.wait_idle();
@@ -241,11 +232,7 @@ fn reopen_keeps_waiters_waiting_until_the_next_idle() {
     drop(old);
     assert_eq!(waker.wakes(), 0, "not draining: the count reaching 1 is nothing");
     assert!(gate.start_draining(), "the second drain makes its own transition");
-    assert_eq!(
-        poll_with(&mut wait, &waker),
-        Poll::Pending,
-        "the new permit is in flight"
-    );
+    assert_eq!(poll_with(&mut wait, &waker), Poll::Pending, "the new permit is in flight");
     drop(new);
     assert_eq!(waker.wakes(), 1);
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
@@ -262,11 +249,7 @@ fn waiter_woken_then_reopened_waits_again() {
     assert_eq!(waker.wakes(), 1);
     assert!(gate.reopen());
     assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
-    assert_eq!(
-        gate.inner.waiters.registered(),
-        1,
-        "registered again after the wake-up"
-    );
+    assert_eq!(gate.inner.waiters.registered(), 1, "registered again after the wake-up");
     assert!(gate.start_draining());
     assert_eq!(waker.wakes(), 2);
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
@@ -296,11 +279,7 @@ fn dropped_wait_idle_leaks_nothing() {
 
     drop(wait);
     assert_eq!(gate.inner.waiters.registered(), 0);
-    assert_eq!(
-        StdArc::strong_count(&other),
-        1,
-        "dropping the future released its waker"
-    );
+    assert_eq!(StdArc::strong_count(&other), 1, "dropping the future released its waker");
 
     // Many abandoned waits leave nothing behind either.
     for _ in 0..100 {

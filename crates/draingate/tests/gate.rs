@@ -63,9 +63,7 @@ fn permits_released_on_other_threads() {
         .unzip();
     for round in 0..800 {
         let permit = gate.enter().expect("open");
-        senders[round % senders.len()]
-            .send(permit)
-            .expect("the worker runs");
+        senders[round % senders.len()].send(permit).expect("the worker runs");
     }
     assert!(gate.start_draining());
     drop(senders);
@@ -132,18 +130,11 @@ fn hundred_threads_enter_while_another_drains() {
                 assert!(!gate.is_idle() || admitted.load(Ordering::SeqCst) == 0);
                 counted.wait();
                 assert!(gate.wait_idle_timeout(HANG_GUARD), "the drain finishes");
-                assert_eq!(
-                    live.load(Ordering::SeqCst),
-                    0,
-                    "idle while admitted work was live"
-                );
+                assert_eq!(live.load(Ordering::SeqCst), 0, "idle while admitted work was live");
                 assert_eq!(gate.in_flight(), 0);
             });
         });
-        assert_eq!(
-            admitted.load(Ordering::SeqCst) + rejected.load(Ordering::SeqCst),
-            THREADS
-        );
+        assert_eq!(admitted.load(Ordering::SeqCst) + rejected.load(Ordering::SeqCst), THREADS);
         assert!(gate.is_idle());
     }
 }
@@ -186,10 +177,7 @@ fn reopen_while_waiters_wait() {
 
     assert!(gate.start_draining());
     drop(new);
-    assert!(
-        blocked.join().expect("no panic"),
-        "the blocked waiter saw the second drain's idle"
-    );
+    assert!(blocked.join().expect("no panic"), "the blocked waiter saw the second drain's idle");
     asynchronous.join().expect("no panic");
     assert!(gate.is_idle());
 }
@@ -229,10 +217,7 @@ async fn wait_idle_on_tokio() {
     assert_eq!(gate.in_flight(), 16);
     assert!(!waiter.is_finished(), "16 permits are held");
     go.send(()).expect("the tasks listen");
-    tokio::time::timeout(HANG_GUARD, waiter)
-        .await
-        .expect("hang guard")
-        .expect("no panic");
+    tokio::time::timeout(HANG_GUARD, waiter).await.expect("hang guard").expect("no panic");
     assert!(gate.is_idle());
     for task in tasks {
         task.await.expect("no panic");
@@ -248,7 +233,5 @@ async fn cancelled_wait_idle_on_tokio() {
     let cancelled = tokio::time::timeout(Duration::from_millis(1), gate.wait_idle()).await;
     assert!(cancelled.is_err(), "a permit is still held");
     drop(permit);
-    tokio::time::timeout(HANG_GUARD, gate.wait_idle())
-        .await
-        .expect("hang guard");
+    tokio::time::timeout(HANG_GUARD, gate.wait_idle()).await.expect("hang guard");
 }

@@ -31,11 +31,7 @@ fn enter_racing_start_draining() {
                     let saw_draining = gate.is_draining();
                     let entered = gate.enter();
                     if saw_draining {
-                        assert_eq!(
-                            entered.as_ref().err(),
-                            Some(&Draining),
-                            "admitted after the drain"
-                        );
+                        assert_eq!(entered.as_ref().err(), Some(&Draining), "admitted after the drain");
                     }
                     entered.ok()
                 })
@@ -45,10 +41,8 @@ fn enter_racing_start_draining() {
         assert!(gate.start_draining());
         assert!(gate.enter().is_err(), "the drainer sees its own drain");
 
-        let permits: Vec<_> = enters
-            .into_iter()
-            .filter_map(|enter| enter.join().expect("no panic"))
-            .collect();
+        let permits: Vec<_> =
+            enters.into_iter().filter_map(|enter| enter.join().expect("no panic")).collect();
         assert_eq!(gate.in_flight(), permits.len(), "every admitted enter is counted");
         assert_eq!(gate.is_idle(), permits.is_empty());
         drop(permits);

@@ -22,9 +22,10 @@ pub struct IdError {
 /// `[a-z0-9][a-z0-9-]{0,62}`: the syntax of sandbox and snapshot ids.
 fn check_name(kind: &'static str, value: &str) -> Result<(), IdError> {
     let ok = (1..=63).contains(&value.len())
-        && value.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && b == b'-')
-        });
+        && value
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && b == b'-'));
     if ok {
         Ok(())
     } else {
@@ -84,10 +85,16 @@ macro_rules! name_type {
 }
 
 fn check_lifecycle(kind: &'static str, value: &str) -> Result<(), IdError> {
-    if (1..=32).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if (1..=32).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
-        Err(IdError { kind, value: value.chars().take(80).collect(), rule: "must be 1 to 32 lowercase hex digits" })
+        Err(IdError {
+            kind,
+            value: value.chars().take(80).collect(),
+            rule: "must be 1 to 32 lowercase hex digits",
+        })
     }
 }
 
