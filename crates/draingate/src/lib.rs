@@ -116,15 +116,14 @@ impl Gate {
             assert!(state & COUNT_MASK < COUNT_MASK, "draingate: permit count overflow");
             // Acquire on success: work done under the permit happens after admission; the failure
             // path only retries with the fresh value.
-            match self.inner.state.compare_exchange_weak(
+            let admission = self.inner.state.compare_exchange_weak(
                 state,
                 state + 1,
                 Ordering::Acquire,
                 Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Ok(Permit { inner: Some(self.inner.clone()) });
-                }
+            );
+            match admission {
+                Ok(_) => return Ok(Permit { inner: Some(self.inner.clone()) }),
                 Err(actual) => state = actual,
             }
         }
