@@ -140,11 +140,7 @@ async fn drive_health(
 }
 
 fn serving_status(status: NodeStatus) -> ServingStatus {
-    if status == NodeStatus::Ready {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    }
+    if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing }
 }
 
 #[cfg(test)]
@@ -154,11 +150,8 @@ mod tests {
     #[test]
     fn only_ready_is_serving() {
         for status in NodeStatus::ALL {
-            let expected = if status == NodeStatus::Ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let expected =
+                if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing };
             assert_eq!(serving_status(status), expected, "{status}");
         }
     }
