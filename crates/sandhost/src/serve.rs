@@ -260,8 +260,10 @@ fn open_runtime(
         RuntimeKind::Process => {
             let init_exe =
                 std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
-            let config = sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
-            let runtime = sandhost_runtime::process::ProcessRuntime::open(config)
+            let mut runtime_config =
+                sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
+            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
+            let runtime = sandhost_runtime::process::ProcessRuntime::open(runtime_config)
                 .context("opening the process runtime")?;
             Ok(Arc::new(runtime))
         }
