@@ -566,3 +566,106 @@ async fn wait_streams_end_when_the_server_shuts_down() {
         .await
         .expect("watch ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_for_stock_tools() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let serve = Serve::start();
+    let mut client = ServerReflectionClient::new(serve.channel().await);
+    let ask = |request: MessageRequest| {
+        tokio_stream::once(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        })
+    };
+    let first = |mut stream: tonic::Streaming<ServerReflectionResponse>| async move {
+        stream
+            .message()
+            .await
+            .expect("a reply")
+            .expect("not empty")
+            .message_response
+            .expect("a response")
+    };
+
+    let reply = first(
+        client
+            .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+            .await
+            .expect("list")
+            .into_inner(),
+    )
+    .await;
+    let MessageResponse::ListServicesResponse(list) = reply else {
+        panic!("unexpected {reply:?}")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "sandhost.v1.SandboxService",
+        "sandhost.v1.NodeService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+
+    // A type that imports a well-known type resolves, with its dependencies.
+    let reply = first(
+        client
+            .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+                "sandhost.v1.CreateRequest".into(),
+            )))
+            .await
+            .expect("symbol")
+            .into_inner(),
+    )
+    .await;
+    let MessageResponse::FileDescriptorResponse(files) = reply else {
+        panic!("unexpected {reply:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_and_changes_nothing() {
+    let serve = Serve::start();
+    let mut sandboxes = serve.sandboxes().await;
+    let huge = "x".repeat(sandhost::api::grpc::MAX_REQUEST_BYTES + 1);
+    let status = sandboxes
+        .create(pb::CreateRequest {
+            id: "huge".into(),
+            argv: vec!["echo".into(), huge],
+            ..Default::default()
+        })
+        .await
+        .expect_err("too large");
+    assert_ne!(status.code(), Code::Ok);
+    let list = sandboxes
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.sandboxes.is_empty(), "{:?}", list.sandboxes);
+}
+
+#[test]
+fn the_process_backend_refuses_checkpoints_naming_itself() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "cp", "--", "sleep", "1000"]));
+    let checkpoint = serve.cli(&["checkpoint", "cp"]);
+    assert_eq!(checkpoint.status.code(), Some(1));
+    let text = stderr(&checkpoint);
+    assert!(
+        text.contains("FAILED_PRECONDITION") && text.contains("process"),
+        "{text}"
+    );
+    // The sandbox is unharmed.
+    assert_eq!(sandbox_json(&serve, "cp")["state"], "running");
+
+    let snapshots: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["snapshots", "--json"]))).expect("JSON");
+    assert_eq!(snapshots, serde_json::json!([]));
+}

@@ -91,7 +91,7 @@ impl Serve {
             .env_remove("SHUTDOWN_DRAIN_TIMEOUT")
             .env("FORCE_STOP", "true")
             .env("FORCE_SHUTDOWN_TIMEOUT", "20s")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
