@@ -157,6 +157,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     match dispatch(command).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Code(code)) => ExitCode::from(code),
+        // The reader went away (`| head`): the output was not wanted any more; not an error.
+        Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sandhost: {error}");
             ExitCode::from(error.exit_code())

@@ -111,7 +111,7 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
     );
     row("in-flight starts", progress.in_flight_starts.to_string());
     row("live", progress.live.to_string());
-    row("exited (drain)", progress.exited.to_string());
+    row("exited since drain", progress.exited.to_string());
     row("force-stopped", progress.force_stopped.to_string());
     row("checkpointed", progress.checkpointed.to_string());
     let counts = info
