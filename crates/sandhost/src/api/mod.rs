@@ -10,6 +10,7 @@
 mod auth;
 mod convert;
 pub mod grpc;
+mod health;
 pub mod http;
 mod node_service;
 mod sandbox_service;
