@@ -23,6 +23,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A sandbox's pid 1 is this binary re-executed with a hidden subcommand: dispatch before the CLI.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == sandhost_runtime::process::INIT_SUBCOMMAND) {
+        sandhost_runtime::process::init_main(args.collect());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(_args) => ExitCode::SUCCESS,

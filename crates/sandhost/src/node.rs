@@ -59,6 +59,23 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node over a manager and the coordinator that drains it.
+    #[must_use]
+    pub fn new(manager: Arc<Manager>, drain: DrainCoordinator, node_id: String) -> Self {
+        Self {
+            manager,
+            drain,
+            node_id,
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// The drain coordinator.
+    #[must_use]
+    pub fn coordinator(&self) -> &DrainCoordinator {
+        &self.drain
+    }
+
     /// Creates a sandbox: admission, validation, start. Returns once it runs.
     ///
     /// # Cancel safety

@@ -226,12 +226,7 @@ async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Resul
         tracing::info!(adopted, "re-adopted running sandboxes");
     }
     coordinator.resume_persisted();
-    let node = Node {
-        manager,
-        drain: coordinator.clone(),
-        node_id: state_dir.node_id().to_owned(),
-        started_at: std::time::SystemTime::now(),
-    };
+    let node = Node::new(manager, coordinator.clone(), state_dir.node_id().to_owned());
     Ok(NodeParts { node, coordinator, registry: Arc::new(registry) })
 }
 

@@ -230,7 +230,7 @@ impl DrainCoordinator {
             if state.set_status(NodeStatus::Ready) {
                 state.report = DrainReport::default();
                 inner.manager.gate().reopen();
-                let _ = inner.status_tx.send_replace(NodeStatus::Ready);
+                inner.status_tx.send_replace(NodeStatus::Ready);
             }
             inner.publish(&state);
         }
@@ -325,55 +325,70 @@ impl Inner {
     /// Starts a drain, or tightens / escalates the running one.
     fn begin(self: &Arc<Self>, deadline: Option<SystemTime>, force: bool, persisted: Option<&DrainIntent>) {
         let mut state = self.lock();
-        match &state.run {
-            Some(run) => {
-                run.graceful_deadline
-                    .send_if_modified(|current| match (deadline, *current) {
-                        (Some(new), Some(old)) if new < old => {
-                            *current = Some(new);
-                            true
-                        }
-                        (Some(new), None) => {
-                            *current = Some(new);
-                            true
-                        }
-                        _ => false,
-                    });
-                if force {
-                    run.force.send_replace(true);
-                }
-            }
-            None if state.status == NodeStatus::Drained && !force => {}
-            None => {
-                // Admission closes before anyone can see the new status.
-                self.manager.gate().start_draining();
-                let cancel = CancellationToken::new();
-                let run = Run {
-                    cancel: cancel.clone(),
-                    force: watch::Sender::new(force),
-                    graceful_deadline: watch::Sender::new(deadline),
-                    force_deadline: persisted.and_then(DrainIntent::force_deadline),
-                    started_at: persisted.map_or_else(SystemTime::now, DrainIntent::started_at),
-                };
-                let force_rx = run.force.subscribe();
-                let deadline_rx = run.graceful_deadline.subscribe();
-                state.run = Some(run);
-                state.exits_at_start = self.manager.watch_counts().borrow().exits;
-                state.report = DrainReport::default();
-                if state.status != NodeStatus::Draining && state.set_status(NodeStatus::Draining) {
-                    let _ = self.status_tx.send_replace(NodeStatus::Draining);
-                }
-                let this = Arc::clone(self);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = cancel.cancelled() => {}
-                        () = this.run(force_rx, deadline_rx) => {}
+        if let Some(run) = &state.run {
+            run.graceful_deadline
+                .send_if_modified(|current| match (deadline, *current) {
+                    (Some(new), Some(old)) if new < old => {
+                        *current = Some(new);
+                        true
                     }
+                    (Some(new), None) => {
+                        *current = Some(new);
+                        true
+                    }
+                    _ => false,
                 });
+        } else {
+            // Admission closes before anyone can see the new status.
+            self.manager.gate().start_draining();
+            let cancel = CancellationToken::new();
+            let run = Run {
+                cancel: cancel.clone(),
+                force: watch::Sender::new(false),
+                graceful_deadline: watch::Sender::new(deadline),
+                force_deadline: persisted.and_then(DrainIntent::force_deadline),
+                started_at: persisted.map_or_else(SystemTime::now, DrainIntent::started_at),
+            };
+            let force_rx = run.force.subscribe();
+            let deadline_rx = run.graceful_deadline.subscribe();
+            state.run = Some(run);
+            state.exits_at_start = self.manager.watch_counts().borrow().exits;
+            state.report = DrainReport::default();
+            if state.set_status(NodeStatus::Draining) {
+                self.status_tx.send_replace(NodeStatus::Draining);
             }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = this.run(force_rx, deadline_rx) => {}
+                }
+            });
+        }
+        if force {
+            self.enter_forcing(&mut state);
         }
         self.persist(&state);
         self.publish(&state);
+    }
+
+    /// Moves a running drain to FORCING (once): fixes the forced phase's deadline, publishes the
+    /// status, and wakes the run. A drain that has already finished has nothing to force.
+    fn enter_forcing(&self, state: &mut State) {
+        if state.status == NodeStatus::Drained {
+            return;
+        }
+        let Some(run) = state.run.as_mut() else { return };
+        let now = SystemTime::now();
+        let deadline = run
+            .force_deadline
+            .filter(|d| *d > now)
+            .unwrap_or(now + self.settings.force_timeout);
+        run.force_deadline = Some(deadline);
+        run.force.send_replace(true);
+        if state.set_status(NodeStatus::Forcing) {
+            self.status_tx.send_replace(NodeStatus::Forcing);
+        }
     }
 
     fn persist(&self, state: &State) {
@@ -424,7 +439,7 @@ impl Inner {
         }
         let mut state = self.lock();
         if state.set_status(NodeStatus::Drained) {
-            let _ = self.status_tx.send_replace(NodeStatus::Drained);
+            self.status_tx.send_replace(NodeStatus::Drained);
         }
         let report = &state.report;
         tracing::info!(
@@ -450,7 +465,7 @@ impl Inner {
                     {
                         Ok(()) => this.lock().report.policy_stopped += 1,
                         Err(error) => {
-                            tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed")
+                            tracing::warn!(sandbox.id = %key.id, error = %error, "stop by drain policy failed");
                         }
                     }
                 });
@@ -463,22 +478,14 @@ impl Inner {
         let bound = self.settings.force_timeout;
         let deadline = {
             let mut state = self.lock();
-            let now = SystemTime::now();
-            let deadline = state
+            self.enter_forcing(&mut state);
+            self.persist(&state);
+            self.publish(&state);
+            state
                 .run
                 .as_ref()
                 .and_then(|run| run.force_deadline)
-                .filter(|d| *d > now)
-                .unwrap_or(now + bound);
-            if let Some(run) = state.run.as_mut() {
-                run.force_deadline = Some(deadline);
-            }
-            if state.set_status(NodeStatus::Forcing) {
-                let _ = self.status_tx.send_replace(NodeStatus::Forcing);
-            }
-            self.persist(&state);
-            self.publish(&state);
-            deadline
+                .unwrap_or_else(|| SystemTime::now() + bound)
         };
         let remaining = deadline
             .duration_since(SystemTime::now())

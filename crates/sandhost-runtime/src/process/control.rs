@@ -1,0 +1,259 @@
+//! One live (or exited) sandbox as the agent holds it, and the operations on it: wait, stop, kill,
+//! pause, resume, cleanup, forget.
+//!
+//! A watcher task per sandbox awaits the init's pidfd becoming readable (its exit; no polling),
+//! reaps the init if it is our child, reads the exit the init recorded and publishes it on a
+//! `watch` channel that every `wait` reads, so waits are cancel-safe and any number may run.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use super::cgroup::Cgroup;
+use super::sys::{self, ChildStatus};
+use super::{Inner, state};
+use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError};
+
+/// How long the processes of a killed sandbox may take to disappear before stop reports failure.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A sandbox this runtime knows.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    pub(crate) key: SandboxKey,
+    pub(crate) cgroup: Cgroup,
+    /// The init's pidfd; `None` for a sandbox found already exited.
+    pidfd: Option<OwnedFd>,
+    exit: watch::Receiver<Option<Exit>>,
+    /// Serialises stop and kill of this sandbox.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Sandbox {
+    /// A running sandbox; starts its watcher task (needs a tokio runtime).
+    pub(crate) fn running(
+        key: SandboxKey,
+        dir: PathBuf,
+        cgroup: Cgroup,
+        pidfd: OwnedFd,
+    ) -> io::Result<Arc<Self>> {
+        let watched = pidfd.try_clone()?;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(watch_exit(watched, dir, tx));
+        Ok(Arc::new(Self {
+            key,
+            cgroup,
+            pidfd: Some(pidfd),
+            exit: rx,
+            op: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// A sandbox found exited.
+    pub(crate) fn exited(key: SandboxKey, cgroup: Cgroup, exit: Exit) -> Arc<Self> {
+        let (_tx, rx) = watch::channel(Some(exit));
+        Arc::new(Self {
+            key,
+            cgroup,
+            pidfd: None,
+            exit: rx,
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Waits for the exit. Cancel-safe.
+    pub(crate) async fn wait_exit(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(exit) => exit.unwrap_or(Exit::Signal(libc::SIGKILL)),
+            // The watcher is gone only if the tokio runtime is shutting down.
+            Err(_) => self.exit.borrow().unwrap_or(Exit::Signal(libc::SIGKILL)),
+        }
+    }
+
+    fn host(&self, step: &'static str) -> impl FnOnce(io::Error) -> StopError + '_ {
+        move |source| StopError::Host {
+            key: self.key.clone(),
+            step,
+            source,
+        }
+    }
+
+    /// With `grace`: SIGTERM to the init, then after `grace` kill the cgroup. Without: kill at once.
+    /// Returns once no process is left and the exit is known. Idempotent.
+    pub(crate) async fn stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
+        let _op = self.op.lock().await;
+        if let (Some(grace), false) = (grace, self.has_exited()) {
+            if let Some(pidfd) = &self.pidfd {
+                sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
+            }
+            let _ = self.cgroup.thaw(); // a paused sandbox must see its SIGTERM
+            let _ = tokio::time::timeout(grace, self.wait_exit()).await;
+        }
+        self.kill_until_empty().await?;
+        if self.pidfd.is_some() {
+            tokio::time::timeout(KILL_TIMEOUT, self.wait_exit())
+                .await
+                .map_err(|_| self.host("wait for init")(io::ErrorKind::TimedOut.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Kills everything in the cgroup until it is empty.
+    async fn kill_until_empty(&self) -> Result<(), StopError> {
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            if self.cgroup.pids().map_err(self.host("list cgroup"))?.is_empty() {
+                return Ok(());
+            }
+            self.cgroup.kill_all().map_err(|e| self.host(e.step)(e.source))?;
+            if Instant::now() > deadline {
+                return Err(self.host("kill cgroup")(io::ErrorKind::TimedOut.into()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn control(&self, e: super::cgroup::CgroupError) -> ControlError {
+        ControlError::Host {
+            key: self.key.clone(),
+            step: e.step,
+            source: e.source,
+        }
+    }
+
+    /// Freezes the sandbox; returns once the kernel reports it frozen.
+    pub(crate) async fn pause(&self) -> Result<(), ControlError> {
+        if self.has_exited() {
+            return Err(ControlError::NotRunning(self.key.clone()));
+        }
+        self.cgroup.freeze().map_err(|e| self.control(e))?;
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        while !self.cgroup.is_frozen() {
+            if Instant::now() > deadline {
+                let _ = self.cgroup.thaw();
+                let source = io::ErrorKind::TimedOut.into();
+                return Err(ControlError::Host {
+                    key: self.key.clone(),
+                    step: "freeze",
+                    source,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Thaws the sandbox.
+    pub(crate) fn resume(&self) -> Result<(), ControlError> {
+        if self.has_exited() {
+            return Err(ControlError::NotRunning(self.key.clone()));
+        }
+        self.cgroup.thaw().map_err(|e| self.control(e))
+    }
+}
+
+/// The watcher: waits for the init's exit, reaps it if it is ours, publishes the exit.
+async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>>) {
+    // SAFETY: an OwnedFd keeps its fd open and unchanged for as long as it lives, and the AsyncFd
+    // owns it until `into_inner`.
+    let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+            afd.into_inner()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pidfd not pollable through tokio; waiting on a blocking thread");
+            let (fd, _) = e.into_parts();
+            tokio::task::spawn_blocking(move || {
+                let mut fds = [libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: one valid pollfd for the duration of the call.
+                while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
+                fd
+            })
+            .await
+            .unwrap_or_else(|_| unreachable_fd())
+        }
+    };
+    // Readable means exited (a zombie if it is our child): WNOHANG finds it. A re-adopted init is
+    // not our child (ECHILD: someone else reaps it).
+    let status = sys::waitid_pidfd(pidfd.as_fd(), false).ok().flatten();
+    let recorded = tokio::task::spawn_blocking(move || state::read_json::<Exit>(&dir, state::EXIT))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let exit = recorded.unwrap_or(match status {
+        Some(ChildStatus::Signaled(sig)) => Exit::Signal(sig),
+        Some(ChildStatus::Exited(code)) => Exit::Code(code),
+        None => Exit::Signal(libc::SIGKILL),
+    });
+    let _ = tx.send(Some(exit));
+}
+
+fn unreachable_fd() -> OwnedFd {
+    // Only reached if the blocking task panicked; a closed fd makes waitid fail and we fall back.
+    std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .unwrap_or_else(|_| sys::exit_now(70))
+}
+
+/// Releases what an exited sandbox held; a running one is killed first. Keeps the log.
+pub(crate) async fn cleanup(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), CleanupError> {
+    let fail = |what, source| CleanupError::Host {
+        key: key.clone(),
+        what,
+        source,
+    };
+    let cgroup = match inner.get(key) {
+        Some(sandbox) => {
+            if !sandbox.has_exited() {
+                sandbox
+                    .stop(None)
+                    .await
+                    .map_err(|e| fail("processes", io::Error::other(e)))?;
+            }
+            sandbox.cgroup.clone()
+        }
+        None => inner.layout.cgroup(key),
+    };
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
+    tokio::task::spawn_blocking(move || {
+        cgroup.remove().map_err(|e| ("cgroup", e.source))?;
+        state::remove_state_files(&dir).map_err(|e| ("state", e))
+    })
+    .await
+    .map_err(|e| fail("state", io::Error::other(e.to_string())))?
+    .map_err(|(what, e)| fail(what, e))
+}
+
+/// Cleans up, then removes the log and the sandbox's directory, and forgets it.
+pub(crate) async fn forget(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), CleanupError> {
+    cleanup(inner, key).await?;
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
+    state::remove_dir(&dir).map_err(|source| CleanupError::Host {
+        key: key.clone(),
+        what: "state",
+        source,
+    })?;
+    inner
+        .sandboxes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(key);
+    Ok(())
+}

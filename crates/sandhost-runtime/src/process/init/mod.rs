@@ -1,0 +1,295 @@
+//! The in-sandbox init: pid 1 of every sandbox is the sandhost binary, re-executed through
+//! `init_exe` with the hidden subcommand [`INIT_SUBCOMMAND`] (the binary calls [`init_main`]).
+//!
+//! It runs single-threaded, as root in the sandbox's fresh namespaces and cgroup, and:
+//! 1. reads the spec through the state dir fd it was handed ([`STATE_DIR_FD`], close-on-exec),
+//!    names the host, brings loopback up and builds the filesystem (`mounts`), then `pivot_root`s;
+//! 2. forks the command (`command`), which drops every privilege and execs; a failure up to the
+//!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
+//! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
+//!    reaps every orphan, copies the command's output into the bounded log, and when the command
+//!    exits writes `exit.json` atomically (temp file plus rename, through the dir fd) and exits,
+//!    which makes the kernel kill whatever is left in the pid namespace.
+
+mod command;
+mod mounts;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
+
+use super::logs::LogWriter;
+use super::spawn::{STATE_DIR_FD, STATUS_FD};
+use super::{state, sys};
+use crate::{Exit, SandboxSpec};
+
+/// The hidden subcommand of the sandhost binary that runs the init: `sandhost __init ...`.
+pub const INIT_SUBCOMMAND: &str = "__init";
+
+/// Prefix byte of a setup failure on the status pipe (followed by text).
+pub(crate) const SETUP_FAILED: u8 = b'S';
+
+const FORWARDED: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// A failed setup step of the init.
+#[derive(Debug)]
+pub(crate) struct SetupError {
+    step: &'static str,
+    message: String,
+}
+
+impl SetupError {
+    #[allow(clippy::needless_pass_by_value)] // it reads better at the call sites (`map_err`)
+    fn new(step: &'static str, e: io::Error) -> Self {
+        Self {
+            step,
+            message: e.to_string(),
+        }
+    }
+
+    fn msg(step: &'static str, message: &str) -> Self {
+        Self {
+            step,
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// The arguments `start` passes after the subcommand.
+#[derive(Debug)]
+pub(crate) struct InitArgs {
+    /// Where to mount the sandbox's root (an empty dir in its state dir).
+    pub(crate) new_root: PathBuf,
+    /// The runtime's state dir, hidden inside the sandbox.
+    pub(crate) state_dir: PathBuf,
+    /// The bound of the log.
+    pub(crate) log_limit: u64,
+}
+
+impl InitArgs {
+    pub(crate) fn to_args(&self) -> Vec<OsString> {
+        vec![
+            self.new_root.clone().into(),
+            self.state_dir.clone().into(),
+            self.log_limit.to_string().into(),
+        ]
+    }
+
+    fn parse(args: Vec<OsString>) -> Option<Self> {
+        let [new_root, state_dir, log_limit]: [OsString; 3] = args.try_into().ok()?;
+        Some(Self {
+            new_root: new_root.into(),
+            state_dir: state_dir.into(),
+            log_limit: log_limit.to_str()?.parse().ok()?,
+        })
+    }
+}
+
+/// Runs the init; `args` are the arguments after [`INIT_SUBCOMMAND`]. Never returns.
+///
+/// Only meaningful when started by the process runtime (which hands it fds 3 and 4).
+pub fn init_main(args: Vec<OsString>) -> ! {
+    // SAFETY: fds 3 and 4 were set up by `spawn` for this process and nothing else owns them.
+    let (status, dir) = unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD)) };
+    let code = match run(args, status, &dir) {
+        Ok(code) => code,
+        Err((status, e)) => {
+            let text = format!("{}{}: {}", char::from(SETUP_FAILED), e.step, e.message);
+            eprintln!("sandhost init: {}: {}", e.step, e.message);
+            if let Some(status) = status {
+                let _ = nix::unistd::write(&status, text.as_bytes());
+            }
+            125
+        }
+    };
+    sys::exit_now(code)
+}
+
+type RunError = (Option<OwnedFd>, SetupError);
+
+fn run(args: Vec<OsString>, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunError> {
+    for fd in [status.as_raw_fd(), dir.as_raw_fd()] {
+        if let Err(e) = sys::set_cloexec(fd, true) {
+            return Err((Some(status), SetupError::new("fds", e)));
+        }
+    }
+    let Some(args) = InitArgs::parse(args) else {
+        return Err((
+            Some(status),
+            SetupError::msg("arguments", "usage: __init NEW_ROOT STATE_DIR LOG_LIMIT"),
+        ));
+    };
+    match setup(&args, dir.as_fd()) {
+        Ok((spec, home)) => supervise(&spec, &home, status, dir.as_fd(), args.log_limit),
+        Err(e) => Err((Some(status), e)),
+    }
+}
+
+fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf), SetupError> {
+    let spec_fd = openat(
+        dir,
+        state::SPEC,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError::new("read spec", e.into()))?;
+    let spec: SandboxSpec = serde_json::from_reader(std::fs::File::from(spec_fd))
+        .map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
+    // The init should outlive its command under memory pressure (the command resets this). Without
+    // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    sethostname(spec.key.id.as_str()).map_err(|e| SetupError::new("sethostname", e.into()))?;
+    sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
+    let home = mounts::build_root(&spec, &args.new_root, &args.state_dir)?;
+    Ok((spec, home))
+}
+
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// Forks the command and supervises it until it exits.
+fn supervise(
+    spec: &SandboxSpec,
+    home: &std::path::Path,
+    status: OwnedFd,
+    dir: BorrowedFd<'_>,
+    log_limit: u64,
+) -> Result<i32, RunError> {
+    let fail = |status, step, e: io::Error| Err((status, SetupError::new(step, e)));
+    let plan = match command::CommandPlan::new(spec, home, last_cap()) {
+        Ok(plan) => plan,
+        Err(e) => return Err((Some(status), e)),
+    };
+    let mut log = match LogWriter::create(dir, log_limit) {
+        Ok(log) => log,
+        Err(e) => return fail(Some(status), "create log", e),
+    };
+    let (log_r, log_w) = match pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return fail(Some(status), "log pipe", e.into()),
+    };
+    let stdin = match nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return fail(Some(status), "open /dev/null", e.into()),
+    };
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    for sig in FORWARDED {
+        signals.add(sig);
+    }
+    if let Err(e) = signals.thread_block() {
+        return fail(Some(status), "block signals", e.into());
+    }
+    let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return fail(Some(status), "signalfd", e.into()),
+    };
+    // SAFETY: this process is single-threaded (the init never starts threads), so the child may
+    // run arbitrary code until it execs.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => command::exec_command(&plan, &stdin, &log_w, status.as_fd()),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return fail(Some(status), "fork command", e.into()),
+    };
+    // The command (until it execs) holds the only other copies of these.
+    drop((status, log_w, stdin));
+    let exit = reap_until(child, &sigfd, &log_r, &mut log);
+    record_exit(dir, exit).map_err(|e| (None, SetupError::new("record exit", e)))?;
+    Ok(exit.as_shell_code())
+}
+
+/// Forwards signals, reaps orphans and copies the log until `child` exits.
+fn reap_until(child: Pid, sigfd: &SignalFd, log_r: &OwnedFd, log: &mut LogWriter<'_>) -> Exit {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut log_open = true;
+    loop {
+        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        if log_open {
+            fds.push(PollFd::new(log_r.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue; // EINTR
+        }
+        let log_ready = log_open && fds[1].revents().is_some_and(|r| !r.is_empty());
+        if log_ready {
+            match read(log_r, &mut buf) {
+                Ok(0) => log_open = false,
+                Ok(n) => {
+                    let _ = log.write(&buf[..n]);
+                }
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => log_open = false,
+            }
+        }
+        while let Ok(Some(info)) = sigfd.read_signal() {
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+            if signo == libc::SIGCHLD {
+                continue;
+            }
+            if let Ok(sig) = Signal::try_from(signo) {
+                let _ = kill(child, sig);
+            }
+        }
+        if let Some(exit) = reap_all(child) {
+            drain(log_r, log, &mut buf);
+            return exit;
+        }
+    }
+}
+
+/// Reaps every exited child; returns the command's exit if it was among them.
+fn reap_all(child: Pid) -> Option<Exit> {
+    let mut exit = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => exit = Some(Exit::Code(code)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => exit = Some(Exit::Signal(sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return exit,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Copies what is still buffered in the pipe (without waiting for writers that outlived the command).
+fn drain(log_r: &OwnedFd, log: &mut LogWriter<'_>, buf: &mut [u8]) {
+    let _ = nix::fcntl::fcntl(log_r, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    while let Ok(n) = read(log_r, buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = log.write(&buf[..n]);
+    }
+}
+
+fn record_exit(dir: BorrowedFd<'_>, exit: Exit) -> io::Result<()> {
+    let bytes = serde_json::to_vec(&exit).map_err(io::Error::other)?;
+    let fd = openat(
+        dir,
+        state::EXIT_TMP,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    nix::unistd::write(&fd, &bytes)?;
+    drop(fd);
+    renameat(dir, state::EXIT_TMP, dir, state::EXIT)?;
+    Ok(())
+}

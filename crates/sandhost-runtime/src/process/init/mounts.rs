@@ -1,0 +1,211 @@
+//! The sandbox's filesystem, built by its init inside its own mount namespace, then `pivot_root`:
+//!
+//! - the root: the host's `/` (template `host`) or a rootfs directory, bound recursively and made
+//!   read-only, nosuid and nodev in one `mount_setattr`;
+//! - its own `/proc` (with `/proc/sys` and `/proc/sysrq-trigger` read-only), a fresh read-only
+//!   `/sys` for its network namespace, a minimal `/dev` (null, zero, full, random, urandom, tty, a
+//!   private devpts with `ptmx`, `shm`);
+//! - private tmpfs at `/tmp`, `/home` (with the user's home) and `/run` (which hides the agent's
+//!   sockets), and an empty read-only tmpfs over the state dir if it is visible at all;
+//! - then `pivot_root` and a lazy unmount of the old root: nothing else of the host is reachable.
+//!
+//! Every mount happens in the sandbox's mount namespace (made private first), so none reaches the
+//! host and all of them go away with the namespace.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{Gid, Uid, chdir, chown, pivot_root};
+
+use super::SetupError;
+use crate::process::sys;
+use crate::{SandboxSpec, Template};
+
+/// The home of the sandbox's user when the root has a `/home`.
+const HOME: &str = "/home/sandbox";
+
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn step(what: &'static str) -> impl FnOnce(nix::Error) -> SetupError {
+    move |e| SetupError::new(what, e.into())
+}
+
+fn io_step(what: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
+    move |e| SetupError::new(what, e)
+}
+
+/// Builds the root at `new_root` (an empty directory) and pivots into it. Returns the home
+/// directory of the command, as seen inside.
+pub(super) fn build_root(
+    spec: &SandboxSpec,
+    new_root: &Path,
+    state_dir: &Path,
+) -> Result<PathBuf, SetupError> {
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(step("make mounts private"))?;
+
+    let source: &Path = match &spec.template {
+        Template::Host => Path::new("/"),
+        Template::Rootfs { path, .. } => path,
+    };
+    mount(
+        Some(source),
+        new_root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(step("bind root"))?;
+    let root_c = CString::new(new_root.as_os_str().as_bytes())
+        .map_err(|_| SetupError::msg("bind root", "NUL in path"))?;
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    sys::mount_setattr_recursive(&root_c, attrs).map_err(io_step("make root read-only"))?;
+
+    for sub in ["proc", "sys", "dev"] {
+        let _ = umount2(&new_root.join(sub), MntFlags::MNT_DETACH); // not a mount point: nothing to do
+    }
+    mount_proc(&new_root.join("proc"))?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let sys_dir = new_root.join("sys");
+    if sys_dir.is_dir() && mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, none).is_err() {
+        mount(
+            Some("tmpfs"),
+            &new_root.join("sys"),
+            Some("tmpfs"),
+            ro,
+            Some("size=4k,mode=555"),
+        )
+        .map_err(step("mount /sys"))?;
+    }
+    mount_dev(&new_root.join("dev"))?;
+
+    let size = spec
+        .limits
+        .memory_bytes
+        .map(|b| format!(",size={b}"))
+        .unwrap_or_default();
+    let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    tmpfs(
+        &new_root.join("tmp"),
+        rw,
+        &format!("mode=1777{size}"),
+        "mount /tmp",
+    )?;
+    let uid = Uid::from_raw(spec.user.uid);
+    let gid = Gid::from_raw(spec.user.gid);
+    let home = if new_root.join("home").is_dir() {
+        tmpfs(
+            &new_root.join("home"),
+            rw,
+            &format!("mode=755{size}"),
+            "mount /home",
+        )?;
+        let home = new_root.join(HOME.trim_start_matches('/'));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&home)
+            .map_err(io_step("create home"))?;
+        chown(&home, Some(uid), Some(gid)).map_err(step("chown home"))?;
+        PathBuf::from(HOME)
+    } else {
+        PathBuf::from("/tmp")
+    };
+    if new_root.join("run").is_dir() {
+        tmpfs(&new_root.join("run"), rw, "mode=755,size=1m", "mount /run")?;
+    }
+    // Hide the state dir (and the other sandboxes) wherever it is still visible.
+    let hidden = new_root.join(state_dir.strip_prefix("/").unwrap_or(state_dir));
+    if hidden.is_dir() {
+        tmpfs(
+            &hidden,
+            MsFlags::MS_RDONLY | ro,
+            "size=4k,mode=000",
+            "hide state dir",
+        )?;
+    }
+
+    chdir(new_root).map_err(step("chdir to new root"))?;
+    pivot_root(".", ".").map_err(step("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
+    chdir("/").map_err(step("chdir /"))?;
+    Ok(home)
+}
+
+fn tmpfs(at: &Path, flags: MsFlags, data: &str, what: &'static str) -> Result<(), SetupError> {
+    mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data)).map_err(step(what))
+}
+
+fn mount_proc(at: &Path) -> Result<(), SetupError> {
+    let none: Option<&str> = None;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), at, Some("proc"), flags, none).map_err(step("mount /proc"))?;
+    for sub in ["sys", "sysrq-trigger"] {
+        let path = at.join(sub);
+        if !path.exists() {
+            continue; // e.g. no sysrq-trigger without CONFIG_MAGIC_SYSRQ
+        }
+        mount(Some(&path), &path, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+            .map_err(step("protect /proc/sys"))?;
+        mount(
+            none,
+            &path,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+            none,
+        )
+        .map_err(step("protect /proc/sys"))?;
+    }
+    Ok(())
+}
+
+fn mount_dev(dev: &Path) -> Result<(), SetupError> {
+    let none: Option<&str> = None;
+    tmpfs(
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=755,size=64k",
+        "mount /dev",
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::File::create(&target).map_err(io_step("create device node"))?;
+        let host = Path::new("/dev").join(name);
+        mount(Some(&host), &target, none, MsFlags::MS_BIND, none).map_err(step("bind device node"))?;
+    }
+    for dir in ["pts", "shm"] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dev.join(dir))
+            .map_err(io_step("create /dev dirs"))?;
+    }
+    mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(step("mount /dev/pts"))?;
+    tmpfs(
+        &dev.join("shm"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=1777,size=64m",
+        "mount /dev/shm",
+    )?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, to) in links {
+        symlink(to, dev.join(name)).map_err(io_step("create /dev links"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The `process` backend: isolated sandboxes built from Linux namespaces, cgroups and seccomp, with
+//! sandhost itself as each sandbox's init.
+//!
+//! - `spawn`: one `clone3` into new pid, mount, ipc, uts and net namespaces that execs the init;
+//! - `init`: the in-sandbox pid 1 (mounts, `pivot_root`, the command, signals, reaping, the log,
+//!   the exit record);
+//! - `cgroup`: limits, freeze and kill-all on cgroup v2, v1 or the hybrid of both;
+//! - `seccomp`, `logs`, `state`: the filter, the bounded log, the state dir;
+//! - `start`, `control`, `recover`: the [`Runtime`] operations.
+//!
+//! # Invariants
+//!
+//! - The agent learns of each exit through a pidfd (no polling, no parent-child tie): sandboxes
+//!   survive the agent, and a new agent re-adopts them from the state dir, checking that each pid
+//!   still names the same process (its start time).
+//! - A failed start leaves nothing behind (`start::StartGuard` undoes each completed step, also
+//!   when the start future is dropped).
+//! - Nothing is mounted in the host's mount namespace; the state dir is only ever changed through
+//!   paths built from validated ids.
+
+mod cgroup;
+mod control;
+mod init;
+mod logs;
+mod recover;
+mod seccomp;
+mod spawn;
+mod start;
+mod state;
+mod sys;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use init::{INIT_SUBCOMMAND, init_main};
+
+use crate::{
+    CheckpointError, CleanupError, ControlError, Exit, LogChunk, LogsError, RecoverError, Recovered, Runtime,
+    SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError, WaitError,
+};
+
+/// The backend's name.
+pub const NAME: &str = "process";
+
+/// The log bound per sandbox (the oldest bytes are dropped beyond it).
+pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 1024 * 1024;
+/// The parent cgroup of every sandbox, in each hierarchy.
+pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
+/// How long a start may take before it is undone (a hang guard; starts take milliseconds).
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to open a [`ProcessRuntime`].
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The runtime's own directory (created 0700 if missing); sandboxes live under `sandboxes/`.
+    pub state_dir: PathBuf,
+    /// The sandhost binary, run as each sandbox's init with [`INIT_SUBCOMMAND`].
+    pub init_exe: PathBuf,
+    /// The parent cgroup name, `[a-z0-9][a-z0-9-]*` (default [`DEFAULT_CGROUP_PARENT`]).
+    pub cgroup_parent: String,
+    /// The log bound per sandbox.
+    pub log_limit_bytes: u64,
+    /// The start hang guard.
+    pub start_timeout: Duration,
+}
+
+impl ProcessConfig {
+    /// The defaults for everything but the two paths.
+    #[must_use]
+    pub fn new(state_dir: impl Into<PathBuf>, init_exe: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            init_exe: init_exe.into(),
+            cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
+            log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+}
+
+/// Why the runtime could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The state dir could not be created or made private.
+    #[error("state dir {path}")]
+    StateDir {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The init executable is not usable.
+    #[error("init executable {path}")]
+    InitExe {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cgroup parent name is not a plain name.
+    #[error("invalid cgroup parent {0:?}: must match [a-z0-9][a-z0-9-]*")]
+    CgroupParent(String),
+    /// The cgroup hierarchies could not be read or prepared.
+    #[error("cgroup setup")]
+    Cgroup(#[source] std::io::Error),
+}
+
+/// The Linux `process` runtime. Cheap to clone; all clones share the sandboxes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ProcessConfig,
+    init_exe: CString,
+    layout: cgroup::Layout,
+    sandboxes: Mutex<HashMap<SandboxKey, Arc<control::Sandbox>>>,
+}
+
+impl Inner {
+    fn get(&self, key: &SandboxKey) -> Option<Arc<control::Sandbox>> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+}
+
+impl ProcessRuntime {
+    /// Opens the runtime over `config.state_dir`, detecting the cgroup layout (logged). Call
+    /// [`Runtime::recover`] next to find the sandboxes of an earlier agent.
+    ///
+    /// # Errors
+    ///
+    /// An [`OpenError`] naming what is unusable.
+    pub fn open(config: ProcessConfig) -> Result<Self, OpenError> {
+        let parent = &config.cgroup_parent;
+        let valid_parent = parent
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && parent
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && parent.len() <= 128;
+        if !valid_parent {
+            return Err(OpenError::CgroupParent(parent.clone()));
+        }
+        let init_meta = std::fs::metadata(&config.init_exe).map_err(|source| OpenError::InitExe {
+            path: config.init_exe.clone(),
+            source,
+        })?;
+        if !init_meta.is_file() || !config.init_exe.is_absolute() {
+            let source =
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path to a file");
+            return Err(OpenError::InitExe {
+                path: config.init_exe.clone(),
+                source,
+            });
+        }
+        let init_exe =
+            CString::new(config.init_exe.as_os_str().as_bytes()).map_err(|_| OpenError::InitExe {
+                path: config.init_exe.clone(),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            })?;
+        let state_err = |source| OpenError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        };
+        if !config.state_dir.is_absolute() {
+            return Err(state_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "must be absolute",
+            )));
+        }
+        let sandboxes = state::sandboxes_dir(&config.state_dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&sandboxes)
+            .map_err(state_err)?;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(state_err)?;
+        let layout = cgroup::Layout::detect(parent).map_err(OpenError::Cgroup)?;
+        tracing::info!(cgroups = %layout.describe(), state_dir = %config.state_dir.display(), "process runtime opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                init_exe,
+                layout,
+                sandboxes: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Removes this runtime's parent cgroups if they are empty (call at a clean shutdown).
+    ///
+    /// # Errors
+    ///
+    /// The first directory that could not be removed (for example because a sandbox still runs).
+    pub fn remove_cgroup_parents(&self) -> std::io::Result<()> {
+        self.inner.layout.remove_parents()
+    }
+}
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn can_checkpoint(&self) -> bool {
+        false
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {
+        start::start(&self.inner, spec).await
+    }
+
+    async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError> {
+        let sandbox = self
+            .inner
+            .get(key)
+            .ok_or_else(|| WaitError::NotFound(key.clone()))?;
+        Ok(sandbox.wait_exit().await)
+    }
+
+    async fn stop(&self, key: &SandboxKey, grace: Duration) -> Result<(), StopError> {
+        match self.inner.get(key) {
+            Some(sandbox) => sandbox.stop(Some(grace)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn kill(&self, key: &SandboxKey) -> Result<(), StopError> {
+        match self.inner.get(key) {
+            Some(sandbox) => sandbox.stop(None).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn pause(&self, key: &SandboxKey) -> Result<(), ControlError> {
+        self.inner
+            .get(key)
+            .ok_or_else(|| ControlError::NotFound(key.clone()))?
+            .pause()
+            .await
+    }
+
+    async fn resume(&self, key: &SandboxKey) -> Result<(), ControlError> {
+        self.inner
+            .get(key)
+            .ok_or_else(|| ControlError::NotFound(key.clone()))?
+            .resume()
+    }
+
+    async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
+        let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
+        let key_owned = key.clone();
+        let read = tokio::task::spawn_blocking(move || logs::read(&dir, offset, max)).await;
+        match read {
+            Ok(Ok(Some(chunk))) => Ok(chunk),
+            Ok(Ok(None)) => Err(LogsError::NotFound(key_owned)),
+            Ok(Err(source)) => Err(LogsError::Io {
+                key: key_owned,
+                source,
+            }),
+            Err(join) => Err(LogsError::Io {
+                key: key_owned,
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+
+    async fn cleanup(&self, key: &SandboxKey) -> Result<(), CleanupError> {
+        control::cleanup(&self.inner, key).await
+    }
+
+    async fn forget(&self, key: &SandboxKey) -> Result<(), CleanupError> {
+        control::forget(&self.inner, key).await
+    }
+
+    async fn recover(&self) -> Result<Vec<Recovered>, RecoverError> {
+        recover::recover(&self.inner).await
+    }
+
+    async fn checkpoint(
+        &self,
+        _key: &SandboxKey,
+        _snapshot: &SnapshotId,
+        _stop: bool,
+    ) -> Result<SnapshotInfo, CheckpointError> {
+        Err(CheckpointError::NotSupported { backend: NAME })
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, CheckpointError> {
+        Ok(Vec::new())
+    }
+
+    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError> {
+        Err(CheckpointError::SnapshotNotFound(snapshot.clone()))
+    }
+}

@@ -1,0 +1,320 @@
+//! `start`: validate the spec, create the state dir and the cgroup, clone the init, and return
+//! once the command has exec'd, or with the error the init reported, having undone every step.
+//!
+//! The status pipe: the agent keeps its read end; the init gets the write end as fd 3
+//! (close-on-exec in the init, and in the command up to its `execve`). EOF with nothing read means
+//! the command runs; anything else is the failure of a step (see `spawn` and `init`).
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::SystemTime;
+
+use nix::fcntl::OFlag;
+use tokio::io::AsyncReadExt;
+
+use super::cgroup::{Cgroup, CgroupError};
+use super::control::Sandbox;
+use super::init::{INIT_SUBCOMMAND, InitArgs, SETUP_FAILED};
+use super::spawn::{self, CGROUP_JOIN_FAILED, INIT_EXEC_FAILED, InitPlan};
+use super::{Inner, NAME, state, sys};
+use crate::{SandboxKey, SandboxSpec, StartError, Started, Template};
+
+const MIN_MEMORY: u64 = 4 << 20;
+const MAX_MEMORY: u64 = 1 << 52;
+const MIN_CPU_MILLIS: u32 = 10;
+const MAX_CPU_MILLIS: u32 = 1_000_000;
+const MIN_PIDS: u32 = 2;
+const MAX_PIDS: u32 = 4 << 20;
+
+pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Started, StartError> {
+    validate(spec)?;
+    let key = &spec.key;
+    if inner.get(key).is_some() {
+        return Err(StartError::AlreadyExists(key.clone()));
+    }
+    let host = |step: &'static str| {
+        move |source: io::Error| StartError::Host {
+            key: key.clone(),
+            step,
+            source,
+        }
+    };
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
+    let mut guard = StartGuard {
+        disarmed: false,
+        dir: dir.clone(),
+        dir_created: false,
+        cgroup: inner.layout.cgroup(key),
+        cgroup_created: false,
+        init: None,
+    };
+
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(host("create state dir"))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => guard.dir_created = true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(StartError::AlreadyExists(key.clone()));
+        }
+        Err(e) => return Err(host("create state dir")(e)),
+    }
+    let new_root = dir.join(state::ROOT);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&new_root)
+        .map_err(host("create state dir"))?;
+    state::write_json(&dir, state::SPEC, spec).map_err(host("write spec"))?;
+
+    guard.cgroup.create().map_err(|e| cgroup_error(key, e))?;
+    guard.cgroup_created = true;
+    guard
+        .cgroup
+        .set_limits(&spec.limits)
+        .map_err(|e| cgroup_error(key, e))?;
+
+    let args = InitArgs {
+        new_root,
+        state_dir: inner.config.state_dir.clone(),
+        log_limit: inner.config.log_limit_bytes,
+    };
+    let mut argv = vec![inner.init_exe.clone(), c_string(key, INIT_SUBCOMMAND.into())?];
+    for arg in args.to_args() {
+        argv.push(c_string(key, arg)?);
+    }
+    let (status_r, status_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| host("status pipe")(e.into()))?;
+    let open = |path: PathBuf, write: bool| -> io::Result<OwnedFd> {
+        let mut options = std::fs::OpenOptions::new();
+        if write {
+            options.append(true).create(true);
+        } else {
+            options.read(true);
+        }
+        options.open(path).map(OwnedFd::from)
+    };
+    let plan = InitPlan {
+        exe: inner.init_exe.clone(),
+        argv,
+        cgroup_procs: guard.cgroup.open_procs().map_err(|e| cgroup_error(key, e))?,
+        dev_null: open("/dev/null".into(), false).map_err(host("open /dev/null"))?,
+        init_log: open(dir.join(state::INIT_LOG), true).map_err(host("create init log"))?,
+        status: status_w,
+        state_dir: open(dir.clone(), false).map_err(host("open state dir"))?,
+    };
+    let init = spawn::spawn_init(plan).map_err(host("clone"))?;
+    let started_at = SystemTime::now();
+    let pid = init.pid;
+    guard.init = Some(init.pidfd.try_clone().map_err(host("clone"))?);
+    let start_time = state::proc_start_time(pid).map_err(host("read init start time"))?;
+    let record = state::InitRecord {
+        pid,
+        start_time,
+        started_at_ms: state::millis_since_epoch(started_at),
+    };
+    state::write_json(&dir, state::INIT, &record).map_err(host("write init record"))?;
+
+    let mut status =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(host("status pipe"))?;
+    let mut report = Vec::new();
+    match tokio::time::timeout(inner.config.start_timeout, status.read_to_end(&mut report)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(host("read status pipe")(e)),
+        Err(_) => return Err(host("wait for sandbox setup")(io::ErrorKind::TimedOut.into())),
+    }
+    if !report.is_empty() {
+        return Err(start_failure(spec, &report));
+    }
+
+    let sandbox =
+        Sandbox::running(key.clone(), dir, guard.cgroup.clone(), init.pidfd).map_err(host("watch init"))?;
+    guard.disarm();
+    inner
+        .sandboxes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key.clone(), sandbox);
+    tracing::debug!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, pid, "sandbox started");
+    Ok(Started { pid, started_at })
+}
+
+fn c_string(key: &SandboxKey, s: OsString) -> Result<CString, StartError> {
+    CString::new(s.into_vec()).map_err(|_| StartError::Host {
+        key: key.clone(),
+        step: "init arguments",
+        source: io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+fn cgroup_error(key: &SandboxKey, e: CgroupError) -> StartError {
+    if e.source.kind() == io::ErrorKind::Unsupported {
+        return StartError::NotSupported {
+            key: key.clone(),
+            backend: NAME,
+            what: e.step,
+        };
+    }
+    StartError::Host {
+        key: key.clone(),
+        step: e.step,
+        source: e.source,
+    }
+}
+
+/// Turns what the init (or the clone child) wrote on the status pipe into an error.
+fn start_failure(spec: &SandboxSpec, report: &[u8]) -> StartError {
+    let key = spec.key.clone();
+    let errno = || {
+        let bytes: [u8; 4] = report.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
+        io::Error::from_raw_os_error(i32::from_le_bytes(bytes))
+    };
+    let text = || String::from_utf8_lossy(&report[1..]).into_owned();
+    match report[0] {
+        INIT_EXEC_FAILED => StartError::Host {
+            key,
+            step: "exec init",
+            source: errno(),
+        },
+        CGROUP_JOIN_FAILED => StartError::Host {
+            key,
+            step: "join cgroup",
+            source: errno(),
+        },
+        SETUP_FAILED => StartError::Host {
+            key,
+            step: "sandbox setup",
+            source: io::Error::other(text()),
+        },
+        b'X' => StartError::Exec {
+            key,
+            command: spec.argv[0].clone(),
+            reason: text(),
+        },
+        _ => StartError::Host {
+            key,
+            step: "sandbox setup",
+            source: io::Error::other(text()),
+        },
+    }
+}
+
+fn validate(spec: &SandboxSpec) -> Result<(), StartError> {
+    let invalid = |field: &'static str, reason: &str| StartError::InvalidSpec {
+        key: spec.key.clone(),
+        field,
+        reason: reason.to_owned(),
+    };
+    if spec.restore_from.is_some() {
+        return Err(StartError::NotSupported {
+            key: spec.key.clone(),
+            backend: NAME,
+            what: "restoring from a snapshot",
+        });
+    }
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(invalid("argv", "must name a command"));
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("argv", "contains a NUL byte"));
+    }
+    if spec
+        .env
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+    {
+        return Err(invalid(
+            "env",
+            "names must be non-empty without '=' or NUL; values without NUL",
+        ));
+    }
+    if spec
+        .cwd
+        .as_ref()
+        .is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0))
+    {
+        return Err(invalid("cwd", "must be an absolute path"));
+    }
+    let limits = &spec.limits;
+    if limits
+        .memory_bytes
+        .is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m))
+    {
+        return Err(invalid("limits.memory_bytes", "must be between 4 MiB and 4 PiB"));
+    }
+    if limits
+        .cpu_millis
+        .is_some_and(|c| !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c))
+    {
+        return Err(invalid("limits.cpu_millis", "must be between 10 and 1000000"));
+    }
+    if limits
+        .pids_max
+        .is_some_and(|p| !(MIN_PIDS..=MAX_PIDS).contains(&p))
+    {
+        return Err(invalid("limits.pids_max", "must be between 2 and 4194304"));
+    }
+    if let Template::Rootfs { path, .. } = &spec.template {
+        if !path.is_absolute() || path.as_os_str().as_bytes().contains(&0) {
+            return Err(invalid("template", "the rootfs path must be absolute"));
+        }
+        if !path.is_dir() {
+            return Err(invalid("template", "the rootfs is not a directory"));
+        }
+        for needed in ["proc", "dev", "tmp"] {
+            if !path.join(needed).is_dir() {
+                return Err(invalid("template", "the rootfs lacks /proc, /dev or /tmp"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Undoes the completed steps of a start that did not finish (also when its future is dropped).
+#[derive(Debug)]
+struct StartGuard {
+    disarmed: bool,
+    dir: PathBuf,
+    dir_created: bool,
+    cgroup: Cgroup,
+    cgroup_created: bool,
+    init: Option<OwnedFd>,
+}
+
+impl StartGuard {
+    fn disarm(&mut self) {
+        self.disarmed = true;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if self.disarmed {
+            return;
+        }
+        if let Some(pidfd) = self.init.take() {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            // The init is dying (SIGKILL cannot be caught): this blocks for a moment at most.
+            let _ = sys::waitid_pidfd(pidfd.as_fd(), true);
+        }
+        if self.cgroup_created {
+            let _ = self.cgroup.kill_all();
+            if let Err(e) = self.cgroup.remove() {
+                tracing::error!(step = e.step, error = %e.source, "undoing a failed start: cgroup left behind");
+            }
+        }
+        if self.dir_created
+            && let Err(e) = state::remove_dir(&self.dir)
+        {
+            tracing::error!(dir = %self.dir.display(), error = %e, "undoing a failed start: state left behind");
+        }
+    }
+}

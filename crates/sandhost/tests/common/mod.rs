@@ -1,0 +1,284 @@
+//! Shared helpers of the process runtime tests: a private state dir and cgroup parent per test,
+//! and a guard that kills and removes everything of the test even when it panics.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
+use sandhost_runtime::{
+    LifecycleId, Limits, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User,
+};
+
+/// Where the cgroup hierarchies are mounted on these hosts (and on pure v2 hosts).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Fails loudly unless running as root: these tests need namespaces, mounts and cgroups.
+pub fn require_root() {
+    // SAFETY-free: geteuid through /proc avoids unsafe in tests.
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+    let euid = uid_line.split_whitespace().nth(2).expect("euid");
+    assert_eq!(
+        euid, "0",
+        "the process runtime tests require root (namespaces, mounts, cgroups); run them as root"
+    );
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: a state dir, a cgroup parent, a runtime.
+pub struct TestEnv {
+    pub runtime: ProcessRuntime,
+    pub state_dir: PathBuf,
+    pub prefix: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        require_root();
+        // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
+        // must hide it.
+        std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
+        let tmp = tempfile::Builder::new()
+            .prefix("sandhost-test-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir");
+        let prefix = format!(
+            "sandhost-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let state_dir = tmp.path().join("state");
+        let runtime = open_runtime(&state_dir, &prefix);
+        Self {
+            runtime,
+            state_dir,
+            prefix,
+            _tmp: tmp,
+        }
+    }
+
+    /// A new runtime over the same state dir and cgroup parent (as a restarted agent would open).
+    pub fn reopen(&self) -> ProcessRuntime {
+        open_runtime(&self.state_dir, &self.prefix)
+    }
+
+    /// A spec running `argv` with a fresh key and the defaults.
+    pub fn spec(&self, argv: &[&str]) -> SandboxSpec {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        SandboxSpec {
+            key: SandboxKey {
+                id: SandboxId::parse(format!("sb-{n}")).expect("id"),
+                lifecycle: LifecycleId::parse(format!("{:x}", 0xabc0_0000_u64 + u64::from(n)))
+                    .expect("lifecycle"),
+            },
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![("LANG".into(), "C".into())],
+            cwd: None,
+            template: Template::Host,
+            limits: Limits::default(),
+            user: User::UNPRIVILEGED,
+            stop_grace: Duration::from_secs(10),
+            restore_from: None,
+        }
+    }
+
+    /// A shell command.
+    pub fn sh(&self, script: &str) -> SandboxSpec {
+        self.spec(&["/bin/sh", "-c", script])
+    }
+
+    /// The whole log of a sandbox.
+    pub async fn log(&self, key: &SandboxKey) -> String {
+        String::from_utf8_lossy(&self.log_chunk(key, 0).await.data).into_owned()
+    }
+
+    pub async fn log_chunk(&self, key: &SandboxKey, offset: u64) -> LogChunk {
+        self.runtime
+            .read_logs(key, offset, 16 << 20)
+            .await
+            .expect("read logs")
+    }
+
+    /// Waits (hang guard: 60 s) until the log contains `needle`.
+    pub async fn wait_for_log(&self, key: &SandboxKey, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log(key).await;
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the log: {log:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The sandbox's cgroup directories in every hierarchy.
+    pub fn cgroup_dirs(&self, key: &SandboxKey) -> Vec<PathBuf> {
+        let name = format!("{}.{}", key.id, key.lifecycle);
+        hierarchies()
+            .into_iter()
+            .map(|h| h.join(&self.prefix).join(&name))
+            .filter(|d| d.exists())
+            .collect()
+    }
+
+    /// The pids in the sandbox's cgroups.
+    pub fn cgroup_pids(&self, key: &SandboxKey) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .cgroup_dirs(key)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Whether the kernel reports the sandbox's cgroup frozen (v2 `cgroup.events` or v1 freezer).
+    pub fn is_frozen(&self, key: &SandboxKey) -> bool {
+        self.cgroup_dirs(key).iter().any(|d| {
+            std::fs::read_to_string(d.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
+                || std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|t| t.trim() == "FROZEN")
+        })
+    }
+
+    /// Asserts that nothing of this test is left on the host: no sandbox cgroup under the test's
+    /// parent in any hierarchy, no mount naming the state dir, no process naming it.
+    pub fn assert_clean(&self) {
+        let leftovers = leftover_cgroups(&self.prefix);
+        assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+        let state = self.state_dir.to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let bad: Vec<&str> = mounts.lines().filter(|l| l.contains(state.as_str())).collect();
+        assert!(bad.is_empty(), "mounts left in the host namespace: {bad:?}");
+        let procs = processes_naming(&state);
+        assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Kill and remove everything of ours, whatever state the test left.
+        for dir in all_cgroups_under(&self.prefix) {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid.trim()])
+                        .status();
+                }
+            }
+            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+        }
+        let state = self.state_dir.to_string_lossy().into_owned();
+        for (pid, _) in processes_naming(&state) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        for _ in 0..200 {
+            let mut all_gone = true;
+            for dir in all_cgroups_under(&self.prefix).into_iter().rev() {
+                if std::fs::remove_dir(&dir).is_err() {
+                    all_gone = false;
+                }
+            }
+            for h in hierarchies() {
+                let _ = std::fs::remove_dir(h.join(&self.prefix));
+            }
+            if all_gone {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Never delete through a mount point: if anything is mounted under the state dir in our
+        // namespace (a bug), detach it first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines().filter(|l| l.contains(state.as_str())) {
+            if let Some(point) = line.split(' ').nth(4) {
+                let _ = std::process::Command::new("umount").args(["-l", point]).status();
+            }
+        }
+    }
+}
+
+pub fn open_runtime(state_dir: &Path, prefix: &str) -> ProcessRuntime {
+    let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
+    config.cgroup_parent = prefix.to_owned();
+    ProcessRuntime::open(config).expect("open the process runtime")
+}
+
+/// Every cgroup hierarchy mount point (v1 and v2).
+pub fn hierarchies() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let point = left.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .filter(|p| p.starts_with(CGROUP_ROOT))
+        .collect()
+}
+
+/// Every cgroup directory under `<hierarchy>/<prefix>` (not the parent itself), parents first.
+fn all_cgroups_under(prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for h in hierarchies() {
+        let mut stack = vec![h.join(prefix)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(entry.path());
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sandbox cgroups still present under the prefix.
+pub fn leftover_cgroups(prefix: &str) -> Vec<PathBuf> {
+    all_cgroups_under(prefix)
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid.cast_unsigned() == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
