@@ -10,8 +10,8 @@ use sandhost_proto::v1::sandbox_service_server::SandboxService;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::status::{create_error, sandbox_error, shutting_down};
+use super::{convert, until_shutdown};
 use crate::node::Node;
 
 /// The stream of a `Logs` call.
@@ -166,13 +166,12 @@ impl SandboxService for SandboxApi {
             .node
             .logs(&request.id, request.follow)
             .map_err(|e| sandbox_error(&e))?;
-        let stream = logs
-            .map(|chunk| {
-                chunk
-                    .map(|data| pb::LogsResponse { data })
-                    .map_err(|e| sandbox_error(&e))
-            })
-            .take_until(self.shutdown.clone().cancelled_owned());
+        let stream = logs.map(|chunk| {
+            chunk
+                .map(|data| pb::LogsResponse { data })
+                .map_err(|e| sandbox_error(&e))
+        });
+        let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
