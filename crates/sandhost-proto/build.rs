@@ -21,13 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_source_info(true).include_imports(true);
     compiler.open_files(FILES)?;
     let descriptors = compiler.file_descriptor_set();
-    std::fs::write(
-        out_dir.join("sandhost_v1_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("sandhost_v1_descriptor.bin"), descriptors.encode_to_vec())?;
 
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().btree_map(".").compile_fds(descriptors)?;
     Ok(())
 }

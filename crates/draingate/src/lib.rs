@@ -91,12 +91,7 @@ impl Gate {
     /// A new, open gate with nothing in flight.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                state: AtomicUsize::new(0),
-                waiters: Waiters::new(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { state: AtomicUsize::new(0), waiters: Waiters::new() }) }
     }
 
     /// Admits one entry, or refuses it because the gate is draining.
@@ -110,6 +105,7 @@ impl Gate {
     /// # Panics
     ///
     /// If more than `usize::MAX / 2` permits are held at once.
+    #[inline]
     pub fn enter(&self) -> Result<Permit, Draining> {
         // Relaxed: the CAS below re-reads the word and carries the ordering.
         let mut state = self.inner.state.load(Ordering::Relaxed);
@@ -117,23 +113,17 @@ impl Gate {
             if state & DRAINING != 0 {
                 return Err(Draining);
             }
-            assert!(
-                state & COUNT_MASK < COUNT_MASK,
-                "draingate: permit count overflow"
-            );
+            assert!(state & COUNT_MASK < COUNT_MASK, "draingate: permit count overflow");
             // Acquire on success: work done under the permit happens after admission; the failure
             // path only retries with the fresh value.
-            match self.inner.state.compare_exchange_weak(
+            let admission = self.inner.state.compare_exchange_weak(
                 state,
                 state + 1,
                 Ordering::Acquire,
                 Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Ok(Permit {
-                        inner: Some(self.inner.clone()),
-                    });
-                }
+            );
+            match admission {
+                Ok(_) => return Ok(Permit { inner: Some(self.inner.clone()) }),
                 Err(actual) => state = actual,
             }
         }
@@ -193,10 +183,7 @@ impl Gate {
     ///
     /// Cancel-safe: dropping the future removes its waker from the gate.
     pub fn wait_idle(&self) -> WaitIdle {
-        WaitIdle {
-            inner: self.inner.clone(),
-            key: None,
-        }
+        WaitIdle { inner: self.inner.clone(), key: None }
     }
 
     /// Blocks the calling thread until the gate is draining and idle, or `timeout` passes. Returns
@@ -229,13 +216,21 @@ impl Inner {
         self.state.load(Ordering::Acquire) == DRAINING
     }
 
+    #[inline]
     fn release_one(&self) {
         // AcqRel: the release publishes the holder's work to whoever observes the lower count.
         let previous = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(previous & COUNT_MASK > 0, "draingate: release without a permit");
         if previous == DRAINING | 1 {
-            self.waiters.wake_all();
+            self.became_idle();
         }
+    }
+
+    /// The slow path of the last release while draining, kept out of the inlined fast path.
+    #[cold]
+    #[inline(never)]
+    fn became_idle(&self) {
+        self.waiters.wake_all();
     }
 }
 
@@ -265,17 +260,13 @@ impl Permit {
         // Relaxed: the count is already > 0 (we hold a permit), so this cannot race a transition
         // to idle; the later release carries the ordering.
         let previous = inner.state.fetch_add(1, Ordering::Relaxed);
-        assert!(
-            previous & COUNT_MASK < COUNT_MASK - 1,
-            "draingate: permit count overflow"
-        );
-        Permit {
-            inner: Some(inner.clone()),
-        }
+        assert!(previous & COUNT_MASK < COUNT_MASK - 1, "draingate: permit count overflow");
+        Permit { inner: Some(inner.clone()) }
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.release_one();
@@ -308,10 +299,7 @@ impl Future for WaitIdle {
             }
             return Poll::Ready(());
         }
-        match inner
-            .waiters
-            .register(&mut this.key, cx.waker(), || inner.is_idle())
-        {
+        match inner.waiters.register(&mut this.key, cx.waker(), || inner.is_idle()) {
             true => {
                 this.key = None;
                 Poll::Ready(())
@@ -331,9 +319,7 @@ impl Drop for WaitIdle {
 
 impl fmt::Debug for WaitIdle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WaitIdle")
-            .field("registered", &self.key.is_some())
-            .finish()
+        f.debug_struct("WaitIdle").field("registered", &self.key.is_some()).finish()
     }
 }
 

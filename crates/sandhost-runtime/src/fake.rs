@@ -212,14 +212,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(spec: SandboxSpec, pid: i32) -> Self {
-        Self {
-            spec,
-            pid,
-            paused: false,
-            cleaned_up: false,
-            exit: watch::Sender::new(None),
-            log: Vec::new(),
-        }
+        Self { spec, pid, paused: false, cleaned_up: false, exit: watch::Sender::new(None), log: Vec::new() }
     }
 
     fn is_running(&self) -> bool {
@@ -294,18 +287,9 @@ impl FakeRuntime {
     }
 
     fn build(can_checkpoint: bool) -> Self {
-        let state = State {
-            next_pid: FIRST_PID,
-            ..State::default()
-        };
-        let shared = Shared {
-            state: Mutex::new(state),
-            changed: watch::Sender::new(0),
-            can_checkpoint,
-        };
-        Self {
-            shared: Arc::new(shared),
-        }
+        let state = State { next_pid: FIRST_PID, ..State::default() };
+        let shared = Shared { state: Mutex::new(state), changed: watch::Sender::new(0), can_checkpoint };
+        Self { shared: Arc::new(shared) }
     }
 
     /// Every call made so far, in order.
@@ -344,8 +328,7 @@ impl FakeRuntime {
 
     /// Waits until at least `count` calls satisfy `matches` (e.g. `|c| matches!(c, Call::Stop { .. })`).
     pub async fn wait_calls(&self, count: usize, matches: impl Fn(&Call) -> bool) {
-        self.until(|state| state.calls.iter().filter(|call| matches(call)).count() >= count)
-            .await;
+        self.until(|state| state.calls.iter().filter(|call| matches(call)).count() >= count).await;
     }
 
     /// Holds every start (from now on, until the returned handle is released or dropped) after it is
@@ -360,30 +343,19 @@ impl FakeRuntime {
         assert!(state.start_gate.is_none(), "FakeRuntime: starts are already held");
         state.start_gate = Some(gate);
         drop(state);
-        StartHold {
-            fake: self.clone(),
-            release,
-        }
+        StartHold { fake: self.clone(), release }
     }
 
     /// Makes a running sandbox exit on its own, like this. Returns whether it was running.
     pub fn exit(&self, key: &SandboxKey, exit: Exit) -> bool {
-        let exited = self
-            .lock()
-            .sandboxes
-            .get_mut(key)
-            .is_some_and(|sandbox| sandbox.exit_with(exit));
+        let exited = self.lock().sandboxes.get_mut(key).is_some_and(|sandbox| sandbox.exit_with(exit));
         self.bump();
         exited
     }
 
     /// Appends bytes to a sandbox's log. Returns whether the sandbox is known.
     pub fn write_log(&self, key: &SandboxKey, bytes: &[u8]) -> bool {
-        self.lock()
-            .sandboxes
-            .get_mut(key)
-            .map(|sandbox| sandbox.log.extend_from_slice(bytes))
-            .is_some()
+        self.lock().sandboxes.get_mut(key).map(|sandbox| sandbox.log.extend_from_slice(bytes)).is_some()
     }
 
     /// Sets how the sandbox `key` (started already or later) reacts to [`Runtime::stop`].
@@ -414,10 +386,7 @@ impl FakeRuntime {
     /// How the sandbox exited; `None` while it runs or if unknown.
     #[must_use]
     pub fn exit_of(&self, key: &SandboxKey) -> Option<Exit> {
-        self.lock()
-            .sandboxes
-            .get(key)
-            .and_then(|sandbox| *sandbox.exit.borrow())
+        self.lock().sandboxes.get(key).and_then(|sandbox| *sandbox.exit.borrow())
     }
 
     /// The fake pid the sandbox got, if the fake knows it.
@@ -429,10 +398,7 @@ impl FakeRuntime {
     /// Whether the sandbox is paused.
     #[must_use]
     pub fn is_paused(&self, key: &SandboxKey) -> bool {
-        self.lock()
-            .sandboxes
-            .get(key)
-            .is_some_and(|sandbox| sandbox.paused)
+        self.lock().sandboxes.get(key).is_some_and(|sandbox| sandbox.paused)
     }
 
     /// Whether the fake still knows the sandbox (until [`Runtime::forget`]).
@@ -444,10 +410,7 @@ impl FakeRuntime {
     /// Whether [`Runtime::cleanup`] has run for the sandbox.
     #[must_use]
     pub fn is_cleaned_up(&self, key: &SandboxKey) -> bool {
-        self.lock()
-            .sandboxes
-            .get(key)
-            .is_some_and(|sandbox| sandbox.cleaned_up)
+        self.lock().sandboxes.get(key).is_some_and(|sandbox| sandbox.cleaned_up)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -456,9 +419,7 @@ impl FakeRuntime {
     }
 
     fn bump(&self) {
-        self.shared
-            .changed
-            .send_modify(|version| *version = version.wrapping_add(1));
+        self.shared.changed.send_modify(|version| *version = version.wrapping_add(1));
     }
 
     fn record(&self, call: Call) {
@@ -480,9 +441,7 @@ impl FakeRuntime {
 
     fn resolve_hung(&self, op: Op, resolution: Resolution) -> usize {
         let hung = self.lock().hung.remove(&op).unwrap_or_default();
-        hung.into_iter()
-            .filter_map(|call| call.send(resolution).ok())
-            .count()
+        hung.into_iter().filter_map(|call| call.send(resolution).ok()).count()
     }
 
     /// Applies the scripted behaviour of `op`: `Ok` to go on, `Err` to fail with the op's error.
@@ -542,21 +501,13 @@ impl FakeRuntime {
         }
         let pid = state.next_pid;
         state.next_pid += 1;
-        state
-            .sandboxes
-            .insert(key.clone(), Sandbox::new(spec.clone(), pid));
-        Ok(Started {
-            pid,
-            started_at: SystemTime::now(),
-        })
+        state.sandboxes.insert(key.clone(), Sandbox::new(spec.clone(), pid));
+        Ok(Started { pid, started_at: SystemTime::now() })
     }
 
     /// A subscription to the sandbox's exit, or `None` if the fake does not know it.
     fn exit_watch(&self, key: &SandboxKey) -> Option<watch::Receiver<Option<Exit>>> {
-        self.lock()
-            .sandboxes
-            .get(key)
-            .map(|sandbox| sandbox.exit.subscribe())
+        self.lock().sandboxes.get(key).map(|sandbox| sandbox.exit.subscribe())
     }
 
     /// Ends a running sandbox with `exit`; nothing if it is unknown or gone already.
@@ -569,10 +520,7 @@ impl FakeRuntime {
 
     fn control(&self, key: &SandboxKey, paused: bool) -> Result<(), ControlError> {
         let mut state = self.lock();
-        let sandbox = state
-            .sandboxes
-            .get_mut(key)
-            .ok_or_else(|| ControlError::NotFound(key.clone()))?;
+        let sandbox = state.sandboxes.get_mut(key).ok_or_else(|| ControlError::NotFound(key.clone()))?;
         if !sandbox.is_running() {
             return Err(ControlError::NotRunning(key.clone()));
         }
@@ -584,9 +532,7 @@ impl FakeRuntime {
         if self.shared.can_checkpoint {
             Ok(())
         } else {
-            Err(CheckpointError::NotSupported {
-                backend: FAKE_BACKEND,
-            })
+            Err(CheckpointError::NotSupported { backend: FAKE_BACKEND })
         }
     }
 }
@@ -613,9 +559,7 @@ impl Drop for HeldStart<'_> {
 
 impl State {
     fn hung_count(&self, op: Op) -> usize {
-        self.hung
-            .get(&op)
-            .map_or(0, |hung| hung.iter().filter(|call| !call.is_closed()).count())
+        self.hung.get(&op).map_or(0, |hung| hung.iter().filter(|call| !call.is_closed()).count())
     }
 }
 

@@ -163,11 +163,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(name: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        Self {
-            name,
-            value: value.chars().take(200).collect(),
-            reason: reason.into(),
-        }
+        Self { name, value: value.chars().take(200).collect(), reason: reason.into() }
     }
 }
 
@@ -197,19 +193,13 @@ fn count(name: &'static str, value: Option<&String>, default: u64) -> Result<u64
         None => Ok(default),
         Some(value) => match value.trim().parse::<u64>() {
             Ok(n) if n > 0 && n <= 1_000_000 => Ok(n),
-            _ => Err(ConfigError::new(
-                name,
-                value,
-                "expected a whole number from 1 to 1000000",
-            )),
+            _ => Err(ConfigError::new(name, value, "expected a whole number from 1 to 1000000")),
         },
     }
 }
 
 fn addr(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|e| ConfigError::new(name, value, format!("{e}; expected IP:PORT")))
+    value.parse().map_err(|e| ConfigError::new(name, value, format!("{e}; expected IP:PORT")))
 }
 
 fn default_state_dir() -> PathBuf {
@@ -252,11 +242,7 @@ impl ServeArgs {
             (None, token) => token.map(|t| t.trim().to_owned()),
         };
         if token.as_deref() == Some("") {
-            return Err(ConfigError::new(
-                "SANDHOST_TOKEN / --token-file",
-                "",
-                "the token is empty",
-            ));
+            return Err(ConfigError::new("SANDHOST_TOKEN / --token-file", "", "the token is empty"));
         }
         if token.is_none() && !listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -274,11 +260,7 @@ impl ServeArgs {
             None | Some("" | "false" | "0") => false,
             Some("true" | "1") => true,
             Some(other) => {
-                return Err(ConfigError::new(
-                    "--force-stop / FORCE_STOP",
-                    other,
-                    "expected true or false",
-                ));
+                return Err(ConfigError::new("--force-stop / FORCE_STOP", other, "expected true or false"));
             }
         };
         let force_shutdown_timeout = duration(
@@ -320,11 +302,7 @@ impl ServeArgs {
                 DEFAULT_STOP_GRACE,
             )?,
         };
-        let templates = self
-            .templates
-            .iter()
-            .map(|t| parse_template(t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -353,9 +331,8 @@ impl ServeArgs {
 }
 
 fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {
-    let (name, dir) = value
-        .split_once('=')
-        .ok_or_else(|| ConfigError::new("--template", value, "expected NAME=DIR"))?;
+    let (name, dir) =
+        value.split_once('=').ok_or_else(|| ConfigError::new("--template", value, "expected NAME=DIR"))?;
     if sandhost_runtime::SandboxId::parse(name).is_err() || name == "host" {
         return Err(ConfigError::new(
             "--template",
@@ -365,11 +342,7 @@ fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {
     }
     let dir = PathBuf::from(dir);
     if !dir.is_absolute() || !dir.is_dir() {
-        return Err(ConfigError::new(
-            "--template",
-            value,
-            "DIR must be an existing absolute directory",
-        ));
+        return Err(ConfigError::new("--template", value, "DIR must be an existing absolute directory"));
     }
     Ok((name.to_owned(), dir))
 }
@@ -414,28 +387,18 @@ mod tests {
 
     #[test]
     fn a_malformed_value_names_its_variable() {
-        let error = args(&["--shutdown-drain-timeout", "soon"])
-            .validate(None)
-            .expect_err("invalid");
+        let error = args(&["--shutdown-drain-timeout", "soon"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("SHUTDOWN_DRAIN_TIMEOUT"), "{error}");
-        let error = args(&["--force-stop", "maybe"])
-            .validate(None)
-            .expect_err("invalid");
+        let error = args(&["--force-stop", "maybe"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("FORCE_STOP"), "{error}");
-        let error = args(&["--force-shutdown-timeout", "0"])
-            .validate(None)
-            .expect_err("invalid");
+        let error = args(&["--force-shutdown-timeout", "0"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("FORCE_SHUTDOWN_TIMEOUT"), "{error}");
     }
 
     #[test]
     fn a_public_listen_needs_a_token() {
         assert!(args(&["--listen", "0.0.0.0:5008"]).validate(None).is_err());
-        assert!(
-            args(&["--listen", "0.0.0.0:5008"])
-                .validate(Some("secret".into()))
-                .is_ok()
-        );
+        assert!(args(&["--listen", "0.0.0.0:5008"]).validate(Some("secret".into())).is_ok());
     }
 
     #[test]

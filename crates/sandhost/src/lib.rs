@@ -21,4 +21,4 @@ pub mod drain;
 pub mod metrics;
 pub mod node;
 pub mod sandbox;
-// `serve` is declared once the gRPC adapter and the process runtime land.
+pub mod serve;

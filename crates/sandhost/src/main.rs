@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(_args) => ExitCode::SUCCESS,
+        Command::Serve(args) => sandhost::serve::run(&args),
         Command::Client(command) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,

@@ -87,11 +87,7 @@ impl Metrics {
             "Time from admission to a running sandbox",
             metrics.start_seconds.clone(),
         );
-        r.register(
-            "node_status",
-            "1 for the node's current status",
-            metrics.node_status.clone(),
-        );
+        r.register("node_status", "1 for the node's current status", metrics.node_status.clone());
         r.register(
             "node_status_changed_seconds",
             "When the node status last changed (unix time)",
@@ -107,11 +103,7 @@ impl Metrics {
             "Admitted starts not yet finished",
             metrics.drain_in_flight_starts.clone(),
         );
-        r.register(
-            "drain_live_sandboxes",
-            "Live sandboxes the drain waits for",
-            metrics.drain_live.clone(),
-        );
+        r.register("drain_live_sandboxes", "Live sandboxes the drain waits for", metrics.drain_live.clone());
         r.register(
             "drain_force_stopped",
             "Sandboxes the current drain stopped",
@@ -123,23 +115,14 @@ impl Metrics {
             metrics.drain_checkpointed.clone(),
         );
         for state in SandboxState::ALL {
-            metrics
-                .sandboxes
-                .get_or_create(&StateLabel {
-                    state: state.as_str().into(),
-                })
-                .set(0);
+            metrics.sandboxes.get_or_create(&StateLabel { state: state.as_str().into() }).set(0);
         }
         metrics
     }
 
     /// Sets the number of sandboxes in `state`.
     pub fn set_sandboxes(&self, state: SandboxState, count: u64) {
-        self.sandboxes
-            .get_or_create(&StateLabel {
-                state: state.as_str().into(),
-            })
-            .set(gauge_value(count));
+        self.sandboxes.get_or_create(&StateLabel { state: state.as_str().into() }).set(gauge_value(count));
     }
 
     /// Counts one Create by its result.
@@ -149,20 +132,12 @@ impl Metrics {
             CreateResult::Failed => "failed",
             CreateResult::Rejected => "rejected",
         };
-        self.creates
-            .get_or_create(&ResultLabel {
-                result: result.into(),
-            })
-            .inc();
+        self.creates.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
     /// Counts one exit by its reason.
     pub fn count_exit(&self, reason: ExitReason) {
-        self.exits
-            .get_or_create(&ReasonLabel {
-                reason: reason.as_str().into(),
-            })
-            .inc();
+        self.exits.get_or_create(&ReasonLabel { reason: reason.as_str().into() }).inc();
     }
 
     /// Records one start's latency.
@@ -174,9 +149,7 @@ impl Metrics {
     pub fn set_status(&self, status: NodeStatus, changed_at: SystemTime) {
         for each in NodeStatus::ALL {
             self.node_status
-                .get_or_create(&StatusLabel {
-                    status: each.as_str().into(),
-                })
+                .get_or_create(&StatusLabel { status: each.as_str().into() })
                 .set(i64::from(each == status));
         }
         self.status_changed.set(unix_seconds(Some(changed_at)));
@@ -204,6 +177,5 @@ fn gauge_value(count: u64) -> i64 {
 }
 
 fn unix_seconds(time: Option<SystemTime>) -> f64 {
-    time.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64())
+    time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64())
 }

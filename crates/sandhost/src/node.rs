@@ -62,12 +62,7 @@ impl Node {
     /// A node over a manager and the coordinator that drains it.
     #[must_use]
     pub fn new(manager: Arc<Manager>, drain: DrainCoordinator, node_id: String) -> Self {
-        Self {
-            manager,
-            drain,
-            node_id,
-            started_at: SystemTime::now(),
-        }
+        Self { manager, drain, node_id, started_at: SystemTime::now() }
     }
 
     /// The drain coordinator.

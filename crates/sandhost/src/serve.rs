@@ -89,7 +89,10 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -149,13 +152,30 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen / SANDHOST_LISTEN)", config.listen))?;
-    let http_listener = TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--http-listen / SANDHOST_HTTP_LISTEN)", config.http_listen))?;
+    let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| {
+        format!("cannot listen on {} (--http-listen / SANDHOST_HTTP_LISTEN)", config.http_listen)
+    })?;
     let shutdown = CancellationToken::new();
     let services: Vec<Service> = vec![
-        ("grpc", tokio::spawn(crate::api::grpc::serve(grpc_listener, node.clone(), config.token.clone(), shutdown.clone()))),
-        ("http", tokio::spawn(crate::api::http::serve(http_listener, node.clone(), registry, shutdown.clone()))),
+        (
+            "grpc",
+            tokio::spawn({
+                let server = crate::api::grpc::serve(
+                    grpc_listener,
+                    node.clone(),
+                    config.token.clone(),
+                    shutdown.clone(),
+                );
+                async move { server.await.context("gRPC server") }
+            }),
+        ),
+        (
+            "http",
+            tokio::spawn({
+                let server = crate::api::http::serve(http_listener, node.clone(), registry, shutdown.clone());
+                async move { server.await.context("HTTP server") }
+            }),
+        ),
     ];
     tracing::info!(
         grpc = %config.listen,
@@ -176,7 +196,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => outcome.closer_failures.push(format!("{name} server: {error:#}")),
             Ok(Err(join)) => outcome.closer_failures.push(format!("{name} server: {join}")),
-            Err(_) => outcome.closer_failures.push(format!("{name} server did not stop within {SERVER_SHUTDOWN_BOUND:?}")),
+            Err(_) => outcome
+                .closer_failures
+                .push(format!("{name} server did not stop within {SERVER_SHUTDOWN_BOUND:?}")),
         }
     }
     coordinator.complete_shutdown();
@@ -230,18 +252,22 @@ async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Resul
     Ok(NodeParts { node, coordinator, registry: Arc::new(registry) })
 }
 
-fn open_runtime(config: &ServeConfig, state_dir: &Path) -> anyhow::Result<Arc<dyn sandhost_runtime::Runtime>> {
+fn open_runtime(
+    config: &ServeConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<dyn sandhost_runtime::Runtime>> {
     match config.runtime {
         RuntimeKind::Process => {
-            let init_exe = std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
-            let runtime = sandhost_runtime::process::ProcessRuntime::open(sandhost_runtime::process::ProcessConfig {
-                state_dir: state_dir.join("runtime"),
-                init_exe,
-            })
-            .context("opening the process runtime")?;
+            let init_exe =
+                std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
+            let config = sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
+            let runtime = sandhost_runtime::process::ProcessRuntime::open(config)
+                .context("opening the process runtime")?;
             Ok(Arc::new(runtime))
         }
-        RuntimeKind::Gvisor => anyhow::bail!("the gvisor runtime is not available in this build (--runtime / SANDHOST_RUNTIME)"),
+        RuntimeKind::Gvisor => {
+            anyhow::bail!("the gvisor runtime is not available in this build (--runtime / SANDHOST_RUNTIME)")
+        }
     }
 }
 
@@ -302,7 +328,10 @@ async fn wait_for_shutdown(
             }
             _ => {
                 let live = coordinator.progress().live;
-                tracing::error!(live, "third signal: exiting at once; the sandboxes are left for the next agent to re-adopt");
+                tracing::error!(
+                    live,
+                    "third signal: exiting at once; the sandboxes are left for the next agent to re-adopt"
+                );
                 eprintln!("sandhost serve: third signal: exited at once, leaving {live} sandbox(es) running");
                 std::process::exit(i32::from(EXIT_ABANDONED));
             }

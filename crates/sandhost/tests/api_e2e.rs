@@ -18,9 +18,7 @@ fn sandbox_json(serve: &Serve, id: &str) -> serde_json::Value {
 
 fn bad_request_field(status: &tonic::Status) -> String {
     let details = status.get_error_details();
-    let bad = details
-        .bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest detail in {status:?}"));
+    let bad = details.bad_request().unwrap_or_else(|| panic!("no BadRequest detail in {status:?}"));
     bad.field_violations[0].field.clone()
 }
 
@@ -41,12 +39,7 @@ fn create_wait_logs_get_list_through_the_cli() {
     assert_eq!(id, "hello");
 
     let wait = serve.cli(&["wait", "hello"]);
-    assert_eq!(
-        wait.status.code(),
-        Some(3),
-        "wait exits with the sandbox's code: {}",
-        stderr(&wait)
-    );
+    assert_eq!(wait.status.code(), Some(3), "wait exits with the sandbox's code: {}", stderr(&wait));
 
     assert_eq!(ok(&serve.cli(&["logs", "hello"])), "hello");
 
@@ -55,16 +48,10 @@ fn create_wait_logs_get_list_through_the_cli() {
     assert_eq!(sandbox["exit"]["code"], 3);
     assert_eq!(sandbox["exit"]["reason"], "exited");
     assert_eq!(sandbox["labels"]["team"], "a");
-    assert_eq!(
-        sandbox["argv"],
-        serde_json::json!(["sh", "-c", "echo hello; exit 3"])
-    );
+    assert_eq!(sandbox["argv"], serde_json::json!(["sh", "-c", "echo hello; exit 3"]));
 
     let list: serde_json::Value = serde_json::from_str(&ok(&serve.cli(&["list", "--json"]))).expect("JSON");
-    assert!(
-        list.as_array().expect("array").iter().any(|s| s["id"] == "hello"),
-        "{list}"
-    );
+    assert!(list.as_array().expect("array").iter().any(|s| s["id"] == "hello"), "{list}");
     let table = ok(&serve.cli(&["list"]));
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("hello"), "{table}");
@@ -107,11 +94,7 @@ fn pause_resume_kill_and_kill_again() {
     // Pausing an exited sandbox is a precondition failure: exit 1, the code on stderr.
     let pause = serve.cli(&["pause", "sleeper"]);
     assert_eq!(pause.status.code(), Some(1));
-    assert!(
-        stderr(&pause).contains("FAILED_PRECONDITION"),
-        "{}",
-        stderr(&pause)
-    );
+    assert!(stderr(&pause).contains("FAILED_PRECONDITION"), "{}", stderr(&pause));
 }
 
 #[test]
@@ -130,10 +113,7 @@ async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
         .create(pb::CreateRequest {
             id: "short".into(),
             argv: vec!["sleep".into(), "1000".into()],
-            timeout: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
+            timeout: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
             ..Default::default()
         })
         .await
@@ -146,13 +126,8 @@ async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
     let updated = sandboxes
         .update(pb::UpdateRequest {
             id: "short".into(),
-            end: Some(pb::update_request::End::Timeout(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            })),
-            labels: Some(pb::Labels {
-                labels: [("moved".to_owned(), "yes".to_owned())].into(),
-            }),
+            end: Some(pb::update_request::End::Timeout(prost_types::Duration { seconds: 1, nanos: 0 })),
+            labels: Some(pb::Labels { labels: [("moved".to_owned(), "yes".to_owned())].into() }),
         })
         .await
         .expect("update")
@@ -161,21 +136,16 @@ async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
         .expect("sandbox");
     assert_eq!(updated.labels.get("moved").map(String::as_str), Some("yes"));
     let seconds = |t: Option<prost_types::Timestamp>| t.expect("an end time").seconds;
-    assert!(
-        seconds(updated.end_time) < seconds(created.end_time),
-        "the end time moved earlier"
-    );
+    assert!(seconds(updated.end_time) < seconds(created.end_time), "the end time moved earlier");
 
-    let waited = tokio::time::timeout(
-        e2e::HANG_GUARD,
-        sandboxes.wait(pb::WaitRequest { id: "short".into() }),
-    )
-    .await
-    .expect("hang guard")
-    .expect("wait")
-    .into_inner()
-    .sandbox
-    .expect("sandbox");
+    let waited =
+        tokio::time::timeout(e2e::HANG_GUARD, sandboxes.wait(pb::WaitRequest { id: "short".into() }))
+            .await
+            .expect("hang guard")
+            .expect("wait")
+            .into_inner()
+            .sandbox
+            .expect("sandbox");
     let exit = waited.exit.expect("an exit");
     assert_eq!(exit.reason(), pb::ExitReason::Timeout);
 }
@@ -184,109 +154,50 @@ async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
 async fn invalid_requests_name_the_field() {
     let serve = Serve::start();
     let mut sandboxes = serve.sandboxes().await;
-    let base = || pb::CreateRequest {
-        argv: vec!["true".into()],
-        ..Default::default()
-    };
+    let base = || pb::CreateRequest { argv: vec!["true".into()], ..Default::default() };
 
     let cases: Vec<(pb::CreateRequest, &str)> = vec![
+        (pb::CreateRequest { id: "Bad_Id".into(), ..base() }, "id"),
+        (pb::CreateRequest { argv: vec![], ..base() }, "argv"),
         (
-            pb::CreateRequest {
-                id: "Bad_Id".into(),
-                ..base()
-            },
-            "id",
-        ),
-        (
-            pb::CreateRequest {
-                argv: vec![],
-                ..base()
-            },
-            "argv",
-        ),
-        (
-            pb::CreateRequest {
-                timeout: Some(prost_types::Duration {
-                    seconds: -1,
-                    nanos: 0,
-                }),
-                ..base()
-            },
+            pb::CreateRequest { timeout: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..base() },
             "timeout",
         ),
+        (pb::CreateRequest { drain_policy: 42, ..base() }, "drain_policy"),
         (
             pb::CreateRequest {
-                drain_policy: 42,
-                ..base()
-            },
-            "drain_policy",
-        ),
-        (
-            pb::CreateRequest {
-                env: vec![pb::EnvVar {
-                    name: "BAD=NAME".into(),
-                    value: "x".into(),
-                }],
+                env: vec![pb::EnvVar { name: "BAD=NAME".into(), value: "x".into() }],
                 ..base()
             },
             "env",
         ),
-        (
-            pb::CreateRequest {
-                cwd: "../escape".into(),
-                ..base()
-            },
-            "cwd",
-        ),
+        (pb::CreateRequest { cwd: "../escape".into(), ..base() }, "cwd"),
     ];
     for (request, field) in cases {
         let status = sandboxes.create(request.clone()).await.expect_err("refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{request:?}: {status:?}");
         let named = bad_request_field(&status);
-        assert!(
-            named.starts_with(field),
-            "{request:?}: field {named:?}, expected {field:?}"
-        );
+        assert!(named.starts_with(field), "{request:?}: field {named:?}, expected {field:?}");
         assert!(status.message().contains(field), "{status:?}");
     }
 
     let status = sandboxes
-        .create(pb::CreateRequest {
-            template: "no-such-template".into(),
-            ..base()
-        })
+        .create(pb::CreateRequest { template: "no-such-template".into(), ..base() })
         .await
         .expect_err("unknown template");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
-    let status = sandboxes
-        .list(pb::ListRequest {
-            state: 77,
-            ..Default::default()
-        })
-        .await
-        .expect_err("bad state");
+    let status =
+        sandboxes.list(pb::ListRequest { state: 77, ..Default::default() }).await.expect_err("bad state");
     assert_eq!(bad_request_field(&status), "state");
 
     // The CLI: exit 1 with the code and the field on stderr; nothing was created.
     let create = serve.cli(&["create", "--id", "Bad_Id", "--", "true"]);
     assert_eq!(create.status.code(), Some(1));
-    assert!(
-        stderr(&create).contains("INVALID_ARGUMENT"),
-        "{}",
-        stderr(&create)
-    );
+    assert!(stderr(&create).contains("INVALID_ARGUMENT"), "{}", stderr(&create));
     assert!(stderr(&create).contains("id"), "{}", stderr(&create));
-    let list = sandboxes
-        .list(pb::ListRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(
-        list.sandboxes.is_empty(),
-        "a refused create left {:?}",
-        list.sandboxes
-    );
+    let list = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
+    assert!(list.sandboxes.is_empty(), "a refused create left {:?}", list.sandboxes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,11 +209,7 @@ async fn node_limits_answer_resource_exhausted() {
     ok(&serve.cli(&["create", "--id", "one", "--", "sleep", "1000"]));
     let mut sandboxes = serve.sandboxes().await;
     let status = sandboxes
-        .create(pb::CreateRequest {
-            id: "two".into(),
-            argv: vec!["true".into()],
-            ..Default::default()
-        })
+        .create(pb::CreateRequest { id: "two".into(), argv: vec!["true".into()], ..Default::default() })
         .await
         .expect_err("over the limit");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -318,20 +225,14 @@ async fn node_limits_answer_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_call_needs_it() {
-    let serve = Serve::start_with(ServeOptions {
-        token: Some("s3cret".into()),
-        ..Default::default()
-    });
+    let serve = Serve::start_with(ServeOptions { token: Some("s3cret".into()), ..Default::default() });
 
     // The CLI passes SANDHOST_TOKEN.
     ok(&serve.cli(&["list"]));
 
     // Without it: UNAUTHENTICATED, exit 1.
     let mut command = std::process::Command::new(e2e::BIN);
-    command
-        .args(["list"])
-        .env("SANDHOST_ADDR", serve.url())
-        .env_remove("SANDHOST_TOKEN");
+    command.args(["list"]).env("SANDHOST_ADDR", serve.url()).env_remove("SANDHOST_TOKEN");
     let output = e2e::run_bounded(command);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("UNAUTHENTICATED"), "{}", stderr(&output));
@@ -342,47 +243,34 @@ async fn with_a_token_every_call_needs_it() {
         channel.clone(),
         e2e::Bearer(Some("wrong".into())),
     );
-    let status = wrong
-        .list(pb::ListRequest::default())
-        .await
-        .expect_err("wrong token");
+    let status = wrong.list(pb::ListRequest::default()).await.expect_err("wrong token");
     assert_eq!(status.code(), Code::Unauthenticated);
     let mut nodes = pb::node_service_client::NodeServiceClient::new(channel.clone());
     let status = nodes.get_info(pb::GetInfoRequest {}).await.expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated);
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // The right one works.
     let mut nodes = serve.nodes().await;
-    nodes
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .expect("with the token");
+    nodes.get_info(pb::GetInfoRequest {}).await.expect("with the token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_no_header_is_needed() {
     let serve = Serve::start();
     let mut nodes = pb::node_service_client::NodeServiceClient::new(serve.channel().await);
-    nodes
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .expect("no auth configured");
+    nodes.get_info(pb::GetInfoRequest {}).await.expect("no auth configured");
 }
 
 async fn grpc_health(serve: &Serve, service: &str) -> tonic_health::pb::health_check_response::ServingStatus {
     let mut health = tonic_health::pb::health_client::HealthClient::new(serve.channel().await);
     health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
         .await
         .expect("health check")
         .into_inner()
@@ -398,18 +286,12 @@ async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75() {
     let (code, body) = serve.http_get("/health/ready").expect("ready answers");
     assert_eq!((code, body.trim()), (200, "READY"));
     assert_eq!(grpc_health(&serve, "").await, ServingStatus::Serving);
-    assert_eq!(
-        grpc_health(&serve, "sandhost.v1.SandboxService").await,
-        ServingStatus::Serving
-    );
+    assert_eq!(grpc_health(&serve, "sandhost.v1.SandboxService").await, ServingStatus::Serving);
 
     let status: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["status", "--json"]))).expect("JSON");
     assert_eq!(status["status"], "READY");
-    assert!(
-        status["node_id"].as_str().is_some_and(|id| !id.is_empty()),
-        "{status}"
-    );
+    assert!(status["node_id"].as_str().is_some_and(|id| !id.is_empty()), "{status}");
     let table = ok(&serve.cli(&["status"]));
     assert!(table.contains("READY"), "{table}");
 
@@ -419,19 +301,12 @@ async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75() {
     assert_eq!(code, 503);
     assert!(body.contains("DRAIN"), "{body}");
     assert_eq!(grpc_health(&serve, "").await, ServingStatus::NotServing);
-    assert_eq!(
-        serve.http_get("/health/live").map(|r| r.0),
-        Some(200),
-        "live while serving"
-    );
+    assert_eq!(serve.http_get("/health/live").map(|r| r.0), Some(200), "live while serving");
 
     // Creates are refused with UNAVAILABLE + RetryInfo; the CLI exits 75.
     let mut sandboxes = serve.sandboxes().await;
     let refused = sandboxes
-        .create(pb::CreateRequest {
-            argv: vec!["true".into()],
-            ..Default::default()
-        })
+        .create(pb::CreateRequest { argv: vec!["true".into()], ..Default::default() })
         .await
         .expect_err("draining");
     assert_eq!(refused.code(), Code::Unavailable);
@@ -489,15 +364,7 @@ fn force_stop_stops_every_sandbox() {
 #[test]
 fn logs_follow_streams_until_the_sandbox_exits() {
     let serve = Serve::start();
-    ok(&serve.cli(&[
-        "create",
-        "--id",
-        "talker",
-        "--",
-        "sh",
-        "-c",
-        "echo one; sleep 1; echo two",
-    ]));
+    ok(&serve.cli(&["create", "--id", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two"]));
     let logs = serve.cli(&["logs", "talker", "-f"]);
     assert_eq!(ok(&logs), "one\ntwo");
 }
@@ -505,15 +372,10 @@ fn logs_follow_streams_until_the_sandbox_exits() {
 #[test]
 fn a_second_serve_on_the_same_state_dir_is_refused() {
     let first = Serve::start();
-    let mut second = Serve::spawn(ServeOptions {
-        state_dir: Some(first.state_dir.clone()),
-        ..Default::default()
-    });
+    let mut second =
+        Serve::spawn(ServeOptions { state_dir: Some(first.state_dir.clone()), ..Default::default() });
     let code = second.wait_exit();
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "the second serve must refuse: {code:?}"
-    );
+    assert!(code.is_some_and(|c| c != 0), "the second serve must refuse: {code:?}");
     // The first one is unharmed.
     ok(&first.cli(&["list"]));
 }
@@ -521,10 +383,7 @@ fn a_second_serve_on_the_same_state_dir_is_refused() {
 #[test]
 fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
     let state = tempfile::tempdir().expect("state dir");
-    let options = ServeOptions {
-        state_dir: Some(state.path().to_path_buf()),
-        ..Default::default()
-    };
+    let options = ServeOptions { state_dir: Some(state.path().to_path_buf()), ..Default::default() };
     let mut first = Serve::start_with(options.clone());
     ok(&first.cli(&["create", "--id", "survivor", "--", "sleep", "1000"]));
     first.kill();
@@ -549,22 +408,15 @@ async fn wait_streams_end_when_the_server_shuts_down() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // FORCE_STOP=true: the sandbox is stopped, the streams end, serve exits.
-    let code = tokio::task::spawn_blocking(move || serve.stop())
-        .await
-        .expect("join");
+    let code = tokio::task::spawn_blocking(move || serve.stop()).await.expect("join");
     assert!(code.is_some(), "serve exited normally");
-    let waited = tokio::time::timeout(e2e::HANG_GUARD, waiter)
-        .await
-        .expect("wait ended")
-        .expect("join");
+    let waited = tokio::time::timeout(e2e::HANG_GUARD, waiter).await.expect("wait ended").expect("join");
     if let Ok(response) = waited {
         // The sandbox may have been force-stopped before the stream was cut.
         let sandbox = response.into_inner().sandbox.expect("sandbox");
         assert_eq!(sandbox.state(), pb::SandboxState::Exited);
     }
-    let _ = tokio::time::timeout(e2e::HANG_GUARD, watcher)
-        .await
-        .expect("watch ended");
+    let _ = tokio::time::timeout(e2e::HANG_GUARD, watcher).await.expect("watch ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,19 +429,10 @@ async fn reflection_lists_the_services_for_stock_tools() {
     let serve = Serve::start();
     let mut client = ServerReflectionClient::new(serve.channel().await);
     let ask = |request: MessageRequest| {
-        tokio_stream::once(ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(request),
-        })
+        tokio_stream::once(ServerReflectionRequest { host: String::new(), message_request: Some(request) })
     };
     let first = |mut stream: tonic::Streaming<ServerReflectionResponse>| async move {
-        stream
-            .message()
-            .await
-            .expect("a reply")
-            .expect("not empty")
-            .message_response
-            .expect("a response")
+        stream.message().await.expect("a reply").expect("not empty").message_response.expect("a response")
     };
 
     let reply = first(
@@ -600,15 +443,9 @@ async fn reflection_lists_the_services_for_stock_tools() {
             .into_inner(),
     )
     .await;
-    let MessageResponse::ListServicesResponse(list) = reply else {
-        panic!("unexpected {reply:?}")
-    };
+    let MessageResponse::ListServicesResponse(list) = reply else { panic!("unexpected {reply:?}") };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for expected in [
-        "sandhost.v1.SandboxService",
-        "sandhost.v1.NodeService",
-        "grpc.health.v1.Health",
-    ] {
+    for expected in ["sandhost.v1.SandboxService", "sandhost.v1.NodeService", "grpc.health.v1.Health"] {
         assert!(names.contains(&expected), "{names:?}");
     }
 
@@ -623,9 +460,7 @@ async fn reflection_lists_the_services_for_stock_tools() {
             .into_inner(),
     )
     .await;
-    let MessageResponse::FileDescriptorResponse(files) = reply else {
-        panic!("unexpected {reply:?}")
-    };
+    let MessageResponse::FileDescriptorResponse(files) = reply else { panic!("unexpected {reply:?}") };
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
@@ -643,11 +478,7 @@ async fn an_oversized_request_is_refused_and_changes_nothing() {
         .await
         .expect_err("too large");
     assert_ne!(status.code(), Code::Ok);
-    let list = sandboxes
-        .list(pb::ListRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
+    let list = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
     assert!(list.sandboxes.is_empty(), "{:?}", list.sandboxes);
 }
 
@@ -658,10 +489,7 @@ fn the_process_backend_refuses_checkpoints_naming_itself() {
     let checkpoint = serve.cli(&["checkpoint", "cp"]);
     assert_eq!(checkpoint.status.code(), Some(1));
     let text = stderr(&checkpoint);
-    assert!(
-        text.contains("FAILED_PRECONDITION") && text.contains("process"),
-        "{text}"
-    );
+    assert!(text.contains("FAILED_PRECONDITION") && text.contains("process"), "{text}");
     // The sandbox is unharmed.
     assert_eq!(sandbox_json(&serve, "cp")["state"], "running");
 

@@ -55,10 +55,7 @@ async fn once_draining_is_visible_every_create_is_refused() {
     let mut status = t.coordinator().watch_status();
     let node = t.node.clone();
     let watcher = tokio::spawn(async move {
-        status
-            .wait_for(|s| *s == NodeStatus::Draining)
-            .await
-            .expect("status");
+        status.wait_for(|s| *s == NodeStatus::Draining).await.expect("status");
         node.create(request("late", DrainPolicy::Wait)).await
     });
     tokio::task::yield_now().await;
@@ -82,16 +79,9 @@ async fn a_create_admitted_before_the_drain_completes_and_is_then_drained() {
     t.node.drain(DrainRequest::default()).expect("drain");
     assert_eq!(t.node.info().drain.in_flight_starts, 1);
     hold.release();
-    let info = within("create", create)
-        .await
-        .expect("task")
-        .expect("an admitted create is never aborted");
+    let info = within("create", create).await.expect("task").expect("an admitted create is never aborted");
     assert_eq!(info.state, SandboxState::Running);
-    assert_eq!(
-        t.status(),
-        NodeStatus::Draining,
-        "the started sandbox keeps the node draining"
-    );
+    assert_eq!(t.status(), NodeStatus::Draining, "the started sandbox keeps the node draining");
 
     t.fake.exit(&key(&info), Exit::Code(0));
     within("drain", t.coordinator().wait_drained()).await;
@@ -108,9 +98,7 @@ async fn a_cancelled_create_still_finishes_its_admitted_start() {
     let _ = create.await;
     hold.release();
     let mut counts = t.manager.watch_counts();
-    within("running", counts.wait_for(|c| c.get(SandboxState::Running) == 1))
-        .await
-        .expect("counts");
+    within("running", counts.wait_for(|c| c.get(SandboxState::Running) == 1)).await.expect("counts");
     let info = t.node.get("orphan").expect("the sandbox is known");
     assert_eq!(info.state, SandboxState::Running);
 }
@@ -120,34 +108,18 @@ async fn the_deadline_forces_the_rest_and_reports_it() {
     let t = TestNode::new();
     let a = t.create("a", DrainPolicy::Wait).await;
     let start = Instant::now();
-    t.node
-        .drain(DrainRequest {
-            timeout: Some(Duration::from_secs(60)),
-            force: false,
-        })
-        .expect("drain");
-    let deadline = t
-        .node
-        .watch_drain()
-        .borrow()
-        .deadline
-        .expect("a deadline is reported");
+    t.node.drain(DrainRequest { timeout: Some(Duration::from_secs(60)), force: false }).expect("drain");
+    let deadline = t.node.watch_drain().borrow().deadline.expect("a deadline is reported");
     assert!(deadline > std::time::SystemTime::now());
 
     within("drain", t.coordinator().wait_drained()).await;
-    assert!(
-        Instant::now() - start >= Duration::from_secs(60),
-        "nothing is forced before the deadline"
-    );
+    assert!(Instant::now() - start >= Duration::from_secs(60), "nothing is forced before the deadline");
     let report = t.coordinator().report();
     assert_eq!(report.force_stopped, 1);
     assert!(report.failures.is_empty());
     let info = t.node.get("a").expect("kept for retention");
     assert_eq!(info.exit.expect("exited").reason, ExitReason::ForceStopped);
-    assert!(t.fake.calls().contains(&Call::Stop {
-        key: key(&a),
-        grace: Duration::from_secs(10)
-    }));
+    assert!(t.fake.calls().contains(&Call::Stop { key: key(&a), grace: Duration::from_secs(10) }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,8 +128,7 @@ async fn the_forced_phase_is_bounded_even_when_a_stop_never_returns() {
     let stuck = t.create("stuck", DrainPolicy::Wait).await;
     let fine = t.create("fine", DrainPolicy::Wait).await;
     t.fake.script(Op::Stop, Behaviour::Hang);
-    t.fake
-        .on_stop(&key(&fine), sandhost_runtime::fake::StopBehaviour::default());
+    t.fake.on_stop(&key(&fine), sandhost_runtime::fake::StopBehaviour::default());
     let start = Instant::now();
     t.node.force_stop().expect("force stop");
     within("both stops in flight", t.fake.wait_hung(Op::Stop, 2)).await;
@@ -192,12 +163,7 @@ async fn the_forced_phase_stops_everything_concurrently_and_once() {
     t.fake.script(Op::Stop, Behaviour::Normal);
     t.fake.release(Op::Stop);
     within("drain", t.coordinator().wait_drained()).await;
-    let stops = t
-        .fake
-        .calls()
-        .iter()
-        .filter(|c| matches!(c, Call::Stop { .. }))
-        .count();
+    let stops = t.fake.calls().iter().filter(|c| matches!(c, Call::Stop { .. })).count();
     assert_eq!(stops, 50, "each sandbox is stopped once");
     assert_eq!(t.coordinator().report().force_stopped, 50);
     assert!(t.fake.running().is_empty());
@@ -213,15 +179,9 @@ async fn a_start_in_flight_during_the_forced_phase_is_caught_by_the_final_pass()
     t.node.force_stop().expect("force");
     assert_eq!(t.status(), NodeStatus::Forcing);
     hold.release();
-    let info = within("create", create)
-        .await
-        .expect("task")
-        .expect("admitted create completes");
+    let info = within("create", create).await.expect("task").expect("admitted create completes");
     within("drain", t.coordinator().wait_drained()).await;
-    assert!(
-        t.fake.exit_of(&key(&info)).is_some(),
-        "the late sandbox was stopped"
-    );
+    assert!(t.fake.exit_of(&key(&info)).is_some(), "the late sandbox was stopped");
     assert_eq!(t.coordinator().report().force_stopped, 1);
 }
 
@@ -237,33 +197,18 @@ async fn stop_sandboxes_get_sigterm_when_the_drain_begins_and_wait_ones_run_to_t
 
     within(
         "stop of the STOP sandbox",
-        t.fake
-            .wait_calls(1, |c| matches!(c, Call::Stop { key: k, .. } if *k == key(&stop))),
+        t.fake.wait_calls(1, |c| matches!(c, Call::Stop { key: k, .. } if *k == key(&stop))),
     )
     .await;
     assert_eq!(Instant::now(), start, "SIGTERM is sent when the drain begins");
     let mut counts = t.manager.watch_counts();
-    within("one left", counts.wait_for(|c| c.live() == 1))
-        .await
-        .expect("counts");
-    assert!(
-        t.fake.exit_of(&key(&wait)).is_none(),
-        "the WAIT sandbox keeps running"
-    );
-    assert_eq!(
-        t.node.get("batch").expect("known").exit.expect("exited").reason,
-        ExitReason::DrainStopped
-    );
+    within("one left", counts.wait_for(|c| c.live() == 1)).await.expect("counts");
+    assert!(t.fake.exit_of(&key(&wait)).is_none(), "the WAIT sandbox keeps running");
+    assert_eq!(t.node.get("batch").expect("known").exit.expect("exited").reason, ExitReason::DrainStopped);
 
     within("drain", t.coordinator().wait_drained()).await;
-    assert!(
-        Instant::now() - start >= Duration::from_secs(119),
-        "the WAIT sandbox ran to its end time"
-    );
-    assert_eq!(
-        t.node.get("service").expect("known").exit.expect("exited").reason,
-        ExitReason::Timeout
-    );
+    assert!(Instant::now() - start >= Duration::from_secs(119), "the WAIT sandbox ran to its end time");
+    assert_eq!(t.node.get("service").expect("known").exit.expect("exited").reason, ExitReason::Timeout);
     assert_eq!(t.coordinator().report().force_stopped, 0, "nothing was forced");
 }
 
@@ -271,26 +216,13 @@ async fn stop_sandboxes_get_sigterm_when_the_drain_begins_and_wait_ones_run_to_t
 async fn undrain_mid_drain_restores_ready_and_cancels_the_escalation() {
     let t = TestNode::new();
     let a = t.create("a", DrainPolicy::Wait).await;
-    t.node
-        .drain(DrainRequest {
-            timeout: Some(Duration::from_secs(10)),
-            force: false,
-        })
-        .expect("drain");
+    t.node.drain(DrainRequest { timeout: Some(Duration::from_secs(10)), force: false }).expect("drain");
     let progress = t.node.undrain().expect("undrain");
     assert_eq!(progress.status, NodeStatus::Ready);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(t.status(), NodeStatus::Ready);
-    assert!(
-        t.fake.exit_of(&key(&a)).is_none(),
-        "the pending escalation was cancelled"
-    );
-    assert!(
-        !t.fake
-            .calls()
-            .iter()
-            .any(|c| matches!(c, Call::Stop { .. } | Call::Kill(_)))
-    );
+    assert!(t.fake.exit_of(&key(&a)).is_none(), "the pending escalation was cancelled");
+    assert!(!t.fake.calls().iter().any(|c| matches!(c, Call::Stop { .. } | Call::Kill(_))));
     t.create("b", DrainPolicy::Wait).await;
     assert_eq!(t.status(), NodeStatus::Ready, "admission is open again");
 }
@@ -322,8 +254,7 @@ async fn force_stop_at_shutdown_skips_the_graceful_phase() {
     let t = TestNode::new();
     let a = t.create("a", DrainPolicy::Wait).await;
     let start = Instant::now();
-    t.coordinator()
-        .begin_shutdown(Some(Duration::from_secs(3600)), true);
+    t.coordinator().begin_shutdown(Some(Duration::from_secs(3600)), true);
     within("drain", t.coordinator().wait_drained()).await;
     assert_eq!(Instant::now(), start);
     assert!(t.fake.exit_of(&key(&a)).is_some());
@@ -331,10 +262,7 @@ async fn force_stop_at_shutdown_skips_the_graceful_phase() {
 
 #[tokio::test(start_paused = true)]
 async fn a_checkpoint_and_continue_in_flight_when_the_drain_starts_completes() {
-    let t = TestNode::with(
-        FakeRuntime::with_checkpoint(),
-        sandhost::config::SandboxConfig::default(),
-    );
+    let t = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
     let a = t.create("a", DrainPolicy::Wait).await;
     t.fake.script(Op::Checkpoint, Behaviour::Hang);
     let node = t.node.clone();
@@ -342,16 +270,9 @@ async fn a_checkpoint_and_continue_in_flight_when_the_drain_starts_completes() {
     within("checkpoint in flight", t.fake.wait_hung(Op::Checkpoint, 1)).await;
     t.node.drain(DrainRequest::default()).expect("drain");
     t.fake.release(Op::Checkpoint);
-    let snapshot = within("checkpoint", checkpoint)
-        .await
-        .expect("task")
-        .expect("the checkpoint completes");
+    let snapshot = within("checkpoint", checkpoint).await.expect("task").expect("the checkpoint completes");
     assert_eq!(snapshot.source, a.id);
-    assert_eq!(
-        t.node.get("a").expect("known").state,
-        SandboxState::Running,
-        "the sandbox keeps running"
-    );
+    assert_eq!(t.node.get("a").expect("known").state, SandboxState::Running, "the sandbox keeps running");
     // A new checkpoint-and-continue would start work: it is refused while draining.
     assert!(matches!(
         t.node.checkpoint("a", false).await,
@@ -361,18 +282,12 @@ async fn a_checkpoint_and_continue_in_flight_when_the_drain_starts_completes() {
 
 #[tokio::test(start_paused = true)]
 async fn checkpoint_sandboxes_are_evacuated_where_the_backend_can() {
-    let t = TestNode::with(
-        FakeRuntime::with_checkpoint(),
-        sandhost::config::SandboxConfig::default(),
-    );
+    let t = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
     let a = t.create("a", DrainPolicy::Checkpoint).await;
     t.node.force_stop().expect("force");
     within("drain", t.coordinator().wait_drained()).await;
     assert_eq!(t.coordinator().report().checkpointed, 1);
-    assert_eq!(
-        t.node.get("a").expect("known").exit.expect("exited").reason,
-        ExitReason::Checkpointed
-    );
+    assert_eq!(t.node.get("a").expect("known").exit.expect("exited").reason, ExitReason::Checkpointed);
     assert!(
         t.fake
             .calls()
@@ -390,10 +305,7 @@ async fn checkpoint_sandboxes_are_stopped_and_reported_where_the_backend_cannot(
     let report = t.coordinator().report();
     assert_eq!(report.checkpointed, 0);
     assert_eq!(report.force_stopped, 1);
-    assert_eq!(
-        t.node.get("a").expect("known").exit.expect("exited").reason,
-        ExitReason::DrainStopped
-    );
+    assert_eq!(t.node.get("a").expect("known").exit.expect("exited").reason, ExitReason::DrainStopped);
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,13 +313,7 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
     let fake = FakeRuntime::new();
     let first = TestNode::new();
     let a = first.create("a", DrainPolicy::Wait).await;
-    first
-        .node
-        .drain(DrainRequest {
-            timeout: Some(Duration::from_secs(300)),
-            force: false,
-        })
-        .expect("drain");
+    first.node.drain(DrainRequest { timeout: Some(Duration::from_secs(300)), force: false }).expect("drain");
     let deadline = first.node.watch_drain().borrow().deadline.expect("deadline");
 
     // The agent dies; its sandbox keeps running; a new agent over the same state dir re-adopts it.
@@ -433,10 +339,7 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
     assert_eq!(second.status(), NodeStatus::Draining);
     let resumed = second.node.watch_drain().borrow().deadline.expect("deadline");
     let skew = resumed.duration_since(deadline).unwrap_or_else(|e| e.duration());
-    assert!(
-        skew < Duration::from_millis(1),
-        "same deadline: {deadline:?} vs {resumed:?}"
-    );
+    assert!(skew < Duration::from_millis(1), "same deadline: {deadline:?} vs {resumed:?}");
     assert!(matches!(
         second.node.create(request("new", DrainPolicy::Wait)).await,
         Err(CreateError::NotAdmitting { .. })

@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use sandhost::config::SandboxConfig;
 use sandhost::sandbox::{
-    CreateError, CreateRequest, DrainPolicy, ExitReason, ListFilter, SandboxError, SandboxState, UpdateRequest,
+    CreateError, CreateRequest, DrainPolicy, ExitReason, ListFilter, SandboxError, SandboxState,
+    UpdateRequest,
 };
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
 use sandhost_runtime::{Exit, Recovered, RecoveredState, SandboxSpec, Template, User};
@@ -31,7 +32,8 @@ async fn create_get_list_and_labels() {
 
     let all = t.node.list(&ListFilter::default());
     assert_eq!(all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["db", "web"]);
-    let filter = ListFilter { labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]), ..ListFilter::default() };
+    let filter =
+        ListFilter { labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]), ..ListFilter::default() };
     assert_eq!(t.node.list(&filter).len(), 1);
     let filter = ListFilter { state: Some(SandboxState::Exited), ..ListFilter::default() };
     assert!(t.node.list(&filter).is_empty());
@@ -192,12 +194,30 @@ async fn invalid_requests_name_the_field_and_start_nothing() {
         (CreateRequest { id: Some("Bad_Id".into()), ..request("x", DrainPolicy::Wait) }, "id"),
         (CreateRequest { argv: Vec::new(), ..request("x", DrainPolicy::Wait) }, "argv"),
         (CreateRequest { cwd: Some("../up".into()), ..request("x", DrainPolicy::Wait) }, "cwd"),
-        (CreateRequest { memory_bytes: Some(1), ..request("x", DrainPolicy::Wait) }, "resources.memory_bytes"),
+        (
+            CreateRequest { memory_bytes: Some(1), ..request("x", DrainPolicy::Wait) },
+            "resources.memory_bytes",
+        ),
         (CreateRequest { pids_max: Some(0), ..request("x", DrainPolicy::Wait) }, "resources.pids_max"),
-        (CreateRequest { cpu_millis: Some(u32::MAX), ..request("x", DrainPolicy::Wait) }, "resources.cpu_millis"),
-        (CreateRequest { timeout: Some(Duration::from_secs(365 * 24 * 3600)), ..request("x", DrainPolicy::Wait) }, "timeout"),
-        (CreateRequest { env: vec![("A=B".into(), "c".into())], ..request("x", DrainPolicy::Wait) }, "env[\"A=B\"]"),
-        (CreateRequest { restore_from: Some("../../etc".into()), ..request("x", DrainPolicy::Wait) }, "restore_from"),
+        (
+            CreateRequest { cpu_millis: Some(u32::MAX), ..request("x", DrainPolicy::Wait) },
+            "resources.cpu_millis",
+        ),
+        (
+            CreateRequest {
+                timeout: Some(Duration::from_secs(365 * 24 * 3600)),
+                ..request("x", DrainPolicy::Wait)
+            },
+            "timeout",
+        ),
+        (
+            CreateRequest { env: vec![("A=B".into(), "c".into())], ..request("x", DrainPolicy::Wait) },
+            "env[\"A=B\"]",
+        ),
+        (
+            CreateRequest { restore_from: Some("../../etc".into()), ..request("x", DrainPolicy::Wait) },
+            "restore_from",
+        ),
     ];
     for (req, field) in cases {
         match t.node.create(req).await {
@@ -210,7 +230,9 @@ async fn invalid_requests_name_the_field_and_start_nothing() {
         Err(CreateError::TemplateNotFound(name)) if name == "nope"
     ));
     assert!(matches!(
-        t.node.create(CreateRequest { restore_from: Some("snap".into()), ..request("x", DrainPolicy::Wait) }).await,
+        t.node
+            .create(CreateRequest { restore_from: Some("snap".into()), ..request("x", DrainPolicy::Wait) })
+            .await,
         Err(CreateError::NotSupported { what: "restore from a snapshot", .. })
     ));
     assert!(t.fake.calls().is_empty(), "nothing reached the runtime");

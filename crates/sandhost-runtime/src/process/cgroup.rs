@@ -93,14 +93,8 @@ impl Layout {
                 .collect(),
             None => BTreeSet::new(),
         };
-        let mut layout = Self {
-            v2_root,
-            v2_controllers,
-            v1,
-            v2_freeze: false,
-            v2_kill: false,
-            parent: parent.to_owned(),
-        };
+        let mut layout =
+            Self { v2_root, v2_controllers, v1, v2_freeze: false, v2_kill: false, parent: parent.to_owned() };
         layout.create_parents()?;
         Ok(layout)
     }
@@ -153,11 +147,7 @@ impl Layout {
         } else {
             "none"
         };
-        let kill = if self.v2_kill {
-            "v2-cgroup.kill"
-        } else {
-            "freeze-and-signal"
-        };
+        let kill = if self.v2_kill { "v2-cgroup.kill" } else { "freeze-and-signal" };
         format!(
             "{} {} {} freeze={freeze} kill={kill}",
             place(Controller::Memory),
@@ -194,10 +184,7 @@ impl Layout {
             roots.push(root);
         }
         roots.dedup();
-        roots
-            .into_iter()
-            .map(|r| r.join(&self.parent).join(&name))
-            .collect()
+        roots.into_iter().map(|r| r.join(&self.parent).join(&name)).collect()
     }
 
     /// The (not yet created) cgroup of `key`.
@@ -264,10 +251,7 @@ impl Cgroup {
                 for made in &self.dirs[..i] {
                     let _ = fs::remove_dir(made);
                 }
-                return Err(CgroupError {
-                    step: "create cgroup",
-                    source: e,
-                });
+                return Err(CgroupError { step: "create cgroup", source: e });
             }
         }
         Ok(())
@@ -277,11 +261,7 @@ impl Cgroup {
     pub(crate) fn set_limits(&self, limits: &crate::Limits) -> Result<(), CgroupError> {
         if let Some(bytes) = limits.memory_bytes {
             let (dir, v2) = self.memory.as_ref().ok_or_else(|| missing("memory limit"))?;
-            let file = if *v2 {
-                "memory.max"
-            } else {
-                "memory.limit_in_bytes"
-            };
+            let file = if *v2 { "memory.max" } else { "memory.limit_in_bytes" };
             write(&dir.join(file), &bytes.to_string()).map_err(step("set memory limit"))?;
             if *v2 {
                 let _ = write(&dir.join("memory.swap.max"), "0");
@@ -346,10 +326,7 @@ impl Cgroup {
                         return Ok(());
                     }
                     if Instant::now() > deadline {
-                        return Err(CgroupError {
-                            step: "freeze",
-                            source: io::ErrorKind::TimedOut.into(),
-                        });
+                        return Err(CgroupError { step: "freeze", source: io::ErrorKind::TimedOut.into() });
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -413,10 +390,7 @@ impl Cgroup {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
-                        return Err(CgroupError {
-                            step: "remove cgroup",
-                            source: e,
-                        });
+                        return Err(CgroupError { step: "remove cgroup", source: e });
                     }
                 }
             }
@@ -428,10 +402,7 @@ impl Cgroup {
 fn missing(what: &'static str) -> CgroupError {
     CgroupError {
         step: what,
-        source: io::Error::new(
-            io::ErrorKind::Unsupported,
-            "no such cgroup controller on this host",
-        ),
+        source: io::Error::new(io::ErrorKind::Unsupported, "no such cgroup controller on this host"),
     }
 }
 
@@ -461,7 +432,5 @@ fn unescape(field: &str) -> PathBuf {
             i += 1;
         }
     }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-        out,
-    ))
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }

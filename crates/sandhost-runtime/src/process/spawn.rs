@@ -95,13 +95,8 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
     // SAFETY: clone3 without CLONE_VM and with a zero stack behaves like fork: the child gets a copy
     // of this thread's address space. In the child we run only `child_exec`, which makes raw,
     // async-signal-safe system calls on memory prepared above and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &raw mut args,
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<libc::clone_args>()) };
     if ret == 0 {
         // SAFETY: we are the freshly cloned child; see above.
         unsafe { child_exec(&child, plan.exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) }

@@ -17,18 +17,14 @@ pub(crate) struct AuthInterceptor {
 impl std::fmt::Debug for AuthInterceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
-        f.debug_struct("AuthInterceptor")
-            .field("enabled", &self.token.is_some())
-            .finish()
+        f.debug_struct("AuthInterceptor").field("enabled", &self.token.is_some()).finish()
     }
 }
 
 impl AuthInterceptor {
     /// Requires `token` when it is `Some`.
     pub(crate) fn new(token: Option<String>) -> Self {
-        Self {
-            token: token.map(Arc::from),
-        }
+        Self { token: token.map(Arc::from) }
     }
 }
 
@@ -64,9 +60,7 @@ mod tests {
     fn request_with(value: Option<&'static str>) -> Request<()> {
         let mut request = Request::new(());
         if let Some(value) = value {
-            request
-                .metadata_mut()
-                .insert("authorization", MetadataValue::from_static(value));
+            request.metadata_mut().insert("authorization", MetadataValue::from_static(value));
         }
         request
     }
@@ -82,13 +76,8 @@ mod tests {
     fn with_a_token_only_the_right_bearer_passes() {
         let mut auth = AuthInterceptor::new(Some("s3cret".into()));
         assert!(auth.call(request_with(Some("Bearer s3cret"))).is_ok());
-        for bad in [
-            None,
-            Some("Bearer s3cre"),
-            Some("Bearer s3cret2"),
-            Some("s3cret"),
-            Some("Basic s3cret"),
-        ] {
+        for bad in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("s3cret"), Some("Basic s3cret")]
+        {
             let error = auth.call(request_with(bad)).expect_err("refused");
             assert_eq!(error.code(), Code::Unauthenticated, "{bad:?}");
         }

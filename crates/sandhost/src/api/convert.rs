@@ -131,23 +131,16 @@ pub(crate) fn update_request(request: pb::UpdateRequest, now: SystemTime) -> Res
         Some(pb::update_request::End::EndTime(end)) => {
             let end = SystemTime::try_from(end)
                 .map_err(|e| invalid_argument("end_time", &format!("not a valid time: {e}")))?;
-            let timeout = end
-                .duration_since(now)
-                .map_err(|_| invalid_argument("end_time", "must be in the future"))?;
+            let timeout =
+                end.duration_since(now).map_err(|_| invalid_argument("end_time", "must be in the future"))?;
             Some(timeout)
         }
     };
-    Ok(UpdateRequest {
-        timeout,
-        labels: request.labels.map(|labels| labels.labels),
-    })
+    Ok(UpdateRequest { timeout, labels: request.labels.map(|labels| labels.labels) })
 }
 
 pub(crate) fn list_filter(request: pb::ListRequest) -> Result<ListFilter, Status> {
-    Ok(ListFilter {
-        state: state_from_proto("state", request.state)?,
-        labels: request.labels,
-    })
+    Ok(ListFilter { state: state_from_proto("state", request.state)?, labels: request.labels })
 }
 
 fn resources(limits: Limits) -> pb::Resources {
@@ -200,17 +193,11 @@ pub(crate) fn snapshot(info: SnapshotInfo) -> pb::Snapshot {
 // --- NodeService ---
 
 pub(crate) fn drain_request(request: &pb::DrainRequest) -> Result<DrainRequest, Status> {
-    Ok(DrainRequest {
-        timeout: duration("timeout", request.timeout)?,
-        force: request.force,
-    })
+    Ok(DrainRequest { timeout: duration("timeout", request.timeout)?, force: request.force })
 }
 
 fn failure(failure: DrainFailure) -> pb::DrainFailure {
-    pb::DrainFailure {
-        subject: failure.subject,
-        message: failure.message,
-    }
+    pb::DrainFailure { subject: failure.subject, message: failure.message }
 }
 
 pub(crate) fn drain_progress(progress: DrainProgress) -> pb::DrainProgress {
@@ -247,10 +234,7 @@ pub(crate) fn node_info(info: NodeInfo) -> pb::GetInfoResponse {
         counts: info
             .counts
             .into_iter()
-            .map(|(state, count)| pb::StateCount {
-                state: state_to_proto(state).into(),
-                count,
-            })
+            .map(|(state, count)| pb::StateCount { state: state_to_proto(state).into(), count })
             .collect(),
         allocated: Some(node_resources(info.allocated)),
         capacity: Some(node_resources(info.capacity)),
@@ -269,13 +253,7 @@ mod tests {
     use super::*;
 
     fn field_of(status: &Status) -> String {
-        status
-            .get_error_details()
-            .bad_request()
-            .expect("BadRequest")
-            .field_violations[0]
-            .field
-            .clone()
+        status.get_error_details().bad_request().expect("BadRequest").field_violations[0].field.clone()
     }
 
     fn full_request() -> pb::CreateRequest {
@@ -283,15 +261,9 @@ mod tests {
             id: "sb-1".into(),
             template: "img".into(),
             argv: vec!["sleep".into(), "5".into()],
-            env: vec![pb::EnvVar {
-                name: "A".into(),
-                value: "1".into(),
-            }],
+            env: vec![pb::EnvVar { name: "A".into(), value: "1".into() }],
             cwd: "/tmp".into(),
-            timeout: Some(prost_types::Duration {
-                seconds: 90,
-                nanos: 0,
-            }),
+            timeout: Some(prost_types::Duration { seconds: 90, nanos: 0 }),
             resources: Some(pb::Resources {
                 cpu_millis: Some(500),
                 memory_bytes: Some(1 << 20),
@@ -324,11 +296,8 @@ mod tests {
 
     #[test]
     fn empty_fields_mean_defaults() {
-        let request = create_request(pb::CreateRequest {
-            argv: vec!["true".into()],
-            ..Default::default()
-        })
-        .expect("converts");
+        let request = create_request(pb::CreateRequest { argv: vec!["true".into()], ..Default::default() })
+            .expect("converts");
         assert_eq!(request.id, None);
         assert_eq!(request.template, None);
         assert_eq!(request.cwd, None);
@@ -342,36 +311,21 @@ mod tests {
     #[test]
     fn unconvertible_fields_are_refused_by_name() {
         let mut request = full_request();
-        request.timeout = Some(prost_types::Duration {
-            seconds: -1,
-            nanos: 0,
-        });
+        request.timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 });
         let error = create_request(request).expect_err("negative timeout");
         assert_eq!(error.code(), Code::InvalidArgument);
         assert_eq!(field_of(&error), "timeout");
 
         let mut request = full_request();
-        request.stop_grace = Some(prost_types::Duration {
-            seconds: -5,
-            nanos: 0,
-        });
-        assert_eq!(
-            field_of(&create_request(request).expect_err("negative grace")),
-            "stop_grace"
-        );
+        request.stop_grace = Some(prost_types::Duration { seconds: -5, nanos: 0 });
+        assert_eq!(field_of(&create_request(request).expect_err("negative grace")), "stop_grace");
 
         let mut request = full_request();
         request.drain_policy = 42;
-        assert_eq!(
-            field_of(&create_request(request).expect_err("unknown policy")),
-            "drain_policy"
-        );
+        assert_eq!(field_of(&create_request(request).expect_err("unknown policy")), "drain_policy");
 
-        let error = list_filter(pb::ListRequest {
-            state: 99,
-            labels: BTreeMap::new(),
-        })
-        .expect_err("unknown state");
+        let error =
+            list_filter(pb::ListRequest { state: 99, labels: BTreeMap::new() }).expect_err("unknown state");
         assert_eq!(field_of(&error), "state");
     }
 
@@ -379,10 +333,7 @@ mod tests {
     fn every_state_and_policy_round_trips() {
         for state in SandboxState::ALL {
             let proto = state_to_proto(state);
-            assert_eq!(
-                state_from_proto("state", proto.into()).expect("known"),
-                Some(state)
-            );
+            assert_eq!(state_from_proto("state", proto.into()).expect("known"), Some(state));
         }
         assert_eq!(state_from_proto("state", 0).expect("known"), None);
         for policy in [DrainPolicy::Wait, DrainPolicy::Stop, DrainPolicy::Checkpoint] {
@@ -400,12 +351,8 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let request = pb::UpdateRequest {
             id: "sb-1".into(),
-            end: Some(pb::update_request::End::EndTime(timestamp(
-                now + Duration::from_secs(60),
-            ))),
-            labels: Some(pb::Labels {
-                labels: BTreeMap::new(),
-            }),
+            end: Some(pb::update_request::End::EndTime(timestamp(now + Duration::from_secs(60)))),
+            labels: Some(pb::Labels { labels: BTreeMap::new() }),
         };
         let update = update_request(request, now).expect("converts");
         assert_eq!(update.timeout, Some(Duration::from_secs(60)));
@@ -413,25 +360,13 @@ mod tests {
 
         let past = pb::UpdateRequest {
             id: "sb-1".into(),
-            end: Some(pb::update_request::End::EndTime(timestamp(
-                now - Duration::from_secs(1),
-            ))),
+            end: Some(pb::update_request::End::EndTime(timestamp(now - Duration::from_secs(1)))),
             labels: None,
         };
-        assert_eq!(
-            field_of(&update_request(past, now).expect_err("past")),
-            "end_time"
-        );
+        assert_eq!(field_of(&update_request(past, now).expect_err("past")), "end_time");
 
-        let unchanged = update_request(
-            pb::UpdateRequest {
-                id: "x".into(),
-                end: None,
-                labels: None,
-            },
-            now,
-        )
-        .expect("converts");
+        let unchanged = update_request(pb::UpdateRequest { id: "x".into(), end: None, labels: None }, now)
+            .expect("converts");
         assert_eq!(unchanged.timeout, None);
         assert_eq!(unchanged.labels, None);
     }
@@ -445,22 +380,14 @@ mod tests {
             state: SandboxState::Exited,
             argv: vec!["false".into()],
             template: "host".into(),
-            limits: Limits {
-                memory_bytes: Some(5),
-                cpu_millis: None,
-                pids_max: Some(3),
-            },
+            limits: Limits { memory_bytes: Some(5), cpu_millis: None, pids_max: Some(3) },
             labels: BTreeMap::from([("k".into(), "v".into())]),
             drain_policy: DrainPolicy::Checkpoint,
             created_at: created,
             started_at: Some(created),
             end_time: None,
             exited_at: Some(created + Duration::from_secs(1)),
-            exit: Some(ExitInfo {
-                exit: Some(Exit::Signal(9)),
-                reason: ExitReason::Killed,
-                message: None,
-            }),
+            exit: Some(ExitInfo { exit: Some(Exit::Signal(9)), reason: ExitReason::Killed, message: None }),
             restored_from: Some(SnapshotId::parse("snap").expect("id")),
         };
         let proto = sandbox(info);
@@ -510,22 +437,13 @@ mod tests {
             force_stopped: 4,
             checkpointed: 5,
             deadline: Some(now + Duration::from_secs(30)),
-            failures: vec![DrainFailure {
-                subject: "sb-1".into(),
-                message: "stuck".into(),
-            }],
+            failures: vec![DrainFailure { subject: "sb-1".into(), message: "stuck".into() }],
         };
         let proto = drain_progress(progress);
         assert_eq!(proto.status(), pb::NodeStatus::Forcing);
         assert!(proto.shutting_down);
         assert_eq!(
-            (
-                proto.in_flight_starts,
-                proto.live,
-                proto.exited,
-                proto.force_stopped,
-                proto.checkpointed
-            ),
+            (proto.in_flight_starts, proto.live, proto.exited, proto.force_stopped, proto.checkpointed),
             (1, 2, 3, 4, 5)
         );
         assert_eq!(proto.deadline, Some(timestamp(now + Duration::from_secs(30))));
@@ -536,18 +454,9 @@ mod tests {
             force: true,
         })
         .expect("converts");
-        assert_eq!(
-            request,
-            DrainRequest {
-                timeout: Some(Duration::from_secs(5)),
-                force: true
-            }
-        );
+        assert_eq!(request, DrainRequest { timeout: Some(Duration::from_secs(5)), force: true });
         let error = drain_request(&pb::DrainRequest {
-            timeout: Some(prost_types::Duration {
-                seconds: -5,
-                nanos: 0,
-            }),
+            timeout: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
             force: false,
         })
         .expect_err("negative");

@@ -58,9 +58,7 @@ impl Health for HealthApi {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let stream = self.inner.watch(request).await?.into_inner();
-        Ok(Response::new(Box::pin(
-            stream.take_until(self.shutdown.clone().cancelled_owned()),
-        )))
+        Ok(Response::new(Box::pin(stream.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 }
 
@@ -86,11 +84,7 @@ async fn drive(
 }
 
 fn serving_status(status: NodeStatus) -> ServingStatus {
-    if status == NodeStatus::Ready {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    }
+    if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing }
 }
 
 #[cfg(test)]
@@ -104,11 +98,8 @@ mod tests {
     #[test]
     fn only_ready_is_serving() {
         for status in NodeStatus::ALL {
-            let expected = if status == NodeStatus::Ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+            let expected =
+                if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing };
             assert_eq!(serving_status(status), expected, "{status}");
         }
     }
@@ -129,15 +120,8 @@ mod tests {
     }
 
     async fn check(server: &HealthApi, name: &str) -> Wire {
-        let request = Request::new(HealthCheckRequest {
-            service: name.to_owned(),
-        });
-        server
-            .check(request)
-            .await
-            .expect("registered")
-            .into_inner()
-            .status()
+        let request = Request::new(HealthCheckRequest { service: name.to_owned() });
+        server.check(request).await.expect("registered").into_inner().status()
     }
 
     #[tokio::test]
@@ -152,17 +136,12 @@ mod tests {
         let task = tokio::spawn(drive(reporter, rx, shutdown.clone()));
 
         let mut watch = api
-            .watch(Request::new(HealthCheckRequest {
-                service: String::new(),
-            }))
+            .watch(Request::new(HealthCheckRequest { service: String::new() }))
             .await
             .expect("watch")
             .into_inner();
         // The first SERVING (the reporter starts at SERVING for "").
-        assert_eq!(
-            watch.next().await.expect("an item").expect("ok").status(),
-            Wire::Serving
-        );
+        assert_eq!(watch.next().await.expect("an item").expect("ok").status(), Wire::Serving);
 
         tx.send_replace(progress(NodeStatus::Draining));
         loop {

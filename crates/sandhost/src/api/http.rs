@@ -50,9 +50,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP health and metrics listening");
     }
-    axum::serve(listener, router(node, registry))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(listener, router(node, registry)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn live() -> &'static str {
@@ -61,11 +59,7 @@ async fn live() -> &'static str {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let status = state.node.status();
-    let code = if status == NodeStatus::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if status == NodeStatus::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, format!("{status}\n")).into_response()
 }
 

@@ -52,16 +52,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_stream_ends_without_an_error() {
-        let items: Vec<_> = until_shutdown(
-            futures::stream::iter([Ok::<_, Status>(1), Ok(2)]),
-            CancellationToken::new(),
-        )
-        .collect()
-        .await;
-        assert_eq!(
-            items.iter().map(|i| *i.as_ref().expect("ok")).collect::<Vec<_>>(),
-            [1, 2]
-        );
+        let items: Vec<_> =
+            until_shutdown(futures::stream::iter([Ok::<_, Status>(1), Ok(2)]), CancellationToken::new())
+                .collect()
+                .await;
+        assert_eq!(items.iter().map(|i| *i.as_ref().expect("ok")).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[tokio::test]

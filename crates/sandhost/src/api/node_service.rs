@@ -44,9 +44,7 @@ impl NodeService for NodeApi {
         let request = convert::drain_request(request.get_ref())?;
         tracing::info!(timeout = ?request.timeout, force = request.force, "drain requested through the API");
         let progress = self.node.drain(request).map_err(|e| drain_error(&e))?;
-        Ok(Response::new(pb::DrainResponse {
-            progress: Some(convert::drain_progress(progress)),
-        }))
+        Ok(Response::new(pb::DrainResponse { progress: Some(convert::drain_progress(progress)) }))
     }
 
     async fn undrain(
@@ -55,9 +53,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::UndrainResponse>, Status> {
         tracing::info!("undrain requested through the API");
         let progress = self.node.undrain().map_err(|e| drain_error(&e))?;
-        Ok(Response::new(pb::UndrainResponse {
-            progress: Some(convert::drain_progress(progress)),
-        }))
+        Ok(Response::new(pb::UndrainResponse { progress: Some(convert::drain_progress(progress)) }))
     }
 
     async fn force_stop(
@@ -66,9 +62,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::ForceStopResponse>, Status> {
         tracing::info!("force stop requested through the API");
         let progress = self.node.force_stop().map_err(|e| drain_error(&e))?;
-        Ok(Response::new(pb::ForceStopResponse {
-            progress: Some(convert::drain_progress(progress)),
-        }))
+        Ok(Response::new(pb::ForceStopResponse { progress: Some(convert::drain_progress(progress)) }))
     }
 
     type WatchDrainStream = WatchDrainStream;
@@ -77,11 +71,8 @@ impl NodeService for NodeApi {
         &self,
         _request: Request<pb::WatchDrainRequest>,
     ) -> Result<Response<Self::WatchDrainStream>, Status> {
-        let stream = WatchStream::new(self.node.watch_drain()).map(|progress| {
-            Ok(pb::WatchDrainResponse {
-                progress: Some(convert::drain_progress(progress)),
-            })
-        });
+        let stream = WatchStream::new(self.node.watch_drain())
+            .map(|progress| Ok(pb::WatchDrainResponse { progress: Some(convert::drain_progress(progress)) }));
         let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }

@@ -43,29 +43,17 @@ impl SandboxService for SandboxApi {
             create_error(&e)
         })?;
         tracing::debug!(sandbox.id = %info.id, lifecycle.id = %info.lifecycle, "created");
-        Ok(Response::new(pb::CreateResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        Ok(Response::new(pb::CreateResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let info = self
-            .node
-            .get(&request.get_ref().id)
-            .map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::GetResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        let info = self.node.get(&request.get_ref().id).map_err(|e| sandbox_error(&e))?;
+        Ok(Response::new(pb::GetResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let filter = convert::list_filter(request.into_inner())?;
-        let sandboxes = self
-            .node
-            .list(&filter)
-            .into_iter()
-            .map(convert::sandbox)
-            .collect();
+        let sandboxes = self.node.list(&filter).into_iter().map(convert::sandbox).collect();
         Ok(Response::new(pb::ListResponse { sandboxes }))
     }
 
@@ -74,39 +62,21 @@ impl SandboxService for SandboxApi {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let request = request.into_inner();
-        let info = self
-            .node
-            .delete(&request.id, request.now)
-            .await
-            .map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::DeleteResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        let info = self.node.delete(&request.id, request.now).await.map_err(|e| sandbox_error(&e))?;
+        Ok(Response::new(pb::DeleteResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn pause(&self, request: Request<pb::PauseRequest>) -> Result<Response<pb::PauseResponse>, Status> {
-        let info = self
-            .node
-            .pause(&request.get_ref().id)
-            .await
-            .map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::PauseResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        let info = self.node.pause(&request.get_ref().id).await.map_err(|e| sandbox_error(&e))?;
+        Ok(Response::new(pb::PauseResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn resume(
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
-        let info = self
-            .node
-            .resume(&request.get_ref().id)
-            .await
-            .map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::ResumeResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        let info = self.node.resume(&request.get_ref().id).await.map_err(|e| sandbox_error(&e))?;
+        Ok(Response::new(pb::ResumeResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn update(
@@ -117,9 +87,7 @@ impl SandboxService for SandboxApi {
         let id = request.id.clone();
         let update = convert::update_request(request, SystemTime::now())?;
         let info = self.node.update(&id, update).map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::UpdateResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        Ok(Response::new(pb::UpdateResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn checkpoint(
@@ -127,14 +95,9 @@ impl SandboxService for SandboxApi {
         request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
         let request = request.into_inner();
-        let snapshot = self
-            .node
-            .checkpoint(&request.id, request.stop)
-            .await
-            .map_err(|e| sandbox_error(&e))?;
-        Ok(Response::new(pb::CheckpointResponse {
-            snapshot: Some(convert::snapshot(snapshot)),
-        }))
+        let snapshot =
+            self.node.checkpoint(&request.id, request.stop).await.map_err(|e| sandbox_error(&e))?;
+        Ok(Response::new(pb::CheckpointResponse { snapshot: Some(convert::snapshot(snapshot)) }))
     }
 
     async fn list_snapshots(
@@ -151,10 +114,7 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        self.node
-            .delete_snapshot(&request.get_ref().id)
-            .await
-            .map_err(|e| sandbox_error(&e))?;
+        self.node.delete_snapshot(&request.get_ref().id).await.map_err(|e| sandbox_error(&e))?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
@@ -162,15 +122,9 @@ impl SandboxService for SandboxApi {
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let request = request.into_inner();
-        let logs = self
-            .node
-            .logs(&request.id, request.follow)
-            .map_err(|e| sandbox_error(&e))?;
-        let stream = logs.map(|chunk| {
-            chunk
-                .map(|data| pb::LogsResponse { data })
-                .map_err(|e| sandbox_error(&e))
-        });
+        let logs = self.node.logs(&request.id, request.follow).map_err(|e| sandbox_error(&e))?;
+        let stream =
+            logs.map(|chunk| chunk.map(|data| pb::LogsResponse { data }).map_err(|e| sandbox_error(&e)));
         let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -181,8 +135,6 @@ impl SandboxService for SandboxApi {
             result = self.node.wait(id) => result.map_err(|e| sandbox_error(&e))?,
             () = self.shutdown.cancelled() => return Err(shutting_down()),
         };
-        Ok(Response::new(pb::WaitResponse {
-            sandbox: Some(convert::sandbox(info)),
-        }))
+        Ok(Response::new(pb::WaitResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 }

@@ -113,11 +113,9 @@ fn start_error(error: &StartError) -> Status {
         StartError::AlreadyExists(key) => {
             Status::already_exists(format!("sandbox {} already exists", key.id))
         }
-        StartError::NotSupported { backend, what, .. } => not_supported(
-            backend,
-            what,
-            format!("the {backend} backend does not support {what}"),
-        ),
+        StartError::NotSupported { backend, what, .. } => {
+            not_supported(backend, what, format!("the {backend} backend does not support {what}"))
+        }
         StartError::Snapshot { snapshot, reason, .. } => Status::with_error_details(
             Code::FailedPrecondition,
             format!("cannot restore from snapshot {snapshot}: {reason}"),
@@ -177,9 +175,7 @@ pub(crate) fn drain_error(error: &DrainError) -> Status {
 
 /// `UNAUTHENTICATED`, for a call without the node's bearer token.
 pub(crate) fn unauthenticated(reason: &str) -> Status {
-    Status::unauthenticated(format!(
-        "{reason}: this node needs `authorization: Bearer <token>`"
-    ))
+    Status::unauthenticated(format!("{reason}: this node needs `authorization: Bearer <token>`"))
 }
 
 /// `UNAVAILABLE` for a long call cut short because the server shuts down.
@@ -217,42 +213,19 @@ mod tests {
 
     fn bad_request_field(status: &Status) -> String {
         let details = status.get_error_details();
-        let violations = &details
-            .bad_request()
-            .expect("a BadRequest detail")
-            .field_violations;
+        let violations = &details.bad_request().expect("a BadRequest detail").field_violations;
         violations[0].field.clone()
     }
 
     #[test]
     fn create_errors_map_to_their_codes() {
         let cases: Vec<(CreateError, Code)> = vec![
-            (
-                CreateError::Invalid(InvalidArgument::new("argv", "empty")),
-                Code::InvalidArgument,
-            ),
-            (
-                CreateError::NotAdmitting {
-                    status: NodeStatus::Draining,
-                },
-                Code::Unavailable,
-            ),
+            (CreateError::Invalid(InvalidArgument::new("argv", "empty")), Code::InvalidArgument),
+            (CreateError::NotAdmitting { status: NodeStatus::Draining }, Code::Unavailable),
             (CreateError::AlreadyExists(key().id), Code::AlreadyExists),
-            (
-                CreateError::ResourceExhausted {
-                    limit: "max_sandboxes",
-                    max: 2,
-                },
-                Code::ResourceExhausted,
-            ),
+            (CreateError::ResourceExhausted { limit: "max_sandboxes", max: 2 }, Code::ResourceExhausted),
             (CreateError::TemplateNotFound("img".into()), Code::NotFound),
-            (
-                CreateError::NotSupported {
-                    backend: "process",
-                    what: "restore",
-                },
-                Code::FailedPrecondition,
-            ),
+            (CreateError::NotSupported { backend: "process", what: "restore" }, Code::FailedPrecondition),
             (
                 CreateError::Start(StartError::InvalidSpec {
                     key: key(),
@@ -269,10 +242,7 @@ mod tests {
                 }),
                 Code::InvalidArgument,
             ),
-            (
-                CreateError::Start(StartError::AlreadyExists(key())),
-                Code::AlreadyExists,
-            ),
+            (CreateError::Start(StartError::AlreadyExists(key())), Code::AlreadyExists),
             (
                 CreateError::Start(StartError::NotSupported {
                     key: key(),
@@ -290,11 +260,7 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (
-                CreateError::Start(StartError::Host {
-                    key: key(),
-                    step: "clone",
-                    source: io_error(),
-                }),
+                CreateError::Start(StartError::Host { key: key(), step: "clone", source: io_error() }),
                 Code::Internal,
             ),
         ];
@@ -305,20 +271,12 @@ mod tests {
 
     #[test]
     fn not_admitting_is_retryable_and_names_the_status() {
-        for status in [
-            NodeStatus::Draining,
-            NodeStatus::Forcing,
-            NodeStatus::Drained,
-            NodeStatus::Unhealthy,
-        ] {
+        for status in [NodeStatus::Draining, NodeStatus::Forcing, NodeStatus::Drained, NodeStatus::Unhealthy]
+        {
             let mapped = create_error(&CreateError::NotAdmitting { status });
             assert_eq!(mapped.code(), Code::Unavailable);
             assert!(mapped.message().contains(status.as_str()), "{}", mapped.message());
-            let retry = mapped
-                .get_error_details()
-                .retry_info()
-                .cloned()
-                .expect("RetryInfo");
+            let retry = mapped.get_error_details().retry_info().cloned().expect("RetryInfo");
             assert_eq!(retry.retry_delay, Some(RETRY_WHILE_DRAINING));
 
             let mapped = sandbox_error(&SandboxError::NotAdmitting { status });
@@ -330,10 +288,7 @@ mod tests {
 
     #[test]
     fn invalid_arguments_name_the_field() {
-        let mapped = create_error(&CreateError::Invalid(InvalidArgument::new(
-            "labels[\"x\"]",
-            "too long",
-        )));
+        let mapped = create_error(&CreateError::Invalid(InvalidArgument::new("labels[\"x\"]", "too long")));
         assert_eq!(bad_request_field(&mapped), "labels[\"x\"]");
         assert!(mapped.message().contains("labels[\"x\"]"), "{}", mapped.message());
 
@@ -352,61 +307,27 @@ mod tests {
     #[test]
     fn sandbox_errors_map_to_their_codes() {
         let cases: Vec<(SandboxError, Code)> = vec![
-            (
-                SandboxError::Invalid(InvalidArgument::new("id", "bad")),
-                Code::InvalidArgument,
-            ),
+            (SandboxError::Invalid(InvalidArgument::new("id", "bad")), Code::InvalidArgument),
             (SandboxError::NotFound("sb-9".into()), Code::NotFound),
             (
-                SandboxError::WrongState {
-                    id: key().id,
-                    state: SandboxState::Exited,
-                    op: "pause",
-                },
+                SandboxError::WrongState { id: key().id, state: SandboxState::Exited, op: "pause" },
                 Code::FailedPrecondition,
             ),
-            (
-                SandboxError::NotAdmitting {
-                    status: NodeStatus::Draining,
-                },
-                Code::Unavailable,
-            ),
-            (
-                SandboxError::NotSupported {
-                    backend: "process",
-                    what: "checkpoint",
-                },
-                Code::FailedPrecondition,
-            ),
+            (SandboxError::NotAdmitting { status: NodeStatus::Draining }, Code::Unavailable),
+            (SandboxError::NotSupported { backend: "process", what: "checkpoint" }, Code::FailedPrecondition),
             (
                 SandboxError::Checkpoint(CheckpointError::NotSupported { backend: "process" }),
                 Code::FailedPrecondition,
             ),
+            (SandboxError::Checkpoint(CheckpointError::NotFound(key())), Code::NotFound),
+            (SandboxError::Checkpoint(CheckpointError::SnapshotNotFound(snapshot())), Code::NotFound),
+            (SandboxError::Checkpoint(CheckpointError::SnapshotExists(snapshot())), Code::AlreadyExists),
             (
-                SandboxError::Checkpoint(CheckpointError::NotFound(key())),
-                Code::NotFound,
-            ),
-            (
-                SandboxError::Checkpoint(CheckpointError::SnapshotNotFound(snapshot())),
-                Code::NotFound,
-            ),
-            (
-                SandboxError::Checkpoint(CheckpointError::SnapshotExists(snapshot())),
-                Code::AlreadyExists,
-            ),
-            (
-                SandboxError::Checkpoint(CheckpointError::Host {
-                    step: "dump",
-                    source: io_error(),
-                }),
+                SandboxError::Checkpoint(CheckpointError::Host { step: "dump", source: io_error() }),
                 Code::Internal,
             ),
             (
-                SandboxError::Runtime {
-                    id: key().id,
-                    op: "pause",
-                    source: Box::new(io_error()),
-                },
+                SandboxError::Runtime { id: key().id, op: "pause", source: Box::new(io_error()) },
                 Code::Internal,
             ),
         ];
@@ -417,32 +338,21 @@ mod tests {
 
     #[test]
     fn a_backend_that_cannot_checkpoint_names_itself() {
-        let mapped = sandbox_error(&SandboxError::Checkpoint(CheckpointError::NotSupported {
-            backend: "process",
-        }));
+        let mapped =
+            sandbox_error(&SandboxError::Checkpoint(CheckpointError::NotSupported { backend: "process" }));
         assert!(mapped.message().contains("process"), "{}", mapped.message());
     }
 
     #[test]
     fn internal_errors_carry_the_cause_chain() {
-        let mapped = sandbox_error(&SandboxError::Runtime {
-            id: key().id,
-            op: "pause",
-            source: Box::new(io_error()),
-        });
-        assert!(
-            mapped.message().contains("pause failed: boom"),
-            "{}",
-            mapped.message()
-        );
+        let mapped =
+            sandbox_error(&SandboxError::Runtime { id: key().id, op: "pause", source: Box::new(io_error()) });
+        assert!(mapped.message().contains("pause failed: boom"), "{}", mapped.message());
     }
 
     #[test]
     fn drain_and_auth_errors() {
-        assert_eq!(
-            drain_error(&DrainError::ShuttingDown).code(),
-            Code::FailedPrecondition
-        );
+        assert_eq!(drain_error(&DrainError::ShuttingDown).code(), Code::FailedPrecondition);
         assert_eq!(unauthenticated("missing token").code(), Code::Unauthenticated);
         assert_eq!(shutting_down().code(), Code::Unavailable);
     }

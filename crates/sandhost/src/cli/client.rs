@@ -65,10 +65,7 @@ impl ClientError {
     }
 
     pub(crate) fn usage(name: &'static str, reason: impl Into<String>) -> Self {
-        Self::Usage {
-            name,
-            reason: reason.into(),
-        }
+        Self::Usage { name, reason: reason.into() }
     }
 }
 
@@ -101,9 +98,7 @@ pub(crate) struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("BearerToken")
-            .field(&self.0.as_ref().map(|_| "<redacted>"))
-            .finish()
+        f.debug_tuple("BearerToken").field(&self.0.as_ref().map(|_| "<redacted>")).finish()
     }
 }
 
@@ -150,10 +145,7 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
-            .map_err(|e| ClientError::Connect {
-                addr: target.addr.clone(),
-                reason: error_chain(&e),
-            })?;
+            .map_err(|e| ClientError::Connect { addr: target.addr.clone(), reason: error_chain(&e) })?;
         Ok(Self {
             sandboxes: SandboxServiceClient::with_interceptor(channel.clone(), token.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
@@ -181,26 +173,10 @@ mod tests {
     #[test]
     fn unavailable_exits_75_and_everything_else_1() {
         assert_eq!(ClientError::Rpc(Status::unavailable("draining")).exit_code(), 75);
-        for code in [
-            Code::InvalidArgument,
-            Code::NotFound,
-            Code::Unauthenticated,
-            Code::Internal,
-        ] {
-            assert_eq!(
-                ClientError::Rpc(Status::new(code, "x")).exit_code(),
-                1,
-                "{code:?}"
-            );
+        for code in [Code::InvalidArgument, Code::NotFound, Code::Unauthenticated, Code::Internal] {
+            assert_eq!(ClientError::Rpc(Status::new(code, "x")).exit_code(), 1, "{code:?}");
         }
-        assert_eq!(
-            ClientError::Connect {
-                addr: "a".into(),
-                reason: "refused".into()
-            }
-            .exit_code(),
-            1
-        );
+        assert_eq!(ClientError::Connect { addr: "a".into(), reason: "refused".into() }.exit_code(), 1);
         assert_eq!(ClientError::usage("--x", "bad").exit_code(), 1);
     }
 
@@ -215,20 +191,11 @@ mod tests {
         let mut token = BearerToken::new(Some("s3cret")).expect("valid");
         let request = token.call(Request::new(())).expect("passes");
         assert_eq!(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
+            request.metadata().get("authorization").and_then(|v| v.to_str().ok()),
             Some("Bearer s3cret")
         );
         let mut none = BearerToken::new(Some("")).expect("valid");
-        assert!(
-            none.call(Request::new(()))
-                .expect("passes")
-                .metadata()
-                .get("authorization")
-                .is_none()
-        );
+        assert!(none.call(Request::new(())).expect("passes").metadata().get("authorization").is_none());
         assert!(BearerToken::new(Some("bad\ntoken")).is_err());
         assert!(!format!("{token:?}").contains("s3cret"));
     }

@@ -189,12 +189,9 @@ async fn dispatch(command: ClientCommand) -> Result<Outcome, ClientError> {
             sandbox::resume(&mut Client::connect(&target).await?, id).await
         }
         ClientCommand::Wait { target, id } => sandbox::wait(&mut Client::connect(&target).await?, id).await,
-        ClientCommand::Checkpoint {
-            target,
-            id,
-            stop,
-            json,
-        } => sandbox::checkpoint(&mut Client::connect(&target).await?, id, stop, json).await,
+        ClientCommand::Checkpoint { target, id, stop, json } => {
+            sandbox::checkpoint(&mut Client::connect(&target).await?, id, stop, json).await
+        }
         ClientCommand::Snapshots { target, json } => {
             sandbox::snapshots(&mut Client::connect(&target).await?, json).await
         }
@@ -262,20 +259,12 @@ mod tests {
             "echo hi",
         ])
         .expect("parses");
-        let ClientCommand::Create(args) = command else {
-            panic!("not create: {command:?}")
-        };
+        let ClientCommand::Create(args) = command else { panic!("not create: {command:?}") };
         assert!(args.json);
         let request = args.request().expect("valid");
         assert_eq!(request.id, "sb-1");
         assert_eq!(request.argv, ["sh", "-c", "echo hi"]);
-        assert_eq!(
-            request.timeout,
-            Some(prost_types::Duration {
-                seconds: 90,
-                nanos: 0
-            })
-        );
+        assert_eq!(request.timeout, Some(prost_types::Duration { seconds: 90, nanos: 0 }));
         let resources = request.resources.expect("resources");
         assert_eq!(resources.memory_bytes, Some(256 << 20));
         assert_eq!(resources.cpu_millis, Some(500));
@@ -283,10 +272,7 @@ mod tests {
         assert_eq!(request.env[1].name, "B");
         assert_eq!(request.env[1].value, "x=y");
         assert_eq!(request.labels.get("team").map(String::as_str), Some("a"));
-        assert_eq!(
-            request.drain_policy(),
-            sandhost_proto::v1::DrainPolicy::Checkpoint
-        );
+        assert_eq!(request.drain_policy(), sandhost_proto::v1::DrainPolicy::Checkpoint);
         assert_eq!(request.restore_from, "snap-1");
     }
 

@@ -36,10 +36,7 @@ impl DrainArgs {
             .map(parse::duration)
             .transpose()
             .map_err(|e| ClientError::usage("--timeout", e))?;
-        Ok(pb::DrainRequest {
-            timeout,
-            force: self.force,
-        })
+        Ok(pb::DrainRequest { timeout, force: self.force })
     }
 }
 
@@ -49,10 +46,7 @@ fn progress_of(progress: Option<pb::DrainProgress>) -> Result<pb::DrainProgress,
 
 /// `deadline 2026-...Z (in 45s)` or `no deadline`.
 fn deadline_text(progress: &pb::DrainProgress, now: SystemTime) -> String {
-    match (
-        output::rfc3339(progress.deadline.as_ref()),
-        output::system_time(progress.deadline.as_ref()),
-    ) {
+    match (output::rfc3339(progress.deadline.as_ref()), output::system_time(progress.deadline.as_ref())) {
         (Some(text), Some(at)) => format!("{text} ({})", output::relative(at, now)),
         _ => "none".to_owned(),
     }
@@ -93,11 +87,7 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
             "{}{}{}",
             output::status_name(info.status()),
             since.map(|s| format!(" (since {s})")).unwrap_or_default(),
-            if progress.shutting_down {
-                ", shutting down"
-            } else {
-                ""
-            }
+            if progress.shutting_down { ", shutting down" } else { "" }
         ),
     );
     row("deadline", deadline_text(&progress, now));
@@ -120,10 +110,7 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
         .map(|c| format!("{} {}", output::state_name(c.state()), c.count))
         .collect::<Vec<_>>()
         .join(", ");
-    row(
-        "sandboxes",
-        if counts.is_empty() { "none".into() } else { counts },
-    );
+    row("sandboxes", if counts.is_empty() { "none".into() } else { counts });
     row("allocated", resources_text(info.allocated.as_ref()));
     row("capacity", resources_text(info.capacity.as_ref()));
     for failure in &progress.failures {
@@ -215,11 +202,7 @@ pub(crate) async fn drain(
         print_result(&started)?;
         return Ok(Outcome::Done);
     }
-    let mut stream = client
-        .nodes
-        .watch_drain(pb::WatchDrainRequest {})
-        .await?
-        .into_inner();
+    let mut stream = client.nodes.watch_drain(pb::WatchDrainRequest {}).await?.into_inner();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} done · {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -258,9 +241,7 @@ pub(crate) async fn drain(
         }
         Some(Step::Undrained) => {
             bar.abandon();
-            Err(ClientError::Ended(
-                "the node was undrained before it was drained".into(),
-            ))
+            Err(ClientError::Ended("the node was undrained before it was drained".into()))
         }
         Some(Step::Continue) | None => {
             bar.abandon();
@@ -273,27 +254,14 @@ pub(crate) async fn drain(
 }
 
 pub(crate) async fn undrain(client: &mut Client) -> Result<Outcome, ClientError> {
-    let progress = progress_of(
-        client
-            .nodes
-            .undrain(pb::UndrainRequest {})
-            .await?
-            .into_inner()
-            .progress,
-    )?;
+    let progress = progress_of(client.nodes.undrain(pb::UndrainRequest {}).await?.into_inner().progress)?;
     print_result(&progress)?;
     Ok(Outcome::Done)
 }
 
 pub(crate) async fn force_stop(client: &mut Client) -> Result<Outcome, ClientError> {
-    let progress = progress_of(
-        client
-            .nodes
-            .force_stop(pb::ForceStopRequest {})
-            .await?
-            .into_inner()
-            .progress,
-    )?;
+    let progress =
+        progress_of(client.nodes.force_stop(pb::ForceStopRequest {}).await?.into_inner().progress)?;
     print_result(&progress)?;
     Ok(Outcome::Done)
 }
@@ -303,32 +271,18 @@ mod tests {
     use super::*;
 
     fn progress(status: pb::NodeStatus, live: u64, starting: u64) -> pb::DrainProgress {
-        pb::DrainProgress {
-            status: status.into(),
-            live,
-            in_flight_starts: starting,
-            ..Default::default()
-        }
+        pb::DrainProgress { status: status.into(), live, in_flight_starts: starting, ..Default::default() }
     }
 
     #[test]
     fn the_follower_counts_down_and_stops_when_drained() {
         let bar = ProgressBar::hidden();
         let mut follower = Follower::default();
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Draining, 3, 1), &bar),
-            Step::Continue
-        );
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Draining, 3, 1), &bar), Step::Continue);
         assert_eq!((bar.length(), bar.position()), (Some(4), 0));
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Draining, 1, 0), &bar),
-            Step::Continue
-        );
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Draining, 1, 0), &bar), Step::Continue);
         assert_eq!(bar.position(), 3);
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Drained, 0, 0), &bar),
-            Step::Drained
-        );
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Drained, 0, 0), &bar), Step::Drained);
         assert_eq!(bar.position(), 4);
     }
 
@@ -336,33 +290,18 @@ mod tests {
     fn ready_after_draining_means_undrained() {
         let bar = ProgressBar::hidden();
         let mut follower = Follower::default();
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Ready, 0, 0), &bar),
-            Step::Continue
-        );
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Draining, 2, 0), &bar),
-            Step::Continue
-        );
-        assert_eq!(
-            follower.step(&progress(pb::NodeStatus::Ready, 2, 0), &bar),
-            Step::Undrained
-        );
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Ready, 0, 0), &bar), Step::Continue);
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Draining, 2, 0), &bar), Step::Continue);
+        assert_eq!(follower.step(&progress(pb::NodeStatus::Ready, 2, 0), &bar), Step::Undrained);
     }
 
     #[test]
     fn the_bar_shows_the_time_to_the_deadline() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut p = progress(pb::NodeStatus::Draining, 2, 1);
-        assert_eq!(
-            bar_message(&p, now),
-            "DRAINING · 3 left (1 starting) · no deadline"
-        );
+        assert_eq!(bar_message(&p, now), "DRAINING · 3 left (1 starting) · no deadline");
         p.deadline = Some(prost_types::Timestamp::from(now + Duration::from_secs(90)));
-        assert_eq!(
-            bar_message(&p, now),
-            "DRAINING · 3 left (1 starting) · deadline in 1m30s"
-        );
+        assert_eq!(bar_message(&p, now), "DRAINING · 3 left (1 starting) · deadline in 1m30s");
     }
 
     #[test]
@@ -370,17 +309,11 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut drain = progress(pb::NodeStatus::Forcing, 2, 0);
         drain.deadline = Some(prost_types::Timestamp::from(now + Duration::from_secs(30)));
-        drain.failures.push(pb::DrainFailure {
-            subject: "sb-1".into(),
-            message: "stuck".into(),
-        });
+        drain.failures.push(pb::DrainFailure { subject: "sb-1".into(), message: "stuck".into() });
         let info = pb::GetInfoResponse {
             node_id: "node-a".into(),
             status: pb::NodeStatus::Forcing.into(),
-            counts: vec![pb::StateCount {
-                state: pb::SandboxState::Running.into(),
-                count: 2,
-            }],
+            counts: vec![pb::StateCount { state: pb::SandboxState::Running.into(), count: 2 }],
             drain: Some(drain),
             ..Default::default()
         };

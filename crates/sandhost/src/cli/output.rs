@@ -17,9 +17,7 @@ pub(crate) struct Table {
 impl Table {
     /// A table with this header row.
     pub(crate) fn new(header: &[&str]) -> Self {
-        Self {
-            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
-        }
+        Self { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
     }
 
     /// A table without a header (key/value listings).
@@ -36,14 +34,7 @@ impl Table {
     pub(crate) fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
         for row in &self.rows {
@@ -96,11 +87,7 @@ pub(crate) fn reason_name(reason: pb::ExitReason) -> String {
 
 /// `READY`, `DRAINING`, ...
 pub(crate) fn status_name(status: pb::NodeStatus) -> String {
-    status
-        .as_str_name()
-        .strip_prefix("NODE_STATUS_")
-        .unwrap_or("UNSPECIFIED")
-        .to_owned()
+    status.as_str_name().strip_prefix("NODE_STATUS_").unwrap_or("UNSPECIFIED").to_owned()
 }
 
 pub(crate) fn system_time(timestamp: Option<&prost_types::Timestamp>) -> Option<SystemTime> {
@@ -160,11 +147,7 @@ pub(crate) fn exit_summary(exit: &pb::SandboxExit) -> String {
 }
 
 pub(crate) fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 // --- JSON documents ---
@@ -241,11 +224,8 @@ fn resources_json(resources: Option<&pb::NodeResources>) -> Value {
 }
 
 pub(crate) fn info_json(info: &pb::GetInfoResponse) -> Value {
-    let counts: serde_json::Map<String, Value> = info
-        .counts
-        .iter()
-        .map(|c| (state_name(c.state()), Value::from(c.count)))
-        .collect();
+    let counts: serde_json::Map<String, Value> =
+        info.counts.iter().map(|c| (state_name(c.state()), Value::from(c.count))).collect();
     json!({
         "node_id": info.node_id,
         "version": info.version,

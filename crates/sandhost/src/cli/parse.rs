@@ -7,9 +7,7 @@ use std::time::Duration;
 /// (`1.5g`).
 pub(crate) fn size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -21,9 +19,7 @@ pub(crate) fn size(text: &str) -> Result<u64, String> {
     };
     let invalid = || format!("{text:?}: expected a size such as 536870912, 512m or 2g");
     if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(1 << shift)
-            .ok_or_else(|| format!("{text:?}: too large"));
+        return whole.checked_mul(1 << shift).ok_or_else(|| format!("{text:?}: too large"));
     }
     let value: f64 = number.parse().map_err(|_| invalid())?;
     if shift == 0 || !value.is_finite() || value < 0.0 {
@@ -40,10 +36,8 @@ pub(crate) fn size(text: &str) -> Result<u64, String> {
 
 /// A CPU count (`2`, `0.5`) in millicores.
 pub(crate) fn cpus(text: &str) -> Result<u32, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number of CPUs such as 2 or 0.5"))?;
+    let value: f64 =
+        text.trim().parse().map_err(|_| format!("{text:?}: expected a number of CPUs such as 2 or 0.5"))?;
     if !value.is_finite() || value <= 0.0 || value > 1_000_000.0 {
         return Err(format!("{text:?}: expected a number of CPUs above 0"));
     }
@@ -113,13 +107,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            duration("1m30s"),
-            Ok(prost_types::Duration {
-                seconds: 90,
-                nanos: 0
-            })
-        );
+        assert_eq!(duration("1m30s"), Ok(prost_types::Duration { seconds: 90, nanos: 0 }));
         assert!(duration("soon").is_err());
     }
 }

@@ -92,12 +92,8 @@ impl CreateArgs {
             .map(parse::size)
             .transpose()
             .map_err(|e| ClientError::usage("--memory", e))?;
-        let cpu_millis = self
-            .cpus
-            .as_deref()
-            .map(parse::cpus)
-            .transpose()
-            .map_err(|e| ClientError::usage("--cpus", e))?;
+        let cpu_millis =
+            self.cpus.as_deref().map(parse::cpus).transpose().map_err(|e| ClientError::usage("--cpus", e))?;
         let drain_policy = match self.drain_policy {
             None => pb::DrainPolicy::Unspecified,
             Some(DrainPolicyArg::Wait) => pb::DrainPolicy::Wait,
@@ -111,11 +107,7 @@ impl CreateArgs {
             env,
             cwd: String::new(),
             timeout,
-            resources: Some(pb::Resources {
-                cpu_millis,
-                memory_bytes,
-                pids_max: self.pids,
-            }),
+            resources: Some(pb::Resources { cpu_millis, memory_bytes, pids_max: self.pids }),
             labels,
             drain_policy: drain_policy.into(),
             restore_from: self.restore_from.clone().unwrap_or_default(),
@@ -144,24 +136,13 @@ pub(crate) async fn create(
     as_json: bool,
 ) -> Result<Outcome, ClientError> {
     let sandbox = sandbox_of(client.sandboxes.create(request).await?.into_inner().sandbox)?;
-    if as_json {
-        json(&output::sandbox_json(&sandbox))
-    } else {
-        println(&sandbox.id)
-    }
+    if as_json { json(&output::sandbox_json(&sandbox)) } else { println(&sandbox.id) }
 }
 
 pub(crate) async fn list(client: &mut Client, as_json: bool) -> Result<Outcome, ClientError> {
-    let sandboxes = client
-        .sandboxes
-        .list(pb::ListRequest::default())
-        .await?
-        .into_inner()
-        .sandboxes;
+    let sandboxes = client.sandboxes.list(pb::ListRequest::default()).await?.into_inner().sandboxes;
     if as_json {
-        return json(&Value::Array(
-            sandboxes.iter().map(output::sandbox_json).collect(),
-        ));
+        return json(&Value::Array(sandboxes.iter().map(output::sandbox_json).collect()));
     }
     let now = SystemTime::now();
     let mut table = Table::new(&["ID", "STATE", "CREATED", "ENDS", "EXIT", "LABELS", "COMMAND"]);
@@ -177,10 +158,7 @@ pub(crate) async fn list(client: &mut Client, as_json: bool) -> Result<Outcome, 
             output::state_name(sandbox.state()),
             created.unwrap_or_else(|| "-".into()),
             ends.unwrap_or_else(|| "-".into()),
-            sandbox
-                .exit
-                .as_ref()
-                .map_or_else(|| "-".into(), output::exit_summary),
+            sandbox.exit.as_ref().map_or_else(|| "-".into(), output::exit_summary),
             Some(output::labels_text(&sandbox.labels))
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| "-".into()),
@@ -206,29 +184,12 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
     row("state", output::state_name(sandbox.state()));
     row("command", sandbox.argv.join(" "));
     row("template", sandbox.template.clone());
-    row(
-        "memory",
-        resources
-            .memory_bytes
-            .map_or_else(|| "unlimited".into(), output::bytes),
-    );
-    row(
-        "cpu",
-        resources
-            .cpu_millis
-            .map_or_else(|| "unlimited".into(), |m| format!("{m}m")),
-    );
-    row(
-        "pids",
-        resources
-            .pids_max
-            .map_or_else(|| "unlimited".into(), |p| p.to_string()),
-    );
+    row("memory", resources.memory_bytes.map_or_else(|| "unlimited".into(), output::bytes));
+    row("cpu", resources.cpu_millis.map_or_else(|| "unlimited".into(), |m| format!("{m}m")));
+    row("pids", resources.pids_max.map_or_else(|| "unlimited".into(), |p| p.to_string()));
     row(
         "labels",
-        Some(output::labels_text(&sandbox.labels))
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| "-".into()),
+        Some(output::labels_text(&sandbox.labels)).filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into()),
     );
     row("drain policy", output::policy_name(sandbox.drain_policy()));
     row("created", time(sandbox.created_at.as_ref()));
@@ -248,14 +209,7 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
 }
 
 pub(crate) async fn get(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(
-        client
-            .sandboxes
-            .get(pb::GetRequest { id })
-            .await?
-            .into_inner()
-            .sandbox,
-    )?;
+    let sandbox = sandbox_of(client.sandboxes.get(pb::GetRequest { id }).await?.into_inner().sandbox)?;
     if as_json {
         return json(&output::sandbox_json(&sandbox));
     }
@@ -264,11 +218,7 @@ pub(crate) async fn get(client: &mut Client, id: String, as_json: bool) -> Resul
 }
 
 pub(crate) async fn logs(client: &mut Client, id: String, follow: bool) -> Result<Outcome, ClientError> {
-    let mut stream = client
-        .sandboxes
-        .logs(pb::LogsRequest { id, follow })
-        .await?
-        .into_inner();
+    let mut stream = client.sandboxes.logs(pb::LogsRequest { id, follow }).await?.into_inner();
     let mut stdout = io::stdout();
     while let Some(chunk) = stream.message().await? {
         let written = stdout.write_all(&chunk.data).and_then(|()| stdout.flush());
@@ -283,42 +233,20 @@ pub(crate) async fn logs(client: &mut Client, id: String, follow: bool) -> Resul
 }
 
 pub(crate) async fn kill(client: &mut Client, id: String, now: bool) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(
-        client
-            .sandboxes
-            .delete(pb::DeleteRequest { id, now })
-            .await?
-            .into_inner()
-            .sandbox,
-    )?;
-    let exit = sandbox
-        .exit
-        .as_ref()
-        .map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
+    let sandbox =
+        sandbox_of(client.sandboxes.delete(pb::DeleteRequest { id, now }).await?.into_inner().sandbox)?;
+    let exit =
+        sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
     println(&format!("{} {exit}", sandbox.id))
 }
 
 pub(crate) async fn pause(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(
-        client
-            .sandboxes
-            .pause(pb::PauseRequest { id })
-            .await?
-            .into_inner()
-            .sandbox,
-    )?;
+    let sandbox = sandbox_of(client.sandboxes.pause(pb::PauseRequest { id }).await?.into_inner().sandbox)?;
     println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
 }
 
 pub(crate) async fn resume(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(
-        client
-            .sandboxes
-            .resume(pb::ResumeRequest { id })
-            .await?
-            .into_inner()
-            .sandbox,
-    )?;
+    let sandbox = sandbox_of(client.sandboxes.resume(pb::ResumeRequest { id }).await?.into_inner().sandbox)?;
     println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
 }
 
@@ -336,21 +264,10 @@ pub(crate) fn exit_code_of(exit: Option<&pb::SandboxExit>) -> u8 {
 }
 
 pub(crate) async fn wait(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(
-        client
-            .sandboxes
-            .wait(pb::WaitRequest { id })
-            .await?
-            .into_inner()
-            .sandbox,
-    )?;
+    let sandbox = sandbox_of(client.sandboxes.wait(pb::WaitRequest { id }).await?.into_inner().sandbox)?;
     let exit = sandbox.exit.as_ref();
     if let Some(exit) = exit.filter(|e| e.status.is_none()) {
-        eprintln!(
-            "sandhost: sandbox {} has no exit status: {}",
-            sandbox.id,
-            output::exit_summary(exit)
-        );
+        eprintln!("sandhost: sandbox {} has no exit status: {}", sandbox.id, output::exit_summary(exit));
         if !exit.message.is_empty() {
             eprintln!("sandhost: {}", exit.message);
         }
@@ -371,24 +288,14 @@ pub(crate) async fn checkpoint(
         .into_inner()
         .snapshot
         .ok_or_else(|| ClientError::Ended("the node sent no snapshot in its reply".into()))?;
-    if as_json {
-        json(&output::snapshot_json(&snapshot))
-    } else {
-        println(&snapshot.id)
-    }
+    if as_json { json(&output::snapshot_json(&snapshot)) } else { println(&snapshot.id) }
 }
 
 pub(crate) async fn snapshots(client: &mut Client, as_json: bool) -> Result<Outcome, ClientError> {
-    let snapshots = client
-        .sandboxes
-        .list_snapshots(pb::ListSnapshotsRequest {})
-        .await?
-        .into_inner()
-        .snapshots;
+    let snapshots =
+        client.sandboxes.list_snapshots(pb::ListSnapshotsRequest {}).await?.into_inner().snapshots;
     if as_json {
-        return json(&Value::Array(
-            snapshots.iter().map(output::snapshot_json).collect(),
-        ));
+        return json(&Value::Array(snapshots.iter().map(output::snapshot_json).collect()));
     }
     let now = SystemTime::now();
     let mut table = Table::new(&["ID", "SOURCE", "CREATED", "SIZE"]);
@@ -406,10 +313,7 @@ pub(crate) async fn snapshots(client: &mut Client, as_json: bool) -> Result<Outc
 }
 
 pub(crate) async fn snapshot_rm(client: &mut Client, snapshot: String) -> Result<Outcome, ClientError> {
-    client
-        .sandboxes
-        .delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.clone() })
-        .await?;
+    client.sandboxes.delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.clone() }).await?;
     println(&snapshot)
 }
 
@@ -419,21 +323,11 @@ mod tests {
 
     #[test]
     fn wait_exits_with_the_sandbox_code() {
-        let exit = |status| pb::SandboxExit {
-            status: Some(status),
-            reason: 1,
-            message: String::new(),
-        };
+        let exit = |status| pb::SandboxExit { status: Some(status), reason: 1, message: String::new() };
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(0)))), 0);
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(42)))), 42);
-        assert_eq!(
-            exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(256 + 3)))),
-            3
-        );
-        assert_eq!(
-            exit_code_of(Some(&exit(pb::sandbox_exit::Status::Signal(9)))),
-            137
-        );
+        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(256 + 3)))), 3);
+        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Signal(9)))), 137);
         assert_eq!(exit_code_of(None), 1);
     }
 }

@@ -150,10 +150,7 @@ impl DrainCoordinator {
             metrics,
         });
         inner.publish(&inner.lock());
-        tokio::spawn(republish_on_count_changes(
-            Arc::downgrade(&inner),
-            inner.manager.watch_counts(),
-        ));
+        tokio::spawn(republish_on_count_changes(Arc::downgrade(&inner), inner.manager.watch_counts()));
         Self { inner }
     }
 
@@ -205,10 +202,7 @@ impl DrainCoordinator {
     ///
     /// None today.
     pub fn force_stop(&self) -> Result<DrainProgress, DrainError> {
-        self.drain(DrainRequest {
-            timeout: None,
-            force: true,
-        })
+        self.drain(DrainRequest { timeout: None, force: true })
     }
 
     /// Reopens admission and cancels the drain and its pending escalation. Sandboxes already being
@@ -262,8 +256,7 @@ impl DrainCoordinator {
             return false;
         };
         tracing::info!(?intent, "continuing the drain of the previous agent");
-        self.inner
-            .begin(intent.graceful_deadline(), intent.force, Some(&intent));
+        self.inner.begin(intent.graceful_deadline(), intent.force, Some(&intent));
         true
     }
 
@@ -296,18 +289,13 @@ impl Inner {
             shutting_down: state.shutting_down,
             in_flight_starts: counts.get(SandboxState::Starting),
             live: counts.live(),
-            exited: if draining {
-                counts.exits.saturating_sub(state.exits_at_start)
-            } else {
-                0
-            },
+            exited: if draining { counts.exits.saturating_sub(state.exits_at_start) } else { 0 },
             force_stopped: state.report.force_stopped,
             checkpointed: state.report.checkpointed,
             deadline,
             failures: state.report.failures.clone(),
         };
-        self.metrics
-            .set_status(progress.status, progress.status_changed_at);
+        self.metrics.set_status(progress.status, progress.status_changed_at);
         self.metrics.set_drain(
             progress.in_flight_starts,
             progress.live,
@@ -326,18 +314,17 @@ impl Inner {
     fn begin(self: &Arc<Self>, deadline: Option<SystemTime>, force: bool, persisted: Option<&DrainIntent>) {
         let mut state = self.lock();
         if let Some(run) = &state.run {
-            run.graceful_deadline
-                .send_if_modified(|current| match (deadline, *current) {
-                    (Some(new), Some(old)) if new < old => {
-                        *current = Some(new);
-                        true
-                    }
-                    (Some(new), None) => {
-                        *current = Some(new);
-                        true
-                    }
-                    _ => false,
-                });
+            run.graceful_deadline.send_if_modified(|current| match (deadline, *current) {
+                (Some(new), Some(old)) if new < old => {
+                    *current = Some(new);
+                    true
+                }
+                (Some(new), None) => {
+                    *current = Some(new);
+                    true
+                }
+                _ => false,
+            });
         } else {
             // Admission closes before anyone can see the new status.
             self.manager.gate().start_draining();
@@ -380,10 +367,7 @@ impl Inner {
         }
         let Some(run) = state.run.as_mut() else { return };
         let now = SystemTime::now();
-        let deadline = run
-            .force_deadline
-            .filter(|d| *d > now)
-            .unwrap_or(now + self.settings.force_timeout);
+        let deadline = run.force_deadline.filter(|d| *d > now).unwrap_or(now + self.settings.force_timeout);
         run.force_deadline = Some(deadline);
         run.force.send_replace(true);
         if state.set_status(NodeStatus::Forcing) {
@@ -481,15 +465,9 @@ impl Inner {
             self.enter_forcing(&mut state);
             self.persist(&state);
             self.publish(&state);
-            state
-                .run
-                .as_ref()
-                .and_then(|run| run.force_deadline)
-                .unwrap_or_else(|| SystemTime::now() + bound)
+            state.run.as_ref().and_then(|run| run.force_deadline).unwrap_or_else(|| SystemTime::now() + bound)
         };
-        let remaining = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let remaining = deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
         let (results, mut outcomes) = mpsc::unbounded_channel();
         let stops = async {
             let mut seen = HashSet::new();
@@ -563,10 +541,7 @@ impl Inner {
                     },
                 };
             }
-            let note = format!(
-                "the {} backend cannot checkpoint; stopped instead",
-                manager.runtime_name()
-            );
+            let note = format!("the {} backend cannot checkpoint; stopped instead", manager.runtime_name());
             tracing::warn!(sandbox.id = %key.id, "{note}");
             return match manager.stop_lifecycle(key, ExitReason::DrainStopped, mode).await {
                 Ok(()) => StopOutcome::Stopped { note: Some(note) },
@@ -592,10 +567,7 @@ impl Inner {
             }
             StopOutcome::Failed(message) => {
                 tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %message, "forced stop failed");
-                state.report.failures.push(DrainFailure {
-                    subject: key.to_string(),
-                    message,
-                });
+                state.report.failures.push(DrainFailure { subject: key.to_string(), message });
             }
         }
         self.publish(&state);

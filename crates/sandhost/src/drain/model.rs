@@ -40,13 +40,7 @@ impl NodeStatus {
     }
 
     /// Every status, for metrics.
-    pub const ALL: [Self; 5] = [
-        Self::Ready,
-        Self::Draining,
-        Self::Drained,
-        Self::Forcing,
-        Self::Unhealthy,
-    ];
+    pub const ALL: [Self; 5] = [Self::Ready, Self::Draining, Self::Drained, Self::Forcing, Self::Unhealthy];
 }
 
 impl fmt::Display for NodeStatus {

@@ -19,10 +19,7 @@ pub struct InvalidArgument {
 impl InvalidArgument {
     /// A new error for `field`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self { field: field.into(), reason: reason.into() }
     }
 }
 

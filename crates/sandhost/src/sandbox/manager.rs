@@ -103,6 +103,7 @@ impl Table {
         if !previous.can_become(next) {
             return Err(previous);
         }
+        tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         entry.info.state = next;
         entry.state_tx.send_replace(next);
         self.counts.by_state[state_index(previous)] -= 1;
@@ -114,7 +115,6 @@ impl Table {
             metrics.set_sandboxes(state, self.counts.get(state));
         }
         counts.send_replace(self.counts);
-        tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         Ok(previous)
     }
 
@@ -145,9 +145,7 @@ impl Table {
 
     pub(super) fn find(&self, id: &str) -> Result<&Entry, SandboxError> {
         let id = validate::sandbox_id("id", id)?;
-        self.sandboxes
-            .get(&id)
-            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+        self.sandboxes.get(&id).ok_or_else(|| SandboxError::NotFound(id.to_string()))
     }
 }
 
@@ -212,10 +210,7 @@ impl Manager {
             templates: parts.templates.into_iter().collect(),
             gate: parts.gate,
             starts: Arc::new(Semaphore::new(starts)),
-            table: Mutex::new(Table {
-                sandboxes: HashMap::new(),
-                counts: Counts::default(),
-            }),
+            table: Mutex::new(Table { sandboxes: HashMap::new(), counts: Counts::default() }),
             counts: watch::Sender::new(Counts::default()),
             status: parts.status,
             metrics: parts.metrics,
@@ -313,16 +308,13 @@ impl Manager {
     ) -> Result<SandboxInfo, CreateError> {
         let admitted_at = Instant::now();
         let prepared = self.prepare(request)?;
-        let permit = self.gate.enter().map_err(|_| CreateError::NotAdmitting {
-            status: self.refusal_status(),
-        })?;
+        let permit =
+            self.gate.enter().map_err(|_| CreateError::NotAdmitting { status: self.refusal_status() })?;
         let slot =
-            Arc::clone(&self.starts)
-                .try_acquire_owned()
-                .map_err(|_| CreateError::ResourceExhausted {
-                    limit: "concurrent starts",
-                    max: self.config.max_concurrent_starts,
-                })?;
+            Arc::clone(&self.starts).try_acquire_owned().map_err(|_| CreateError::ResourceExhausted {
+                limit: "concurrent starts",
+                max: self.config.max_concurrent_starts,
+            })?;
         let key = prepared.spec.key.clone();
         {
             let mut table = self.lock();
@@ -332,11 +324,7 @@ impl Manager {
                     max: self.config.max_sandboxes,
                 });
             }
-            if table
-                .sandboxes
-                .get(&key.id)
-                .is_some_and(|e| e.info.state.is_live())
-            {
+            if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
                 return Err(CreateError::AlreadyExists(key.id));
             }
             let entry = prepared.into_entry();
@@ -373,19 +361,13 @@ impl Manager {
                 let (info, pending_stop, end_changed) = {
                     let mut table = self.lock();
                     let _ = table.transition(&key, SandboxState::Running, &self.counts, &self.metrics);
-                    let entry = table
-                        .sandboxes
-                        .get_mut(&key.id)
-                        .filter(|e| e.info.lifecycle == key.lifecycle);
+                    let entry =
+                        table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle);
                     let Some(entry) = entry else {
                         return Err(CreateError::AlreadyExists(key.id));
                     };
                     entry.info.started_at = Some(started.started_at);
-                    (
-                        entry.info.clone(),
-                        entry.pending_stop.take(),
-                        Arc::clone(&entry.end_changed),
-                    )
+                    (entry.info.clone(), entry.pending_stop.take(), Arc::clone(&entry.end_changed))
                 };
                 self.metrics.observe_start(admitted_at.elapsed());
                 tokio::spawn(Arc::clone(&self).supervise(key.clone(), end_changed));
@@ -460,21 +442,9 @@ impl Manager {
         }
         let reason = {
             let table = self.lock();
-            table
-                .sandboxes
-                .get(&key.id)
-                .and_then(|e| e.stop_reason)
-                .unwrap_or(ExitReason::Exited)
+            table.sandboxes.get(&key.id).and_then(|e| e.stop_reason).unwrap_or(ExitReason::Exited)
         };
-        self.finish(
-            &key,
-            ExitInfo {
-                exit,
-                reason,
-                message,
-            },
-        )
-        .await;
+        self.finish(&key, ExitInfo { exit, reason, message }).await;
     }
 
     /// Records an exit, and forgets the sandbox after the retention period.
@@ -485,18 +455,13 @@ impl Manager {
         }
         {
             let mut table = self.lock();
-            if let Some(entry) = table
-                .sandboxes
-                .get_mut(&key.id)
-                .filter(|e| e.info.lifecycle == key.lifecycle)
+            if let Some(entry) =
+                table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)
             {
                 entry.info.exit = Some(exit);
                 entry.info.exited_at = Some(SystemTime::now());
             }
-            if table
-                .transition(key, SandboxState::Exited, &self.counts, &self.metrics)
-                .is_err()
-            {
+            if table.transition(key, SandboxState::Exited, &self.counts, &self.metrics).is_err() {
                 return;
             }
         }
@@ -534,10 +499,7 @@ impl Manager {
     /// Returns what is left to do to the processes, if anything.
     fn begin_stop(&self, key: &SandboxKey, reason: ExitReason, mode: StopMode) -> Option<PendingStop> {
         let mut table = self.lock();
-        let entry = table
-            .sandboxes
-            .get_mut(&key.id)
-            .filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
         let state = entry.info.state;
         let grace = entry.spec.stop_grace;
         match state {
@@ -556,34 +518,19 @@ impl Manager {
                 });
                 None
             }
-            SandboxState::Stopping => Some(PendingStop {
-                key: key.clone(),
-                mode,
-                grace,
-                thaw: false,
-            }),
+            SandboxState::Stopping => Some(PendingStop { key: key.clone(), mode, grace, thaw: false }),
             SandboxState::Running | SandboxState::Paused => {
                 entry.stop_reason.get_or_insert(reason);
                 entry.end_changed.notify_one();
                 let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
-                Some(PendingStop {
-                    key: key.clone(),
-                    mode,
-                    grace,
-                    thaw: state == SandboxState::Paused,
-                })
+                Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
             }
         }
     }
 
     /// The asynchronous half of a stop: signals, grace, kill.
     async fn execute_stop(&self, stop: PendingStop) -> Result<(), SandboxError> {
-        let PendingStop {
-            key,
-            mode,
-            grace,
-            thaw,
-        } = stop;
+        let PendingStop { key, mode, grace, thaw } = stop;
         if thaw && let Err(error) = self.runtime.resume(&key).await {
             tracing::warn!(sandbox.id = %key.id, error = %error, "thawing before the stop failed");
         }
@@ -592,22 +539,14 @@ impl Manager {
             StopMode::Within(bound) => self.runtime.stop(&key, grace.min(bound)).await,
             StopMode::Now => self.runtime.kill(&key).await,
         };
-        stopped.map_err(|e| SandboxError::Runtime {
-            id: key.id.clone(),
-            op: "stop",
-            source: Box::new(e),
-        })
+        stopped.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op: "stop", source: Box::new(e) })
     }
 
     /// Waits until `key` has exited (or is no longer in the table).
     pub(super) async fn wait_exited(&self, key: &SandboxKey) {
         let receiver = {
             let table = self.lock();
-            match table
-                .sandboxes
-                .get(&key.id)
-                .filter(|e| e.info.lifecycle == key.lifecycle)
-            {
+            match table.sandboxes.get(&key.id).filter(|e| e.info.lifecycle == key.lifecycle) {
                 Some(entry) => entry.state_tx.subscribe(),
                 None => return,
             }
@@ -641,13 +580,7 @@ impl Manager {
                     .templates
                     .get(name)
                     .ok_or_else(|| CreateError::TemplateNotFound(name.chars().take(80).collect()))?;
-                (
-                    name.to_owned(),
-                    Template::Rootfs {
-                        name: name.to_owned(),
-                        path: path.clone(),
-                    },
-                )
+                (name.to_owned(), Template::Rootfs { name: name.to_owned(), path: path.clone() })
             }
         };
         let restore_from = match request.restore_from.as_deref() {
@@ -664,10 +597,7 @@ impl Manager {
             }
         };
         let now = SystemTime::now();
-        let key = SandboxKey {
-            id,
-            lifecycle: new_lifecycle_id(),
-        };
+        let key = SandboxKey { id, lifecycle: new_lifecycle_id() };
         Ok(Prepared {
             spec: SandboxSpec {
                 key: key.clone(),
@@ -709,11 +639,7 @@ impl Manager {
         let mut adopted = 0;
         for sandbox in recovered {
             let key = sandbox.spec.key.clone();
-            let meta = self
-                .store
-                .load(&key.id)
-                .await
-                .filter(|m| m.lifecycle == key.lifecycle);
+            let meta = self.store.load(&key.id).await.filter(|m| m.lifecycle == key.lifecycle);
             let state = match sandbox.state {
                 sandhost_runtime::RecoveredState::Running { paused: true } => SandboxState::Paused,
                 sandhost_runtime::RecoveredState::Running { paused: false } => SandboxState::Running,
@@ -756,15 +682,7 @@ impl Manager {
                 sandhost_runtime::RecoveredState::Exited(exit) => {
                     tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "a sandbox ended while no agent ran");
                     let message = Some("ended while no agent was running".to_owned());
-                    self.finish(
-                        &key,
-                        ExitInfo {
-                            exit,
-                            reason: ExitReason::Exited,
-                            message,
-                        },
-                    )
-                    .await;
+                    self.finish(&key, ExitInfo { exit, reason: ExitReason::Exited, message }).await;
                 }
             }
         }

@@ -54,13 +54,7 @@ impl SandboxState {
     }
 
     /// Every state, in lifecycle order.
-    pub const ALL: [Self; 5] = [
-        Self::Starting,
-        Self::Running,
-        Self::Paused,
-        Self::Stopping,
-        Self::Exited,
-    ];
+    pub const ALL: [Self; 5] = [Self::Starting, Self::Running, Self::Paused, Self::Stopping, Self::Exited];
 }
 
 /// Why a sandbox ended.

@@ -70,22 +70,10 @@ impl Manager {
             return self.get(id);
         }
         if state != from {
-            return Err(SandboxError::WrongState {
-                id: key.id,
-                state,
-                op,
-            });
+            return Err(SandboxError::WrongState { id: key.id, state, op });
         }
-        let done = if pause {
-            self.runtime.pause(&key).await
-        } else {
-            self.runtime.resume(&key).await
-        };
-        done.map_err(|e| SandboxError::Runtime {
-            id: key.id.clone(),
-            op,
-            source: Box::new(e),
-        })?;
+        let done = if pause { self.runtime.pause(&key).await } else { self.runtime.resume(&key).await };
+        done.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op, source: Box::new(e) })?;
         let mut table = self.lock();
         // A stop that began meanwhile wins; the sandbox is then Stopping, which is what we report.
         let _ = table.transition(&key, to, &self.counts, &self.metrics);
@@ -100,24 +88,14 @@ impl Manager {
         if let Some(labels) = &request.labels {
             validate::labels(labels)?;
         }
-        let timeout = request
-            .timeout
-            .map(|t| validate::timeout("timeout", t))
-            .transpose()?;
+        let timeout = request.timeout.map(|t| validate::timeout("timeout", t)).transpose()?;
         let mut table = self.lock();
         let entry = table.find(id)?;
         let key = entry.spec.key.clone();
         if !entry.info.state.is_live() {
-            return Err(SandboxError::WrongState {
-                id: key.id,
-                state: entry.info.state,
-                op: "update",
-            });
+            return Err(SandboxError::WrongState { id: key.id, state: entry.info.state, op: "update" });
         }
-        let entry = table
-            .sandboxes
-            .get_mut(&key.id)
-            .ok_or_else(|| SandboxError::NotFound(id.to_owned()))?;
+        let entry = table.sandboxes.get_mut(&key.id).ok_or_else(|| SandboxError::NotFound(id.to_owned()))?;
         if let Some(timeout) = timeout {
             entry.info.end_time = Some(SystemTime::now() + timeout);
             entry.end_changed.notify_one();
@@ -155,11 +133,8 @@ impl Manager {
                 let chunk = match this.runtime.read_logs(&key, offset, LOG_CHUNK).await {
                     Ok(chunk) => chunk,
                     Err(e) => {
-                        let error = SandboxError::Runtime {
-                            id: key.id.clone(),
-                            op: "logs",
-                            source: Box::new(e),
-                        };
+                        let error =
+                            SandboxError::Runtime { id: key.id.clone(), op: "logs", source: Box::new(e) };
                         return Some((Err(error), (this, key, offset, true)));
                     }
                 };
@@ -169,11 +144,7 @@ impl Manager {
                 }
                 if !follow || this.is_exited(&key) {
                     // One last read after the exit was seen catches what was written before it.
-                    let last = this
-                        .runtime
-                        .read_logs(&key, chunk.next_offset, LOG_CHUNK)
-                        .await
-                        .ok()?;
+                    let last = this.runtime.read_logs(&key, chunk.next_offset, LOG_CHUNK).await.ok()?;
                     return (!last.data.is_empty())
                         .then(|| (Ok(last.data), (this, key, last.next_offset, true)));
                 }
@@ -199,18 +170,11 @@ impl Manager {
         stop: bool,
     ) -> Result<SnapshotInfo, SandboxError> {
         if !self.runtime.can_checkpoint() {
-            return Err(SandboxError::NotSupported {
-                backend: self.runtime.name(),
-                what: "checkpoint",
-            });
+            return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "checkpoint" });
         }
         let (key, state) = self.key_of(id)?;
         if !matches!(state, SandboxState::Running | SandboxState::Paused) {
-            return Err(SandboxError::WrongState {
-                id: key.id,
-                state,
-                op: "checkpoint",
-            });
+            return Err(SandboxError::WrongState { id: key.id, state, op: "checkpoint" });
         }
         // Checkpoint-and-continue keeps a sandbox running across the operation: it holds one
         // admission permit for the whole of it, so a drain waits for it and never rejects its
@@ -218,19 +182,16 @@ impl Manager {
         let _permit = if stop {
             None
         } else {
-            Some(self.gate.enter().map_err(|_| SandboxError::NotAdmitting {
-                status: crate::drain::NodeStatus::Draining,
-            })?)
+            Some(
+                self.gate
+                    .enter()
+                    .map_err(|_| SandboxError::NotAdmitting { status: crate::drain::NodeStatus::Draining })?,
+            )
         };
         let snapshot = snapshot_id_for(&key);
-        let info = self
-            .runtime
-            .checkpoint(&key, &snapshot, stop)
-            .await
-            .map_err(SandboxError::Checkpoint)?;
+        let info = self.runtime.checkpoint(&key, &snapshot, stop).await.map_err(SandboxError::Checkpoint)?;
         if stop {
-            self.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now)
-                .await?;
+            self.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now).await?;
             self.wait_exited(&key).await;
         }
         Ok(info)
@@ -243,13 +204,8 @@ impl Manager {
     /// The checkpoint's or the stop's error; the sandbox is then still live.
     pub async fn evacuate(self: &Arc<Self>, key: &SandboxKey) -> Result<String, SandboxError> {
         let snapshot = snapshot_id_for(key);
-        let info = self
-            .runtime
-            .checkpoint(key, &snapshot, true)
-            .await
-            .map_err(SandboxError::Checkpoint)?;
-        self.stop_lifecycle(key, ExitReason::Checkpointed, StopMode::Now)
-            .await?;
+        let info = self.runtime.checkpoint(key, &snapshot, true).await.map_err(SandboxError::Checkpoint)?;
+        self.stop_lifecycle(key, ExitReason::Checkpointed, StopMode::Now).await?;
         Ok(info.id.to_string())
     }
 
@@ -257,32 +213,21 @@ impl Manager {
         if !self.runtime.can_checkpoint() {
             return Ok(Vec::new());
         }
-        self.runtime
-            .list_snapshots()
-            .await
-            .map_err(SandboxError::Checkpoint)
+        self.runtime.list_snapshots().await.map_err(SandboxError::Checkpoint)
     }
 
     pub(crate) async fn delete_snapshot(&self, id: &str) -> Result<(), SandboxError> {
         let snapshot = validate::snapshot_id("snapshot_id", id)?;
         if !self.runtime.can_checkpoint() {
-            return Err(SandboxError::NotSupported {
-                backend: self.runtime.name(),
-                what: "snapshots",
-            });
+            return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "snapshots" });
         }
-        self.runtime
-            .delete_snapshot(&snapshot)
-            .await
-            .map_err(SandboxError::Checkpoint)
+        self.runtime.delete_snapshot(&snapshot).await.map_err(SandboxError::Checkpoint)
     }
 }
 
 /// `<sandbox id>-<lifecycle id prefix>-<unix millis>`, cut to a valid id.
 fn snapshot_id_for(key: &SandboxKey) -> SnapshotId {
-    let millis = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let millis = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let id: String = key.id.as_str().chars().take(40).collect();
     let lifecycle: String = key.lifecycle.as_str().chars().take(6).collect();
     SnapshotId::parse(format!("{id}-{lifecycle}-{millis:x}"))

@@ -81,10 +81,7 @@ pub(crate) fn command(argv: &[String], env: &[(String, String)]) -> Result<(), I
     let total: usize = argv.iter().map(String::len).sum::<usize>()
         + env.iter().map(|(k, v)| k.len() + v.len() + 1).sum::<usize>();
     if total > MAX_COMMAND_BYTES {
-        return Err(invalid(
-            "argv",
-            format!("argv and env together exceed {MAX_COMMAND_BYTES} bytes"),
-        ));
+        return Err(invalid("argv", format!("argv and env together exceed {MAX_COMMAND_BYTES} bytes")));
     }
     Ok(())
 }
@@ -99,9 +96,7 @@ pub(crate) fn cwd(value: Option<&str>) -> Result<Option<PathBuf>, InvalidArgumen
     }
     let path = Path::new(value);
     let normal = path.is_absolute()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     if !normal {
         return Err(invalid("cwd", "must be an absolute path without `.` or `..`"));
     }
@@ -113,10 +108,7 @@ pub(crate) fn timeout(field: &str, value: Duration) -> Result<Duration, InvalidA
     if value.is_zero() || value > MAX_SANDBOX_TIMEOUT {
         return Err(invalid(
             field,
-            format!(
-                "must be above 0 and at most {}",
-                humantime::format_duration(MAX_SANDBOX_TIMEOUT)
-            ),
+            format!("must be above 0 and at most {}", humantime::format_duration(MAX_SANDBOX_TIMEOUT)),
         ));
     }
     Ok(value)
@@ -125,10 +117,7 @@ pub(crate) fn timeout(field: &str, value: Duration) -> Result<Duration, InvalidA
 /// A stop grace: at most [`MAX_STOP_GRACE`].
 pub(crate) fn stop_grace(value: Duration) -> Result<Duration, InvalidArgument> {
     if value > MAX_STOP_GRACE {
-        return Err(invalid(
-            "stop_grace",
-            format!("at most {}", humantime::format_duration(MAX_STOP_GRACE)),
-        ));
+        return Err(invalid("stop_grace", format!("at most {}", humantime::format_duration(MAX_STOP_GRACE))));
     }
     Ok(value)
 }
@@ -160,16 +149,9 @@ pub(crate) fn limits(
     if let Some(pids) = pids_max
         && !(1..=MAX_PIDS).contains(&pids)
     {
-        return Err(invalid(
-            "resources.pids_max",
-            format!("must be from 1 to {MAX_PIDS}"),
-        ));
+        return Err(invalid("resources.pids_max", format!("must be from 1 to {MAX_PIDS}")));
     }
-    Ok(Limits {
-        memory_bytes,
-        cpu_millis,
-        pids_max,
-    })
+    Ok(Limits { memory_bytes, cpu_millis, pids_max })
 }
 
 /// Labels: bounded keys and values, printable.
@@ -179,9 +161,7 @@ pub(crate) fn labels(labels: &BTreeMap<String, String>) -> Result<(), InvalidArg
     }
     for (key, value) in labels {
         let ok_key = (1..=MAX_LABEL_KEY).contains(&key.len())
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
         if !ok_key {
             return Err(invalid(
                 format!("labels[{:?}]", truncate(key)),
@@ -189,10 +169,7 @@ pub(crate) fn labels(labels: &BTreeMap<String, String>) -> Result<(), InvalidArg
             ));
         }
         if value.chars().count() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
-            return Err(invalid(
-                format!("labels[{key:?}]"),
-                "values are at most 256 printable characters",
-            ));
+            return Err(invalid(format!("labels[{key:?}]"), "values are at most 256 printable characters"));
         }
     }
     Ok(())
@@ -211,16 +188,8 @@ mod tests {
         assert_eq!(command(&[], &[]).unwrap_err().field, "argv");
         assert_eq!(command(&[String::new()], &[]).unwrap_err().field, "argv");
         assert_eq!(command(&["a\0b".into()], &[]).unwrap_err().field, "argv[0]");
-        assert_eq!(
-            command(&vec!["x".into(); MAX_ARGS + 1], &[]).unwrap_err().field,
-            "argv"
-        );
-        assert_eq!(
-            command(&["x".repeat(MAX_COMMAND_BYTES + 1)], &[])
-                .unwrap_err()
-                .field,
-            "argv"
-        );
+        assert_eq!(command(&vec!["x".into(); MAX_ARGS + 1], &[]).unwrap_err().field, "argv");
+        assert_eq!(command(&["x".repeat(MAX_COMMAND_BYTES + 1)], &[]).unwrap_err().field, "argv");
         assert!(command(&["true".into()], &[("PATH".into(), "/bin".into())]).is_ok());
     }
 
@@ -245,26 +214,14 @@ mod tests {
     fn absurd_resources_are_refused() {
         let gib = 1 << 30;
         assert!(limits(Some(64 << 20), Some(500), Some(100), gib, 2000).is_ok());
-        assert_eq!(
-            limits(Some(1), None, None, gib, 2000).unwrap_err().field,
-            "resources.memory_bytes"
-        );
+        assert_eq!(limits(Some(1), None, None, gib, 2000).unwrap_err().field, "resources.memory_bytes");
         assert_eq!(
             limits(Some(u64::MAX), None, None, gib, 2000).unwrap_err().field,
             "resources.memory_bytes"
         );
-        assert_eq!(
-            limits(None, Some(1), None, gib, 2000).unwrap_err().field,
-            "resources.cpu_millis"
-        );
-        assert_eq!(
-            limits(None, Some(1_000_000), None, gib, 2000).unwrap_err().field,
-            "resources.cpu_millis"
-        );
-        assert_eq!(
-            limits(None, None, Some(0), gib, 2000).unwrap_err().field,
-            "resources.pids_max"
-        );
+        assert_eq!(limits(None, Some(1), None, gib, 2000).unwrap_err().field, "resources.cpu_millis");
+        assert_eq!(limits(None, Some(1_000_000), None, gib, 2000).unwrap_err().field, "resources.cpu_millis");
+        assert_eq!(limits(None, None, Some(0), gib, 2000).unwrap_err().field, "resources.pids_max");
     }
 
     #[test]
@@ -274,9 +231,7 @@ mod tests {
         assert!(labels(&map).is_ok());
         map.insert("bad key".into(), "a".into());
         assert!(labels(&map).unwrap_err().field.starts_with("labels["));
-        let many: BTreeMap<_, _> = (0..=MAX_LABELS)
-            .map(|i| (format!("k{i}"), String::new()))
-            .collect();
+        let many: BTreeMap<_, _> = (0..=MAX_LABELS).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(labels(&many).unwrap_err().field, "labels");
     }
 

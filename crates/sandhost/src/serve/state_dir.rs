@@ -24,11 +24,9 @@ pub(crate) struct StateDir {
 
 impl StateDir {
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("creating the state dir {} (--state-dir / SANDHOST_STATE_DIR)", path.display()))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(path).with_context(|| {
+            format!("creating the state dir {} (--state-dir / SANDHOST_STATE_DIR)", path.display())
+        })?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making the state dir {} private", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
@@ -64,7 +62,8 @@ impl StateDir {
             Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
             _ => {
                 let id = format!("node-{}", uuid_like());
-                fs::write(&node_id_path, &id).with_context(|| format!("writing {}", node_id_path.display()))?;
+                fs::write(&node_id_path, &id)
+                    .with_context(|| format!("writing {}", node_id_path.display()))?;
                 id
             }
         };

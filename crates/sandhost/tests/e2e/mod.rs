@@ -102,14 +102,7 @@ impl Serve {
             command.env(key, value);
         }
         let child = command.spawn().expect("spawn sandhost serve");
-        Self {
-            child: Some(child),
-            grpc,
-            http,
-            token: options.token,
-            state_dir,
-            _temp: temp,
-        }
+        Self { child: Some(child), grpc, http, token: options.token, state_dir, _temp: temp }
     }
 
     /// Waits until `/health/live` answers 200 (or panics if serve exits or the hang guard passes).
@@ -140,11 +133,7 @@ impl Serve {
     /// Runs a client subcommand against this serve (with its token, if any).
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .env("SANDHOST_ADDR", self.url())
-            .env_remove("SANDHOST_TOKEN")
-            .stdin(Stdio::null());
+        command.args(args).env("SANDHOST_ADDR", self.url()).env_remove("SANDHOST_TOKEN").stdin(Stdio::null());
         if let Some(token) = &self.token {
             command.env("SANDHOST_TOKEN", token);
         }
@@ -163,11 +152,7 @@ impl Serve {
 
     /// A channel to the gRPC server.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect to serve")
+        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect to serve")
     }
 
     /// SIGTERM, then wait for the exit (SIGKILL after the hang guard). Returns the exit code.
@@ -250,10 +235,7 @@ pub fn run_bounded(mut command: Command) -> Output {
         if started.elapsed() > HANG_GUARD {
             let _ = child.kill();
             let output = child.wait_with_output().expect("output");
-            panic!(
-                "the CLI hung: {command:?}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -271,12 +253,7 @@ pub fn stderr(output: &Output) -> String {
 
 /// Asserts the CLI succeeded and returns its stdout.
 pub fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "CLI failed: {:?}\nstderr: {}",
-        output.status,
-        stderr(output)
-    );
+    assert!(output.status.success(), "CLI failed: {:?}\nstderr: {}", output.status, stderr(output));
     stdout(output)
 }
 
@@ -284,18 +261,11 @@ pub fn ok(output: &Output) -> String {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -306,9 +276,7 @@ pub struct Bearer(pub Option<String>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
         }
         Ok(request)
     }

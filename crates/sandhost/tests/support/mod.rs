@@ -57,20 +57,12 @@ impl TestNode {
         let coordinator = DrainCoordinator::new(
             Arc::clone(&manager),
             status_tx,
-            DrainSettings {
-                force_timeout: FORCE_TIMEOUT,
-            },
+            DrainSettings { force_timeout: FORCE_TIMEOUT },
             dir.path().join("drain.json"),
             metrics,
         );
         let node = Node::new(Arc::clone(&manager), coordinator, "test-node".into());
-        Self {
-            node,
-            fake,
-            manager,
-            registry,
-            dir,
-        }
+        Self { node, fake, manager, registry, dir }
     }
 
     pub fn coordinator(&self) -> &DrainCoordinator {
@@ -99,10 +91,7 @@ pub fn request(id: &str, policy: DrainPolicy) -> CreateRequest {
 
 /// The runtime key of a sandbox.
 pub fn key(info: &SandboxInfo) -> SandboxKey {
-    SandboxKey {
-        id: info.id.clone(),
-        lifecycle: info.lifecycle.clone(),
-    }
+    SandboxKey { id: info.id.clone(), lifecycle: info.lifecycle.clone() }
 }
 
 /// Fails the test instead of hanging it.
