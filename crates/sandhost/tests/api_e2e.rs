@@ -172,6 +172,33 @@ async fn invalid_requests_name_the_field() {
             "env",
         ),
         (pb::CreateRequest { cwd: "../escape".into(), ..base() }, "cwd"),
+        (
+            pb::CreateRequest { stop_grace: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..base() },
+            "stop_grace",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { memory_bytes: Some(1 << 62), ..Default::default() }),
+                ..base()
+            },
+            "resources.memory_bytes",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { cpu_millis: Some(u32::MAX), ..Default::default() }),
+                ..base()
+            },
+            "resources.cpu_millis",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { pids_max: Some(0), ..Default::default() }),
+                ..base()
+            },
+            "resources.pids_max",
+        ),
+        (pb::CreateRequest { labels: [("k".to_owned(), "v".repeat(10_000))].into(), ..base() }, "labels"),
+        (pb::CreateRequest { restore_from: "../../etc".into(), ..base() }, "restore_from"),
     ];
     for (request, field) in cases {
         let status = sandboxes.create(request.clone()).await.expect_err("refused");
@@ -190,6 +217,27 @@ async fn invalid_requests_name_the_field() {
     let status =
         sandboxes.list(pb::ListRequest { state: 77, ..Default::default() }).await.expect_err("bad state");
     assert_eq!(bad_request_field(&status), "state");
+
+    // Update: a past end time is refused by name; an unknown sandbox is NOT_FOUND.
+    let status = sandboxes
+        .update(pb::UpdateRequest {
+            id: "nope".into(),
+            end: Some(pb::update_request::End::EndTime(prost_types::Timestamp { seconds: 1, nanos: 0 })),
+            labels: None,
+        })
+        .await
+        .expect_err("past end time");
+    assert_eq!(bad_request_field(&status), "end_time");
+    let status = sandboxes
+        .update(pb::UpdateRequest { id: "nope".into(), end: None, labels: None })
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The CLI refuses what it cannot parse before calling (exit 1, the flag named).
+    let bad_memory = serve.cli(&["create", "--memory", "lots", "--", "true"]);
+    assert_eq!(bad_memory.status.code(), Some(1));
+    assert!(stderr(&bad_memory).contains("--memory"), "{}", stderr(&bad_memory));
 
     // The CLI: exit 1 with the code and the field on stderr; nothing was created.
     let create = serve.cli(&["create", "--id", "Bad_Id", "--", "true"]);
