@@ -459,7 +459,8 @@ async fn wait_streams_end_when_the_server_shuts_down() {
     match waited {
         // The sandbox was force-stopped before the call was cut...
         Ok(response) => {
-            assert_eq!(response.into_inner().sandbox.expect("sandbox").state(), pb::SandboxState::Exited)
+            let state = response.into_inner().sandbox.expect("sandbox").state();
+            assert_eq!(state, pb::SandboxState::Exited);
         }
         // ...or the call was cut by the shutdown: retryable, or the connection closed.
         Err(status) => assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}"),
