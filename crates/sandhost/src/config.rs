@@ -24,6 +24,8 @@ pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_SANDBOX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long exited sandboxes stay readable.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+/// Default parent cgroup of the sandboxes.
+pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 /// Default SIGTERM-to-kill grace of a stop.
 pub const DEFAULT_STOP_GRACE: Duration = sandhost_runtime::DEFAULT_STOP_GRACE;
 
@@ -75,6 +77,9 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The cgroup (in every hierarchy) under which sandboxes get their own.
+    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
 }
 
 /// Log output format.
@@ -120,6 +125,8 @@ pub struct ServeConfig {
     pub templates: Vec<(String, PathBuf)>,
     /// Log format.
     pub log_format: LogFormat,
+    /// The parent cgroup of the sandboxes.
+    pub cgroup_parent: String,
 }
 
 /// Limits and defaults of the sandbox manager.
@@ -314,7 +321,15 @@ impl ServeArgs {
                 ));
             }
         };
+        if sandhost_runtime::SandboxId::parse(&self.cgroup_parent).is_err() {
+            return Err(ConfigError::new(
+                "--cgroup-parent / SANDHOST_CGROUP_PARENT",
+                &self.cgroup_parent,
+                "must match [a-z0-9][a-z0-9-]{0,62}",
+            ));
+        }
         Ok(ServeConfig {
+            cgroup_parent: self.cgroup_parent.clone(),
             listen,
             http_listen,
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),

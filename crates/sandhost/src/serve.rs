@@ -260,8 +260,10 @@ fn open_runtime(
         RuntimeKind::Process => {
             let init_exe =
                 std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
-            let config = sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
-            let runtime = sandhost_runtime::process::ProcessRuntime::open(config)
+            let mut runtime_config =
+                sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
+            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
+            let runtime = sandhost_runtime::process::ProcessRuntime::open(runtime_config)
                 .context("opening the process runtime")?;
             Ok(Arc::new(runtime))
         }
@@ -345,4 +347,112 @@ async fn wait_any(services: &mut [Service]) -> (usize, Result<anyhow::Result<()>
     let futures = services.iter_mut().map(|(_, handle)| handle);
     let (result, index, _) = futures::future::select_all(futures).await;
     (index, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use sandhost_runtime::fake::FakeRuntime;
+
+    use super::*;
+    use crate::drain::DrainFailure;
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config() -> ServeConfig {
+        Args::parse_from(["serve", "--state-dir", "/nonexistent"]).serve.validate(None).expect("config")
+    }
+
+    fn coordinator(dir: &Path) -> DrainCoordinator {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
+        let manager = Manager::new(ManagerParts {
+            runtime: Arc::new(FakeRuntime::new()),
+            config: crate::config::SandboxConfig::default(),
+            templates: Vec::new(),
+            gate: Gate::new(),
+            status: status_rx,
+            metrics: metrics.clone(),
+            meta_dir: dir.join("meta"),
+        });
+        let settings = DrainSettings { force_timeout: Duration::from_secs(30) };
+        DrainCoordinator::new(manager, status_tx, settings, dir.join("drain.json"), metrics)
+    }
+
+    #[tokio::test]
+    async fn a_service_that_fails_on_its_own_shuts_the_node_down_with_a_non_zero_exit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = coordinator(dir.path());
+        let shutdown = CancellationToken::new();
+        let http_shutdown = shutdown.clone();
+        let services: Vec<Service> = vec![
+            ("grpc", tokio::spawn(async { Err(anyhow::anyhow!("the listener broke")) })),
+            (
+                "http",
+                tokio::spawn(async move {
+                    http_shutdown.cancelled().await;
+                    Ok(())
+                }),
+            ),
+        ];
+        let (left, failures) = tokio::time::timeout(
+            Duration::from_secs(60),
+            wait_for_shutdown(&config(), &coordinator, services),
+        )
+        .await
+        .expect("hang guard")
+        .expect("signals installed");
+        assert_eq!(failures, ["grpc: the listener broke"]);
+        assert_eq!(left.len(), 1, "the healthy service is still to be stopped");
+        assert!(coordinator.progress().shutting_down, "the failure started a shutdown");
+        let outcome =
+            Outcome { drain: coordinator.report(), service_failures: failures, closer_failures: Vec::new() };
+        assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
+        assert!(outcome.to_string().contains("service failed: grpc: the listener broke"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_clean_exit_of_a_service_is_a_failure_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = coordinator(dir.path());
+        let services: Vec<Service> = vec![("http", tokio::spawn(async { Ok(()) }))];
+        let (_, failures) = tokio::time::timeout(
+            Duration::from_secs(60),
+            wait_for_shutdown(&config(), &coordinator, services),
+        )
+        .await
+        .expect("hang guard")
+        .expect("signals installed");
+        assert_eq!(failures, ["http: exited unexpectedly"]);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_precedence() {
+        let failure = DrainFailure { subject: "a/1".into(), message: "stuck".into() };
+        let mut outcome = Outcome::default();
+        assert_eq!(outcome.exit_code(), 0);
+        outcome.drain.force_stopped = 2;
+        assert_eq!(outcome.exit_code(), EXIT_FORCE_STOPPED);
+        outcome.closer_failures.push("state dir".into());
+        assert_eq!(outcome.exit_code(), EXIT_CLOSER_FAILED);
+        outcome.service_failures.push("grpc".into());
+        assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
+        outcome.drain.failures.push(failure);
+        assert_eq!(outcome.exit_code(), EXIT_STOP_FAILED);
+        let message = outcome.to_string();
+        for part in [
+            "2 sandbox(es) force-stopped",
+            "sandbox a/1 not stopped: stuck",
+            "service failed: grpc",
+            "closer failed: state dir",
+        ] {
+            assert!(message.contains(part), "{message}");
+        }
+    }
 }

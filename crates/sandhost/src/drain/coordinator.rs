@@ -22,7 +22,7 @@ use sandhost_runtime::SandboxKey;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::intent::{DrainIntent, IntentStore};
+use super::intent::{DrainIntent, IntentStore, at_ms_precision};
 use super::{DrainError, DrainFailure, DrainProgress, DrainRequest, NodeStatus};
 use crate::metrics::Metrics;
 use crate::sandbox::{Counts, DrainPolicy, ExitReason, Manager, SandboxState, StopMode};
@@ -191,7 +191,7 @@ impl DrainCoordinator {
     ///
     /// None today; the signature leaves room for refusing a drain.
     pub fn drain(&self, request: DrainRequest) -> Result<DrainProgress, DrainError> {
-        let deadline = request.timeout.map(|t| SystemTime::now() + t);
+        let deadline = request.timeout.map(|t| at_ms_precision(SystemTime::now() + t));
         self.inner.begin(deadline, request.force, None);
         Ok(self.progress())
     }
@@ -235,7 +235,7 @@ impl DrainCoordinator {
     /// The first shutdown signal: drain with the shutdown's settings; undrain is refused from now on.
     pub fn begin_shutdown(&self, timeout: Option<Duration>, force: bool) {
         self.inner.lock().shutting_down = true;
-        let deadline = timeout.map(|t| SystemTime::now() + t);
+        let deadline = timeout.map(|t| at_ms_precision(SystemTime::now() + t));
         self.inner.begin(deadline, force, None);
     }
 
@@ -367,7 +367,10 @@ impl Inner {
         }
         let Some(run) = state.run.as_mut() else { return };
         let now = SystemTime::now();
-        let deadline = run.force_deadline.filter(|d| *d > now).unwrap_or(now + self.settings.force_timeout);
+        let deadline = run
+            .force_deadline
+            .filter(|d| *d > now)
+            .unwrap_or_else(|| at_ms_precision(now + self.settings.force_timeout));
         run.force_deadline = Some(deadline);
         run.force.send_replace(true);
         if state.set_status(NodeStatus::Forcing) {

@@ -20,6 +20,12 @@ fn to_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `time` at the millisecond precision the intent keeps, so a deadline reads the same before and
+/// after a restart.
+pub(crate) fn at_ms_precision(time: SystemTime) -> SystemTime {
+    from_ms(to_ms(time))
+}
+
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }

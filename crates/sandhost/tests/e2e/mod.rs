@@ -173,6 +173,13 @@ impl Serve {
         }
     }
 
+    /// Sends `signal` to the serve process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            self::signal(child, signal);
+        }
+    }
+
     /// SIGKILL: the serve dies at once, leaving its sandboxes for the next one.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
