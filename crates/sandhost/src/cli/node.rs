@@ -163,6 +163,8 @@ enum Step {
 struct Follower {
     total: u64,
     seen_draining: bool,
+    /// The last status logged, when there is no terminal for the bar.
+    logged: Option<pb::NodeStatus>,
 }
 
 impl Follower {
@@ -172,6 +174,11 @@ impl Follower {
         bar.set_length(self.total);
         bar.set_position(self.total - left);
         bar.set_message(bar_message(progress, SystemTime::now()));
+        // Without a terminal the bar is hidden: say each phase change on a line of its own instead.
+        if bar.is_hidden() && self.logged != Some(progress.status()) {
+            self.logged = Some(progress.status());
+            eprintln!("sandhost: {}", bar_message(progress, SystemTime::now()));
+        }
         match progress.status() {
             pb::NodeStatus::Drained => Step::Drained,
             pb::NodeStatus::Ready if self.seen_draining => Step::Undrained,
