@@ -81,11 +81,13 @@ fn pause_resume_kill_and_kill_again() {
     ok(&serve.cli(&["resume", "sleeper"]));
     assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
 
+    assert!(!serve.leftover_processes().is_empty(), "the sandbox's init is found by its state dir");
     let killed = ok(&serve.cli(&["kill", "sleeper", "--now"]));
     assert!(killed.contains("killed"), "{killed}");
     let sandbox = sandbox_json(&serve, "sleeper");
     assert_eq!(sandbox["state"], "exited");
     assert_eq!(sandbox["exit"]["reason"], "killed");
+    assert_eq!(serve.leftover_processes(), Vec::<String>::new(), "a killed sandbox leaves no process");
     // Idempotent.
     ok(&serve.cli(&["kill", "sleeper"]));
 
@@ -434,10 +436,18 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
     ok(&first.cli(&["create", "--id", "survivor", "--", "sleep", "1000"]));
     first.kill();
 
-    let second = Serve::start_with(options);
+    // The sandbox outlived its agent.
+    assert!(!first.leftover_processes().is_empty(), "the sandbox died with its agent");
+
+    let mut second = Serve::start_with(options);
     assert_eq!(sandbox_json(&second, "survivor")["state"], "running");
+    ok(&second.cli(&["create", "--id", "another", "--", "sleep", "1000"]));
     ok(&second.cli(&["kill", "survivor", "--now"]));
     assert_eq!(sandbox_json(&second, "survivor")["state"], "exited");
+
+    // A stop (FORCE_STOP) leaves nothing running.
+    second.stop();
+    assert_eq!(second.leftover_processes(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,24 @@ impl Serve {
         }
     }
 
+    /// The sandboxes' inits of this serve: processes running `sandhost __init` with this serve's state
+    /// dir on their command line (a sandbox's processes die with its init, its pid 1). Empty once every
+    /// sandbox is gone.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.state_dir.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                let is_init = cmdline.contains("__init") && cmdline.contains(&needle);
+                is_init.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
+            })
+            .collect()
+    }
+
     /// SIGKILL: the serve dies at once, leaving its sandboxes for the next one.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
