@@ -14,10 +14,10 @@ use std::time::Duration;
 use sandhost_proto::v1::node_service_server::NodeServiceServer;
 use sandhost_proto::v1::sandbox_service_server::SandboxServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use super::auth::AuthInterceptor;
 use super::health;
@@ -81,7 +81,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            cancel.clone().cancelled_owned(),
+        );
     tokio::pin!(server);
 
     let shutdown_then_grace = {
