@@ -24,7 +24,7 @@ pub const EXIT_UNAVAILABLE: u8 = 75;
 /// Which node to talk to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// The node's gRPC address.
+    /// The node's gRPC address. A node with a token needs it in SANDHOST_TOKEN.
     #[arg(long, env = "SANDHOST_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 }
