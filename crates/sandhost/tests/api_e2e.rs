@@ -565,4 +565,11 @@ fn the_process_backend_refuses_checkpoints_naming_itself() {
     let snapshots: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["snapshots", "--json"]))).expect("JSON");
     assert_eq!(snapshots, serde_json::json!([]));
+    let table = ok(&serve.cli(&["snapshots"]));
+    assert!(table.starts_with("ID"), "{table}");
+    let rm = serve.cli(&["snapshot-rm", "no-such-snapshot"]);
+    assert_eq!(rm.status.code(), Some(1));
+    // The process backend has no snapshots at all: it says so, naming itself.
+    let text = stderr(&rm);
+    assert!(text.contains("FAILED_PRECONDITION") && text.contains("process"), "{text}");
 }
