@@ -74,7 +74,9 @@ pub async fn serve(
         tracing::info!(%addr, auth = token.is_some(), "gRPC API listening");
     }
     let server = Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(|request| {
+            tracing::info_span!("rpc", method = %request.uri().path(), sandbox.id = tracing::field::Empty)
+        })
         .layer(InterceptorLayer::new(AuthInterceptor::new(token)))
         .add_service(sandboxes)
         .add_service(nodes)
