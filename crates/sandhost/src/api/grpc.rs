@@ -58,10 +58,9 @@ pub async fn serve(
 ) -> Result<(), GrpcServeError> {
     // A child: cancelling it (when this server ends on its own) does not cancel the caller's token.
     let cancel = shutdown.child_token();
-    let (health, health_task) = health::service(node.watch_drain(), cancel.clone());
-
     let reflection_v1 = reflection().build_v1().map_err(GrpcServeError::Reflection)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(GrpcServeError::Reflection)?;
+    let (health, health_task) = health::service(node.watch_drain(), cancel.clone());
 
     let sandboxes = SandboxServiceServer::new(SandboxApi::new(node.clone(), cancel.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
