@@ -22,6 +22,8 @@ use sandhost_runtime::{LifecycleId, Limits, Runtime, SandboxId, SandboxKey, Sand
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandhost");
+/// The anchor runtime's cgroup parent (removed at the end).
+const ANCHOR_CGROUP_PARENT: &str = "sandhost-bench-anchor";
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -202,7 +204,7 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
 
     let mut config = ProcessConfig::new(state.path().join("anchor-runtime"), BIN);
-    config.cgroup_parent = "sandhost-bench-anchor".to_owned();
+    config.cgroup_parent = ANCHOR_CGROUP_PARENT.to_owned();
     let runtime = Arc::new(ProcessRuntime::open(config).expect("open the process runtime"));
     let serve = Serve::start(state.path());
     let channel = Channel::from_shared(serve.addr.clone()).unwrap().connect().await.unwrap();
@@ -253,4 +255,12 @@ async fn main() {
         loaded_kib.saturating_sub(idle_before_live) as f64 / live.max(1) as f64
     );
     drop(serve);
+    drop(runtime);
+    // The anchor's (now empty) cgroup parent.
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for hierarchy in hierarchies.filter_map(Result::ok) {
+            let _ = std::fs::remove_dir(hierarchy.path().join(ANCHOR_CGROUP_PARENT));
+        }
+    }
+    let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(ANCHOR_CGROUP_PARENT));
 }

@@ -445,9 +445,12 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
     ok(&second.cli(&["kill", "survivor", "--now"]));
     assert_eq!(sandbox_json(&second, "survivor")["state"], "exited");
 
-    // A stop (FORCE_STOP) leaves nothing running.
+    // A stop (FORCE_STOP) leaves nothing running, and no cgroup.
+    let parent = e2e::cgroup_parent_for(&second.state_dir);
+    assert!(!e2e::leftover_cgroups(&parent).is_empty(), "the live sandbox's cgroup is found under {parent}");
     second.stop();
     assert_eq!(second.leftover_processes(), Vec::<String>::new());
+    assert_eq!(e2e::leftover_cgroups(&parent), Vec::<std::path::PathBuf>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
