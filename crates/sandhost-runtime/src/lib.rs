@@ -25,6 +25,7 @@ mod spec;
 
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod gvisor;
 pub mod process;
 
 use std::time::{Duration, SystemTime};

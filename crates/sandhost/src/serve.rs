@@ -268,7 +268,12 @@ fn open_runtime(
             Ok(Arc::new(runtime))
         }
         RuntimeKind::Gvisor => {
-            anyhow::bail!("the gvisor runtime is not available in this build (--runtime / SANDHOST_RUNTIME)")
+            let mut runtime_config =
+                sandhost_runtime::gvisor::GvisorConfig::new(state_dir.join("runtime-gvisor"));
+            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
+            let runtime = sandhost_runtime::gvisor::GvisorRuntime::open(runtime_config)
+                .context("opening the gvisor runtime")?;
+            Ok(Arc::new(runtime))
         }
     }
 }

@@ -21,12 +21,12 @@
 mod cgroup;
 mod control;
 mod init;
-mod logs;
+pub(crate) mod logs;
 mod recover;
 mod seccomp;
 mod spawn;
 mod start;
-mod state;
+pub(crate) mod state;
 mod sys;
 
 use std::collections::HashMap;

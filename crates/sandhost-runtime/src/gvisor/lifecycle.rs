@@ -1,0 +1,214 @@
+//! Start (create or restore) and the end of a lifecycle (cleanup, forget), plus the state-dir paths.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::bundle::{self, BundleContext};
+use super::sandbox::Sandbox;
+use super::{Inner, snapshot};
+use crate::process::{logs, state};
+use crate::{CleanupError, LogChunk, LogsError, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
+
+/// The file naming the runsc container that currently carries a lifecycle.
+const CONTAINER: &str = "container.json";
+/// The OCI bundle directory of a lifecycle.
+const BUNDLE: &str = "bundle";
+/// The one log file: a single segment in the process backend's naming, so its reader works here.
+const LOG: &str = "log.0000000000000000";
+
+pub(super) fn runsc_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("runsc")
+}
+
+pub(super) fn sandboxes_dir(state_dir: &Path) -> PathBuf {
+    state::sandboxes_dir(state_dir)
+}
+
+pub(super) fn sandbox_dir(state_dir: &Path, key: &SandboxKey) -> PathBuf {
+    state::sandbox_dir(state_dir, key)
+}
+
+/// The runsc container id of generation `generation` of a lifecycle.
+pub(super) fn container_id(key: &SandboxKey, generation: u32) -> String {
+    format!("{}.{}.{generation}", key.id, key.lifecycle)
+}
+
+/// The generation of a container id made by [`container_id`].
+pub(super) fn generation_of(cid: &str) -> u32 {
+    cid.rsplit_once('.').and_then(|(_, g)| g.parse().ok()).unwrap_or(0)
+}
+
+pub(super) fn read_container(dir: &Path) -> io::Result<Option<String>> {
+    state::read_json(dir, CONTAINER)
+}
+
+/// How a container comes to life.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Launch<'a> {
+    /// `runsc create` + `runsc start`.
+    Create,
+    /// `runsc restore --detach` from a snapshot's image.
+    Restore { snapshot: &'a SnapshotId, image: &'a Path },
+}
+
+/// Starts `spec` (from scratch, or from `spec.restore_from`).
+pub(super) async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
+    match &spec.restore_from {
+        Some(snapshot) => snapshot::restore(inner, spec, snapshot).await,
+        None => launch(inner, spec, Launch::Create).await,
+    }
+}
+
+/// Writes the bundle of container `cid` and brings it to life with its stdio on the log.
+pub(super) async fn run_container(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    dir: &Path,
+    cid: &str,
+    launch: Launch<'_>,
+) -> io::Result<i32> {
+    let ctx = BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
+    let bundle_dir = dir.join(BUNDLE);
+    bundle::write(&bundle_dir, spec, &ctx)?;
+    state::write_json(dir, CONTAINER, &cid)?;
+    let log_path = dir.join(LOG);
+    let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let runsc = &inner.runsc;
+    match launch {
+        Launch::Create => {
+            let args: [&OsStr; 4] = ["create".as_ref(), "--bundle".as_ref(), bundle_dir.as_ref(), cid.as_ref()];
+            runsc.spawn_into_log(&args, &log, &log_path).await?;
+            runsc.run(&["start".as_ref(), cid.as_ref()]).await?;
+        }
+        Launch::Restore { image, .. } => {
+            let args: [&OsStr; 7] = [
+                "restore".as_ref(),
+                "--detach".as_ref(),
+                "--image-path".as_ref(),
+                image.as_ref(),
+                "--bundle".as_ref(),
+                bundle_dir.as_ref(),
+                cid.as_ref(),
+            ];
+            runsc.spawn_into_log(&args, &log, &log_path).await?;
+        }
+    }
+    let state = runsc.state(cid).await?.ok_or_else(|| io::Error::other("runsc lost the container"))?;
+    Ok(state.pid)
+}
+
+/// A new lifecycle from `spec`: nothing is left behind if it fails.
+pub(super) async fn launch(inner: &Inner, spec: &SandboxSpec, launch: Launch<'_>) -> Result<Started, StartError> {
+    let key = &spec.key;
+    let dir = sandbox_dir(&inner.config.state_dir, key);
+    if inner.get(key).is_some() || dir.exists() {
+        return Err(StartError::AlreadyExists(key.clone()));
+    }
+    let cid = container_id(key, 0);
+    let result = async {
+        std::fs::create_dir_all(&dir)?;
+        state::write_json(&dir, state::SPEC, spec)?;
+        run_container(inner, spec, &dir, &cid, launch).await
+    }
+    .await;
+    match result {
+        Ok(pid) => {
+            inner.insert(Sandbox::running(key.clone(), dir, cid, &inner.runsc, false));
+            Ok(Started { pid, started_at: SystemTime::now() })
+        }
+        Err(source) => {
+            discard(inner, &cid, &dir).await;
+            Err(match launch {
+                Launch::Create => StartError::Host { key: key.clone(), step: "runsc create", source },
+                Launch::Restore { snapshot, .. } => StartError::Snapshot {
+                    key: key.clone(),
+                    snapshot: snapshot.clone(),
+                    reason: source.to_string(),
+                },
+            })
+        }
+    }
+}
+
+/// Removes everything of a failed start: the container, its cgroups, the lifecycle's directory.
+async fn discard(inner: &Inner, cid: &str, dir: &Path) {
+    if let Err(e) = inner.runsc.delete(cid).await {
+        tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
+    }
+    let _ = bundle::remove_cgroups(&inner.config.cgroup_parent, cid);
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Deletes container `cid` (slow) and its cgroups.
+pub(super) async fn delete_container(inner: &Inner, cid: &str) -> io::Result<()> {
+    inner.runsc.delete(cid).await?;
+    bundle::remove_cgroups(&inner.config.cgroup_parent, cid)
+}
+
+/// Deletes the container (waiting for the deletes of earlier generations) and the state files; keeps
+/// the log.
+pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), CleanupError> {
+    let dir = sandbox_dir(&inner.config.state_dir, key);
+    let cid = match inner.get(key) {
+        Some(sandbox) => {
+            sandbox.join_background().await;
+            sandbox.cid()
+        }
+        None => match read_container(&dir) {
+            Ok(Some(cid)) => cid,
+            _ => return Ok(()),
+        },
+    };
+    let host = |what, source| CleanupError::Host { key: key.clone(), what, source };
+    delete_container(inner, &cid).await.map_err(|e| host("container", e))?;
+    for name in [state::SPEC, CONTAINER, state::EXIT, "container.json.tmp", "spec.json.tmp", "exit.json.tmp"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir_all(dir.join(BUNDLE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(host("bundle", e)),
+        _ => Ok(()),
+    }
+}
+
+/// Cleans up, then removes the log and the directory, and forgets the sandbox.
+pub(super) async fn forget(inner: &Inner, key: &SandboxKey) -> Result<(), CleanupError> {
+    cleanup(inner, key).await?;
+    let dir = sandbox_dir(&inner.config.state_dir, key);
+    state::remove_dir(&dir).map_err(|source| CleanupError::Host { key: key.clone(), what: "state dir", source })?;
+    inner.remove(key);
+    Ok(())
+}
+
+pub(super) async fn read_logs(inner: &Inner, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
+    let dir = sandbox_dir(&inner.config.state_dir, key);
+    let owned = key.clone();
+    match tokio::task::spawn_blocking(move || logs::read(&dir, offset, max)).await {
+        Ok(Ok(Some(chunk))) => Ok(chunk),
+        Ok(Ok(None)) => Err(LogsError::NotFound(owned)),
+        Ok(Err(source)) => Err(LogsError::Io { key: owned, source }),
+        Err(join) => Err(LogsError::Io { key: owned, source: io::Error::other(join.to_string()) }),
+    }
+}
+
+/// Removes `<hierarchy>/<parent>` everywhere it is empty.
+pub(super) fn remove_cgroup_parents(parent: &str) -> io::Result<()> {
+    let mut first_error = None;
+    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        match std::fs::remove_dir(entry.path().join(parent)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTDIR) => {
+                first_error.get_or_insert(e);
+            }
+            _ => {}
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

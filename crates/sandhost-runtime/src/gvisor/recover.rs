@@ -1,0 +1,72 @@
+//! Re-adoption after an agent restart: every lifecycle in the state dir whose container runsc still
+//! reports running (or paused) gets a new watcher; the others are deleted and reported exited with
+//! the exit they recorded. Containers in our `--root` that no lifecycle names are deleted.
+
+use std::collections::HashSet;
+
+use super::Inner;
+use super::lifecycle::{self, read_container, sandboxes_dir};
+use super::sandbox::{EXIT, Sandbox};
+use crate::process::state;
+use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
+
+pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverError> {
+    let root = sandboxes_dir(&inner.config.state_dir);
+    let read_err = |source| RecoverError::StateDir { path: root.clone(), source };
+    let mut found = Vec::new();
+    let mut adopted = HashSet::new();
+    for id_entry in std::fs::read_dir(&root).map_err(read_err)?.flatten() {
+        let Some(id) = id_entry.file_name().to_str().and_then(|n| SandboxId::parse(n).ok()) else {
+            continue;
+        };
+        let Ok(lifecycles) = std::fs::read_dir(id_entry.path()) else { continue };
+        for entry in lifecycles.flatten() {
+            let Some(lifecycle) = entry.file_name().to_str().and_then(|n| LifecycleId::parse(n).ok()) else {
+                continue;
+            };
+            let key = SandboxKey { id: id.clone(), lifecycle };
+            if inner.get(&key).is_some() {
+                continue;
+            }
+            let dir = entry.path();
+            let (Ok(Some(spec)), Ok(Some(cid))) =
+                (state::read_json::<SandboxSpec>(&dir, state::SPEC), read_container(&dir))
+            else {
+                continue; // cleaned up already: only its log is left
+            };
+            let status = inner.runsc.state(&cid).await.ok().flatten().map(|s| s.status);
+            let started_at = std::fs::metadata(dir.join(state::SPEC))
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| std::time::SystemTime::now());
+            let state = match status.as_deref() {
+                Some(s @ ("running" | "paused" | "created")) => {
+                    let paused = s == "paused";
+                    adopted.insert(cid.clone());
+                    inner.insert(Sandbox::running(key.clone(), dir, cid, &inner.runsc, paused));
+                    RecoveredState::Running { paused }
+                }
+                _ => {
+                    let exit: Option<Exit> = state::read_json(&dir, EXIT).ok().flatten();
+                    inner.insert(Sandbox::exited(key.clone(), dir, cid, exit.unwrap_or(Exit::Signal(libc::SIGKILL))));
+                    if let Err(e) = lifecycle::cleanup(inner, &key).await {
+                        tracing::warn!(sandbox.id = %key.id, error = %e, "cleaning up an ended sandbox failed");
+                    }
+                    RecoveredState::Exited(exit)
+                }
+            };
+            found.push(Recovered { spec, started_at, state });
+        }
+    }
+    match inner.runsc.list().await {
+        Ok(ids) => {
+            for cid in ids.into_iter().filter(|cid| !adopted.contains(cid)) {
+                tracing::info!(container = %cid, "deleting a container no sandbox owns");
+                if let Err(e) = lifecycle::delete_container(inner, &cid).await {
+                    tracing::warn!(container = %cid, error = %e, "deleting an orphaned container failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing runsc containers failed"),
+    }
+    Ok(found)
+}

@@ -1,0 +1,143 @@
+//! The `runsc` command line, as this backend drives it: every call names the private `--root`, the
+//! platform and `--network=none`. Only runsc's own client commands have their output read (state,
+//! wait, errors); a container's stdio always goes to a file, never to a pipe we read (a detached
+//! sandbox would hold the pipe open forever).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+use tokio::process::Command;
+
+use crate::Exit;
+
+/// How to call runsc.
+#[derive(Debug, Clone)]
+pub(crate) struct Runsc {
+    pub(crate) bin: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) platform: String,
+}
+
+/// The part of `runsc state` we use.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContainerState {
+    pub(crate) status: String,
+    #[serde(default)]
+    pub(crate) pid: i32,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitResult {
+    #[serde(rename = "exitStatus")]
+    exit_status: i32,
+}
+
+impl Runsc {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .arg(format!("--platform={}", self.platform))
+            .arg("--network=none")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a client command to completion; its stdout, or an error carrying its stderr.
+    async fn output(&self, args: &[&OsStr]) -> io::Result<Vec<u8>> {
+        let out = self.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().await?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let verb = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_default();
+            Err(io::Error::other(format!("runsc {verb}: {}", stderr.trim())))
+        }
+    }
+
+    /// Runs `runsc create` or `runsc restore` (the sandbox's processes inherit `log` as stdout and
+    /// stderr); on failure the error carries the end of the log, where runsc wrote why.
+    pub(crate) async fn spawn_into_log(&self, args: &[&OsStr], log: &File, log_path: &Path) -> io::Result<()> {
+        let status = self
+            .command()
+            .args(args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log.try_clone()?))
+            .status()
+            .await?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read(log_path).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(400)..]).trim().to_owned();
+        Err(io::Error::other(format!("runsc exited with {status}: {tail}")))
+    }
+
+    pub(crate) async fn run(&self, args: &[&OsStr]) -> io::Result<()> {
+        self.output(args).await.map(drop)
+    }
+
+    /// `runsc state`; `Ok(None)` when runsc does not know the container.
+    pub(crate) async fn state(&self, cid: &str) -> io::Result<Option<ContainerState>> {
+        match self.output(&["state".as_ref(), cid.as_ref()]).await {
+            Ok(out) => serde_json::from_slice(&out).map(Some).map_err(io::Error::other),
+            Err(e) if e.to_string().contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ids of every container in our root.
+    pub(crate) async fn list(&self) -> io::Result<Vec<String>> {
+        let out = self.output(&["list".as_ref(), "-quiet".as_ref()]).await?;
+        Ok(String::from_utf8_lossy(&out).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    }
+
+    /// `runsc wait`: blocks (in runsc, on the sandbox's control socket) until the container stops.
+    pub(crate) async fn wait(&self, cid: &str) -> io::Result<Exit> {
+        let out = self.output(&["wait".as_ref(), cid.as_ref()]).await?;
+        let result: WaitResult = serde_json::from_slice(&out).map_err(io::Error::other)?;
+        Ok(exit_from_status(result.exit_status))
+    }
+
+    /// `runsc kill [--all] CID SIGNAL`.
+    pub(crate) async fn kill(&self, cid: &str, signal: &str, all: bool) -> io::Result<()> {
+        let mut args: Vec<&OsStr> = vec!["kill".as_ref()];
+        if all {
+            args.push("--all".as_ref());
+        }
+        args.extend([OsStr::new(cid), OsStr::new(signal)]);
+        self.run(&args).await
+    }
+
+    /// `runsc delete --force`: slow (over a second); idempotent here (an unknown id is fine).
+    pub(crate) async fn delete(&self, cid: &str) -> io::Result<()> {
+        match self.run(&["delete".as_ref(), "--force".as_ref(), cid.as_ref()]).await {
+            Err(e) if e.to_string().contains("does not exist") => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// runsc reports a shell-style status: the code, or 128 + the signal.
+fn exit_from_status(status: i32) -> Exit {
+    if (129..=128 + 64).contains(&status) { Exit::Signal(status - 128) } else { Exit::Code(status) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_above_128_are_signals() {
+        assert_eq!(exit_from_status(0), Exit::Code(0));
+        assert_eq!(exit_from_status(3), Exit::Code(3));
+        assert_eq!(exit_from_status(143), Exit::Signal(15));
+        assert_eq!(exit_from_status(137), Exit::Signal(9));
+    }
+}

@@ -1,0 +1,207 @@
+//! One sandbox as this backend holds it: the runsc container that currently carries it (a
+//! checkpoint-and-continue replaces it by a restored one), its exit, and the operations on it.
+//!
+//! A watcher task per container runs `runsc wait` (which blocks in runsc on the sandbox's control
+//! socket: no polling) and publishes the exit on a `watch` channel. While the sandbox is being
+//! checkpointed its container stops on purpose: the watcher then parks its result instead of
+//! publishing it, and the checkpoint decides what it means.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::runsc::Runsc;
+use crate::process::state;
+use crate::{ControlError, Exit, SandboxKey, StopError};
+
+/// How long a killed sandbox may take to stop before stop reports failure.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exit file, as in the process backend.
+pub(crate) const EXIT: &str = state::EXIT;
+
+#[derive(Debug, Default)]
+struct Watch {
+    /// A checkpoint is stopping the container on purpose.
+    suspended: bool,
+    /// What the watcher saw while suspended.
+    parked: Option<Exit>,
+}
+
+/// A sandbox this runtime knows.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    pub(crate) key: SandboxKey,
+    pub(crate) dir: PathBuf,
+    cid: Mutex<String>,
+    watch: Mutex<Watch>,
+    exit_tx: watch::Sender<Option<Exit>>,
+    paused: Mutex<bool>,
+    /// Serialises stop, kill, pause, resume, checkpoint and cleanup.
+    pub(crate) op: tokio::sync::Mutex<()>,
+    /// Deletes of containers this sandbox no longer uses (slow; awaited by cleanup).
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Sandbox {
+    /// A sandbox whose container `cid` runs; starts its watcher.
+    pub(crate) fn running(key: SandboxKey, dir: PathBuf, cid: String, runsc: &Runsc, paused: bool) -> Arc<Self> {
+        let sandbox = Self::new(key, dir, cid.clone(), None, paused);
+        sandbox.watch_container(runsc.clone(), cid);
+        sandbox
+    }
+
+    /// A sandbox found exited.
+    pub(crate) fn exited(key: SandboxKey, dir: PathBuf, cid: String, exit: Exit) -> Arc<Self> {
+        Self::new(key, dir, cid, Some(exit), false)
+    }
+
+    fn new(key: SandboxKey, dir: PathBuf, cid: String, exit: Option<Exit>, paused: bool) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            dir,
+            cid: Mutex::new(cid),
+            watch: Mutex::new(Watch::default()),
+            exit_tx: watch::channel(exit).0,
+            paused: Mutex::new(paused),
+            op: tokio::sync::Mutex::new(()),
+            background: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn cid(&self) -> String {
+        self.cid.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_cid(&self, cid: String) {
+        *self.cid.lock().unwrap_or_else(PoisonError::into_inner) = cid;
+    }
+
+    pub(crate) fn exit(&self) -> Option<Exit> {
+        *self.exit_tx.borrow()
+    }
+
+    /// Starts a watcher of container `cid`.
+    pub(crate) fn watch_container(self: &Arc<Self>, runsc: Runsc, cid: String) {
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move {
+            let exit = runsc.wait(&cid).await.unwrap_or_else(|e| {
+                tracing::warn!(sandbox.id = %sandbox.key.id, container = %cid, error = %e, "runsc wait failed; exit unknown");
+                Exit::Signal(libc::SIGKILL)
+            });
+            let mut watch = sandbox.watch.lock().unwrap_or_else(PoisonError::into_inner);
+            if watch.suspended {
+                watch.parked = Some(exit);
+            } else if sandbox.cid() == cid {
+                drop(watch);
+                sandbox.publish(exit);
+            }
+        });
+    }
+
+    /// Records and publishes the exit (once).
+    pub(crate) fn publish(&self, exit: Exit) {
+        if self.exit().is_some() {
+            return;
+        }
+        if let Err(e) = state::write_json(&self.dir, EXIT, &exit) {
+            tracing::warn!(sandbox.id = %self.key.id, error = %e, "recording the exit failed");
+        }
+        self.exit_tx.send_replace(Some(exit));
+    }
+
+    /// Marks the container as being stopped on purpose (a checkpoint).
+    pub(crate) fn suspend(&self) {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.suspended = true;
+        watch.parked = None;
+    }
+
+    /// Ends a suspension; returns what the old container's watcher saw, if it ended.
+    pub(crate) fn unsuspend(&self) -> Option<Exit> {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.suspended = false;
+        watch.parked.take()
+    }
+
+    /// Waits for the exit. Cancel-safe.
+    pub(crate) async fn wait_exit(&self) -> Exit {
+        let mut rx = self.exit_tx.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(exit) => exit.unwrap_or(Exit::Signal(libc::SIGKILL)),
+            Err(_) => self.exit().unwrap_or(Exit::Signal(libc::SIGKILL)),
+        }
+    }
+
+    async fn wait_exit_for(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.wait_exit()).await.is_ok()
+    }
+
+    /// Keeps a background task (a slow delete) for cleanup to await.
+    pub(crate) fn keep_background(&self, task: JoinHandle<()>) {
+        self.background.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+    }
+
+    pub(crate) async fn join_background(&self) {
+        let tasks = std::mem::take(&mut *self.background.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// With `grace`: SIGTERM, then after `grace` SIGKILL to every process. Without: SIGKILL at once.
+    /// Returns once the container has stopped. Idempotent.
+    pub(crate) async fn stop(&self, runsc: &Runsc, grace: Option<Duration>) -> Result<(), StopError> {
+        if self.exit().is_some() {
+            return Ok(());
+        }
+        if let Some(grace) = grace {
+            let sent = {
+                let _op = self.op.lock().await;
+                self.exit().is_none() && runsc.kill(&self.cid(), "TERM", false).await.is_ok()
+            };
+            // A paused sandbox cannot act on SIGTERM: go straight to the kill.
+            let paused = *self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            if sent && !paused && self.wait_exit_for(grace).await {
+                return Ok(());
+            }
+        }
+        let _op = self.op.lock().await;
+        if self.exit().is_some() {
+            return Ok(());
+        }
+        let cid = self.cid();
+        if *self.paused.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = runsc.run(&["resume".as_ref(), cid.as_ref()]).await;
+        }
+        let killed = runsc.kill(&cid, "KILL", true).await;
+        if self.wait_exit_for(KILL_TIMEOUT).await {
+            return Ok(());
+        }
+        let source = killed.err().unwrap_or_else(|| std::io::Error::other("the sandbox did not stop after SIGKILL"));
+        Err(StopError::Host { key: self.key.clone(), step: "runsc kill", source })
+    }
+
+    /// `runsc pause` (`resume` when `!pause`).
+    pub(crate) async fn set_paused(&self, runsc: &Runsc, pause: bool) -> Result<(), ControlError> {
+        let _op = self.op.lock().await;
+        if self.exit().is_some() {
+            return Err(ControlError::NotRunning(self.key.clone()));
+        }
+        let verb = if pause { "pause" } else { "resume" };
+        let cid = self.cid();
+        runsc.run(&[verb.as_ref(), cid.as_ref()]).await.map_err(|source| ControlError::Host {
+            key: self.key.clone(),
+            step: if pause { "runsc pause" } else { "runsc resume" },
+            source,
+        })?;
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = pause;
+        Ok(())
+    }
+
+    pub(crate) fn set_paused_flag(&self, paused: bool) {
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = paused;
+    }
+}

@@ -1,0 +1,189 @@
+//! Checkpoint, restore and the snapshot store: `<state_dir>/snapshots/<snapshot id>/` holds runsc's
+//! image and `snapshot.json` (the source sandbox, when, the size, and the spec the bundle of a
+//! restore is made from). Such a directory copied into another host's state dir restores there.
+//!
+//! A checkpoint is written into `.partial-<id>` (never a valid snapshot id, so never listed) and
+//! renamed into place once complete.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::Inner;
+use super::bundle;
+use super::lifecycle::{self, Launch};
+use crate::process::state;
+use crate::{CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started};
+
+const META: &str = "snapshot.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotMeta {
+    source: SandboxId,
+    created_at_ms: u64,
+    size_bytes: u64,
+    spec: SandboxSpec,
+}
+
+impl SnapshotMeta {
+    fn info(&self, id: SnapshotId) -> SnapshotInfo {
+        SnapshotInfo {
+            id,
+            source: self.source.clone(),
+            created_at: UNIX_EPOCH + Duration::from_millis(self.created_at_ms),
+            size_bytes: self.size_bytes,
+        }
+    }
+}
+
+pub(super) fn snapshots_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("snapshots")
+}
+
+fn snapshot_dir(state_dir: &Path, id: &SnapshotId) -> PathBuf {
+    snapshots_dir(state_dir).join(id.as_str())
+}
+
+fn dir_size(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Saves the sandbox as `id`; then restores it into a fresh container of the same lifecycle (it
+/// keeps its memory), or, with `stop`, leaves it stopped.
+pub(super) async fn checkpoint(
+    inner: &Inner,
+    key: &SandboxKey,
+    id: &SnapshotId,
+    stop: bool,
+) -> Result<SnapshotInfo, CheckpointError> {
+    let sandbox = inner.get(key).ok_or_else(|| CheckpointError::NotFound(key.clone()))?;
+    let _op = sandbox.op.lock().await;
+    if sandbox.exit().is_some() {
+        return Err(CheckpointError::NotFound(key.clone()));
+    }
+    let host = |step| move |source| CheckpointError::Host { step, source };
+    let target = snapshot_dir(&inner.config.state_dir, id);
+    if target.exists() {
+        return Err(CheckpointError::SnapshotExists(id.clone()));
+    }
+    let partial = snapshots_dir(&inner.config.state_dir).join(format!(".partial-{id}"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(host("create snapshot dir"))?;
+    let spec: SandboxSpec = match state::read_json(&sandbox.dir, state::SPEC) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return Err(host("read spec")(io::Error::other("spec.json missing"))),
+        Err(e) => return Err(host("read spec")(e)),
+    };
+    let old = sandbox.cid();
+    sandbox.suspend();
+    let args: [&OsStr; 4] = ["checkpoint".as_ref(), "--image-path".as_ref(), partial.as_ref(), old.as_ref()];
+    if let Err(e) = inner.runsc.run(&args).await {
+        let _ = std::fs::remove_dir_all(&partial);
+        if let Some(exit) = sandbox.unsuspend() {
+            sandbox.publish(exit);
+        }
+        return Err(host("runsc checkpoint")(e));
+    }
+    let meta = SnapshotMeta {
+        source: key.id.clone(),
+        created_at_ms: state::millis_since_epoch(SystemTime::now()),
+        size_bytes: dir_size(&partial).unwrap_or(0),
+        spec: spec.clone(),
+    };
+    let saved = state::write_json(&partial, META, &meta).and_then(|()| std::fs::rename(&partial, &target));
+    if stop {
+        // The container has stopped: its watcher publishes the exit (now or already parked).
+        if let Some(exit) = sandbox.unsuspend() {
+            sandbox.publish(exit);
+        }
+        saved.map_err(host("write snapshot"))?;
+        return Ok(meta.info(id.clone()));
+    }
+    let saved = saved.map_err(host("write snapshot"));
+    let new = lifecycle::container_id(key, lifecycle::generation_of(&old) + 1);
+    let image = if saved.is_ok() { target.clone() } else { partial.clone() };
+    let restored =
+        lifecycle::run_container(inner, &spec, &sandbox.dir, &new, Launch::Restore { snapshot: id, image: &image })
+            .await;
+    let runsc = inner.runsc.clone();
+    let parent = inner.config.cgroup_parent.clone();
+    let mut stale = vec![old];
+    match &restored {
+        Ok(_) => {
+            sandbox.set_cid(new.clone());
+            sandbox.set_paused_flag(false);
+            let _ = sandbox.unsuspend();
+            sandbox.watch_container(runsc.clone(), new);
+        }
+        Err(_) => {
+            stale.push(new);
+            let exit = sandbox.unsuspend().unwrap_or(Exit::Signal(libc::SIGKILL));
+            sandbox.publish(exit);
+        }
+    }
+    sandbox.keep_background(tokio::spawn(async move {
+        for cid in stale {
+            if let Err(e) = runsc.delete(&cid).await {
+                tracing::warn!(container = %cid, error = %e, "deleting a replaced container failed");
+            }
+            let _ = bundle::remove_cgroups(&parent, &cid);
+        }
+    }));
+    saved?;
+    restored.map_err(host("runsc restore"))?;
+    Ok(meta.info(id.clone()))
+}
+
+/// Starts `spec.key` from snapshot `id`: its bundle is the snapshot's spec under the new key (a
+/// restore must see the mounts the checkpoint saw; `spec.argv` is not used).
+pub(super) async fn restore(inner: &Inner, spec: &SandboxSpec, id: &SnapshotId) -> Result<Started, StartError> {
+    let dir = snapshot_dir(&inner.config.state_dir, id);
+    let refuse = |reason: String| StartError::Snapshot { key: spec.key.clone(), snapshot: id.clone(), reason };
+    let meta: SnapshotMeta = match state::read_json(&dir, META) {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return Err(refuse(format!("no snapshot in {}", dir.display()))),
+        Err(e) => return Err(refuse(format!("unreadable {META}: {e}"))),
+    };
+    let mut restored = meta.spec;
+    restored.key = spec.key.clone();
+    restored.restore_from = Some(id.clone());
+    restored.stop_grace = spec.stop_grace;
+    lifecycle::launch(inner, &restored, Launch::Restore { snapshot: id, image: &dir }).await
+}
+
+pub(super) async fn list(inner: &Inner) -> Result<Vec<SnapshotInfo>, CheckpointError> {
+    let dir = snapshots_dir(&inner.config.state_dir);
+    let entries = std::fs::read_dir(&dir).map_err(|source| CheckpointError::Host { step: "list snapshots", source })?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(id) = entry.file_name().to_str().and_then(|n| SnapshotId::parse(n).ok()) else {
+            continue;
+        };
+        match state::read_json::<SnapshotMeta>(&entry.path(), META) {
+            Ok(Some(meta)) => out.push(meta.info(id)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot"),
+        }
+    }
+    out.sort_by_key(|s| s.created_at);
+    Ok(out)
+}
+
+pub(super) async fn delete(inner: &Inner, id: &SnapshotId) -> Result<(), CheckpointError> {
+    let dir = snapshot_dir(&inner.config.state_dir, id);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if meta.is_dir() => {}
+        _ => return Err(CheckpointError::SnapshotNotFound(id.clone())),
+    }
+    std::fs::remove_dir_all(&dir).map_err(|source| CheckpointError::Host { step: "delete snapshot", source })
+}
