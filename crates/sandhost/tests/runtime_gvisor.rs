@@ -36,7 +36,8 @@ impl Gv {
         common::require_root();
         std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
         let tmp = tempfile::Builder::new().prefix("sandhost-gv-").tempdir_in("/var/tmp").expect("temp dir");
-        let prefix = format!("sandhost-gv-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let prefix =
+            format!("sandhost-gv-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
         let runtime = open(&state_dir, &prefix);
         Self { runtime, state_dir, prefix, _tmp: tmp }
@@ -47,7 +48,8 @@ impl Gv {
         SandboxSpec {
             key: SandboxKey {
                 id: SandboxId::parse(format!("gv-{n}")).expect("id"),
-                lifecycle: LifecycleId::parse(format!("{:x}", 0xbee0_0000_u64 + u64::from(n))).expect("lifecycle"),
+                lifecycle: LifecycleId::parse(format!("{:x}", 0xbee0_0000_u64 + u64::from(n)))
+                    .expect("lifecycle"),
             },
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec![("LANG".into(), "C".into())],
@@ -84,7 +86,12 @@ async fn log_of(runtime: &GvisorRuntime, key: &SandboxKey) -> String {
 fn assert_clean(state_dir: &Path, prefix: &str) {
     let root = state_dir.join("runsc");
     let containers: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| !n.to_string_lossy().starts_with("runsc-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| !n.to_string_lossy().starts_with("runsc-"))
+                .collect()
+        })
         .unwrap_or_default();
     let listed = std::process::Command::new("runsc")
         .arg("--root")
@@ -197,7 +204,8 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
     assert_eq!(info.source, spec.key.id);
     assert!(info.size_bytes > 0);
     let at = last_number(&t.log(&spec.key).await);
-    let log = wait_log(&t.runtime, &spec.key, "counting after the checkpoint", |l| last_number(l) >= at + 3).await;
+    let log =
+        wait_log(&t.runtime, &spec.key, "counting after the checkpoint", |l| last_number(l) >= at + 3).await;
     assert_counts_on(&log);
     let listed = t.runtime.list_snapshots().await.expect("list");
     assert!(listed.iter().any(|s| s.id == snapshot), "{listed:?}");
@@ -205,7 +213,9 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
     let second = SnapshotId::parse("cont-2").expect("snapshot id");
     t.runtime.checkpoint(&spec.key, &second, false).await.expect("second checkpoint");
     let at = last_number(&t.log(&spec.key).await);
-    let log = wait_log(&t.runtime, &spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2).await;
+    let log =
+        wait_log(&t.runtime, &spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
+            .await;
     assert_counts_on(&log);
     assert!(matches!(
         t.runtime.checkpoint(&spec.key, &second, false).await,
@@ -262,7 +272,11 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
     let err = b.runtime.start(&corrupt).await.expect_err("corrupt snapshot");
     assert!(matches!(err, StartError::Snapshot { .. }), "{err}");
     for spec in [&missing, &corrupt] {
-        assert!(!b.state_dir.join("sandboxes").join(spec.key.id.as_str()).exists(), "state left for {}", spec.key);
+        assert!(
+            !b.state_dir.join("sandboxes").join(spec.key.id.as_str()).exists(),
+            "state left for {}",
+            spec.key
+        );
     }
     b.runtime.delete_snapshot(&snapshot).await.expect("delete");
     a.runtime.delete_snapshot(&snapshot).await.expect("delete");

@@ -102,8 +102,8 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
     }
     if let Some(millis) = spec.limits.cpu_millis {
         let quota = i64::from(millis) * i64::try_from(CPU_PERIOD_US).map_err(other)? / 1000;
-        resources =
-            resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(other)?);
+        resources = resources
+            .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(other)?);
     }
     if let Some(max) = spec.limits.pids_max {
         resources = resources.pids(LinuxPidsBuilder::default().limit(i64::from(max)).build().map_err(other)?);

@@ -4,13 +4,15 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::bundle::{self, BundleContext};
-use super::sandbox::Sandbox;
+use super::sandbox::{ExitSource, Sandbox};
 use super::{Inner, snapshot};
 use crate::process::{logs, state};
-use crate::{CleanupError, LogChunk, LogsError, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
+use crate::{
+    CleanupError, Exit, LogChunk, LogsError, SandboxKey, SandboxSpec, SnapshotId, StartError, Started,
+};
 
 /// The file naming the runsc container that currently carries a lifecycle.
 const CONTAINER: &str = "container.json";
@@ -62,6 +64,20 @@ pub(super) async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, 
     }
 }
 
+/// How long a container may take to come up before its start is undone (a hang guard).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A container that came to life.
+#[derive(Debug)]
+pub(super) struct Launched {
+    /// The host pid runsc reports (its sandbox process), or the foreground runsc's.
+    pub(super) pid: i32,
+    /// Where its exit comes from.
+    pub(super) source: ExitSource,
+    /// Set when the command already ended before it was seen running.
+    pub(super) exited: Option<Exit>,
+}
+
 /// Writes the bundle of container `cid` and brings it to life with its stdio on the log.
 pub(super) async fn run_container(
     inner: &Inner,
@@ -69,39 +85,54 @@ pub(super) async fn run_container(
     dir: &Path,
     cid: &str,
     launch: Launch<'_>,
-) -> io::Result<i32> {
-    let ctx = BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
+) -> io::Result<Launched> {
+    let ctx =
+        BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
     state::write_json(dir, CONTAINER, &cid)?;
     let log_path = dir.join(LOG);
     let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
     let runsc = &inner.runsc;
-    match launch {
+    let mut child = match launch {
         Launch::Create => {
-            let args: [&OsStr; 4] = ["create".as_ref(), "--bundle".as_ref(), bundle_dir.as_ref(), cid.as_ref()];
-            runsc.spawn_into_log(&args, &log, &log_path).await?;
-            runsc.run(&["start".as_ref(), cid.as_ref()]).await?;
+            let args: [&OsStr; 4] = ["run".as_ref(), "--bundle".as_ref(), bundle_dir.as_ref(), cid.as_ref()];
+            runsc.spawn_foreground(&args, &log)?
         }
         Launch::Restore { image, .. } => {
-            let args: [&OsStr; 7] = [
+            let args: [&OsStr; 6] = [
                 "restore".as_ref(),
-                "--detach".as_ref(),
                 "--image-path".as_ref(),
                 image.as_ref(),
                 "--bundle".as_ref(),
                 bundle_dir.as_ref(),
                 cid.as_ref(),
             ];
-            runsc.spawn_into_log(&args, &log, &log_path).await?;
+            runsc.spawn_foreground(&args, &log)?
         }
-    }
-    let state = runsc.state(cid).await?.ok_or_else(|| io::Error::other("runsc lost the container"))?;
-    Ok(state.pid)
+    };
+    let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let exited = match runsc.until_running(cid, &mut child, &log_path, START_TIMEOUT).await {
+        Ok(exited) => exited,
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+    };
+    let pid = match exited {
+        Some(_) => child_pid,
+        None => runsc.state(cid).await.ok().flatten().map_or(child_pid, |s| s.pid),
+    };
+    Ok(Launched { pid, source: ExitSource::Child(child), exited })
 }
 
 /// A new lifecycle from `spec`: nothing is left behind if it fails.
-pub(super) async fn launch(inner: &Inner, spec: &SandboxSpec, launch: Launch<'_>) -> Result<Started, StartError> {
+pub(super) async fn launch(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    launch: Launch<'_>,
+) -> Result<Started, StartError> {
     let key = &spec.key;
     let dir = sandbox_dir(&inner.config.state_dir, key);
     if inner.get(key).is_some() || dir.exists() {
@@ -115,9 +146,18 @@ pub(super) async fn launch(inner: &Inner, spec: &SandboxSpec, launch: Launch<'_>
     }
     .await;
     match result {
-        Ok(pid) => {
-            inner.insert(Sandbox::running(key.clone(), dir, cid, &inner.runsc, false));
-            Ok(Started { pid, started_at: SystemTime::now() })
+        Ok(launched) => {
+            let sandbox = match launched.exited {
+                None => Sandbox::running(key.clone(), dir, cid, launched.source, false),
+                Some(exit) => {
+                    if let Err(e) = state::write_json(&dir, state::EXIT, &exit) {
+                        tracing::warn!(sandbox.id = %key.id, error = %e, "recording the exit failed");
+                    }
+                    Sandbox::exited(key.clone(), dir, cid, exit)
+                }
+            };
+            inner.insert(sandbox);
+            Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
         }
         Err(source) => {
             discard(inner, &cid, &dir).await;
@@ -167,7 +207,8 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
     };
     let host = |what, source| CleanupError::Host { key: key.clone(), what, source };
     delete_container(inner, &cid).await.map_err(|e| host("container", e))?;
-    for name in [state::SPEC, CONTAINER, state::EXIT, "container.json.tmp", "spec.json.tmp", "exit.json.tmp"] {
+    for name in [state::SPEC, CONTAINER, state::EXIT, "container.json.tmp", "spec.json.tmp", "exit.json.tmp"]
+    {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
             _ => {}
@@ -183,12 +224,21 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
 pub(super) async fn forget(inner: &Inner, key: &SandboxKey) -> Result<(), CleanupError> {
     cleanup(inner, key).await?;
     let dir = sandbox_dir(&inner.config.state_dir, key);
-    state::remove_dir(&dir).map_err(|source| CleanupError::Host { key: key.clone(), what: "state dir", source })?;
+    state::remove_dir(&dir).map_err(|source| CleanupError::Host {
+        key: key.clone(),
+        what: "state dir",
+        source,
+    })?;
     inner.remove(key);
     Ok(())
 }
 
-pub(super) async fn read_logs(inner: &Inner, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
+pub(super) async fn read_logs(
+    inner: &Inner,
+    key: &SandboxKey,
+    offset: u64,
+    max: usize,
+) -> Result<LogChunk, LogsError> {
     let dir = sandbox_dir(&inner.config.state_dir, key);
     let owned = key.clone();
     match tokio::task::spawn_blocking(move || logs::read(&dir, offset, max)).await {

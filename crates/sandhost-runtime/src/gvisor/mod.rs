@@ -155,14 +155,23 @@ impl GvisorRuntime {
             .stdin(std::process::Stdio::null())
             .output()
             .and_then(|out| {
-                if out.status.success() { Ok(out.stdout) } else { Err(std::io::Error::other("runsc --version failed")) }
+                if out.status.success() {
+                    Ok(out.stdout)
+                } else {
+                    Err(std::io::Error::other("runsc --version failed"))
+                }
             })
             .map_err(|source| GvisorOpenError::Runsc { path: config.runsc.clone(), source })?;
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        for dir in [lifecycle::runsc_root(&config.state_dir), lifecycle::sandboxes_dir(&config.state_dir), snapshot::snapshots_dir(&config.state_dir)] {
+        for dir in [
+            lifecycle::runsc_root(&config.state_dir),
+            lifecycle::sandboxes_dir(&config.state_dir),
+            snapshot::snapshots_dir(&config.state_dir),
+        ] {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(state_err)?;
         }
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(state_err)?;
         let version = String::from_utf8_lossy(&version);
         tracing::info!(runsc = %version.lines().next().unwrap_or_default(), platform = %config.platform, state_dir = %config.state_dir.display(), "gvisor runtime opened");
         let runsc = runsc::Runsc {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::Inner;
 use super::lifecycle::{self, read_container, sandboxes_dir};
-use super::sandbox::{EXIT, Sandbox};
+use super::sandbox::{EXIT, ExitSource, Sandbox};
 use crate::process::state;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
 
@@ -42,12 +42,23 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                 Some(s @ ("running" | "paused" | "created")) => {
                     let paused = s == "paused";
                     adopted.insert(cid.clone());
-                    inner.insert(Sandbox::running(key.clone(), dir, cid, &inner.runsc, paused));
+                    inner.insert(Sandbox::running(
+                        key.clone(),
+                        dir,
+                        cid,
+                        ExitSource::Runsc(inner.runsc.clone()),
+                        paused,
+                    ));
                     RecoveredState::Running { paused }
                 }
                 _ => {
                     let exit: Option<Exit> = state::read_json(&dir, EXIT).ok().flatten();
-                    inner.insert(Sandbox::exited(key.clone(), dir, cid, exit.unwrap_or(Exit::Signal(libc::SIGKILL))));
+                    inner.insert(Sandbox::exited(
+                        key.clone(),
+                        dir,
+                        cid,
+                        exit.unwrap_or(Exit::Signal(libc::SIGKILL)),
+                    ));
                     if let Err(e) = lifecycle::cleanup(inner, &key).await {
                         tracing::warn!(sandbox.id = %key.id, error = %e, "cleaning up an ended sandbox failed");
                     }

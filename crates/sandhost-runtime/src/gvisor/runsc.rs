@@ -8,11 +8,15 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use crate::Exit;
+
+/// The step of [`Runsc::until_running`].
+const READY_STEP: Duration = Duration::from_millis(10);
 
 /// How to call runsc.
 #[derive(Debug, Clone)]
@@ -61,22 +65,55 @@ impl Runsc {
         }
     }
 
-    /// Runs `runsc create` or `runsc restore` (the sandbox's processes inherit `log` as stdout and
-    /// stderr); on failure the error carries the end of the log, where runsc wrote why.
-    pub(crate) async fn spawn_into_log(&self, args: &[&OsStr], log: &File, log_path: &Path) -> io::Result<()> {
-        let status = self
-            .command()
+    /// Spawns `runsc run` or `runsc restore` in the foreground: the child lives as long as the
+    /// container and exits with its status (only the parent of a sandbox can learn it: runsc's own
+    /// `wait` cannot once the sandbox is gone). Its stdio, inherited by the sandbox, is the log.
+    /// Not killed when dropped: the sandbox outlives the agent.
+    pub(crate) fn spawn_foreground(&self, args: &[&OsStr], log: &File) -> io::Result<Child> {
+        let mut command = self.command();
+        command
+            .kill_on_drop(false)
             .args(args)
             .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log.try_clone()?))
-            .status()
-            .await?;
-        if status.success() {
-            return Ok(());
+            .stderr(Stdio::from(log.try_clone()?));
+        command.spawn()
+    }
+
+    /// Waits until container `cid` runs (`Ok(None)`), or until `child` (its foreground runsc)
+    /// has exited (`Ok(Some(exit))`: the command ended that fast). runsc's own failures (exit
+    /// status 128, or a signal) are an error carrying the end of the log.
+    pub(crate) async fn until_running(
+        &self,
+        cid: &str,
+        child: &mut Child,
+        log_path: &Path,
+        limit: Duration,
+    ) -> io::Result<Option<Exit>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // runsc offers no readiness event; a start takes ~150 ms, so a short-step check of its
+            // state is the bounded way to learn it (this is not used to learn of exits).
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status?;
+                    return match status.code() {
+                        Some(code) if code != 128 => Ok(Some(exit_from_status(code))),
+                        _ => {
+                            let text = std::fs::read(log_path).unwrap_or_default();
+                            let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(400)..]).trim().to_owned();
+                            Err(io::Error::other(format!("runsc exited with {status}: {tail}")))
+                        }
+                    };
+                }
+                () = tokio::time::sleep(READY_STEP) => {}
+            }
+            if self.state(cid).await?.is_some_and(|s| s.status == "running") {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the container did not start in time"));
+            }
         }
-        let text = std::fs::read(log_path).unwrap_or_default();
-        let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(400)..]).trim().to_owned();
-        Err(io::Error::other(format!("runsc exited with {status}: {tail}")))
     }
 
     pub(crate) async fn run(&self, args: &[&OsStr]) -> io::Result<()> {
@@ -95,11 +132,16 @@ impl Runsc {
     /// The ids of every container in our root.
     pub(crate) async fn list(&self) -> io::Result<Vec<String>> {
         let out = self.output(&["list".as_ref(), "-quiet".as_ref()]).await?;
-        Ok(String::from_utf8_lossy(&out).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
-    /// `runsc wait`: blocks (in runsc, on the sandbox's control socket) until the container stops.
-    pub(crate) async fn wait(&self, cid: &str) -> io::Result<Exit> {
+    /// `runsc wait`, for a container whose foreground runsc is not our child (re-adopted): blocks (in runsc, on the sandbox's control socket) until the container stops.
+    pub(crate) async fn wait_attached(&self, cid: &str) -> io::Result<Exit> {
         let out = self.output(&["wait".as_ref(), cid.as_ref()]).await?;
         let result: WaitResult = serde_json::from_slice(&out).map_err(io::Error::other)?;
         Ok(exit_from_status(result.exit_status))
@@ -125,7 +167,7 @@ impl Runsc {
 }
 
 /// runsc reports a shell-style status: the code, or 128 + the signal.
-fn exit_from_status(status: i32) -> Exit {
+pub(crate) fn exit_from_status(status: i32) -> Exit {
     if (129..=128 + 64).contains(&status) { Exit::Signal(status - 128) } else { Exit::Code(status) }
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::runsc::Runsc;
+use tokio::process::Child;
+
+use super::runsc::{Runsc, exit_from_status};
 use crate::process::state;
 use crate::{ControlError, Exit, SandboxKey, StopError};
 
@@ -21,6 +23,15 @@ use crate::{ControlError, Exit, SandboxKey, StopError};
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit file, as in the process backend.
 pub(crate) const EXIT: &str = state::EXIT;
+
+/// Where a container's exit comes from.
+#[derive(Debug)]
+pub(crate) enum ExitSource {
+    /// Its foreground `runsc run`/`restore`, our child: exits with the container's status.
+    Child(Child),
+    /// `runsc wait`, for a re-adopted container (whose foreground runsc is not our child).
+    Runsc(Runsc),
+}
 
 #[derive(Debug, Default)]
 struct Watch {
@@ -47,9 +58,15 @@ pub(crate) struct Sandbox {
 
 impl Sandbox {
     /// A sandbox whose container `cid` runs; starts its watcher.
-    pub(crate) fn running(key: SandboxKey, dir: PathBuf, cid: String, runsc: &Runsc, paused: bool) -> Arc<Self> {
+    pub(crate) fn running(
+        key: SandboxKey,
+        dir: PathBuf,
+        cid: String,
+        source: ExitSource,
+        paused: bool,
+    ) -> Arc<Self> {
         let sandbox = Self::new(key, dir, cid.clone(), None, paused);
-        sandbox.watch_container(runsc.clone(), cid);
+        sandbox.watch_container(source, cid);
         sandbox
     }
 
@@ -84,10 +101,19 @@ impl Sandbox {
     }
 
     /// Starts a watcher of container `cid`.
-    pub(crate) fn watch_container(self: &Arc<Self>, runsc: Runsc, cid: String) {
+    pub(crate) fn watch_container(self: &Arc<Self>, source: ExitSource, cid: String) {
         let sandbox = Arc::clone(self);
         tokio::spawn(async move {
-            let exit = runsc.wait(&cid).await.unwrap_or_else(|e| {
+            let exit = match source {
+                ExitSource::Child(mut child) => child.wait().await.map(|status| match status.code() {
+                    Some(code) => exit_from_status(code),
+                    None => Exit::Signal(
+                        std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(libc::SIGKILL),
+                    ),
+                }),
+                ExitSource::Runsc(runsc) => runsc.wait_attached(&cid).await,
+            };
+            let exit = exit.unwrap_or_else(|e| {
                 tracing::warn!(sandbox.id = %sandbox.key.id, container = %cid, error = %e, "runsc wait failed; exit unknown");
                 Exit::Signal(libc::SIGKILL)
             });
@@ -176,11 +202,15 @@ impl Sandbox {
         if *self.paused.lock().unwrap_or_else(PoisonError::into_inner) {
             let _ = runsc.run(&["resume".as_ref(), cid.as_ref()]).await;
         }
-        let killed = runsc.kill(&cid, "KILL", true).await;
+        // `kill --all` misses the processes of a restored container (runsc 20221219); SIGKILL to
+        // its init ends them all (the end of a pid namespace's init).
+        let all = runsc.kill(&cid, "KILL", true).await;
+        let killed = runsc.kill(&cid, "KILL", false).await.or(all);
         if self.wait_exit_for(KILL_TIMEOUT).await {
             return Ok(());
         }
-        let source = killed.err().unwrap_or_else(|| std::io::Error::other("the sandbox did not stop after SIGKILL"));
+        let source =
+            killed.err().unwrap_or_else(|| std::io::Error::other("the sandbox did not stop after SIGKILL"));
         Err(StopError::Host { key: self.key.clone(), step: "runsc kill", source })
     }
 

@@ -16,7 +16,9 @@ use super::Inner;
 use super::bundle;
 use super::lifecycle::{self, Launch};
 use crate::process::state;
-use crate::{CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started};
+use crate::{
+    CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started,
+};
 
 const META: &str = "snapshot.json";
 
@@ -112,19 +114,28 @@ pub(super) async fn checkpoint(
     let saved = saved.map_err(host("write snapshot"));
     let new = lifecycle::container_id(key, lifecycle::generation_of(&old) + 1);
     let image = if saved.is_ok() { target.clone() } else { partial.clone() };
-    let restored =
-        lifecycle::run_container(inner, &spec, &sandbox.dir, &new, Launch::Restore { snapshot: id, image: &image })
-            .await;
+    let restored = lifecycle::run_container(
+        inner,
+        &spec,
+        &sandbox.dir,
+        &new,
+        Launch::Restore { snapshot: id, image: &image },
+    )
+    .await
+    .map(|launched| {
+        // The old container's watcher sees a new name from here on and stays quiet.
+        sandbox.set_cid(new.clone());
+        let _ = sandbox.unsuspend();
+        match launched.exited {
+            Some(exit) => sandbox.publish(exit),
+            None => sandbox.watch_container(launched.source, new.clone()),
+        }
+    });
     let runsc = inner.runsc.clone();
     let parent = inner.config.cgroup_parent.clone();
     let mut stale = vec![old];
     match &restored {
-        Ok(_) => {
-            sandbox.set_cid(new.clone());
-            sandbox.set_paused_flag(false);
-            let _ = sandbox.unsuspend();
-            sandbox.watch_container(runsc.clone(), new);
-        }
+        Ok(()) => sandbox.set_paused_flag(false),
         Err(_) => {
             stale.push(new);
             let exit = sandbox.unsuspend().unwrap_or(Exit::Signal(libc::SIGKILL));
@@ -146,9 +157,14 @@ pub(super) async fn checkpoint(
 
 /// Starts `spec.key` from snapshot `id`: its bundle is the snapshot's spec under the new key (a
 /// restore must see the mounts the checkpoint saw; `spec.argv` is not used).
-pub(super) async fn restore(inner: &Inner, spec: &SandboxSpec, id: &SnapshotId) -> Result<Started, StartError> {
+pub(super) async fn restore(
+    inner: &Inner,
+    spec: &SandboxSpec,
+    id: &SnapshotId,
+) -> Result<Started, StartError> {
     let dir = snapshot_dir(&inner.config.state_dir, id);
-    let refuse = |reason: String| StartError::Snapshot { key: spec.key.clone(), snapshot: id.clone(), reason };
+    let refuse =
+        |reason: String| StartError::Snapshot { key: spec.key.clone(), snapshot: id.clone(), reason };
     let meta: SnapshotMeta = match state::read_json(&dir, META) {
         Ok(Some(meta)) => meta,
         Ok(None) => return Err(refuse(format!("no snapshot in {}", dir.display()))),
@@ -163,7 +179,8 @@ pub(super) async fn restore(inner: &Inner, spec: &SandboxSpec, id: &SnapshotId) 
 
 pub(super) async fn list(inner: &Inner) -> Result<Vec<SnapshotInfo>, CheckpointError> {
     let dir = snapshots_dir(&inner.config.state_dir);
-    let entries = std::fs::read_dir(&dir).map_err(|source| CheckpointError::Host { step: "list snapshots", source })?;
+    let entries =
+        std::fs::read_dir(&dir).map_err(|source| CheckpointError::Host { step: "list snapshots", source })?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let Some(id) = entry.file_name().to_str().and_then(|n| SnapshotId::parse(n).ok()) else {
