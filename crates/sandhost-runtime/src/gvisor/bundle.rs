@@ -19,6 +19,8 @@ use crate::{SandboxSpec, Template};
 
 /// The sandbox user's home (a tmpfs).
 const HOME: &str = "/home";
+/// The private writable places (tmpfs).
+const PRIVATE: [&str; 3] = ["/tmp", HOME, "/run"];
 /// The CFS period the CPU quota is expressed in.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -64,12 +66,15 @@ fn mounts(ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>> {
             .options(vec!["nosuid".to_owned(), "mode=755".to_owned()])
             .build()
             .map_err(other)?,
-        tmpfs("/tmp")?,
-        tmpfs(HOME)?,
-        tmpfs("/run")?,
     ];
-    let state = ctx.state_dir.to_str().ok_or_else(|| other("state dir is not UTF-8"))?;
-    mounts.push(tmpfs(state)?);
+    for dir in PRIVATE {
+        mounts.push(tmpfs(dir)?);
+    }
+    // Hide the state dir, unless one of the tmpfs above already does.
+    if !PRIVATE.iter().any(|dir| ctx.state_dir.starts_with(dir)) {
+        let state = ctx.state_dir.to_str().ok_or_else(|| other("state dir is not UTF-8"))?;
+        mounts.push(tmpfs(state)?);
+    }
     Ok(mounts)
 }
 

@@ -1,0 +1,131 @@
+//! `sandhost serve --runtime gvisor` end to end (real runsc, as root): checkpoint through the CLI,
+//! `create --restore-from`, and a forced drain that evacuates a CHECKPOINT sandbox. Ends by checking
+//! that no runsc process or cgroup of the serve is left.
+
+mod common;
+mod e2e;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{Serve, ServeOptions, ok};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+const COUNTER_LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
+
+struct Node {
+    serve: Serve,
+    prefix: String,
+    state_dir: PathBuf,
+}
+
+impl Node {
+    fn start() -> Self {
+        common::require_root();
+        let prefix = format!("gve2e-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let mut options = ServeOptions::default();
+        options.env.push(("SANDHOST_RUNTIME".into(), "gvisor".into()));
+        options.env.push(("SANDHOST_CGROUP_PARENT".into(), prefix.clone()));
+        options.env.push(("FORCE_STOP".into(), "true".into()));
+        let serve = Serve::start_with(options);
+        let state_dir = serve.state_dir.clone();
+        Self { serve, prefix, state_dir }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        ok(&self.serve.cli(args))
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli(args)).expect("JSON output")
+    }
+
+    /// The last number the sandbox printed.
+    fn count(&self, id: &str) -> u64 {
+        self.cli(&["logs", id]).lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(0)
+    }
+
+    /// Waits (hang guard) until the sandbox has counted to at least `n`.
+    fn wait_count(&self, id: &str, n: u64) {
+        let started = Instant::now();
+        while self.count(id) < n {
+            assert!(started.elapsed() < e2e::HANG_GUARD, "{id} never counted to {n}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_status(&self, status: &str) {
+        let started = Instant::now();
+        while self.json(&["status", "--json"])["status"] != status {
+            assert!(started.elapsed() < e2e::HANG_GUARD, "the node never became {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn snapshot_ids(&self) -> Vec<String> {
+        let listed = self.json(&["snapshots", "--json"]);
+        let items = listed
+            .as_array()
+            .cloned()
+            .or_else(|| listed["snapshots"].as_array().cloned())
+            .unwrap_or_default();
+        items.iter().filter_map(|s| s["id"].as_str().map(str::to_owned)).collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.serve.kill();
+        common::purge(&self.prefix, &self.state_dir);
+    }
+}
+
+#[test]
+fn checkpoint_restore_and_evacuation_through_the_cli() {
+    let mut node = Node::start();
+    let info = node.json(&["status", "--json"]);
+    assert!(info.to_string().contains("gvisor"), "the node names its runtime: {info}");
+
+    // Checkpoint and continue: the counter carries on in the same sandbox.
+    let id = node.cli(&["create", "--", "sh", "-c", COUNTER_LOOP]);
+    node.wait_count(&id, 3);
+    let snapshot = node.cli(&["checkpoint", &id]);
+    let at = node.count(&id);
+    node.wait_count(&id, at + 2);
+    assert_eq!(node.json(&["get", &id, "--json"])["state"], "running");
+    assert!(node.snapshot_ids().contains(&snapshot), "{:?}", node.snapshot_ids());
+
+    // A new sandbox from the snapshot counts on from where the snapshot was taken.
+    let restored = node.cli(&["create", "--restore-from", &snapshot, "--", "true"]);
+    node.wait_count(&restored, at + 1);
+    let first: u64 = node.cli(&["logs", &restored]).lines().find_map(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(first > 1, "the restored sandbox started over");
+    node.cli(&["kill", &restored, "--now"]);
+    node.cli(&["kill", &id, "--now"]);
+
+    // A missing snapshot is a clear error.
+    let refused = node.serve.cli(&["create", "--restore-from", "no-such-snapshot", "--", "true"]);
+    assert!(!refused.status.success());
+
+    // A forced drain evacuates the CHECKPOINT sandbox: checkpointed, its snapshot listed.
+    let evacuee = node.cli(&["create", "--drain-policy", "checkpoint", "--", "sh", "-c", COUNTER_LOOP]);
+    node.wait_count(&evacuee, 2);
+    let before = node.snapshot_ids();
+    node.cli(&["force-stop"]);
+    node.wait_status("DRAINED");
+    let got = node.json(&["get", &evacuee, "--json"]);
+    assert_eq!(got["exit"]["reason"], "checkpointed", "{got}");
+    let after = node.snapshot_ids();
+    assert_eq!(after.len(), before.len() + 1, "one new snapshot: {before:?} -> {after:?}");
+
+    for snapshot in &after {
+        node.cli(&["snapshot-rm", snapshot]);
+    }
+    assert_eq!(node.serve.stop(), Some(0), "a clean exit after the drain");
+    let cgroups = common::leftover_cgroups(&node.prefix);
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    let processes = common::processes_naming(&node.state_dir.to_string_lossy());
+    assert!(processes.is_empty(), "processes left behind: {processes:?}");
+}
