@@ -25,9 +25,13 @@ struct Gv {
     _tmp: tempfile::TempDir,
 }
 
+/// The log bound of these tests: small, so that one test can overflow it cheaply.
+const LOG_LIMIT: u64 = 64 * 1024;
+
 fn open(state_dir: &Path, prefix: &str) -> GvisorRuntime {
     let mut config = GvisorConfig::new(state_dir);
     config.cgroup_parent = prefix.to_owned();
+    config.log_limit_bytes = LOG_LIMIT;
     GvisorRuntime::open(config).expect("open the gvisor runtime: is runsc installed (apt-get install runsc)?")
 }
 
@@ -183,7 +187,17 @@ async fn start_wait_stop_kill_pause_resume_and_logs() {
     assert!(matches!(err, StartError::Host { .. } | StartError::Exec { .. }), "{err}");
     assert!(!t.state_dir.join("sandboxes").join(missing.key.id.as_str()).exists());
 
-    for spec in [&exits, &polite, &stubborn] {
+    // The log is bounded: the oldest bytes go, the offsets stay, the newest are kept.
+    let chatty = t.sh("head -c 1000000 /dev/zero | tr '\\0' x; echo; echo the-end");
+    t.runtime.start(&chatty).await.expect("start");
+    assert_eq!(t.runtime.wait(&chatty.key).await.expect("wait"), Exit::Code(0));
+    let chunk = t.runtime.read_logs(&chatty.key, 0, 16 << 20).await.expect("read logs");
+    assert!(chunk.dropped > 0, "nothing was dropped");
+    assert!(chunk.data.len() as u64 <= LOG_LIMIT, "{} bytes kept", chunk.data.len());
+    assert!(String::from_utf8_lossy(&chunk.data).ends_with("the-end\n"));
+    assert_eq!(chunk.next_offset, 1_000_000 + "\nthe-end\n".len() as u64);
+
+    for spec in [&exits, &polite, &stubborn, &chatty] {
         finish(&t.runtime, &spec.key).await;
     }
     t.assert_clean();

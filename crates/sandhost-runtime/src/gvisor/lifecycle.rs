@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::bundle::{self, BundleContext};
+use super::logs;
 use super::sandbox::{ExitSource, Sandbox};
 use super::{Inner, snapshot};
-use crate::process::{logs, state};
+use crate::process::state;
 use crate::{
     CleanupError, Exit, LogChunk, LogsError, SandboxKey, SandboxSpec, SnapshotId, StartError, Started,
 };
@@ -18,8 +19,13 @@ use crate::{
 const CONTAINER: &str = "container.json";
 /// The OCI bundle directory of a lifecycle.
 const BUNDLE: &str = "bundle";
-/// The one log file: a single segment in the process backend's naming, so its reader works here.
+/// The one log file, named like the process backend's first segment so that its state-dir removal
+/// (`process::state::remove_dir`) takes it too.
 const LOG: &str = "log.0000000000000000";
+
+pub(super) fn log_path(dir: &Path) -> PathBuf {
+    dir.join(LOG)
+}
 
 pub(super) fn runsc_root(state_dir: &Path) -> PathBuf {
     state_dir.join("runsc")
@@ -156,6 +162,7 @@ pub(super) async fn launch(
                     Sandbox::exited(key.clone(), dir, cid, exit)
                 }
             };
+            sandbox.keep_log_bounded(inner.config.log_limit_bytes);
             inner.insert(sandbox);
             Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
         }
@@ -239,9 +246,14 @@ pub(super) async fn read_logs(
     offset: u64,
     max: usize,
 ) -> Result<LogChunk, LogsError> {
-    let dir = sandbox_dir(&inner.config.state_dir, key);
+    let path = log_path(&sandbox_dir(&inner.config.state_dir, key));
     let owned = key.clone();
-    match tokio::task::spawn_blocking(move || logs::read(&dir, offset, max)).await {
+    let limit = inner.config.log_limit_bytes;
+    let read = move || {
+        logs::trim(&path, limit)?;
+        logs::read(&path, offset, max)
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(Ok(Some(chunk))) => Ok(chunk),
         Ok(Ok(None)) => Err(LogsError::NotFound(owned)),
         Ok(Err(source)) => Err(LogsError::Io { key: owned, source }),

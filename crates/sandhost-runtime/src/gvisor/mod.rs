@@ -3,7 +3,8 @@
 //! kernel between the sandbox and the host, and real checkpoint/restore of a sandbox's memory.
 //!
 //! - `bundle`: the OCI `config.json` (oci-spec) from a [`SandboxSpec`];
-//! - `runsc`: the command line; `sandbox`: one sandbox, its watcher and stop/pause;
+//! - `runsc`: the command line; `sandbox`: one sandbox, its watcher and stop/pause; `logs`: the
+//!   bounded log;
 //! - `lifecycle`: start and cleanup; `snapshot`: checkpoint, restore and the snapshot store;
 //!   `recover`: re-adoption after an agent restart.
 //!
@@ -20,10 +21,12 @@
 //!   restore over an existing name destroys it).
 //! - Every path is built from validated ids ([`SandboxKey`], [`SnapshotId`]).
 //! - The log is one file that runsc's processes write to directly: it survives the agent, and it is
-//!   bounded by truncating its head when it is read (see `lifecycle::trim_log`).
+//!   bounded by punching out its head (`logs`) on every read and every second while the sandbox
+//!   runs.
 
 mod bundle;
 mod lifecycle;
+mod logs;
 mod recover;
 mod runsc;
 mod sandbox;

@@ -42,13 +42,10 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                 Some(s @ ("running" | "paused" | "created")) => {
                     let paused = s == "paused";
                     adopted.insert(cid.clone());
-                    inner.insert(Sandbox::running(
-                        key.clone(),
-                        dir,
-                        cid,
-                        ExitSource::Runsc(inner.runsc.clone()),
-                        paused,
-                    ));
+                    let source = ExitSource::Runsc(inner.runsc.clone());
+                    let sandbox = Sandbox::running(key.clone(), dir, cid, source, paused);
+                    sandbox.keep_log_bounded(inner.config.log_limit_bytes);
+                    inner.insert(sandbox);
                     RecoveredState::Running { paused }
                 }
                 _ => {

@@ -21,6 +21,8 @@ use crate::{ControlError, Exit, SandboxKey, StopError};
 
 /// How long a killed sandbox may take to stop before stop reports failure.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the log of a running sandbox is trimmed to its bound.
+const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// The exit file, as in the process backend.
 pub(crate) const EXIT: &str = state::EXIT;
 
@@ -123,6 +125,26 @@ impl Sandbox {
             } else if sandbox.cid() == cid {
                 drop(watch);
                 sandbox.publish(exit);
+            }
+        });
+    }
+
+    /// Keeps the log within `limit` while the sandbox runs: runsc writes it directly, so a timer
+    /// (every [`LOG_TRIM_EVERY`]) punches out its head; reads trim it too.
+    pub(crate) fn keep_log_bounded(self: &Arc<Self>, limit: u64) {
+        let sandbox = Arc::clone(self);
+        tokio::spawn(async move {
+            let path = super::lifecycle::log_path(&sandbox.dir);
+            loop {
+                tokio::select! {
+                    _ = sandbox.wait_exit() => return,
+                    () = tokio::time::sleep(LOG_TRIM_EVERY) => {}
+                }
+                let path = path.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || super::logs::trim(&path, limit)).await
+                {
+                    tracing::warn!(sandbox.id = %sandbox.key.id, error = %e, "trimming the log failed");
+                }
             }
         });
     }
