@@ -8,6 +8,8 @@
 //! Backends:
 //! - `process` ([`process::ProcessRuntime`]): namespaces, cgroups, seccomp and an in-sandbox init,
 //!   all in sandhost's own code; nothing to install.
+//! - `gvisor` ([`gvisor::GvisorRuntime`]): each sandbox a container of gVisor's `runsc`, with real
+//!   checkpoint and restore of its memory.
 //! - the fake ([`fake::FakeRuntime`], feature `test-util`): records every call and can be told to
 //!   hang or fail any operation.
 //!

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::bundle::{self, BundleContext};
 use super::logs;
+use super::runsc::Runsc;
 use super::sandbox::{ExitSource, Sandbox};
 use super::{Inner, snapshot};
 use crate::process::state;
@@ -145,12 +146,21 @@ pub(super) async fn launch(
         return Err(StartError::AlreadyExists(key.clone()));
     }
     let cid = container_id(key, 0);
+    // Undoes the start if this future is dropped half-way (a cancelled start leaves nothing).
+    let mut guard = StartGuard {
+        runsc: inner.runsc.clone(),
+        parent: inner.config.cgroup_parent.clone(),
+        cid: cid.clone(),
+        dir: dir.clone(),
+        armed: true,
+    };
     let result = async {
         std::fs::create_dir_all(&dir)?;
         state::write_json(&dir, state::SPEC, spec)?;
         run_container(inner, spec, &dir, &cid, launch).await
     }
     .await;
+    guard.armed = false;
     match result {
         Ok(launched) => {
             let sandbox = match launched.exited {
@@ -167,9 +177,9 @@ pub(super) async fn launch(
             Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
         }
         Err(source) => {
-            discard(inner, &cid, &dir).await;
+            discard(&inner.runsc, &inner.config.cgroup_parent, &cid, &dir).await;
             Err(match launch {
-                Launch::Create => StartError::Host { key: key.clone(), step: "runsc create", source },
+                Launch::Create => StartError::Host { key: key.clone(), step: "runsc run", source },
                 Launch::Restore { snapshot, .. } => StartError::Snapshot {
                     key: key.clone(),
                     snapshot: snapshot.clone(),
@@ -180,12 +190,38 @@ pub(super) async fn launch(
     }
 }
 
+/// Discards a start whose future was dropped before it finished.
+#[derive(Debug)]
+struct StartGuard {
+    runsc: Runsc,
+    parent: String,
+    cid: String,
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let (runsc, parent, cid, dir) = (
+            self.runsc.clone(),
+            std::mem::take(&mut self.parent),
+            std::mem::take(&mut self.cid),
+            std::mem::take(&mut self.dir),
+        );
+        handle.spawn(async move { discard(&runsc, &parent, &cid, &dir).await });
+    }
+}
+
 /// Removes everything of a failed start: the container, its cgroups, the lifecycle's directory.
-async fn discard(inner: &Inner, cid: &str, dir: &Path) {
-    if let Err(e) = inner.runsc.delete(cid).await {
+async fn discard(runsc: &Runsc, cgroup_parent: &str, cid: &str, dir: &Path) {
+    if let Err(e) = runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
-    let _ = bundle::remove_cgroups(&inner.config.cgroup_parent, cid);
+    let _ = bundle::remove_cgroups(cgroup_parent, cid);
     let _ = std::fs::remove_dir_all(dir);
     if let Some(parent) = dir.parent() {
         let _ = std::fs::remove_dir(parent);
