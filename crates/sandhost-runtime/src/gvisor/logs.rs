@@ -85,7 +85,7 @@ mod tests {
         }
         trim(&path, 16 * 1024).expect("trim");
         let chunk = read(&path, 0, usize::MAX).expect("read").expect("log");
-        assert!(chunk.dropped > 0 && chunk.dropped % BLOCK == 0, "dropped {}", chunk.dropped);
+        assert!(chunk.dropped > 0 && chunk.dropped.is_multiple_of(BLOCK), "dropped {}", chunk.dropped);
         assert!(chunk.data.len() as u64 <= 16 * 1024, "kept {}", chunk.data.len());
         assert_eq!(chunk.next_offset, 64 * 1024);
         assert_eq!(chunk.dropped + chunk.data.len() as u64, 64 * 1024);
