@@ -231,6 +231,18 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
         wait_log(&t.runtime, &spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
             .await;
     assert_counts_on(&log);
+    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed.
+    t.runtime.pause(&spec.key).await.expect("pause");
+    let third = SnapshotId::parse("cont-3").expect("snapshot id");
+    t.runtime.checkpoint(&spec.key, &third, false).await.expect("checkpoint while paused");
+    let frozen = last_number(&t.log(&spec.key).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(last_number(&t.log(&spec.key).await) <= frozen + 1, "it runs after a paused checkpoint");
+    t.runtime.resume(&spec.key).await.expect("resume");
+    let log =
+        wait_log(&t.runtime, &spec.key, "counting after resume", |l| last_number(l) >= frozen + 2).await;
+    assert_counts_on(&log);
+    t.runtime.delete_snapshot(&third).await.expect("delete snapshot");
     assert!(matches!(
         t.runtime.checkpoint(&spec.key, &second, false).await,
         Err(sandhost_runtime::CheckpointError::SnapshotExists(_))

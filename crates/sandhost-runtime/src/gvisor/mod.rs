@@ -216,26 +216,28 @@ impl Runtime for GvisorRuntime {
 
     async fn stop(&self, key: &SandboxKey, grace: Duration) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(&self.inner.runsc, Some(grace)).await,
+            Some(sandbox) => {
+                sandbox.stop(&self.inner.runsc, &self.inner.config.cgroup_parent, Some(grace)).await
+            }
             None => Ok(()),
         }
     }
 
     async fn kill(&self, key: &SandboxKey) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(&self.inner.runsc, None).await,
+            Some(sandbox) => sandbox.stop(&self.inner.runsc, &self.inner.config.cgroup_parent, None).await,
             None => Ok(()),
         }
     }
 
     async fn pause(&self, key: &SandboxKey) -> Result<(), ControlError> {
         let sandbox = self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?;
-        sandbox.set_paused(&self.inner.runsc, true).await
+        sandbox.set_paused(&self.inner.config.cgroup_parent, true).await
     }
 
     async fn resume(&self, key: &SandboxKey) -> Result<(), ControlError> {
         let sandbox = self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?;
-        sandbox.set_paused(&self.inner.runsc, false).await
+        sandbox.set_paused(&self.inner.config.cgroup_parent, false).await
     }
 
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {

@@ -40,7 +40,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                 .unwrap_or_else(|_| std::time::SystemTime::now());
             let state = match status.as_deref() {
                 Some(s @ ("running" | "paused" | "created")) => {
-                    let paused = s == "paused";
+                    let paused = s == "paused" || super::bundle::is_frozen(&inner.config.cgroup_parent, &cid);
                     adopted.insert(cid.clone());
                     let source = ExitSource::Runsc(inner.runsc.clone());
                     let sandbox = Sandbox::running(key.clone(), dir, cid, source, paused);

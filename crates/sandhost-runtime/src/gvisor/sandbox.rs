@@ -201,7 +201,12 @@ impl Sandbox {
 
     /// With `grace`: SIGTERM, then after `grace` SIGKILL to every process. Without: SIGKILL at once.
     /// Returns once the container has stopped. Idempotent.
-    pub(crate) async fn stop(&self, runsc: &Runsc, grace: Option<Duration>) -> Result<(), StopError> {
+    pub(crate) async fn stop(
+        &self,
+        runsc: &Runsc,
+        cgroup_parent: &str,
+        grace: Option<Duration>,
+    ) -> Result<(), StopError> {
         if self.exit().is_some() {
             return Ok(());
         }
@@ -221,8 +226,10 @@ impl Sandbox {
             return Ok(());
         }
         let cid = self.cid();
-        if *self.paused.lock().unwrap_or_else(PoisonError::into_inner) {
-            let _ = runsc.run(&["resume".as_ref(), cid.as_ref()]).await;
+        if self.is_paused() {
+            // A frozen sandbox cannot even answer runsc: thaw it, then kill it.
+            let _ = super::bundle::freeze(cgroup_parent, &cid, false);
+            self.set_paused_flag(false);
         }
         // `kill --all` misses the processes of a restored container (runsc 20221219); SIGKILL to
         // its init ends them all (the end of a pid namespace's init).
@@ -236,21 +243,23 @@ impl Sandbox {
         Err(StopError::Host { key: self.key.clone(), step: "runsc kill", source })
     }
 
-    /// `runsc pause` (`resume` when `!pause`).
-    pub(crate) async fn set_paused(&self, runsc: &Runsc, pause: bool) -> Result<(), ControlError> {
+    /// Freezes (or thaws) the container's cgroup: see [`super::bundle::freeze`].
+    pub(crate) async fn set_paused(&self, cgroup_parent: &str, pause: bool) -> Result<(), ControlError> {
         let _op = self.op.lock().await;
         if self.exit().is_some() {
             return Err(ControlError::NotRunning(self.key.clone()));
         }
-        let verb = if pause { "pause" } else { "resume" };
-        let cid = self.cid();
-        runsc.run(&[verb.as_ref(), cid.as_ref()]).await.map_err(|source| ControlError::Host {
+        super::bundle::freeze(cgroup_parent, &self.cid(), pause).map_err(|source| ControlError::Host {
             key: self.key.clone(),
-            step: if pause { "runsc pause" } else { "runsc resume" },
+            step: if pause { "freeze cgroup" } else { "thaw cgroup" },
             source,
         })?;
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = pause;
         Ok(())
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn set_paused_flag(&self, paused: bool) {

@@ -87,10 +87,19 @@ pub(super) async fn checkpoint(
         Err(e) => return Err(host("read spec")(e)),
     };
     let old = sandbox.cid();
+    // A frozen sandbox cannot be checkpointed: thaw it for the checkpoint, freeze it again after.
+    let was_paused = sandbox.is_paused();
+    if was_paused {
+        bundle::freeze(&inner.config.cgroup_parent, &old, false).map_err(host("thaw cgroup"))?;
+        sandbox.set_paused_flag(false);
+    }
     sandbox.suspend();
     let args: [&OsStr; 4] = ["checkpoint".as_ref(), "--image-path".as_ref(), partial.as_ref(), old.as_ref()];
     if let Err(e) = inner.runsc.run(&args).await {
         let _ = std::fs::remove_dir_all(&partial);
+        if was_paused && bundle::freeze(&inner.config.cgroup_parent, &old, true).is_ok() {
+            sandbox.set_paused_flag(true);
+        }
         if let Some(exit) = sandbox.unsuspend() {
             sandbox.publish(exit);
         }
@@ -135,7 +144,15 @@ pub(super) async fn checkpoint(
     let parent = inner.config.cgroup_parent.clone();
     let mut stale = vec![old];
     match &restored {
-        Ok(()) => sandbox.set_paused_flag(false),
+        Ok(()) => {
+            // A paused sandbox stays paused across checkpoint-and-continue (the restore runs it).
+            let cid = sandbox.cid();
+            let paused = was_paused && bundle::freeze(&inner.config.cgroup_parent, &cid, true).is_ok();
+            if was_paused && !paused {
+                tracing::warn!(sandbox.id = %key.id, "re-pausing after the checkpoint failed; it runs");
+            }
+            sandbox.set_paused_flag(paused);
+        }
         Err(_) => {
             stale.push(new);
             let exit = sandbox.unsuspend().unwrap_or(Exit::Signal(libc::SIGKILL));
