@@ -117,6 +117,9 @@ pub(super) async fn checkpoint(
         if let Some(exit) = sandbox.unsuspend() {
             sandbox.publish(exit);
         }
+        if saved.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
         saved.map_err(host("write snapshot"))?;
         return Ok(meta.info(id.clone()));
     }
@@ -167,6 +170,10 @@ pub(super) async fn checkpoint(
             let _ = bundle::remove_cgroups(&parent, &cid);
         }
     }));
+    if saved.is_err() {
+        // The image served the restore; without its metadata it is no snapshot.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
     saved?;
     restored.map_err(host("runsc restore"))?;
     Ok(meta.info(id.clone()))
