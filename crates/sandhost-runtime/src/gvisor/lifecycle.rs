@@ -7,14 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::bundle::{self, BundleContext};
-use super::logs;
 use super::runsc::Runsc;
 use super::sandbox::{ExitSource, Sandbox};
 use super::{Inner, snapshot};
 use crate::process::state;
-use crate::{
-    CleanupError, Exit, LogChunk, LogsError, SandboxKey, SandboxSpec, SnapshotId, StartError, Started,
-};
+use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
 
 /// The file naming the runsc container that currently carries a lifecycle.
 const CONTAINER: &str = "container.json";
@@ -274,27 +271,6 @@ pub(super) async fn forget(inner: &Inner, key: &SandboxKey) -> Result<(), Cleanu
     })?;
     inner.remove(key);
     Ok(())
-}
-
-pub(super) async fn read_logs(
-    inner: &Inner,
-    key: &SandboxKey,
-    offset: u64,
-    max: usize,
-) -> Result<LogChunk, LogsError> {
-    let path = log_path(&sandbox_dir(&inner.config.state_dir, key));
-    let owned = key.clone();
-    let limit = inner.config.log_limit_bytes;
-    let read = move || {
-        logs::trim(&path, limit)?;
-        logs::read(&path, offset, max)
-    };
-    match tokio::task::spawn_blocking(read).await {
-        Ok(Ok(Some(chunk))) => Ok(chunk),
-        Ok(Ok(None)) => Err(LogsError::NotFound(owned)),
-        Ok(Err(source)) => Err(LogsError::Io { key: owned, source }),
-        Err(join) => Err(LogsError::Io { key: owned, source: io::Error::other(join.to_string()) }),
-    }
 }
 
 /// Removes `<hierarchy>/<parent>` everywhere it is empty.

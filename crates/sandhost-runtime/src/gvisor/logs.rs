@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::fcntl::{FallocateFlags, fallocate};
 use nix::unistd::{Whence, lseek};
 
-use crate::LogChunk;
+use crate::{LogChunk, LogsError, SandboxKey};
 
 /// Holes are punched in whole blocks.
 const BLOCK: u64 = 4096;
@@ -66,6 +66,28 @@ pub(super) fn read(path: &Path, offset: u64, max: usize) -> io::Result<Option<Lo
     let mut data = Vec::new();
     file.take(u64::try_from(max).unwrap_or(u64::MAX)).read_to_end(&mut data)?;
     Ok(Some(LogChunk { next_offset: pos + data.len() as u64, data, dropped }))
+}
+
+/// Trims the log to its bound, then reads `max` bytes from `offset`.
+pub(super) async fn read_logs(
+    inner: &super::Inner,
+    key: &SandboxKey,
+    offset: u64,
+    max: usize,
+) -> Result<LogChunk, LogsError> {
+    let path = super::lifecycle::log_path(&super::lifecycle::sandbox_dir(&inner.config.state_dir, key));
+    let owned = key.clone();
+    let limit = inner.config.log_limit_bytes;
+    let job = move || {
+        trim(&path, limit)?;
+        read(&path, offset, max)
+    };
+    match tokio::task::spawn_blocking(job).await {
+        Ok(Ok(Some(chunk))) => Ok(chunk),
+        Ok(Ok(None)) => Err(LogsError::NotFound(owned)),
+        Ok(Err(source)) => Err(LogsError::Io { key: owned, source }),
+        Err(join) => Err(LogsError::Io { key: owned, source: io::Error::other(join.to_string()) }),
+    }
 }
 
 #[cfg(test)]

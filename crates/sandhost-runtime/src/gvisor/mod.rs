@@ -241,7 +241,7 @@ impl Runtime for GvisorRuntime {
     }
 
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
-        lifecycle::read_logs(&self.inner, key, offset, max).await
+        logs::read_logs(&self.inner, key, offset, max).await
     }
 
     async fn cleanup(&self, key: &SandboxKey) -> Result<(), CleanupError> {
