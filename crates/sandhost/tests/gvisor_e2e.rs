@@ -23,9 +23,14 @@ struct Node {
 
 impl Node {
     fn start() -> Self {
-        common::require_root();
         let prefix = format!("gve2e-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let mut options = ServeOptions::default();
+        Self::start_in(prefix, None)
+    }
+
+    /// A serve on `state_dir` (a fresh one if `None`) under cgroup parent `prefix`.
+    fn start_in(prefix: String, state_dir: Option<PathBuf>) -> Self {
+        common::require_root();
+        let mut options = ServeOptions { state_dir, ..ServeOptions::default() };
         options.env.push(("SANDHOST_RUNTIME".into(), "gvisor".into()));
         options.env.push(("SANDHOST_CGROUP_PARENT".into(), prefix.clone()));
         options.env.push(("FORCE_STOP".into(), "true".into()));
@@ -128,4 +133,28 @@ fn checkpoint_restore_and_evacuation_through_the_cli() {
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
     let processes = common::processes_naming(&node.state_dir.to_string_lossy());
     assert!(processes.is_empty(), "processes left behind: {processes:?}");
+}
+
+#[test]
+fn a_new_serve_re_adopts_a_running_gvisor_sandbox() {
+    let mut first = Node::start();
+    let id = first.cli(&["create", "--", "sh", "-c", COUNTER_LOOP]);
+    first.wait_count(&id, 2);
+    // SIGKILL: the sandbox is left running for the next serve.
+    first.serve.kill();
+    let mut second = Node::start_in(first.prefix.clone(), Some(first.state_dir.clone()));
+    assert_eq!(second.json(&["get", &id, "--json"])["state"], "running");
+    let at = second.count(&id);
+    second.wait_count(&id, at + 2);
+    second.cli(&["kill", &id, "--now"]);
+    let started = Instant::now();
+    while second.json(&["get", &id, "--json"])["state"] != "exited" {
+        assert!(started.elapsed() < e2e::HANG_GUARD, "the re-adopted sandbox never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(second.serve.stop(), Some(0), "a clean exit");
+    let processes = common::processes_naming(&second.state_dir.to_string_lossy());
+    assert!(processes.is_empty(), "processes left behind: {processes:?}");
+    let cgroups = common::leftover_cgroups(&second.prefix);
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
 }
