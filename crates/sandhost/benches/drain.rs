@@ -40,7 +40,8 @@ fn node(runtime: Arc<dyn Runtime>, dir: &std::path::Path, config: SandboxConfig)
         meta_dir: dir.join("meta"),
     });
     let settings = DrainSettings { force_timeout: Duration::from_secs(120) };
-    let coordinator = DrainCoordinator::new(Arc::clone(&manager), status_tx, settings, dir.join("drain.json"), metrics);
+    let coordinator =
+        DrainCoordinator::new(Arc::clone(&manager), status_tx, settings, dir.join("drain.json"), metrics);
     Node::new(manager, coordinator, "bench".into())
 }
 
@@ -123,7 +124,10 @@ async fn last_exit_to_drained() {
 
 /// Part 2: forced stop of N live real sandboxes, running `argv`, each with `grace`.
 async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
-    println!("## forced stop of N live sandboxes (process runtime, `{}`, stop grace {grace:?})", argv.join(" "));
+    println!(
+        "## forced stop of N live sandboxes (process runtime, `{}`, stop grace {grace:?})",
+        argv.join(" ")
+    );
     println!("| N | start all | ForceStop -> DRAINED | ratio to N=1 |");
     println!("| --- | --- | --- | --- |");
     let mut base = None;
@@ -206,7 +210,8 @@ fn main() {
             // Sandboxes that exit on SIGTERM: the cost is the teardown itself.
             forced_stop(&[1, 100, 1000], &["sleep", "1000"], Duration::from_secs(10)).await;
             // Sandboxes that ignore SIGTERM: each stop waits its grace, all of them at once.
-            forced_stop(&[1, 100, 1000], &["sh", "-c", "trap '' TERM; sleep 1000"], Duration::from_secs(1)).await;
+            forced_stop(&[1, 100, 1000], &["sh", "-c", "trap '' TERM; sleep 1000"], Duration::from_secs(1))
+                .await;
         }
         if wants("rejection") {
             rejection_latency().await;

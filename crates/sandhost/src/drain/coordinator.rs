@@ -538,9 +538,11 @@ impl Inner {
                         Ok(()) => StopOutcome::Stopped {
                             note: Some(format!("checkpoint failed ({}); stopped", chain(&error))),
                         },
-                        Err(stop) => {
-                            StopOutcome::Failed(format!("checkpoint failed ({}); stop failed ({})", chain(&error), chain(&stop)))
-                        }
+                        Err(stop) => StopOutcome::Failed(format!(
+                            "checkpoint failed ({}); stop failed ({})",
+                            chain(&error),
+                            chain(&stop)
+                        )),
                     },
                 };
             }
