@@ -702,3 +702,29 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
     }
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_limit_is_written_to_the_cgroup() {
+    let t = TestEnv::new();
+    let mut spec = t.spec(&["sleep", "1000"]);
+    spec.limits.cpu_millis = Some(250);
+    t.runtime.start(&spec).await.expect("start");
+    let quota: Vec<String> = t
+        .cgroup_dirs(&spec.key)
+        .iter()
+        .filter_map(|d| {
+            std::fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.max")))
+                .ok()
+        })
+        .collect();
+    assert!(
+        quota
+            .iter()
+            .any(|q| q.trim() == "25000" || q.trim() == "25000 100000"),
+        "{quota:?}"
+    );
+    t.runtime.kill(&spec.key).await.expect("kill");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}

@@ -465,3 +465,17 @@ fn unescape(field: &str) -> PathBuf {
         out,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape(r"/sys/fs/cgroup/a\040b"),
+            PathBuf::from("/sys/fs/cgroup/a b")
+        );
+        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
+    }
+}

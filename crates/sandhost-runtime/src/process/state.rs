@@ -154,3 +154,24 @@ fn remove_file_if_exists(path: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let start_time = proc_start_time(me).expect("stat");
+        assert!(is_same_process(&InitRecord {
+            pid: me,
+            start_time,
+            started_at_ms: 0
+        }));
+        assert!(!is_same_process(&InitRecord {
+            pid: me,
+            start_time: start_time + 1,
+            started_at_ms: 0
+        }));
+    }
+}

@@ -225,6 +225,49 @@ pub(crate) fn cloexec_from_3() -> io::Result<()> {
         .map(drop)
 }
 
+/// Closes every fd from `first` up (fds the init did not ask for).
+pub(crate) fn close_from(first: u32) {
+    // SAFETY: close_range with integer arguments; the caller owns no fd in that range.
+    unsafe { libc::close_range(first, libc::c_uint::MAX, 0) };
+}
+
+/// Keeps only `CAP_KILL` (to signal the command, which runs as another user) in the effective and
+/// permitted sets of the calling thread, and nothing inheritable.
+pub(crate) fn keep_only_cap_kill() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let kill = 1u32 << 5; // CAP_KILL
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: kill,
+            permitted: kill,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: header and data (two elements, as version 3 requires) live across the call.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)
+}
+
 /// Resets every catchable signal to its default action and unblocks all signals.
 pub(crate) fn reset_signals() {
     for sig in 1..libc::SIGRTMAX() {

@@ -104,6 +104,8 @@ impl InitArgs {
 ///
 /// Only meaningful when started by the process runtime (which hands it fds 3 and 4).
 pub fn init_main(args: Vec<OsString>) -> ! {
+    // Nothing but fds 0-4 was meant for us (the agent's other fds are close-on-exec anyway).
+    sys::close_from(5);
     // SAFETY: fds 3 and 4 were set up by `spawn` for this process and nothing else owns them.
     let (status, dir) = unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD)) };
     let code = match run(args, status, &dir) {
@@ -212,6 +214,11 @@ fn supervise(
     };
     // The command (until it execs) holds the only other copies of these.
     drop((status, log_w, stdin));
+    // From here on the init only signals, reaps and writes through fds it holds: it keeps nothing
+    // but CAP_KILL (the command runs as another user).
+    if let Err(e) = sys::keep_only_cap_kill() {
+        eprintln!("sandhost init: dropping capabilities: {e}");
+    }
     let exit = reap_until(child, &sigfd, &log_r, &mut log);
     record_exit(dir, exit).map_err(|e| (None, SetupError::new("record exit", e)))?;
     Ok(exit.as_shell_code())
