@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 pub use init::{INIT_SUBCOMMAND, init_main};
 
@@ -227,7 +228,8 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {
-        start::start(&self.inner, spec).await
+        let span = tracing::info_span!("sandbox.start", sandbox.id = %spec.key.id, lifecycle.id = %spec.key.lifecycle);
+        start::start(&self.inner, spec).instrument(span).await
     }
 
     async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError> {
@@ -240,14 +242,22 @@ impl Runtime for ProcessRuntime {
 
     async fn stop(&self, key: &SandboxKey, grace: Duration) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(Some(grace)).await,
+            Some(sandbox) => {
+                let span =
+                    tracing::info_span!("sandbox.stop", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+                sandbox.stop(Some(grace)).instrument(span).await
+            }
             None => Ok(()),
         }
     }
 
     async fn kill(&self, key: &SandboxKey) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(None).await,
+            Some(sandbox) => {
+                let span =
+                    tracing::info_span!("sandbox.kill", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+                sandbox.stop(None).instrument(span).await
+            }
             None => Ok(()),
         }
     }
