@@ -109,6 +109,17 @@ async fn memory_limit_oom_kills_the_command() {
         .await
         .expect("hang guard");
     assert_eq!(exit.expect("wait"), Exit::Signal(libc::SIGKILL));
+    // The init survived the OOM and recorded the command's death (not a kill of the whole sandbox).
+    let record = t
+        .state_dir
+        .join("sandboxes")
+        .join(spec.key.id.as_str())
+        .join(spec.key.lifecycle.as_str())
+        .join("exit.json");
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("exit record"),
+        r#"{"Signal":9}"#
+    );
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
