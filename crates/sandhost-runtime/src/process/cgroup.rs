@@ -59,6 +59,22 @@ impl Layout {
     /// every hierarchy used (enabling the v2 controllers we need in it).
     pub(crate) fn detect(parent: &str) -> io::Result<Self> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let mut layout = Self::parse(
+            &mountinfo,
+            |root| fs::read_to_string(root.join("cgroup.controllers")),
+            parent,
+        )?;
+        layout.create_parents()?;
+        Ok(layout)
+    }
+
+    /// The layout described by `mountinfo`, reading the v2 root's `cgroup.controllers` through
+    /// `controllers`.
+    fn parse(
+        mountinfo: &str,
+        controllers: impl Fn(&Path) -> io::Result<String>,
+        parent: &str,
+    ) -> io::Result<Self> {
         let mut v2_root = None;
         let mut v1: Vec<(&'static str, PathBuf)> = Vec::new();
         for line in mountinfo.lines() {
@@ -87,22 +103,17 @@ impl Layout {
             }
         }
         let v2_controllers = match &v2_root {
-            Some(root) => fs::read_to_string(root.join("cgroup.controllers"))?
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+            Some(root) => controllers(root)?.split_whitespace().map(str::to_owned).collect(),
             None => BTreeSet::new(),
         };
-        let mut layout = Self {
+        Ok(Self {
             v2_root,
             v2_controllers,
             v1,
             v2_freeze: false,
             v2_kill: false,
             parent: parent.to_owned(),
-        };
-        layout.create_parents()?;
-        Ok(layout)
+        })
     }
 
     fn create_parents(&mut self) -> io::Result<()> {
@@ -469,6 +480,80 @@ fn unescape(field: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> SandboxKey {
+        SandboxKey {
+            id: crate::SandboxId::parse("box").expect("id"),
+            lifecycle: crate::LifecycleId::parse("ab").expect("lifecycle"),
+        }
+    }
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_limits_go_to_v1_and_freeze_and_kill_to_v2() {
+        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), "sh").expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.cgroup(&key());
+        let dirs: Vec<String> = cg.dirs.iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/unified/sh/box.ab",
+                "/sys/fs/cgroup/memory/sh/box.ab",
+                "/sys/fs/cgroup/cpu/sh/box.ab",
+                "/sys/fs/cgroup/pids/sh/box.ab"
+            ]
+        );
+        assert_eq!(
+            cg.memory,
+            Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab"), false))
+        );
+        assert!(matches!(&cg.freezer, Some(Freezer::V2(d)) if d.starts_with("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cg.kill_file,
+            Some(PathBuf::from("/sys/fs/cgroup/unified/sh/box.ab/cgroup.kill"))
+        );
+        // Without v2 freeze (old kernels), the v1 freezer joins the hierarchies.
+        layout.v2_freeze = false;
+        layout.v2_kill = false;
+        let cg = layout.cgroup(&key());
+        assert!(
+            cg.dirs
+                .contains(&PathBuf::from("/sys/fs/cgroup/freezer/sh/box.ab"))
+        );
+        assert!(matches!(&cg.freezer, Some(Freezer::V1(_))));
+        assert_eq!(cg.kill_file, None);
+    }
+
+    #[test]
+    fn pure_v2_puts_everything_in_one_directory() {
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let mut layout = Layout::parse(
+            mountinfo,
+            |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()),
+            "sh",
+        )
+        .expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.cgroup(&key());
+        let dir = PathBuf::from("/sys/fs/cgroup/sh/box.ab");
+        assert_eq!(cg.dirs, vec![dir.clone()]);
+        for limit in [&cg.memory, &cg.cpu, &cg.pids] {
+            assert_eq!(limit, &Some((dir.clone(), true)));
+        }
+        assert!(layout.describe().contains("memory=v2"));
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {
