@@ -739,3 +739,30 @@ async fn the_cpu_limit_is_written_to_the_cgroup() {
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_forwards_signals_to_the_command() {
+    let t = TestEnv::new();
+    let spec = t.sh(
+        "for s in HUP INT USR1 USR2; do trap \"echo got-$s\" $s; done; trap 'echo got-TERM; exit 4' TERM; \
+         echo ready; while :; do sleep 0.05; done",
+    );
+    let started = t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "ready").await;
+    for sig in ["HUP", "INT", "USR1", "USR2"] {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(started.pid.to_string())
+            .status();
+        assert!(sent.expect("kill").success());
+        t.wait_for_log(&spec.key, &format!("got-{sig}")).await;
+    }
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(started.pid.to_string())
+        .status();
+    assert!(sent.expect("kill").success());
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(4));
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
