@@ -766,3 +766,21 @@ async fn the_init_forwards_signals_to_the_command() {
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_start_leaves_nothing_behind() {
+    let t = TestEnv::new();
+    for micros in [0, 50, 200, 1000, 3000] {
+        let spec = t.spec(&["sleep", "1000"]);
+        match tokio::time::timeout(Duration::from_micros(micros), t.runtime.start(&spec)).await {
+            Ok(started) => {
+                started.expect("start");
+                t.runtime.kill(&spec.key).await.expect("kill");
+                t.runtime.forget(&spec.key).await.expect("forget");
+            }
+            Err(_elapsed) => {}
+        }
+        assert_nothing_of(&t, &spec.key);
+    }
+    t.assert_clean();
+}

@@ -114,7 +114,7 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let init = spawn::spawn_init(plan).map_err(host("clone"))?;
     let started_at = SystemTime::now();
     let pid = init.pid;
-    guard.init = Some(init.pidfd.try_clone().map_err(host("clone"))?);
+    guard.init = Some(init.pidfd);
     let start_time = state::proc_start_time(pid).map_err(host("read init start time"))?;
     let record = state::InitRecord {
         pid,
@@ -135,8 +135,15 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
         return Err(start_failure(spec, &report));
     }
 
+    let pidfd = guard
+        .init
+        .as_ref()
+        .map(OwnedFd::try_clone)
+        .transpose()
+        .map_err(host("watch init"))?;
+    let pidfd = pidfd.ok_or_else(|| host("watch init")(io::ErrorKind::NotFound.into()))?;
     let sandbox =
-        Sandbox::running(key.clone(), dir, guard.cgroup.clone(), init.pidfd).map_err(host("watch init"))?;
+        Sandbox::running(key.clone(), dir, guard.cgroup.clone(), pidfd).map_err(host("watch init"))?;
     guard.disarm();
     inner
         .sandboxes
