@@ -218,6 +218,12 @@ pub(crate) fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into()).map(drop)
 }
 
+/// `prctl(PR_SET_DUMPABLE, 0)`.
+pub(crate) fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }.into()).map(drop)
+}
+
 /// Marks every fd from 3 up close-on-exec.
 pub(crate) fn cloexec_from_3() -> io::Result<()> {
     // SAFETY: close_range with integer arguments; CLOSE_RANGE_CLOEXEC closes nothing now.

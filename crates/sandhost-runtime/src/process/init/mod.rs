@@ -219,6 +219,10 @@ fn supervise(
     if let Err(e) = sys::keep_only_cap_kill() {
         eprintln!("sandhost init: dropping capabilities: {e}");
     }
+    // Not dumpable: /proc/1 of the sandbox belongs to root and cannot be inspected by the command.
+    if let Err(e) = sys::set_not_dumpable() {
+        eprintln!("sandhost init: PR_SET_DUMPABLE: {e}");
+    }
     let exit = reap_until(child, &sigfd, &log_r, &mut log);
     record_exit(dir, exit).map_err(|e| (None, SetupError::new("record exit", e)))?;
     Ok(exit.as_shell_code())
