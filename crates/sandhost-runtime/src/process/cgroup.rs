@@ -223,6 +223,7 @@ impl Layout {
             self.v1_root("freezer").map(|r| Freezer::V1(dir_of(r)))
         };
         Cgroup {
+            has_v2: self.v2_root.is_some(),
             procs_dir: dirs.first().cloned(),
             dirs,
             memory: limit(Controller::Memory),
@@ -247,6 +248,8 @@ enum Freezer {
 /// One sandbox's cgroup, across hierarchies.
 #[derive(Debug, Clone)]
 pub(crate) struct Cgroup {
+    /// Whether `dirs[0]` is the v2 directory.
+    has_v2: bool,
     dirs: Vec<PathBuf>,
     procs_dir: Option<PathBuf>,
     memory: Option<(PathBuf, bool)>,
@@ -317,7 +320,20 @@ impl Cgroup {
         Ok(())
     }
 
-    /// `cgroup.procs` of every hierarchy, opened for writing.
+    /// The v2 directory (first of `dirs` when the host has v2), opened for `CLONE_INTO_CGROUP`.
+    pub(crate) fn open_v2_dir(&self) -> Result<Option<std::os::fd::OwnedFd>, CgroupError> {
+        if !self.has_v2 {
+            return Ok(None);
+        }
+        let Some(dir) = self.dirs.first() else {
+            return Ok(None);
+        };
+        fs::File::open(dir)
+            .map(|f| Some(f.into()))
+            .map_err(step("open cgroup dir"))
+    }
+
+    /// `cgroup.procs` of every hierarchy (v2 first), opened for writing.
     pub(crate) fn open_procs(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
         self.dirs
             .iter()

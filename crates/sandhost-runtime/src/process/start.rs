@@ -105,6 +105,7 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let plan = InitPlan {
         exe: inner.init_exe.clone(),
         argv,
+        cgroup_v2_dir: guard.cgroup.open_v2_dir().map_err(|e| cgroup_error(key, e))?,
         cgroup_procs: guard.cgroup.open_procs().map_err(|e| cgroup_error(key, e))?,
         dev_null: open("/dev/null".into(), false).map_err(host("open /dev/null"))?,
         init_log: open(dir.join(state::INIT_LOG), true).map_err(host("create init log"))?,

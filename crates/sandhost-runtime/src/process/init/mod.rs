@@ -150,8 +150,11 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
         Mode::empty(),
     )
     .map_err(|e| SetupError::new("read spec", e.into()))?;
-    let spec: SandboxSpec = serde_json::from_reader(std::fs::File::from(spec_fd))
-        .map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
+    let mut bytes = Vec::with_capacity(4096);
+    std::io::Read::read_to_end(&mut std::fs::File::from(spec_fd), &mut bytes)
+        .map_err(|e| SetupError::new("read spec", e))?;
+    let spec: SandboxSpec =
+        serde_json::from_slice(&bytes).map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
     // The init should outlive its command under memory pressure (the command resets this). Without
     // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
