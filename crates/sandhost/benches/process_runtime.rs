@@ -45,6 +45,7 @@ fn main() {
         "process runtime start latency, /bin/true, {n} iterations after {WARMUP} warm-up, {} CPUs",
         num_cpus()
     );
+    let plain = bench_command(n, &["/bin/true".to_owned()]);
     let ours = rt.block_on(bench_ours(tmp.path(), n));
     let bwrap = bench_command(n, &bwrap_command());
     let crun = bench_crun(tmp.path(), n);
