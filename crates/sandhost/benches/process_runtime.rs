@@ -55,6 +55,15 @@ fn main() {
         "| runtime | start→running p50 | p99 | start→exit p50 | p99 | sequential starts/s | concurrent ({CONCURRENCY}) starts/s |"
     );
     println!("|---|---|---|---|---|---|---|");
+    if let Some(p) = &plain {
+        row(
+            "plain fork+exec (no isolation)",
+            None,
+            &p.exit,
+            p.sequential_rate,
+            p.concurrent_rate,
+        );
+    }
     row(
         "sandhost process",
         Some(&ours.running),
