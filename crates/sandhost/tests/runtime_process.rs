@@ -784,3 +784,78 @@ async fn a_cancelled_start_leaves_nothing_behind() {
     }
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_another_cgroup_parent_still_finds_the_sandboxes() {
+    let t = TestEnv::new();
+    let spec = t.sh("trap '' TERM; echo ready; sleep 1000");
+    t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "ready").await;
+    let other = common::open_runtime(&t.state_dir, &format!("{}-other", t.prefix));
+    let found = other.recover().await.expect("recover");
+    assert_eq!(found.len(), 1);
+    // It ignores SIGTERM: only a kill of its cgroup (under the first parent) can stop it.
+    other
+        .stop(&spec.key, Duration::from_millis(100))
+        .await
+        .expect("stop");
+    assert!(t.cgroup_pids(&spec.key).is_empty());
+    assert_eq!(
+        other.wait(&spec.key).await.expect("wait"),
+        Exit::Signal(libc::SIGKILL)
+    );
+    other.forget(&spec.key).await.expect("forget");
+    other.remove_cgroup_parents().expect("remove the other parent");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_unknown_or_exited_sandboxes_answer_typed_errors() {
+    use sandhost_runtime::{ControlError, LogsError, WaitError};
+    let t = TestEnv::new();
+    let unknown = t.spec(&["true"]).key;
+    assert!(matches!(
+        t.runtime.wait(&unknown).await,
+        Err(WaitError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.runtime.pause(&unknown).await,
+        Err(ControlError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.runtime.resume(&unknown).await,
+        Err(ControlError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.runtime.read_logs(&unknown, 0, 10).await,
+        Err(LogsError::NotFound(_))
+    ));
+    t.runtime
+        .stop(&unknown, Duration::ZERO)
+        .await
+        .expect("stop of an unknown sandbox is a no-op");
+    t.runtime
+        .kill(&unknown)
+        .await
+        .expect("kill of an unknown sandbox is a no-op");
+    t.runtime.cleanup(&unknown).await.expect("cleanup is idempotent");
+    t.runtime.forget(&unknown).await.expect("forget is idempotent");
+
+    let spec = t.spec(&["true"]);
+    t.runtime.start(&spec).await.expect("start");
+    t.runtime.wait(&spec.key).await.expect("wait");
+    assert!(matches!(
+        t.runtime.pause(&spec.key).await,
+        Err(ControlError::NotRunning(_))
+    ));
+    assert!(matches!(
+        t.runtime.resume(&spec.key).await,
+        Err(ControlError::NotRunning(_))
+    ));
+    t.runtime.cleanup(&spec.key).await.expect("cleanup");
+    t.runtime.cleanup(&spec.key).await.expect("cleanup again");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.runtime.forget(&spec.key).await.expect("forget again");
+    assert!(t.runtime.list_snapshots().await.expect("snapshots").is_empty());
+    t.assert_clean();
+}

@@ -211,6 +211,20 @@ impl Layout {
             .collect()
     }
 
+    /// The parent cgroup name.
+    pub(crate) fn parent(&self) -> &str {
+        &self.parent
+    }
+
+    /// The same layout under another (validated) parent: for sandboxes an agent with another
+    /// configuration started.
+    pub(crate) fn with_parent(&self, parent: &str) -> Self {
+        Self {
+            parent: parent.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The (not yet created) cgroup of `key`.
     pub(crate) fn cgroup(&self, key: &SandboxKey) -> Cgroup {
         let dirs = self.dirs_for(key);

@@ -147,15 +147,7 @@ impl ProcessRuntime {
     /// An [`OpenError`] naming what is unusable.
     pub fn open(config: ProcessConfig) -> Result<Self, OpenError> {
         let parent = &config.cgroup_parent;
-        let valid_parent = parent
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && parent
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && parent.len() <= 128;
-        if !valid_parent {
+        if !is_valid_cgroup_parent(parent) {
             return Err(OpenError::CgroupParent(parent.clone()));
         }
         let init_meta = std::fs::metadata(&config.init_exe).map_err(|source| OpenError::InitExe {
@@ -216,6 +208,18 @@ impl ProcessRuntime {
 }
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+/// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
+fn is_valid_cgroup_parent(parent: &str) -> bool {
+    parent
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && parent
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && parent.len() <= 128
+}
 
 #[async_trait]
 impl Runtime for ProcessRuntime {

@@ -118,6 +118,7 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     guard.init = Some(init.pidfd);
     let start_time = state::proc_start_time(pid).map_err(host("read init start time"))?;
     let record = state::InitRecord {
+        cgroup_parent: Some(inner.layout.parent().to_owned()),
         pid,
         start_time,
         started_at_ms: state::millis_since_epoch(started_at),

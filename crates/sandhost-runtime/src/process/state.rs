@@ -28,7 +28,7 @@ pub(crate) const INIT_LOG: &str = "init.log";
 pub(crate) const ROOT: &str = "root";
 
 /// What identifies a running init across agent restarts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InitRecord {
     /// Host pid.
     pub(crate) pid: i32,
@@ -36,6 +36,10 @@ pub(crate) struct InitRecord {
     pub(crate) start_time: u64,
     /// Wall clock start, milliseconds since the epoch.
     pub(crate) started_at_ms: u64,
+    /// The parent cgroup it was started under (so that an agent configured with another parent
+    /// still finds its cgroup).
+    #[serde(default)]
+    pub(crate) cgroup_parent: Option<String>,
 }
 
 impl InitRecord {
@@ -166,12 +170,14 @@ mod tests {
         assert!(is_same_process(&InitRecord {
             pid: me,
             start_time,
-            started_at_ms: 0
+            started_at_ms: 0,
+            cgroup_parent: None,
         }));
         assert!(!is_same_process(&InitRecord {
             pid: me,
             start_time: start_time + 1,
-            started_at_ms: 0
+            started_at_ms: 0,
+            cgroup_parent: None,
         }));
     }
 }
