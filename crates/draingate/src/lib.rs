@@ -91,12 +91,7 @@ impl Gate {
     /// A new, open gate with nothing in flight.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                state: AtomicUsize::new(0),
-                waiters: Waiters::new(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { state: AtomicUsize::new(0), waiters: Waiters::new() }) }
     }
 
     /// Admits one entry, or refuses it because the gate is draining.
@@ -117,10 +112,7 @@ impl Gate {
             if state & DRAINING != 0 {
                 return Err(Draining);
             }
-            assert!(
-                state & COUNT_MASK < COUNT_MASK,
-                "draingate: permit count overflow"
-            );
+            assert!(state & COUNT_MASK < COUNT_MASK, "draingate: permit count overflow");
             // Acquire on success: work done under the permit happens after admission; the failure
             // path only retries with the fresh value.
             match self.inner.state.compare_exchange_weak(
@@ -129,11 +121,7 @@ impl Gate {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    return Ok(Permit {
-                        inner: Some(self.inner.clone()),
-                    });
-                }
+                Ok(_) => return Ok(Permit { inner: Some(self.inner.clone()) }),
                 Err(actual) => state = actual,
             }
         }
@@ -193,10 +181,7 @@ impl Gate {
     ///
     /// Cancel-safe: dropping the future removes its waker from the gate.
     pub fn wait_idle(&self) -> WaitIdle {
-        WaitIdle {
-            inner: self.inner.clone(),
-            key: None,
-        }
+        WaitIdle { inner: self.inner.clone(), key: None }
     }
 
     /// Blocks the calling thread until the gate is draining and idle, or `timeout` passes. Returns
@@ -265,13 +250,8 @@ impl Permit {
         // Relaxed: the count is already > 0 (we hold a permit), so this cannot race a transition
         // to idle; the later release carries the ordering.
         let previous = inner.state.fetch_add(1, Ordering::Relaxed);
-        assert!(
-            previous & COUNT_MASK < COUNT_MASK - 1,
-            "draingate: permit count overflow"
-        );
-        Permit {
-            inner: Some(inner.clone()),
-        }
+        assert!(previous & COUNT_MASK < COUNT_MASK - 1, "draingate: permit count overflow");
+        Permit { inner: Some(inner.clone()) }
     }
 }
 
@@ -308,10 +288,7 @@ impl Future for WaitIdle {
             }
             return Poll::Ready(());
         }
-        match inner
-            .waiters
-            .register(&mut this.key, cx.waker(), || inner.is_idle())
-        {
+        match inner.waiters.register(&mut this.key, cx.waker(), || inner.is_idle()) {
             true => {
                 this.key = None;
                 Poll::Ready(())
@@ -331,9 +308,7 @@ impl Drop for WaitIdle {
 
 impl fmt::Debug for WaitIdle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WaitIdle")
-            .field("registered", &self.key.is_some())
-            .finish()
+        f.debug_struct("WaitIdle").field("registered", &self.key.is_some()).finish()
     }
 }
 

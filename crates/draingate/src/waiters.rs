@@ -28,18 +28,13 @@ struct Slots {
 
 impl Waiters {
     pub(crate) fn new() -> Self {
-        Self {
-            slots: Mutex::new(Slots::default()),
-            condvar: Condvar::new(),
-        }
+        Self { slots: Mutex::new(Slots::default()), condvar: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
         // A panic while holding this lock cannot leave the list inconsistent (each operation is one
         // Vec call), so a poisoned lock is still usable.
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers (or refreshes) the waker under `key` unless `is_ready` holds under the lock.

@@ -86,9 +86,7 @@ macro_rules! name_type {
 
 fn check_lifecycle(kind: &'static str, value: &str) -> Result<(), IdError> {
     if (1..=32).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         Ok(())
     } else {
@@ -165,10 +163,7 @@ pub struct User {
 
 impl User {
     /// The default: an unprivileged user ("nobody").
-    pub const UNPRIVILEGED: Self = Self {
-        uid: 65534,
-        gid: 65534,
-    };
+    pub const UNPRIVILEGED: Self = Self { uid: 65534, gid: 65534 };
 }
 
 /// Everything a backend needs to start one sandbox. Built and validated by the caller.

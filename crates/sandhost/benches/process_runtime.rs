@@ -20,26 +20,15 @@ const CONCURRENCY: usize = 8;
 
 fn main() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    {
+    if !status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")) {
         eprintln!("process_runtime bench: requires root");
         std::process::exit(1);
     }
-    let n: usize = std::env::var("SANDHOST_BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let tmp = tempfile::Builder::new()
-        .prefix("sandhost-bench-")
-        .tempdir_in("/var/tmp")
-        .expect("tmp");
+    let n: usize =
+        std::env::var("SANDHOST_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let tmp = tempfile::Builder::new().prefix("sandhost-bench-").tempdir_in("/var/tmp").expect("tmp");
 
     println!(
         "process runtime start latency, /bin/true, {n} iterations after {WARMUP} warm-up, {} CPUs",
@@ -56,21 +45,9 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     if let Some(p) = &plain {
-        row(
-            "plain fork+exec (no isolation)",
-            None,
-            &p.exit,
-            p.sequential_rate,
-            p.concurrent_rate,
-        );
+        row("plain fork+exec (no isolation)", None, &p.exit, p.sequential_rate, p.concurrent_rate);
     }
-    row(
-        "sandhost process",
-        Some(&ours.running),
-        &ours.exit,
-        ours.sequential_rate,
-        ours.concurrent_rate,
-    );
+    row("sandhost process", Some(&ours.running), &ours.exit, ours.sequential_rate, ours.concurrent_rate);
     if let Some(b) = &bwrap {
         row("bwrap", None, &b.exit, b.sequential_rate, b.concurrent_rate);
     }
@@ -115,9 +92,8 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
 }
 
 fn row(name: &str, running: Option<&[Duration]>, exit: &[Duration], seq: f64, conc: f64) {
-    let (r50, r99) = running.map_or(("n/a".into(), "n/a".into()), |r| {
-        (ms(percentile(r, 50.0)), ms(percentile(r, 99.0)))
-    });
+    let (r50, r99) =
+        running.map_or(("n/a".into(), "n/a".into()), |r| (ms(percentile(r, 50.0)), ms(percentile(r, 99.0))));
     println!(
         "| {name} | {r50} | {r99} | {} | {} | {seq:.0} | {conc:.0} |",
         ms(percentile(exit, 50.0)),
@@ -183,12 +159,7 @@ async fn bench_ours(tmp: &Path, n: usize) -> Results {
     while workers.join_next().await.is_some() {}
     let concurrent_rate = n as f64 / t0.elapsed().as_secs_f64();
     let _ = runtime.remove_cgroup_parents();
-    Results {
-        running,
-        exit,
-        sequential_rate,
-        concurrent_rate,
-    }
+    Results { running, exit, sequential_rate, concurrent_rate }
 }
 
 fn bwrap_command() -> Vec<String> {
@@ -222,11 +193,8 @@ fn bwrap_command() -> Vec<String> {
 /// Times `argv` to completion, sequentially and with [`CONCURRENCY`] workers.
 fn bench_command(n: usize, argv: &[String]) -> Option<Results> {
     let run = |argv: &[String]| {
-        let status = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let status =
+            Command::new(&argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         status.is_ok_and(|s| s.success())
     };
     if !run(argv) {
@@ -255,12 +223,7 @@ fn bench_command(n: usize, argv: &[String]) -> Option<Results> {
         }
     });
     let concurrent_rate = (n / CONCURRENCY * CONCURRENCY) as f64 / t0.elapsed().as_secs_f64();
-    Some(Results {
-        running: Vec::new(),
-        exit,
-        sequential_rate,
-        concurrent_rate,
-    })
+    Some(Results { running: Vec::new(), exit, sequential_rate, concurrent_rate })
 }
 
 /// Mounts hugetlb on v1 for crun (reference/runtime.md §3) and undoes it when dropped.
@@ -282,14 +245,7 @@ impl HugetlbRemount {
         }
         let _ = std::fs::create_dir_all(point);
         let ok = Command::new("mount")
-            .args([
-                "-t",
-                "cgroup",
-                "-o",
-                "hugetlb",
-                "cgroup",
-                "/sys/fs/cgroup/hugetlb",
-            ])
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"])
             .status()
             .is_ok_and(|s| s.success());
         Self { mounted: ok }
@@ -313,11 +269,7 @@ fn bench_crun(tmp: &Path, n: usize) -> Option<Results> {
         std::fs::create_dir_all(rootfs.join(dir)).ok()?;
     }
     copy_with_libs(Path::new("/bin/true"), &rootfs)?;
-    let spec = Command::new("crun")
-        .args(["spec"])
-        .current_dir(&bundle)
-        .status()
-        .ok()?;
+    let spec = Command::new("crun").args(["spec"]).current_dir(&bundle).status().ok()?;
     if !spec.success() {
         return None;
     }
@@ -345,17 +297,10 @@ fn bench_crun(tmp: &Path, n: usize) -> Option<Results> {
     let results = bench_command(n, &[shim.display().to_string()])?;
     let shim_only = tmp.join("sh-shim.sh");
     std::fs::write(&shim_only, "#!/bin/sh\nexec /bin/true\n").ok()?;
-    Command::new("chmod")
-        .args(["755"])
-        .arg(&shim_only)
-        .status()
-        .ok()?;
+    Command::new("chmod").args(["755"]).arg(&shim_only).status().ok()?;
     let overhead = bench_command(n.min(100), &[shim_only.display().to_string()])?;
     let shim_p50 = percentile(&overhead.exit, 50.0);
-    println!(
-        "crun: subtracting the shell shim's own start→exit p50 of {}",
-        ms(shim_p50)
-    );
+    println!("crun: subtracting the shell shim's own start→exit p50 of {}", ms(shim_p50));
     let exit = results.exit.iter().map(|d| d.saturating_sub(shim_p50)).collect();
     Some(Results { exit, ..results })
 }
@@ -365,10 +310,7 @@ fn copy_with_libs(binary: &Path, root: &Path) -> Option<()> {
     let dest = root.join(binary.strip_prefix("/").ok()?);
     std::fs::copy(&real, &dest).ok()?;
     let ldd = Command::new("ldd").arg(&real).output().ok()?;
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
         let dest = root.join(lib.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent()?).ok()?;
         std::fs::copy(lib, &dest).ok()?;

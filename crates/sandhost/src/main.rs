@@ -11,10 +11,7 @@ struct Cli {}
 fn main() {
     // A sandbox's pid 1 is this binary re-executed with a hidden subcommand: dispatch before the CLI.
     let mut args = std::env::args_os();
-    if args
-        .nth(1)
-        .is_some_and(|a| a == sandhost_runtime::process::INIT_SUBCOMMAND)
-    {
+    if args.nth(1).is_some_and(|a| a == sandhost_runtime::process::INIT_SUBCOMMAND) {
         sandhost_runtime::process::init_main(args.collect());
     }
     let _cli = Cli::parse();

@@ -18,16 +18,9 @@ async fn the_command_runs_as_pid_2_under_our_init_and_sees_no_host_process() {
     assert_eq!(exit, Exit::Code(0), "log: {log}");
     assert!(log.contains("pid=2"), "log: {log}");
     assert!(log.contains("__init"), "pid 1 must be our init: {log}");
-    let count: u32 = log
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("process count");
+    let count: u32 = log.lines().last().and_then(|l| l.trim().parse().ok()).expect("process count");
     assert!(count < 8, "the sandbox sees {count} processes: {log}");
-    t.runtime
-        .stop(&spec.key, Duration::from_secs(1))
-        .await
-        .expect("stop");
+    t.runtime.stop(&spec.key, Duration::from_secs(1)).await.expect("stop");
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -36,15 +29,10 @@ async fn the_command_runs_as_pid_2_under_our_init_and_sees_no_host_process() {
 async fn the_host_is_read_only_and_the_state_dir_invisible() {
     let t = TestEnv::new();
     // A host directory that anyone may write to: only the sandbox's mounts can stop the write.
-    let host_dir = tempfile::Builder::new()
-        .prefix("sandhost-host-")
-        .tempdir_in("/var/tmp")
-        .expect("host dir");
-    std::fs::set_permissions(
-        host_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
+    let host_dir =
+        tempfile::Builder::new().prefix("sandhost-host-").tempdir_in("/var/tmp").expect("host dir");
+    std::fs::set_permissions(host_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
     let target = host_dir.path().join("written");
     let script = format!(
         "echo x > {target} && echo wrote-host; echo y > /tmp/f && cat /tmp/f; echo z > $HOME/g && echo home-ok; \
@@ -52,19 +40,13 @@ async fn the_host_is_read_only_and_the_state_dir_invisible() {
         target = target.display(),
         state = t.state_dir.display(),
     );
-    for user in [
-        sandhost_runtime::User::UNPRIVILEGED,
-        sandhost_runtime::User { uid: 0, gid: 0 },
-    ] {
+    for user in [sandhost_runtime::User::UNPRIVILEGED, sandhost_runtime::User { uid: 0, gid: 0 }] {
         let mut spec = t.sh(&script);
         spec.user = user;
         t.runtime.start(&spec).await.expect("start");
         t.runtime.wait(&spec.key).await.expect("wait");
         let log = t.log(&spec.key).await;
-        assert!(
-            !target.exists(),
-            "the sandbox wrote into the host as {user:?}: {log}"
-        );
+        assert!(!target.exists(), "the sandbox wrote into the host as {user:?}: {log}");
         assert!(!log.contains("wrote-host"), "{log}");
         assert!(log.contains("y\n"), "/tmp must be writable: {log}");
         assert!(log.contains("home-ok"), "home must be writable: {log}");
@@ -105,9 +87,8 @@ async fn memory_limit_oom_kills_the_command() {
     let mut spec = t.spec(&["tail", "/dev/zero"]);
     spec.limits.memory_bytes = Some(32 << 20);
     t.runtime.start(&spec).await.expect("start");
-    let exit = tokio::time::timeout(Duration::from_secs(120), t.runtime.wait(&spec.key))
-        .await
-        .expect("hang guard");
+    let exit =
+        tokio::time::timeout(Duration::from_secs(120), t.runtime.wait(&spec.key)).await.expect("hang guard");
     assert_eq!(exit.expect("wait"), Exit::Signal(libc::SIGKILL));
     // The init survived the OOM and recorded the command's death (not a kill of the whole sandbox).
     let record = t
@@ -116,10 +97,7 @@ async fn memory_limit_oom_kills_the_command() {
         .join(spec.key.id.as_str())
         .join(spec.key.lifecycle.as_str())
         .join("exit.json");
-    assert_eq!(
-        std::fs::read_to_string(&record).expect("exit record"),
-        r#"{"Signal":9}"#
-    );
+    assert_eq!(std::fs::read_to_string(&record).expect("exit record"), r#"{"Signal":9}"#);
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -130,9 +108,8 @@ async fn pids_limit_makes_fork_fail() {
     let mut spec = t.sh("i=0; while [ $i -lt 20 ]; do sleep 1000 & i=$((i+1)); done; echo all-forked");
     spec.limits.pids_max = Some(6);
     t.runtime.start(&spec).await.expect("start");
-    let exit = tokio::time::timeout(Duration::from_secs(60), t.runtime.wait(&spec.key))
-        .await
-        .expect("hang guard");
+    let exit =
+        tokio::time::timeout(Duration::from_secs(60), t.runtime.wait(&spec.key)).await.expect("hang guard");
     let log = t.log(&spec.key).await;
     assert!(log.to_lowercase().contains("fork"), "fork must fail: {log}");
     assert!(!log.contains("all-forked"), "{log}");
@@ -147,20 +124,16 @@ async fn the_command_has_no_privileges_even_as_root() {
     let t = TestEnv::new();
     let script =
         "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; id -u; id -g";
-    for (user, uid) in [
-        (sandhost_runtime::User::UNPRIVILEGED, "65534"),
-        (sandhost_runtime::User { uid: 0, gid: 0 }, "0"),
-    ] {
+    for (user, uid) in
+        [(sandhost_runtime::User::UNPRIVILEGED, "65534"), (sandhost_runtime::User { uid: 0, gid: 0 }, "0")]
+    {
         let mut spec = t.sh(script);
         spec.user = user;
         t.runtime.start(&spec).await.expect("start");
         assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
         let log = t.log(&spec.key).await;
         for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-            assert!(
-                log.contains(&format!("{set}:\t0000000000000000")),
-                "{set} must be empty: {log}"
-            );
+            assert!(log.contains(&format!("{set}:\t0000000000000000")), "{set} must be empty: {log}");
         }
         assert!(log.contains("NoNewPrivs:\t1"), "{log}");
         assert!(log.contains("Seccomp:\t2"), "{log}");
@@ -191,18 +164,12 @@ async fn stop_sends_sigterm_and_waits_for_a_graceful_exit() {
     let spec = t.sh("trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done");
     t.runtime.start(&spec).await.expect("start");
     t.wait_for_log(&spec.key, "ready").await;
-    t.runtime
-        .stop(&spec.key, Duration::from_secs(60))
-        .await
-        .expect("stop");
+    t.runtime.stop(&spec.key, Duration::from_secs(60)).await.expect("stop");
     assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(7));
     assert!(t.log(&spec.key).await.contains("got-term"));
     assert!(t.cgroup_pids(&spec.key).is_empty());
     // Idempotent.
-    t.runtime
-        .stop(&spec.key, Duration::from_secs(1))
-        .await
-        .expect("second stop");
+    t.runtime.stop(&spec.key, Duration::from_secs(1)).await.expect("second stop");
     t.runtime.kill(&spec.key).await.expect("kill after stop");
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
@@ -214,18 +181,9 @@ async fn a_command_that_ignores_sigterm_is_killed_after_the_grace() {
     let spec = t.sh("trap '' TERM; echo ready; sleep 1000");
     t.runtime.start(&spec).await.expect("start");
     t.wait_for_log(&spec.key, "ready").await;
-    t.runtime
-        .stop(&spec.key, Duration::from_millis(300))
-        .await
-        .expect("stop");
-    assert!(
-        t.cgroup_pids(&spec.key).is_empty(),
-        "stop returned with processes left"
-    );
-    assert_eq!(
-        t.runtime.wait(&spec.key).await.expect("wait"),
-        Exit::Signal(libc::SIGKILL)
-    );
+    t.runtime.stop(&spec.key, Duration::from_millis(300)).await.expect("stop");
+    assert!(t.cgroup_pids(&spec.key).is_empty(), "stop returned with processes left");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -236,10 +194,7 @@ async fn children_that_outlive_the_command_go_with_the_sandbox() {
     let spec = t.sh("sleep 1000 & setsid sleep 1000 & exit 3");
     t.runtime.start(&spec).await.expect("start");
     assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(3));
-    t.runtime
-        .stop(&spec.key, Duration::from_secs(1))
-        .await
-        .expect("stop");
+    t.runtime.stop(&spec.key, Duration::from_secs(1)).await.expect("stop");
     assert!(t.cgroup_pids(&spec.key).is_empty());
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
@@ -254,10 +209,7 @@ async fn kill_reaches_processes_of_the_cgroup() {
     assert!(t.cgroup_pids(&spec.key).len() >= 3);
     t.runtime.kill(&spec.key).await.expect("kill");
     assert!(t.cgroup_pids(&spec.key).is_empty());
-    assert_eq!(
-        t.runtime.wait(&spec.key).await.expect("wait"),
-        Exit::Signal(libc::SIGKILL)
-    );
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -273,31 +225,18 @@ async fn pause_freezes_and_resume_thaws() {
     let before = t.log_chunk(&spec.key, 0).await.next_offset;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(t.is_frozen(&spec.key));
-    assert_eq!(
-        t.log_chunk(&spec.key, 0).await.next_offset,
-        before,
-        "a frozen sandbox's counter advanced"
-    );
+    assert_eq!(t.log_chunk(&spec.key, 0).await.next_offset, before, "a frozen sandbox's counter advanced");
     t.runtime.resume(&spec.key).await.expect("resume");
     assert!(!t.is_frozen(&spec.key));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while t.log_chunk(&spec.key, 0).await.next_offset == before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the counter never resumed"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the counter never resumed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A paused sandbox can be stopped.
     t.runtime.pause(&spec.key).await.expect("pause again");
-    t.runtime
-        .stop(&spec.key, Duration::from_secs(30))
-        .await
-        .expect("stop while paused");
-    assert_eq!(
-        t.runtime.wait(&spec.key).await.expect("wait"),
-        Exit::Signal(libc::SIGTERM)
-    );
+    t.runtime.stop(&spec.key, Duration::from_secs(30)).await.expect("stop while paused");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGTERM));
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -313,11 +252,7 @@ async fn exit_codes_and_signals_are_reported() {
     ] {
         let spec = t.sh(script);
         t.runtime.start(&spec).await.expect("start");
-        assert_eq!(
-            t.runtime.wait(&spec.key).await.expect("wait"),
-            expected,
-            "{script}"
-        );
+        assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), expected, "{script}");
         // Many waits, also after cleanup (until forget).
         assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), expected);
         t.runtime.cleanup(&spec.key).await.expect("cleanup");
@@ -337,11 +272,7 @@ async fn logs_capture_stdout_and_stderr_and_are_bounded() {
     let chunk = t.log_chunk(&spec.key, 0).await;
     assert_eq!(String::from_utf8_lossy(&chunk.data), "to-stdout\nto-stderr\n");
     assert_eq!((chunk.next_offset, chunk.dropped), (20, 0));
-    let tail = t
-        .runtime
-        .read_logs(&spec.key, 10, 3)
-        .await
-        .expect("read at offset");
+    let tail = t.runtime.read_logs(&spec.key, 10, 3).await.expect("read at offset");
     assert_eq!((tail.data.as_slice(), tail.next_offset), (&b"to-"[..], 13));
     // Cleanup keeps the log; forget removes it.
     t.runtime.cleanup(&spec.key).await.expect("cleanup");
@@ -357,21 +288,13 @@ async fn logs_capture_stdout_and_stderr_and_are_bounded() {
     assert_eq!(chunk.next_offset, total);
     assert!(chunk.dropped > 0, "the oldest bytes must be dropped");
     assert_eq!(chunk.dropped + chunk.data.len() as u64, total);
-    assert!(
-        chunk.data.len() <= (1 << 20) + (64 << 10),
-        "kept {} bytes",
-        chunk.data.len()
-    );
+    assert!(chunk.data.len() <= (1 << 20) + (64 << 10), "kept {} bytes", chunk.data.len());
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
 
 fn assert_nothing_of(t: &TestEnv, key: &sandhost_runtime::SandboxKey) {
-    assert!(
-        t.cgroup_dirs(key).is_empty(),
-        "cgroup left: {:?}",
-        t.cgroup_dirs(key)
-    );
+    assert!(t.cgroup_dirs(key).is_empty(), "cgroup left: {:?}", t.cgroup_dirs(key));
     let dir = t.state_dir.join("sandboxes").join(key.id.as_str());
     assert!(!dir.exists(), "state left: {}", dir.display());
 }
@@ -380,11 +303,7 @@ fn assert_nothing_of(t: &TestEnv, key: &sandhost_runtime::SandboxKey) {
 async fn failed_starts_leave_nothing_behind() {
     use sandhost_runtime::StartError;
     let t = TestEnv::new();
-    for argv in [
-        &["/no/such/binary"][..],
-        &["no-such-command-anywhere"],
-        &["/etc/hostname"],
-    ] {
+    for argv in [&["/no/such/binary"][..], &["no-such-command-anywhere"], &["/etc/hostname"]] {
         let spec = t.spec(argv);
         match t.runtime.start(&spec).await {
             Err(StartError::Exec { command, reason, .. }) => {
@@ -397,72 +316,35 @@ async fn failed_starts_leave_nothing_behind() {
     }
     let mut spec = t.spec(&["true"]);
     spec.cwd = Some("/no/such/dir".into());
-    assert!(matches!(
-        t.runtime.start(&spec).await,
-        Err(StartError::Exec { .. })
-    ));
+    assert!(matches!(t.runtime.start(&spec).await, Err(StartError::Exec { .. })));
     assert_nothing_of(&t, &spec.key);
 
     let empty_rootfs = tempfile::tempdir_in("/var/tmp").expect("dir");
-    for path in [
-        "/no/such/rootfs".into(),
-        empty_rootfs.path().to_path_buf(),
-        "relative".into(),
-    ] {
+    for path in ["/no/such/rootfs".into(), empty_rootfs.path().to_path_buf(), "relative".into()] {
         let mut spec = t.spec(&["true"]);
-        spec.template = sandhost_runtime::Template::Rootfs {
-            name: "bad".into(),
-            path,
-        };
+        spec.template = sandhost_runtime::Template::Rootfs { name: "bad".into(), path };
         assert!(matches!(
             t.runtime.start(&spec).await,
-            Err(StartError::InvalidSpec {
-                field: "template",
-                ..
-            })
+            Err(StartError::InvalidSpec { field: "template", .. })
         ));
         assert_nothing_of(&t, &spec.key);
     }
     for limits in [
-        sandhost_runtime::Limits {
-            memory_bytes: Some(1),
-            ..Default::default()
-        },
-        sandhost_runtime::Limits {
-            memory_bytes: Some(u64::MAX),
-            ..Default::default()
-        },
-        sandhost_runtime::Limits {
-            cpu_millis: Some(0),
-            ..Default::default()
-        },
-        sandhost_runtime::Limits {
-            pids_max: Some(0),
-            ..Default::default()
-        },
+        sandhost_runtime::Limits { memory_bytes: Some(1), ..Default::default() },
+        sandhost_runtime::Limits { memory_bytes: Some(u64::MAX), ..Default::default() },
+        sandhost_runtime::Limits { cpu_millis: Some(0), ..Default::default() },
+        sandhost_runtime::Limits { pids_max: Some(0), ..Default::default() },
     ] {
         let mut spec = t.spec(&["true"]);
         spec.limits = limits;
-        assert!(
-            matches!(t.runtime.start(&spec).await, Err(StartError::InvalidSpec { .. })),
-            "{limits:?}"
-        );
+        assert!(matches!(t.runtime.start(&spec).await, Err(StartError::InvalidSpec { .. })), "{limits:?}");
         assert_nothing_of(&t, &spec.key);
     }
     let mut spec = t.spec(&["true"]);
     spec.restore_from = Some(sandhost_runtime::SnapshotId::parse("snap").expect("id"));
+    assert!(matches!(t.runtime.start(&spec).await, Err(StartError::NotSupported { .. })));
     assert!(matches!(
-        t.runtime.start(&spec).await,
-        Err(StartError::NotSupported { .. })
-    ));
-    assert!(matches!(
-        t.runtime
-            .checkpoint(
-                &spec.key,
-                &sandhost_runtime::SnapshotId::parse("s").expect("id"),
-                false
-            )
-            .await,
+        t.runtime.checkpoint(&spec.key, &sandhost_runtime::SnapshotId::parse("s").expect("id"), false).await,
         Err(sandhost_runtime::CheckpointError::NotSupported { backend: "process" })
     ));
     assert!(!t.runtime.can_checkpoint());
@@ -471,10 +353,7 @@ async fn failed_starts_leave_nothing_behind() {
     // The same key twice: the second start is refused and does not disturb the first.
     let spec = t.spec(&["sleep", "1000"]);
     t.runtime.start(&spec).await.expect("start");
-    assert!(matches!(
-        t.runtime.start(&spec).await,
-        Err(StartError::AlreadyExists(_))
-    ));
+    assert!(matches!(t.runtime.start(&spec).await, Err(StartError::AlreadyExists(_))));
     t.runtime.kill(&spec.key).await.expect("kill");
     t.runtime.forget(&spec.key).await.expect("forget");
     assert_nothing_of(&t, &spec.key);
@@ -511,20 +390,11 @@ async fn a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones() {
         };
         assert_eq!(r.state, expected, "{:?}", r.spec.key);
     }
-    assert!(
-        t.cgroup_dirs(&exited.key).is_empty(),
-        "the exited sandbox's cgroup must be cleaned up"
-    );
+    assert!(t.cgroup_dirs(&exited.key).is_empty(), "the exited sandbox's cgroup must be cleaned up");
     assert_eq!(runtime.wait(&exited.key).await.expect("wait"), Exit::Code(5));
     for spec in &running {
-        runtime
-            .stop(&spec.key, Duration::from_secs(30))
-            .await
-            .expect("stop");
-        assert_eq!(
-            runtime.wait(&spec.key).await.expect("wait"),
-            Exit::Signal(libc::SIGTERM)
-        );
+        runtime.stop(&spec.key, Duration::from_secs(30)).await.expect("stop");
+        assert_eq!(runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGTERM));
         runtime.forget(&spec.key).await.expect("forget");
     }
     runtime.forget(&exited.key).await.expect("forget");
@@ -548,42 +418,31 @@ async fn one_hundred_concurrent_starts_and_stops_leak_nothing() {
         let runtime = t.runtime.clone();
         set.spawn(async move {
             runtime.stop(&spec.key, Duration::from_secs(30)).await?;
-            runtime
-                .forget(&spec.key)
-                .await
-                .map_err(|e| sandhost_runtime::StopError::Host {
-                    key: spec.key.clone(),
-                    step: "forget",
-                    source: std::io::Error::other(e),
-                })
+            runtime.forget(&spec.key).await.map_err(|e| sandhost_runtime::StopError::Host {
+                key: spec.key.clone(),
+                step: "forget",
+                source: std::io::Error::other(e),
+            })
         });
     }
     while let Some(r) = set.join_next().await {
         r.expect("join").expect("stop");
     }
     t.assert_clean();
-    let left: Vec<_> = std::fs::read_dir(t.state_dir.join("sandboxes"))
-        .expect("state")
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(t.state_dir.join("sandboxes")).expect("state").collect();
     assert!(left.is_empty(), "state left: {left:?}");
 }
 
 /// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.
 fn minimal_rootfs() -> tempfile::TempDir {
-    let root = tempfile::Builder::new()
-        .prefix("sandhost-rootfs-")
-        .tempdir_in("/var/tmp")
-        .expect("rootfs");
+    let root = tempfile::Builder::new().prefix("sandhost-rootfs-").tempdir_in("/var/tmp").expect("rootfs");
     for dir in ["bin", "proc", "dev", "tmp", "etc-not"] {
         std::fs::create_dir_all(root.path().join(dir)).expect("mkdir");
     }
     let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh");
     std::fs::copy(&sh, root.path().join("bin/sh")).expect("copy sh");
     let ldd = std::process::Command::new("ldd").arg(&sh).output().expect("ldd");
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
         let dest = root.path().join(lib.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir lib");
         std::fs::copy(lib, &dest).expect("copy lib");
@@ -601,10 +460,8 @@ async fn a_rootfs_template_is_the_whole_world_and_read_only() {
         "echo in-rootfs; [ -e /etc/passwd ] && echo host-visible; echo home=$HOME; echo x > /bin/new || echo ro-root; \
          echo y > /tmp/t && echo tmp-ok",
     ]);
-    spec.template = sandhost_runtime::Template::Rootfs {
-        name: "mini".into(),
-        path: rootfs.path().to_path_buf(),
-    };
+    spec.template =
+        sandhost_runtime::Template::Rootfs { name: "mini".into(), path: rootfs.path().to_path_buf() };
     spec.user = sandhost_runtime::User { uid: 0, gid: 0 };
     t.runtime.start(&spec).await.expect("start");
     assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
@@ -628,11 +485,9 @@ const HELPER_SPECS: &str = "SANDHOST_TEST_AGENT_SPECS";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "helper process of sandboxes_survive_sigkill_of_the_agent"]
 async fn agent_helper_process() {
-    let (Ok(state), Ok(prefix), Ok(specs)) = (
-        std::env::var(HELPER_STATE),
-        std::env::var(HELPER_PREFIX),
-        std::env::var(HELPER_SPECS),
-    ) else {
+    let (Ok(state), Ok(prefix), Ok(specs)) =
+        (std::env::var(HELPER_STATE), std::env::var(HELPER_PREFIX), std::env::var(HELPER_SPECS))
+    else {
         return;
     };
     let specs: Vec<sandhost_runtime::SandboxSpec> = serde_json::from_str(&specs).expect("specs");
@@ -652,14 +507,7 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
     let sleeper = t.spec(&["sleep", "1000"]);
     let specs = vec![graceful.clone(), sleeper.clone()];
     let mut agent = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "agent_helper_process",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--ignored", "--exact", "agent_helper_process", "--nocapture", "--test-threads", "1"])
         .env(HELPER_STATE, &t.state_dir)
         .env(HELPER_PREFIX, &t.prefix)
         .env(HELPER_SPECS, serde_json::to_string(&specs).expect("json"))
@@ -668,15 +516,10 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
         .expect("spawn the agent");
     let stdout = agent.stdout.take().expect("stdout");
     let ready = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("HELPER-READY"))
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.contains("HELPER-READY"))
     });
-    let ready = tokio::time::timeout(Duration::from_secs(120), ready)
-        .await
-        .expect("hang guard")
-        .expect("join");
+    let ready =
+        tokio::time::timeout(Duration::from_secs(120), ready).await.expect("hang guard").expect("join");
     assert!(ready, "the agent helper did not start its sandboxes");
     t.wait_for_log(&graceful.key, "ready").await;
     agent.kill().expect("SIGKILL the agent");
@@ -684,30 +527,16 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
 
     // The sandboxes outlive their agent.
     for spec in &specs {
-        assert!(
-            !t.cgroup_pids(&spec.key).is_empty(),
-            "{} died with its agent",
-            spec.key
-        );
+        assert!(!t.cgroup_pids(&spec.key).is_empty(), "{} died with its agent", spec.key);
     }
     let runtime = t.reopen();
     let found = runtime.recover().await.expect("recover");
     assert_eq!(found.len(), 2, "{found:?}");
-    assert!(
-        found
-            .iter()
-            .all(|r| r.state == sandhost_runtime::RecoveredState::Running { paused: false })
-    );
-    runtime
-        .stop(&graceful.key, Duration::from_secs(60))
-        .await
-        .expect("stop");
+    assert!(found.iter().all(|r| r.state == sandhost_runtime::RecoveredState::Running { paused: false }));
+    runtime.stop(&graceful.key, Duration::from_secs(60)).await.expect("stop");
     assert_eq!(runtime.wait(&graceful.key).await.expect("wait"), Exit::Code(9));
     runtime.kill(&sleeper.key).await.expect("kill");
-    assert_eq!(
-        runtime.wait(&sleeper.key).await.expect("wait"),
-        Exit::Signal(libc::SIGKILL)
-    );
+    assert_eq!(runtime.wait(&sleeper.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     for spec in &specs {
         runtime.forget(&spec.key).await.expect("forget");
     }
@@ -729,12 +558,7 @@ async fn the_cpu_limit_is_written_to_the_cgroup() {
                 .ok()
         })
         .collect();
-    assert!(
-        quota
-            .iter()
-            .any(|q| q.trim() == "25000" || q.trim() == "25000 100000"),
-        "{quota:?}"
-    );
+    assert!(quota.iter().any(|q| q.trim() == "25000" || q.trim() == "25000 100000"), "{quota:?}");
     t.runtime.kill(&spec.key).await.expect("kill");
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
@@ -750,17 +574,12 @@ async fn the_init_forwards_signals_to_the_command() {
     let started = t.runtime.start(&spec).await.expect("start");
     t.wait_for_log(&spec.key, "ready").await;
     for sig in ["HUP", "INT", "USR1", "USR2"] {
-        let sent = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(started.pid.to_string())
-            .status();
+        let sent =
+            std::process::Command::new("kill").arg(format!("-{sig}")).arg(started.pid.to_string()).status();
         assert!(sent.expect("kill").success());
         t.wait_for_log(&spec.key, &format!("got-{sig}")).await;
     }
-    let sent = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(started.pid.to_string())
-        .status();
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(started.pid.to_string()).status();
     assert!(sent.expect("kill").success());
     assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(4));
     t.runtime.forget(&spec.key).await.expect("forget");
@@ -795,15 +614,9 @@ async fn an_agent_with_another_cgroup_parent_still_finds_the_sandboxes() {
     let found = other.recover().await.expect("recover");
     assert_eq!(found.len(), 1);
     // It ignores SIGTERM: only a kill of its cgroup (under the first parent) can stop it.
-    other
-        .stop(&spec.key, Duration::from_millis(100))
-        .await
-        .expect("stop");
+    other.stop(&spec.key, Duration::from_millis(100)).await.expect("stop");
     assert!(t.cgroup_pids(&spec.key).is_empty());
-    assert_eq!(
-        other.wait(&spec.key).await.expect("wait"),
-        Exit::Signal(libc::SIGKILL)
-    );
+    assert_eq!(other.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     other.forget(&spec.key).await.expect("forget");
     other.remove_cgroup_parents().expect("remove the other parent");
     t.assert_clean();
@@ -814,44 +627,20 @@ async fn operations_on_unknown_or_exited_sandboxes_answer_typed_errors() {
     use sandhost_runtime::{ControlError, LogsError, WaitError};
     let t = TestEnv::new();
     let unknown = t.spec(&["true"]).key;
-    assert!(matches!(
-        t.runtime.wait(&unknown).await,
-        Err(WaitError::NotFound(_))
-    ));
-    assert!(matches!(
-        t.runtime.pause(&unknown).await,
-        Err(ControlError::NotFound(_))
-    ));
-    assert!(matches!(
-        t.runtime.resume(&unknown).await,
-        Err(ControlError::NotFound(_))
-    ));
-    assert!(matches!(
-        t.runtime.read_logs(&unknown, 0, 10).await,
-        Err(LogsError::NotFound(_))
-    ));
-    t.runtime
-        .stop(&unknown, Duration::ZERO)
-        .await
-        .expect("stop of an unknown sandbox is a no-op");
-    t.runtime
-        .kill(&unknown)
-        .await
-        .expect("kill of an unknown sandbox is a no-op");
+    assert!(matches!(t.runtime.wait(&unknown).await, Err(WaitError::NotFound(_))));
+    assert!(matches!(t.runtime.pause(&unknown).await, Err(ControlError::NotFound(_))));
+    assert!(matches!(t.runtime.resume(&unknown).await, Err(ControlError::NotFound(_))));
+    assert!(matches!(t.runtime.read_logs(&unknown, 0, 10).await, Err(LogsError::NotFound(_))));
+    t.runtime.stop(&unknown, Duration::ZERO).await.expect("stop of an unknown sandbox is a no-op");
+    t.runtime.kill(&unknown).await.expect("kill of an unknown sandbox is a no-op");
     t.runtime.cleanup(&unknown).await.expect("cleanup is idempotent");
     t.runtime.forget(&unknown).await.expect("forget is idempotent");
 
     let spec = t.spec(&["true"]);
     t.runtime.start(&spec).await.expect("start");
     t.runtime.wait(&spec.key).await.expect("wait");
-    assert!(matches!(
-        t.runtime.pause(&spec.key).await,
-        Err(ControlError::NotRunning(_))
-    ));
-    assert!(matches!(
-        t.runtime.resume(&spec.key).await,
-        Err(ControlError::NotRunning(_))
-    ));
+    assert!(matches!(t.runtime.pause(&spec.key).await, Err(ControlError::NotRunning(_))));
+    assert!(matches!(t.runtime.resume(&spec.key).await, Err(ControlError::NotRunning(_))));
     t.runtime.cleanup(&spec.key).await.expect("cleanup");
     t.runtime.cleanup(&spec.key).await.expect("cleanup again");
     t.runtime.forget(&spec.key).await.expect("forget");

@@ -59,11 +59,8 @@ impl Layout {
     /// every hierarchy used (enabling the v2 controllers we need in it).
     pub(crate) fn detect(parent: &str) -> io::Result<Self> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let mut layout = Self::parse(
-            &mountinfo,
-            |root| fs::read_to_string(root.join("cgroup.controllers")),
-            parent,
-        )?;
+        let mut layout =
+            Self::parse(&mountinfo, |root| fs::read_to_string(root.join("cgroup.controllers")), parent)?;
         layout.create_parents()?;
         Ok(layout)
     }
@@ -106,14 +103,7 @@ impl Layout {
             Some(root) => controllers(root)?.split_whitespace().map(str::to_owned).collect(),
             None => BTreeSet::new(),
         };
-        Ok(Self {
-            v2_root,
-            v2_controllers,
-            v1,
-            v2_freeze: false,
-            v2_kill: false,
-            parent: parent.to_owned(),
-        })
+        Ok(Self { v2_root, v2_controllers, v1, v2_freeze: false, v2_kill: false, parent: parent.to_owned() })
     }
 
     fn create_parents(&mut self) -> io::Result<()> {
@@ -164,11 +154,7 @@ impl Layout {
         } else {
             "none"
         };
-        let kill = if self.v2_kill {
-            "v2-cgroup.kill"
-        } else {
-            "freeze-and-signal"
-        };
+        let kill = if self.v2_kill { "v2-cgroup.kill" } else { "freeze-and-signal" };
         format!(
             "{} {} {} freeze={freeze} kill={kill}",
             place(Controller::Memory),
@@ -205,10 +191,7 @@ impl Layout {
             roots.push(root);
         }
         roots.dedup();
-        roots
-            .into_iter()
-            .map(|r| r.join(&self.parent).join(&name))
-            .collect()
+        roots.into_iter().map(|r| r.join(&self.parent).join(&name)).collect()
     }
 
     /// The parent cgroup name.
@@ -219,10 +202,7 @@ impl Layout {
     /// The same layout under another (validated) parent: for sandboxes an agent with another
     /// configuration started.
     pub(crate) fn with_parent(&self, parent: &str) -> Self {
-        Self {
-            parent: parent.to_owned(),
-            ..self.clone()
-        }
+        Self { parent: parent.to_owned(), ..self.clone() }
     }
 
     /// The (not yet created) cgroup of `key`.
@@ -292,10 +272,7 @@ impl Cgroup {
                 for made in &self.dirs[..i] {
                     let _ = fs::remove_dir(made);
                 }
-                return Err(CgroupError {
-                    step: "create cgroup",
-                    source: e,
-                });
+                return Err(CgroupError { step: "create cgroup", source: e });
             }
         }
         Ok(())
@@ -305,11 +282,7 @@ impl Cgroup {
     pub(crate) fn set_limits(&self, limits: &crate::Limits) -> Result<(), CgroupError> {
         if let Some(bytes) = limits.memory_bytes {
             let (dir, v2) = self.memory.as_ref().ok_or_else(|| missing("memory limit"))?;
-            let file = if *v2 {
-                "memory.max"
-            } else {
-                "memory.limit_in_bytes"
-            };
+            let file = if *v2 { "memory.max" } else { "memory.limit_in_bytes" };
             write(&dir.join(file), &bytes.to_string()).map_err(step("set memory limit"))?;
             if *v2 {
                 let _ = write(&dir.join("memory.swap.max"), "0");
@@ -342,9 +315,7 @@ impl Cgroup {
         let Some(dir) = self.dirs.first() else {
             return Ok(None);
         };
-        fs::File::open(dir)
-            .map(|f| Some(f.into()))
-            .map_err(step("open cgroup dir"))
+        fs::File::open(dir).map(|f| Some(f.into())).map_err(step("open cgroup dir"))
     }
 
     /// `cgroup.procs` of every hierarchy (v2 first), opened for writing.
@@ -387,10 +358,7 @@ impl Cgroup {
                         return Ok(());
                     }
                     if Instant::now() > deadline {
-                        return Err(CgroupError {
-                            step: "freeze",
-                            source: io::ErrorKind::TimedOut.into(),
-                        });
+                        return Err(CgroupError { step: "freeze", source: io::ErrorKind::TimedOut.into() });
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -454,10 +422,7 @@ impl Cgroup {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
-                        return Err(CgroupError {
-                            step: "remove cgroup",
-                            source: e,
-                        });
+                        return Err(CgroupError { step: "remove cgroup", source: e });
                     }
                 }
             }
@@ -469,10 +434,7 @@ impl Cgroup {
 fn missing(what: &'static str) -> CgroupError {
     CgroupError {
         step: what,
-        source: io::Error::new(
-            io::ErrorKind::Unsupported,
-            "no such cgroup controller on this host",
-        ),
+        source: io::Error::new(io::ErrorKind::Unsupported, "no such cgroup controller on this host"),
     }
 }
 
@@ -502,9 +464,7 @@ fn unescape(field: &str) -> PathBuf {
             i += 1;
         }
     }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-        out,
-    ))
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
 #[cfg(test)]
@@ -544,23 +504,14 @@ mod tests {
                 "/sys/fs/cgroup/pids/sh/box.ab"
             ]
         );
-        assert_eq!(
-            cg.memory,
-            Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab"), false))
-        );
+        assert_eq!(cg.memory, Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab"), false)));
         assert!(matches!(&cg.freezer, Some(Freezer::V2(d)) if d.starts_with("/sys/fs/cgroup/unified")));
-        assert_eq!(
-            cg.kill_file,
-            Some(PathBuf::from("/sys/fs/cgroup/unified/sh/box.ab/cgroup.kill"))
-        );
+        assert_eq!(cg.kill_file, Some(PathBuf::from("/sys/fs/cgroup/unified/sh/box.ab/cgroup.kill")));
         // Without v2 freeze (old kernels), the v1 freezer joins the hierarchies.
         layout.v2_freeze = false;
         layout.v2_kill = false;
         let cg = layout.cgroup(&key());
-        assert!(
-            cg.dirs
-                .contains(&PathBuf::from("/sys/fs/cgroup/freezer/sh/box.ab"))
-        );
+        assert!(cg.dirs.contains(&PathBuf::from("/sys/fs/cgroup/freezer/sh/box.ab")));
         assert!(matches!(&cg.freezer, Some(Freezer::V1(_))));
         assert_eq!(cg.kill_file, None);
     }
@@ -568,12 +519,9 @@ mod tests {
     #[test]
     fn pure_v2_puts_everything_in_one_directory() {
         let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        let mut layout = Layout::parse(
-            mountinfo,
-            |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()),
-            "sh",
-        )
-        .expect("parse");
+        let mut layout =
+            Layout::parse(mountinfo, |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()), "sh")
+                .expect("parse");
         layout.v2_freeze = true;
         layout.v2_kill = true;
         let cg = layout.cgroup(&key());
@@ -587,10 +535,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(
-            unescape(r"/sys/fs/cgroup/a\040b"),
-            PathBuf::from("/sys/fs/cgroup/a b")
-        );
+        assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), PathBuf::from("/sys/fs/cgroup/a b"));
         assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
     }
 }

@@ -46,25 +46,13 @@ impl Sandbox {
         let watched = pidfd.try_clone()?;
         let (tx, rx) = watch::channel(None);
         tokio::spawn(watch_exit(watched, dir, tx));
-        Ok(Arc::new(Self {
-            key,
-            cgroup,
-            pidfd: Some(pidfd),
-            exit: rx,
-            op: tokio::sync::Mutex::new(()),
-        }))
+        Ok(Arc::new(Self { key, cgroup, pidfd: Some(pidfd), exit: rx, op: tokio::sync::Mutex::new(()) }))
     }
 
     /// A sandbox found exited.
     pub(crate) fn exited(key: SandboxKey, cgroup: Cgroup, exit: Exit) -> Arc<Self> {
         let (_tx, rx) = watch::channel(Some(exit));
-        Arc::new(Self {
-            key,
-            cgroup,
-            pidfd: None,
-            exit: rx,
-            op: tokio::sync::Mutex::new(()),
-        })
+        Arc::new(Self { key, cgroup, pidfd: None, exit: rx, op: tokio::sync::Mutex::new(()) })
     }
 
     pub(crate) fn has_exited(&self) -> bool {
@@ -82,11 +70,7 @@ impl Sandbox {
     }
 
     fn host(&self, step: &'static str) -> impl FnOnce(io::Error) -> StopError + '_ {
-        move |source| StopError::Host {
-            key: self.key.clone(),
-            step,
-            source,
-        }
+        move |source| StopError::Host { key: self.key.clone(), step, source }
     }
 
     /// With `grace`: SIGTERM to the init, then after `grace` kill the cgroup. Without: kill at once.
@@ -125,11 +109,7 @@ impl Sandbox {
     }
 
     fn control(&self, e: super::cgroup::CgroupError) -> ControlError {
-        ControlError::Host {
-            key: self.key.clone(),
-            step: e.step,
-            source: e.source,
-        }
+        ControlError::Host { key: self.key.clone(), step: e.step, source: e.source }
     }
 
     /// Freezes the sandbox; returns once the kernel reports it frozen.
@@ -143,11 +123,7 @@ impl Sandbox {
             if Instant::now() > deadline {
                 let _ = self.cgroup.thaw();
                 let source = io::ErrorKind::TimedOut.into();
-                return Err(ControlError::Host {
-                    key: self.key.clone(),
-                    step: "freeze",
-                    source,
-                });
+                return Err(ControlError::Host { key: self.key.clone(), step: "freeze", source });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -214,18 +190,11 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
 
 /// Releases what an exited sandbox held; a running one is killed first. Keeps the log.
 pub(crate) async fn cleanup(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), CleanupError> {
-    let fail = |what, source| CleanupError::Host {
-        key: key.clone(),
-        what,
-        source,
-    };
+    let fail = |what, source| CleanupError::Host { key: key.clone(), what, source };
     let cgroup = match inner.get(key) {
         Some(sandbox) => {
             if !sandbox.has_exited() {
-                sandbox
-                    .stop(None)
-                    .await
-                    .map_err(|e| fail("processes", io::Error::other(e)))?;
+                sandbox.stop(None).await.map_err(|e| fail("processes", io::Error::other(e)))?;
             }
             sandbox.cgroup.clone()
         }
@@ -250,10 +219,6 @@ pub(crate) async fn forget(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), C
         what: "state",
         source,
     })?;
-    inner
-        .sandboxes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(key);
+    inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     Ok(())
 }

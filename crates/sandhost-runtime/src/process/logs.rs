@@ -119,11 +119,7 @@ fn try_read(dir: &Path, offset: u64, max: usize) -> io::Result<Option<LogChunk>>
         return Ok(None);
     };
     let oldest = starts[0];
-    let (mut pos, dropped) = if offset < oldest {
-        (oldest, oldest - offset)
-    } else {
-        (offset, 0)
-    };
+    let (mut pos, dropped) = if offset < oldest { (oldest, oldest - offset) } else { (offset, 0) };
     let mut data = Vec::new();
     for (i, &start) in starts.iter().enumerate() {
         if data.len() >= max {
@@ -136,18 +132,12 @@ fn try_read(dir: &Path, offset: u64, max: usize) -> io::Result<Option<LogChunk>>
             continue;
         }
         file.seek(SeekFrom::Start(pos - start))?;
-        let want = usize::try_from(end - pos)
-            .unwrap_or(usize::MAX)
-            .min(max - data.len());
+        let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(max - data.len());
         let before = data.len();
         file.take(want as u64).read_to_end(&mut data)?;
         pos += (data.len() - before) as u64;
     }
-    Ok(Some(LogChunk {
-        data,
-        next_offset: pos,
-        dropped,
-    }))
+    Ok(Some(LogChunk { data, next_offset: pos, dropped }))
 }
 
 #[cfg(test)]

@@ -130,11 +130,7 @@ struct Inner {
 
 impl Inner {
     fn get(&self, key: &SandboxKey) -> Option<Arc<control::Sandbox>> {
-        self.sandboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        self.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
     }
 }
 
@@ -150,50 +146,30 @@ impl ProcessRuntime {
         if !is_valid_cgroup_parent(parent) {
             return Err(OpenError::CgroupParent(parent.clone()));
         }
-        let init_meta = std::fs::metadata(&config.init_exe).map_err(|source| OpenError::InitExe {
-            path: config.init_exe.clone(),
-            source,
-        })?;
+        let init_meta = std::fs::metadata(&config.init_exe)
+            .map_err(|source| OpenError::InitExe { path: config.init_exe.clone(), source })?;
         if !init_meta.is_file() || !config.init_exe.is_absolute() {
             let source =
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path to a file");
-            return Err(OpenError::InitExe {
-                path: config.init_exe.clone(),
-                source,
-            });
+            return Err(OpenError::InitExe { path: config.init_exe.clone(), source });
         }
         let init_exe =
             CString::new(config.init_exe.as_os_str().as_bytes()).map_err(|_| OpenError::InitExe {
                 path: config.init_exe.clone(),
                 source: std::io::ErrorKind::InvalidInput.into(),
             })?;
-        let state_err = |source| OpenError::StateDir {
-            path: config.state_dir.clone(),
-            source,
-        };
+        let state_err = |source| OpenError::StateDir { path: config.state_dir.clone(), source };
         if !config.state_dir.is_absolute() {
-            return Err(state_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "must be absolute",
-            )));
+            return Err(state_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "must be absolute")));
         }
         let sandboxes = state::sandboxes_dir(&config.state_dir);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&sandboxes)
-            .map_err(state_err)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sandboxes).map_err(state_err)?;
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(state_err)?;
         let layout = cgroup::Layout::detect(parent).map_err(OpenError::Cgroup)?;
         tracing::info!(cgroups = %layout.describe(), state_dir = %config.state_dir.display(), "process runtime opened");
         Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                init_exe,
-                layout,
-                sandboxes: Mutex::new(HashMap::new()),
-            }),
+            inner: Arc::new(Inner { config, init_exe, layout, sandboxes: Mutex::new(HashMap::new()) }),
         })
     }
 
@@ -211,13 +187,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 /// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
 fn is_valid_cgroup_parent(parent: &str) -> bool {
-    parent
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && parent
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    parent.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && parent.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && parent.len() <= 128
 }
 
@@ -237,10 +208,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError> {
-        let sandbox = self
-            .inner
-            .get(key)
-            .ok_or_else(|| WaitError::NotFound(key.clone()))?;
+        let sandbox = self.inner.get(key).ok_or_else(|| WaitError::NotFound(key.clone()))?;
         Ok(sandbox.wait_exit().await)
     }
 
@@ -267,18 +235,11 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn pause(&self, key: &SandboxKey) -> Result<(), ControlError> {
-        self.inner
-            .get(key)
-            .ok_or_else(|| ControlError::NotFound(key.clone()))?
-            .pause()
-            .await
+        self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?.pause().await
     }
 
     async fn resume(&self, key: &SandboxKey) -> Result<(), ControlError> {
-        self.inner
-            .get(key)
-            .ok_or_else(|| ControlError::NotFound(key.clone()))?
-            .resume()
+        self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?.resume()
     }
 
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
@@ -288,14 +249,10 @@ impl Runtime for ProcessRuntime {
         match read {
             Ok(Ok(Some(chunk))) => Ok(chunk),
             Ok(Ok(None)) => Err(LogsError::NotFound(key_owned)),
-            Ok(Err(source)) => Err(LogsError::Io {
-                key: key_owned,
-                source,
-            }),
-            Err(join) => Err(LogsError::Io {
-                key: key_owned,
-                source: std::io::Error::other(join.to_string()),
-            }),
+            Ok(Err(source)) => Err(LogsError::Io { key: key_owned, source }),
+            Err(join) => {
+                Err(LogsError::Io { key: key_owned, source: std::io::Error::other(join.to_string()) })
+            }
         }
     }
 

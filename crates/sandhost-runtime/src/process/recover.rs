@@ -27,28 +27,18 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
     let mut found = Vec::new();
     for id_entry in fs::read_dir(&root).map_err(read_err(&root))? {
         let id_entry = id_entry.map_err(read_err(&root))?;
-        let Some(id) = id_entry
-            .file_name()
-            .to_str()
-            .and_then(|n| SandboxId::parse(n).ok())
-        else {
+        let Some(id) = id_entry.file_name().to_str().and_then(|n| SandboxId::parse(n).ok()) else {
             tracing::warn!(name = ?id_entry.file_name(), "ignoring a foreign entry in the state dir");
             continue;
         };
         let id_dir = id_entry.path();
         for lc_entry in fs::read_dir(&id_dir).map_err(read_err(&id_dir))? {
             let lc_entry = lc_entry.map_err(read_err(&id_dir))?;
-            let Some(lifecycle) = lc_entry
-                .file_name()
-                .to_str()
-                .and_then(|n| LifecycleId::parse(n).ok())
+            let Some(lifecycle) = lc_entry.file_name().to_str().and_then(|n| LifecycleId::parse(n).ok())
             else {
                 continue;
             };
-            let key = SandboxKey {
-                id: id.clone(),
-                lifecycle,
-            };
+            let key = SandboxKey { id: id.clone(), lifecycle };
             if inner.get(&key).is_some() {
                 continue;
             }
@@ -87,11 +77,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
         let paused = cgroup.is_frozen();
         match Sandbox::running(key.clone(), dir.clone(), cgroup.clone(), pidfd) {
             Ok(sandbox) => {
-                inner
-                    .sandboxes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.clone(), sandbox);
+                inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sandbox);
                 tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, pid = record.pid, "re-adopted a running sandbox");
                 return Some(Recovered {
                     spec,
@@ -108,16 +94,8 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
         tracing::warn!(sandbox.id = %key.id, error = %e, "cleanup of an exited sandbox's state failed");
     }
     let sandbox = Sandbox::exited(key.clone(), cgroup, exit.unwrap_or(Exit::Signal(libc::SIGKILL)));
-    inner
-        .sandboxes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(key, sandbox);
-    Some(Recovered {
-        spec,
-        started_at: record.started_at(),
-        state: RecoveredState::Exited(exit),
-    })
+    inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key, sandbox);
+    Some(Recovered { spec, started_at: record.started_at(), state: RecoveredState::Exited(exit) })
 }
 
 /// A pidfd for the recorded init if the pid still names the same process.

@@ -91,9 +91,7 @@ const NAMESPACE_FLAGS: [libc::c_int; 7] = [
 ///
 /// A description of what seccompiler refused (an unsupported architecture).
 pub(crate) fn default_filters() -> Result<Vec<BpfProgram>, String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("seccomp: {e}"))?;
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| format!("seccomp: {e}"))?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
     let clone_rules = NAMESPACE_FLAGS
         .iter()
@@ -119,10 +117,7 @@ pub(crate) fn default_filters() -> Result<Vec<BpfProgram>, String> {
         arch,
     )
     .map_err(|e| format!("seccomp: {e}"))?;
-    [deny, clone3]
-        .into_iter()
-        .map(|f| BpfProgram::try_from(f).map_err(|e| format!("seccomp: {e}")))
-        .collect()
+    [deny, clone3].into_iter().map(|f| BpfProgram::try_from(f).map_err(|e| format!("seccomp: {e}"))).collect()
 }
 
 #[cfg(test)]

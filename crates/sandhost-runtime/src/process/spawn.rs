@@ -81,11 +81,7 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let procs: Vec<RawFd> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
     let fds = |into_cgroup: bool| ChildFds {
-        procs: if into_cgroup {
-            procs.get(1..).unwrap_or_default()
-        } else {
-            &procs
-        },
+        procs: if into_cgroup { procs.get(1..).unwrap_or_default() } else { &procs },
         dev_null: dev_null.as_raw_fd(),
         init_log: init_log.as_raw_fd(),
         status: status.as_raw_fd(),
@@ -114,18 +110,10 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
         // a copy of this thread's address space. In the child we run only `child_exec`, which makes
         // raw, async-signal-safe system calls on memory prepared above and never returns.
         let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &raw mut args,
-                std::mem::size_of::<libc::clone_args>(),
-            )
+            libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<libc::clone_args>())
         };
         if ret == 0 {
-            let child = if into_cgroup.is_some() {
-                &with_cgroup
-            } else {
-                &without_cgroup
-            };
+            let child = if into_cgroup.is_some() { &with_cgroup } else { &without_cgroup };
             // SAFETY: we are the freshly cloned child; see above.
             unsafe { child_exec(child, plan.exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
         }

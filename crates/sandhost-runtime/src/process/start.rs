@@ -37,13 +37,8 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     if inner.get(key).is_some() {
         return Err(StartError::AlreadyExists(key.clone()));
     }
-    let host = |step: &'static str| {
-        move |source: io::Error| StartError::Host {
-            key: key.clone(),
-            step,
-            source,
-        }
-    };
+    let host =
+        |step: &'static str| move |source: io::Error| StartError::Host { key: key.clone(), step, source };
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
     let mut guard = StartGuard {
         disarmed: false,
@@ -69,18 +64,12 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
         Err(e) => return Err(host("create state dir")(e)),
     }
     let new_root = dir.join(state::ROOT);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&new_root)
-        .map_err(host("create state dir"))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&new_root).map_err(host("create state dir"))?;
     state::write_json(&dir, state::SPEC, spec).map_err(host("write spec"))?;
 
     guard.cgroup.create().map_err(|e| cgroup_error(key, e))?;
     guard.cgroup_created = true;
-    guard
-        .cgroup
-        .set_limits(&spec.limits)
-        .map_err(|e| cgroup_error(key, e))?;
+    guard.cgroup.set_limits(&spec.limits).map_err(|e| cgroup_error(key, e))?;
 
     let args = InitArgs {
         new_root,
@@ -137,21 +126,12 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
         return Err(start_failure(spec, &report));
     }
 
-    let pidfd = guard
-        .init
-        .as_ref()
-        .map(OwnedFd::try_clone)
-        .transpose()
-        .map_err(host("watch init"))?;
+    let pidfd = guard.init.as_ref().map(OwnedFd::try_clone).transpose().map_err(host("watch init"))?;
     let pidfd = pidfd.ok_or_else(|| host("watch init")(io::ErrorKind::NotFound.into()))?;
     let sandbox =
         Sandbox::running(key.clone(), dir, guard.cgroup.clone(), pidfd).map_err(host("watch init"))?;
     guard.disarm();
-    inner
-        .sandboxes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(key.clone(), sandbox);
+    inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sandbox);
     tracing::debug!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, pid, "sandbox started");
     Ok(Started { pid, started_at })
 }
@@ -166,17 +146,9 @@ fn c_string(key: &SandboxKey, s: OsString) -> Result<CString, StartError> {
 
 fn cgroup_error(key: &SandboxKey, e: CgroupError) -> StartError {
     if e.source.kind() == io::ErrorKind::Unsupported {
-        return StartError::NotSupported {
-            key: key.clone(),
-            backend: NAME,
-            what: e.step,
-        };
+        return StartError::NotSupported { key: key.clone(), backend: NAME, what: e.step };
     }
-    StartError::Host {
-        key: key.clone(),
-        step: e.step,
-        source: e.source,
-    }
+    StartError::Host { key: key.clone(), step: e.step, source: e.source }
 }
 
 /// Turns what the init (or the clone child) wrote on the status pipe into an error.
@@ -188,31 +160,11 @@ fn start_failure(spec: &SandboxSpec, report: &[u8]) -> StartError {
     };
     let text = || String::from_utf8_lossy(&report[1..]).into_owned();
     match report[0] {
-        INIT_EXEC_FAILED => StartError::Host {
-            key,
-            step: "exec init",
-            source: errno(),
-        },
-        CGROUP_JOIN_FAILED => StartError::Host {
-            key,
-            step: "join cgroup",
-            source: errno(),
-        },
-        SETUP_FAILED => StartError::Host {
-            key,
-            step: "sandbox setup",
-            source: io::Error::other(text()),
-        },
-        b'X' => StartError::Exec {
-            key,
-            command: spec.argv[0].clone(),
-            reason: text(),
-        },
-        _ => StartError::Host {
-            key,
-            step: "sandbox setup",
-            source: io::Error::other(text()),
-        },
+        INIT_EXEC_FAILED => StartError::Host { key, step: "exec init", source: errno() },
+        CGROUP_JOIN_FAILED => StartError::Host { key, step: "join cgroup", source: errno() },
+        SETUP_FAILED => StartError::Host { key, step: "sandbox setup", source: io::Error::other(text()) },
+        b'X' => StartError::Exec { key, command: spec.argv[0].clone(), reason: text() },
+        _ => StartError::Host { key, step: "sandbox setup", source: io::Error::other(text()) },
     }
 }
 
@@ -235,40 +187,20 @@ fn validate(spec: &SandboxSpec) -> Result<(), StartError> {
     if spec.argv.iter().any(|a| a.contains('\0')) {
         return Err(invalid("argv", "contains a NUL byte"));
     }
-    if spec
-        .env
-        .iter()
-        .any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
-    {
-        return Err(invalid(
-            "env",
-            "names must be non-empty without '=' or NUL; values without NUL",
-        ));
+    if spec.env.iter().any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
+        return Err(invalid("env", "names must be non-empty without '=' or NUL; values without NUL"));
     }
-    if spec
-        .cwd
-        .as_ref()
-        .is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0))
-    {
+    if spec.cwd.as_ref().is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0)) {
         return Err(invalid("cwd", "must be an absolute path"));
     }
     let limits = &spec.limits;
-    if limits
-        .memory_bytes
-        .is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m))
-    {
+    if limits.memory_bytes.is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m)) {
         return Err(invalid("limits.memory_bytes", "must be between 4 MiB and 4 PiB"));
     }
-    if limits
-        .cpu_millis
-        .is_some_and(|c| !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c))
-    {
+    if limits.cpu_millis.is_some_and(|c| !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c)) {
         return Err(invalid("limits.cpu_millis", "must be between 10 and 1000000"));
     }
-    if limits
-        .pids_max
-        .is_some_and(|p| !(MIN_PIDS..=MAX_PIDS).contains(&p))
-    {
+    if limits.pids_max.is_some_and(|p| !(MIN_PIDS..=MAX_PIDS).contains(&p)) {
         return Err(invalid("limits.pids_max", "must be between 2 and 4194304"));
     }
     if let Template::Rootfs { path, .. } = &spec.template {

@@ -49,8 +49,7 @@ impl InitRecord {
 }
 
 pub(crate) fn millis_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `<state_dir>/sandboxes`.
@@ -60,20 +59,14 @@ pub(crate) fn sandboxes_dir(state_dir: &Path) -> PathBuf {
 
 /// The directory of one lifecycle. Only validated ids are joined.
 pub(crate) fn sandbox_dir(state_dir: &Path, key: &SandboxKey) -> PathBuf {
-    sandboxes_dir(state_dir)
-        .join(key.id.as_str())
-        .join(key.lifecycle.as_str())
+    sandboxes_dir(state_dir).join(key.id.as_str()).join(key.lifecycle.as_str())
 }
 
 /// Writes `value` as JSON to `dir/name` through a temp file and a rename.
 pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
     file.write_all(&bytes)?;
     drop(file);
     fs::rename(&tmp, dir.join(name))
@@ -92,10 +85,7 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) ->
 pub(crate) fn proc_start_time(pid: i32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces and parentheses: fields 3.. follow the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| io::Error::other("malformed stat"))?;
     rest.split_whitespace()
         .nth(22 - 3)
         .and_then(|f| f.parse().ok())
@@ -109,15 +99,7 @@ pub(crate) fn is_same_process(record: &InitRecord) -> bool {
 
 /// Removes the state files of a lifecycle except its log segments. Missing files are fine.
 pub(crate) fn remove_state_files(dir: &Path) -> io::Result<()> {
-    for name in [
-        SPEC,
-        INIT,
-        EXIT,
-        EXIT_TMP,
-        INIT_LOG,
-        "spec.json.tmp",
-        "init.json.tmp",
-    ] {
+    for name in [SPEC, INIT, EXIT, EXIT_TMP, INIT_LOG, "spec.json.tmp", "init.json.tmp"] {
         remove_file_if_exists(&dir.join(name))?;
     }
     match fs::remove_dir(dir.join(ROOT)) {
@@ -134,9 +116,7 @@ pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
             for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name();
-                let is_log = name
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(super::logs::SEGMENT_PREFIX));
+                let is_log = name.to_str().is_some_and(|n| n.starts_with(super::logs::SEGMENT_PREFIX));
                 if is_log && entry.file_type()?.is_file() {
                     remove_file_if_exists(&entry.path())?;
                 }
@@ -167,12 +147,7 @@ mod tests {
     fn start_time_identifies_this_process() {
         let me = i32::try_from(std::process::id()).expect("pid");
         let start_time = proc_start_time(me).expect("stat");
-        assert!(is_same_process(&InitRecord {
-            pid: me,
-            start_time,
-            started_at_ms: 0,
-            cgroup_parent: None,
-        }));
+        assert!(is_same_process(&InitRecord { pid: me, start_time, started_at_ms: 0, cgroup_parent: None }));
         assert!(!is_same_process(&InitRecord {
             pid: me,
             start_time: start_time + 1,

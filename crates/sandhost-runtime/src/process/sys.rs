@@ -9,11 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Turns a `-1`-on-error return value into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// `pidfd_open(pid, 0)`: a pidfd naming the process that has `pid` now.
@@ -65,11 +61,7 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Opt
     let ret = unsafe { libc::waitid(libc::P_PIDFD, id, &raw mut info, flags) };
     if ret < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ECHILD) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+        return if e.raw_os_error() == Some(libc::ECHILD) { Ok(None) } else { Err(e) };
     }
     // SAFETY: waitid filled `info` (or left it zeroed under WNOHANG: si_pid 0).
     let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
@@ -93,12 +85,7 @@ pub(crate) fn mount_setattr_recursive(path: &CStr, attr_set: u64) -> io::Result<
         propagation: u64,
         userns_fd: u64,
     }
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
     // SAFETY: `path` is NUL-terminated and `attr` lives across the call; the size matches the struct
     // (MOUNT_ATTR_SIZE_VER0).
     let ret = unsafe {
@@ -199,15 +186,8 @@ pub(crate) fn clear_capabilities() -> io::Result<()> {
         inheritable: u32,
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
     // SAFETY: header and data (two elements, as version 3 requires) live across the call.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)
 }
@@ -254,21 +234,10 @@ pub(crate) fn keep_only_cap_kill() -> io::Result<()> {
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let kill = 1u32 << 5; // CAP_KILL
-    let header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let data = [
-        Data {
-            effective: kill,
-            permitted: kill,
-            inheritable: 0,
-        },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
+        Data { effective: kill, permitted: kill, inheritable: 0 },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
     ];
     // SAFETY: header and data (two elements, as version 3 requires) live across the call.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)

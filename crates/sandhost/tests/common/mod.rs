@@ -42,23 +42,12 @@ impl TestEnv {
         // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
         // must hide it.
         std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
-        let tmp = tempfile::Builder::new()
-            .prefix("sandhost-test-")
-            .tempdir_in("/var/tmp")
-            .expect("temp dir");
-        let prefix = format!(
-            "sandhost-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let tmp = tempfile::Builder::new().prefix("sandhost-test-").tempdir_in("/var/tmp").expect("temp dir");
+        let prefix =
+            format!("sandhost-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
         let runtime = open_runtime(&state_dir, &prefix);
-        Self {
-            runtime,
-            state_dir,
-            prefix,
-            _tmp: tmp,
-        }
+        Self { runtime, state_dir, prefix, _tmp: tmp }
     }
 
     /// A new runtime over the same state dir and cgroup parent (as a restarted agent would open).
@@ -97,10 +86,7 @@ impl TestEnv {
     }
 
     pub async fn log_chunk(&self, key: &SandboxKey, offset: u64) -> LogChunk {
-        self.runtime
-            .read_logs(key, offset, 16 << 20)
-            .await
-            .expect("read logs")
+        self.runtime.read_logs(key, offset, 16 << 20).await.expect("read logs")
     }
 
     /// Waits (hang guard: 60 s) until the log contains `needle`.
@@ -122,11 +108,7 @@ impl TestEnv {
     /// The sandbox's cgroup directories in every hierarchy.
     pub fn cgroup_dirs(&self, key: &SandboxKey) -> Vec<PathBuf> {
         let name = format!("{}.{}", key.id, key.lifecycle);
-        hierarchies()
-            .into_iter()
-            .map(|h| h.join(&self.prefix).join(&name))
-            .filter(|d| d.exists())
-            .collect()
+        hierarchies().into_iter().map(|h| h.join(&self.prefix).join(&name)).filter(|d| d.exists()).collect()
     }
 
     /// The pids in the sandbox's cgroups.
@@ -135,11 +117,7 @@ impl TestEnv {
             .cgroup_dirs(key)
             .iter()
             .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|t| {
-                t.lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -175,9 +153,7 @@ impl Drop for TestEnv {
             let _ = std::fs::write(dir.join("cgroup.kill"), "1");
             if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", pid.trim()])
-                        .status();
+                    let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
                 }
             }
             let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
@@ -185,9 +161,7 @@ impl Drop for TestEnv {
         }
         let state = self.state_dir.to_string_lossy().into_owned();
         for (pid, _) in processes_naming(&state) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         for _ in 0..200 {
             let mut all_gone = true;

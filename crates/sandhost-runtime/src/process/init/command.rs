@@ -33,19 +33,12 @@ pub(super) struct CommandPlan {
 impl CommandPlan {
     pub(super) fn new(spec: &SandboxSpec, home: &Path, last_cap: u32) -> Result<Self, SetupError> {
         let cstring = |s: &[u8]| CString::new(s).map_err(|_| SetupError::msg("prepare command", "NUL byte"));
-        let argv = spec
-            .argv
-            .iter()
-            .map(|a| cstring(a.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let argv = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
         if argv.is_empty() {
             return Err(SetupError::msg("prepare command", "empty argv"));
         }
-        let mut env: Vec<CString> = spec
-            .env
-            .iter()
-            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-            .collect::<Result<_, _>>()?;
+        let mut env: Vec<CString> =
+            spec.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
         let has = |name: &str| spec.env.iter().any(|(k, _)| k == name);
         if !has("HOME") {
             env.push(cstring(format!("HOME={}", home.display()).as_bytes())?);
@@ -53,12 +46,8 @@ impl CommandPlan {
         if !has("PATH") {
             env.push(cstring(format!("PATH={DEFAULT_PATH}").as_bytes())?);
         }
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str())
-            .to_owned();
+        let path =
+            spec.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str()).to_owned();
         let filters = super::super::seccomp::default_filters().map_err(|m| SetupError::msg("seccomp", &m))?;
         Ok(Self {
             argv,

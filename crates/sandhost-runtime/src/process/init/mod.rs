@@ -38,13 +38,8 @@ pub const INIT_SUBCOMMAND: &str = "__init";
 /// Prefix byte of a setup failure on the status pipe (followed by text).
 pub(crate) const SETUP_FAILED: u8 = b'S';
 
-const FORWARDED: [Signal; 5] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
+const FORWARDED: [Signal; 5] =
+    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// A failed setup step of the init.
 #[derive(Debug)]
@@ -56,17 +51,11 @@ pub(crate) struct SetupError {
 impl SetupError {
     #[allow(clippy::needless_pass_by_value)] // it reads better at the call sites (`map_err`)
     fn new(step: &'static str, e: io::Error) -> Self {
-        Self {
-            step,
-            message: e.to_string(),
-        }
+        Self { step, message: e.to_string() }
     }
 
     fn msg(step: &'static str, message: &str) -> Self {
-        Self {
-            step,
-            message: message.to_owned(),
-        }
+        Self { step, message: message.to_owned() }
     }
 }
 
@@ -83,11 +72,7 @@ pub(crate) struct InitArgs {
 
 impl InitArgs {
     pub(crate) fn to_args(&self) -> Vec<OsString> {
-        vec![
-            self.new_root.clone().into(),
-            self.state_dir.clone().into(),
-            self.log_limit.to_string().into(),
-        ]
+        vec![self.new_root.clone().into(), self.state_dir.clone().into(), self.log_limit.to_string().into()]
     }
 
     fn parse(args: Vec<OsString>) -> Option<Self> {
@@ -143,13 +128,9 @@ fn run(args: Vec<OsString>, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunEr
 }
 
 fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf), SetupError> {
-    let spec_fd = openat(
-        dir,
-        state::SPEC,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(|e| SetupError::new("read spec", e.into()))?;
+    let spec_fd =
+        openat(dir, state::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
+            .map_err(|e| SetupError::new("read spec", e.into()))?;
     let mut bytes = Vec::with_capacity(4096);
     std::io::Read::read_to_end(&mut std::fs::File::from(spec_fd), &mut bytes)
         .map_err(|e| SetupError::new("read spec", e))?;

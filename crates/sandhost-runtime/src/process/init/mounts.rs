@@ -53,14 +53,8 @@ pub(super) fn build_root(
         Template::Host => Path::new("/"),
         Template::Rootfs { path, .. } => path,
     };
-    mount(
-        Some(source),
-        new_root,
-        none,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        none,
-    )
-    .map_err(step("bind root"))?;
+    mount(Some(source), new_root, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+        .map_err(step("bind root"))?;
     let root_c = CString::new(new_root.as_os_str().as_bytes())
         .map_err(|_| SetupError::msg("bind root", "NUL in path"))?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
@@ -73,43 +67,20 @@ pub(super) fn build_root(
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let sys_dir = new_root.join("sys");
     if sys_dir.is_dir() && mount(Some("sysfs"), &sys_dir, Some("sysfs"), ro, none).is_err() {
-        mount(
-            Some("tmpfs"),
-            &new_root.join("sys"),
-            Some("tmpfs"),
-            ro,
-            Some("size=4k,mode=555"),
-        )
-        .map_err(step("mount /sys"))?;
+        mount(Some("tmpfs"), &new_root.join("sys"), Some("tmpfs"), ro, Some("size=4k,mode=555"))
+            .map_err(step("mount /sys"))?;
     }
     mount_dev(&new_root.join("dev"))?;
 
-    let size = spec
-        .limits
-        .memory_bytes
-        .map(|b| format!(",size={b}"))
-        .unwrap_or_default();
+    let size = spec.limits.memory_bytes.map(|b| format!(",size={b}")).unwrap_or_default();
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    tmpfs(
-        &new_root.join("tmp"),
-        rw,
-        &format!("mode=1777{size}"),
-        "mount /tmp",
-    )?;
+    tmpfs(&new_root.join("tmp"), rw, &format!("mode=1777{size}"), "mount /tmp")?;
     let uid = Uid::from_raw(spec.user.uid);
     let gid = Gid::from_raw(spec.user.gid);
     let home = if new_root.join("home").is_dir() {
-        tmpfs(
-            &new_root.join("home"),
-            rw,
-            &format!("mode=755{size}"),
-            "mount /home",
-        )?;
+        tmpfs(&new_root.join("home"), rw, &format!("mode=755{size}"), "mount /home")?;
         let home = new_root.join(HOME.trim_start_matches('/'));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&home)
-            .map_err(io_step("create home"))?;
+        fs::DirBuilder::new().mode(0o700).create(&home).map_err(io_step("create home"))?;
         chown(&home, Some(uid), Some(gid)).map_err(step("chown home"))?;
         PathBuf::from(HOME)
     } else {
@@ -121,12 +92,7 @@ pub(super) fn build_root(
     // Hide the state dir (and the other sandboxes) wherever it is still visible.
     let hidden = new_root.join(state_dir.strip_prefix("/").unwrap_or(state_dir));
     if hidden.is_dir() {
-        tmpfs(
-            &hidden,
-            MsFlags::MS_RDONLY | ro,
-            "size=4k,mode=000",
-            "hide state dir",
-        )?;
+        tmpfs(&hidden, MsFlags::MS_RDONLY | ro, "size=4k,mode=000", "hide state dir")?;
     }
 
     chdir(new_root).map_err(step("chdir to new root"))?;
@@ -151,26 +117,15 @@ fn mount_proc(at: &Path) -> Result<(), SetupError> {
         }
         mount(Some(&path), &path, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             .map_err(step("protect /proc/sys"))?;
-        mount(
-            none,
-            &path,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
-            none,
-        )
-        .map_err(step("protect /proc/sys"))?;
+        mount(none, &path, none, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags, none)
+            .map_err(step("protect /proc/sys"))?;
     }
     Ok(())
 }
 
 fn mount_dev(dev: &Path) -> Result<(), SetupError> {
     let none: Option<&str> = None;
-    tmpfs(
-        dev,
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        "mode=755,size=64k",
-        "mount /dev",
-    )?;
+    tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=755,size=64k", "mount /dev")?;
     for name in DEVICES {
         let target = dev.join(name);
         fs::File::create(&target).map_err(io_step("create device node"))?;
@@ -178,10 +133,7 @@ fn mount_dev(dev: &Path) -> Result<(), SetupError> {
         mount(Some(&host), &target, none, MsFlags::MS_BIND, none).map_err(step("bind device node"))?;
     }
     for dir in ["pts", "shm"] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(dev.join(dir))
-            .map_err(io_step("create /dev dirs"))?;
+        fs::DirBuilder::new().mode(0o755).create(dev.join(dir)).map_err(io_step("create /dev dirs"))?;
     }
     mount(
         Some("devpts"),
@@ -191,12 +143,7 @@ fn mount_dev(dev: &Path) -> Result<(), SetupError> {
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )
     .map_err(step("mount /dev/pts"))?;
-    tmpfs(
-        &dev.join("shm"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "mode=1777,size=64m",
-        "mount /dev/shm",
-    )?;
+    tmpfs(&dev.join("shm"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777,size=64m", "mount /dev/shm")?;
     let links = [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
