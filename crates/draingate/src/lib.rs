@@ -105,6 +105,7 @@ impl Gate {
     /// # Panics
     ///
     /// If more than `usize::MAX / 2` permits are held at once.
+    #[inline]
     pub fn enter(&self) -> Result<Permit, Draining> {
         // Relaxed: the CAS below re-reads the word and carries the ordering.
         let mut state = self.inner.state.load(Ordering::Relaxed);
@@ -115,12 +116,13 @@ impl Gate {
             assert!(state & COUNT_MASK < COUNT_MASK, "draingate: permit count overflow");
             // Acquire on success: work done under the permit happens after admission; the failure
             // path only retries with the fresh value.
-            match self.inner.state.compare_exchange_weak(
+            let admission = self.inner.state.compare_exchange_weak(
                 state,
                 state + 1,
                 Ordering::Acquire,
                 Ordering::Relaxed,
-            ) {
+            );
+            match admission {
                 Ok(_) => return Ok(Permit { inner: Some(self.inner.clone()) }),
                 Err(actual) => state = actual,
             }
@@ -214,13 +216,21 @@ impl Inner {
         self.state.load(Ordering::Acquire) == DRAINING
     }
 
+    #[inline]
     fn release_one(&self) {
         // AcqRel: the release publishes the holder's work to whoever observes the lower count.
         let previous = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(previous & COUNT_MASK > 0, "draingate: release without a permit");
         if previous == DRAINING | 1 {
-            self.waiters.wake_all();
+            self.became_idle();
         }
+    }
+
+    /// The slow path of the last release while draining, kept out of the inlined fast path.
+    #[cold]
+    #[inline(never)]
+    fn became_idle(&self) {
+        self.waiters.wake_all();
     }
 }
 
@@ -256,6 +266,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.release_one();

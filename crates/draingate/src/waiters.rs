@@ -26,6 +26,14 @@ struct Slots {
     wakers: Vec<(WaiterKey, Waker)>,
 }
 
+impl Slots {
+    /// Takes the waker registered under `key` out of the list.
+    fn take(&mut self, key: WaiterKey) -> Option<Waker> {
+        let index = self.wakers.iter().position(|(k, _)| *k == key)?;
+        Some(self.wakers.swap_remove(index).1)
+    }
+}
+
 impl Waiters {
     pub(crate) fn new() -> Self {
         Self { slots: Mutex::new(Slots::default()), condvar: Condvar::new() }
@@ -45,27 +53,43 @@ impl Waiters {
         waker: &Waker,
         is_ready: impl Fn() -> bool,
     ) -> bool {
-        let mut slots = self.lock();
-        if is_ready() {
-            if let Some(key) = key.take() {
-                slots.wakers.retain(|(k, _)| *k != key);
+        // A waker replaced or removed here is dropped only after the guard (see `remove`).
+        let (ready, old_waker) = {
+            let mut slots = self.lock();
+            if is_ready() {
+                (true, key.take().and_then(|key| slots.take(key)))
+            } else {
+                let own = *key.get_or_insert_with(|| {
+                    slots.next_key += 1;
+                    WaiterKey(slots.next_key)
+                });
+                let old_waker = match slots.wakers.iter_mut().find(|(k, _)| *k == own) {
+                    Some((_, registered)) if registered.will_wake(waker) => None,
+                    Some((_, registered)) => Some(std::mem::replace(registered, waker.clone())),
+                    None => {
+                        slots.wakers.push((own, waker.clone()));
+                        None
+                    }
+                };
+                (false, old_waker)
             }
-            return true;
-        }
-        let own = *key.get_or_insert_with(|| {
-            slots.next_key += 1;
-            WaiterKey(slots.next_key)
-        });
-        match slots.wakers.iter_mut().find(|(k, _)| *k == own) {
-            Some((_, registered)) => registered.clone_from(waker),
-            None => slots.wakers.push((own, waker.clone())),
-        }
-        false
+        };
+        drop(old_waker);
+        ready
     }
 
     /// Removes a waiter's waker, if it is still registered.
     pub(crate) fn remove(&self, key: WaiterKey) {
-        self.lock().wakers.retain(|(k, _)| *k != key);
+        // Dropping a waker can run arbitrary executor code (even drop another `WaitIdle` of this
+        // gate, which would take this lock again), so the removed waker is dropped after the guard.
+        let removed = self.lock().take(key);
+        drop(removed);
+    }
+
+    /// How many async waiters are registered now.
+    #[cfg(test)]
+    pub(crate) fn registered(&self) -> usize {
+        self.lock().wakers.len()
     }
 
     /// Wakes every async waiter and every blocked thread. Wakers run outside the lock.

@@ -75,8 +75,10 @@ impl Sandbox {
 
     /// With `grace`: SIGTERM to the init, then after `grace` kill the cgroup. Without: kill at once.
     /// Returns once no process is left and the exit is known. Idempotent.
+    ///
+    /// The grace is waited for outside the operation lock, so a kill (or a stop with a shorter
+    /// grace) that comes during it is not held up behind it.
     pub(crate) async fn stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
-        let _op = self.op.lock().await;
         if let (Some(grace), false) = (grace, self.has_exited()) {
             if let Some(pidfd) = &self.pidfd {
                 sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
@@ -84,6 +86,7 @@ impl Sandbox {
             let _ = self.cgroup.thaw(); // a paused sandbox must see its SIGTERM
             let _ = tokio::time::timeout(grace, self.wait_exit()).await;
         }
+        let _op = self.op.lock().await;
         self.kill_until_empty().await?;
         if self.pidfd.is_some() {
             tokio::time::timeout(KILL_TIMEOUT, self.wait_exit())

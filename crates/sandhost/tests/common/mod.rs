@@ -148,43 +148,50 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        // Kill and remove everything of ours, whatever state the test left.
-        for dir in all_cgroups_under(&self.prefix) {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines() {
-                    let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
-                }
+        purge(&self.prefix, &self.state_dir);
+    }
+}
+
+/// Kills and removes everything of one test, whatever state it left: every process in the cgroups
+/// under `prefix` and every process naming `state_dir`, the cgroups themselves, and any mount under
+/// the state dir in our namespace.
+pub fn purge(prefix: &str, state_dir: &Path) {
+    // Kill and remove everything of ours, whatever state the test left.
+    for dir in all_cgroups_under(prefix) {
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
             }
-            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
-            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
         }
-        let state = self.state_dir.to_string_lossy().into_owned();
-        for (pid, _) in processes_naming(&state) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+    }
+    let state = state_dir.to_string_lossy().into_owned();
+    for (pid, _) in processes_naming(&state) {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    for _ in 0..200 {
+        let mut all_gone = true;
+        for dir in all_cgroups_under(prefix).into_iter().rev() {
+            if std::fs::remove_dir(&dir).is_err() {
+                all_gone = false;
+            }
         }
-        for _ in 0..200 {
-            let mut all_gone = true;
-            for dir in all_cgroups_under(&self.prefix).into_iter().rev() {
-                if std::fs::remove_dir(&dir).is_err() {
-                    all_gone = false;
-                }
-            }
-            for h in hierarchies() {
-                let _ = std::fs::remove_dir(h.join(&self.prefix));
-            }
-            if all_gone {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        for h in hierarchies() {
+            let _ = std::fs::remove_dir(h.join(prefix));
         }
-        // Never delete through a mount point: if anything is mounted under the state dir in our
-        // namespace (a bug), detach it first.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mounts.lines().filter(|l| l.contains(state.as_str())) {
-            if let Some(point) = line.split(' ').nth(4) {
-                let _ = std::process::Command::new("umount").args(["-l", point]).status();
-            }
+        if all_gone {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Never delete through a mount point: if anything is mounted under the state dir in our
+    // namespace (a bug), detach it first.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines().filter(|l| l.contains(state.as_str())) {
+        if let Some(point) = line.split(' ').nth(4) {
+            let _ = std::process::Command::new("umount").args(["-l", point]).status();
         }
     }
 }

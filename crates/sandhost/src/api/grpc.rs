@@ -1,0 +1,158 @@
+//! The gRPC server: `SandboxService`, `NodeService`, the standard health service and reflection, all
+//! behind the bearer-token check, with bounded message sizes and one tracing span per RPC.
+//!
+//! Health: `grpc.health.v1.Health` reports SERVING (for `""` and both services) only while the node
+//! status is READY, driven by the drain's progress watch, so once DRAINING is visible, health is
+//! NOT_SERVING too.
+//!
+//! Shutdown: when the `shutdown` token is cancelled, the listener stops accepting, long calls
+//! (`Wait`, `Logs` with follow, `WatchDrain`) end at once, and in-flight unary calls get
+//! [`SHUTDOWN_GRACE`] to finish before the server returns anyway.
+
+use std::time::Duration;
+
+use sandhost_proto::v1::node_service_server::NodeServiceServer;
+use sandhost_proto::v1::sandbox_service_server::SandboxServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::InterceptorLayer;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::auth::AuthInterceptor;
+use super::node_service::NodeApi;
+use super::sandbox_service::SandboxApi;
+use crate::drain::{DrainProgress, NodeStatus};
+use crate::node::Node;
+
+/// Largest request the server decodes.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest response the server encodes.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// How long in-flight calls get to finish once shutdown has begun.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The names the health service reports: the server as a whole, and each service.
+const HEALTH_NAMES: [&str; 3] = ["", "sandhost.v1.SandboxService", "sandhost.v1.NodeService"];
+
+/// Why the gRPC server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("building the reflection service failed")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The server failed.
+    #[error("the gRPC server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` is cancelled.
+///
+/// `token`: when `Some`, every call must carry `authorization: Bearer <token>`.
+///
+/// # Errors
+///
+/// A [`GrpcServeError`] if the server cannot be built or fails.
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcServeError> {
+    // A child: cancelling it (when this server ends on its own) does not cancel the caller's token.
+    let cancel = shutdown.child_token();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(drive_health(reporter, node.watch_drain(), cancel.clone()));
+
+    let reflection_v1 = reflection().build_v1().map_err(GrpcServeError::Reflection)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(GrpcServeError::Reflection)?;
+
+    let sandboxes = SandboxServiceServer::new(SandboxApi::new(node.clone(), cancel.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let nodes = NodeServiceServer::new(NodeApi::new(node, cancel.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, auth = token.is_some(), "gRPC API listening");
+    }
+    let server = Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(InterceptorLayer::new(AuthInterceptor::new(token)))
+        .add_service(sandboxes)
+        .add_service(nodes)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned());
+    tokio::pin!(server);
+
+    let shutdown_then_grace = {
+        let cancel = cancel.clone();
+        async move {
+            cancel.cancelled().await;
+            tracing::info!("gRPC API shutting down");
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    let result = tokio::select! {
+        result = &mut server => result.map_err(GrpcServeError::Transport),
+        () = shutdown_then_grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "gRPC calls still open after the shutdown grace: closing");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    let _ = health_task.await;
+    result
+}
+
+/// Reflection over the API and the health service (v1 for current tools, v1alpha for older ones).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sandhost_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// SERVING while the node is READY, NOT_SERVING otherwise, and NOT_SERVING once the server stops.
+async fn drive_health(
+    reporter: HealthReporter,
+    mut progress: watch::Receiver<DrainProgress>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let status = serving_status(progress.borrow_and_update().status);
+        for name in HEALTH_NAMES {
+            reporter.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            changed = progress.changed() => if changed.is_err() { break },
+            () = cancel.cancelled() => break,
+        }
+    }
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+}
+
+fn serving_status(status: NodeStatus) -> ServingStatus {
+    if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ready_is_serving() {
+        for status in NodeStatus::ALL {
+            let expected =
+                if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            assert_eq!(serving_status(status), expected, "{status}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Parsing of the CLI's values: sizes, CPU counts, `K=V` pairs, durations.
+
+use std::time::Duration;
+
+/// A memory size: bytes, or a number with a binary unit `k`, `m`, `g`, `t` (any case, optionally
+/// followed by `i`, `b` or `ib`, as in `512m`, `1G`, `64MiB`). Fractions are allowed with a unit
+/// (`1.5g`).
+pub(crate) fn size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "ki" | "kb" | "kib" => 10,
+        "m" | "mi" | "mb" | "mib" => 20,
+        "g" | "gi" | "gb" | "gib" => 30,
+        "t" | "ti" | "tb" | "tib" => 40,
+        _ => return Err(format!("{text:?}: expected a size such as 536870912, 512m or 2g")),
+    };
+    let invalid = || format!("{text:?}: expected a size such as 536870912, 512m or 2g");
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(1 << shift).ok_or_else(|| format!("{text:?}: too large"));
+    }
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    if shift == 0 || !value.is_finite() || value < 0.0 {
+        return Err(invalid());
+    }
+    let bytes = (value * f64::from(1u32 << (shift / 2)) * f64::from(1u32 << (shift - shift / 2))).round();
+    if bytes >= 18_446_744_073_709_551_615.0 {
+        return Err(format!("{text:?}: too large"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    // finite, >= 0, < u64::MAX: checked above
+    Ok(bytes as u64)
+}
+
+/// A CPU count (`2`, `0.5`) in millicores.
+pub(crate) fn cpus(text: &str) -> Result<u32, String> {
+    let value: f64 =
+        text.trim().parse().map_err(|_| format!("{text:?}: expected a number of CPUs such as 2 or 0.5"))?;
+    if !value.is_finite() || value <= 0.0 || value > 1_000_000.0 {
+        return Err(format!("{text:?}: expected a number of CPUs above 0"));
+    }
+    let millis = (value * 1000.0).round();
+    if millis < 1.0 {
+        return Err(format!("{text:?}: less than one millicore"));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 1 <= millis <= 1e9: checked above
+    Ok(millis as u32)
+}
+
+/// `K=V` (the value may contain `=`; the key may not be empty).
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+/// A duration as the pinned settings accept it (`90s`, `5m`, `1h30m`), as a proto duration.
+pub(crate) fn duration(text: &str) -> Result<prost_types::Duration, String> {
+    let duration: Duration = crate::config::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    prost_types::Duration::try_from(duration).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (text, bytes) in [
+            ("1024", 1024),
+            ("1k", 1024),
+            ("512m", 512 << 20),
+            ("512M", 512 << 20),
+            ("64MiB", 64 << 20),
+            ("2g", 2 << 30),
+            ("1.5g", 3 << 29),
+            ("1t", 1 << 40),
+        ] {
+            assert_eq!(size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "m", "12x", "-1m", "1.5", "99999999999999999999", "1e3m"] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_counts() {
+        assert_eq!(cpus("2"), Ok(2000));
+        assert_eq!(cpus("0.5"), Ok(500));
+        assert_eq!(cpus("0.001"), Ok(1));
+        for bad in ["0", "-1", "x", "0.0001", "inf", "NaN"] {
+            assert!(cpus(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pairs() {
+        assert_eq!(key_value("A=1"), Ok(("A".into(), "1".into())));
+        assert_eq!(key_value("A="), Ok(("A".into(), String::new())));
+        assert_eq!(key_value("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(key_value("=1").is_err());
+        assert!(key_value("A").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1m30s"), Ok(prost_types::Duration { seconds: 90, nanos: 0 }));
+        assert!(duration("soon").is_err());
+    }
+}

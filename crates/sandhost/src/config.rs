@@ -1,0 +1,427 @@
+//! Typed configuration of `sandhost serve`: flags and environment variables with the names pinned in
+//! DESIGN.md, parsed and validated as separate steps. A malformed value is a [`ConfigError`] that
+//! names the flag and the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5008";
+/// Default HTTP (health, metrics) listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:5009";
+/// Default state dir when running as root.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sandhost";
+/// Default bound of the forced phase.
+pub const DEFAULT_FORCE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default maximum of live sandboxes.
+pub const DEFAULT_MAX_SANDBOXES: u64 = 4096;
+/// Default maximum of starts in flight at once.
+pub const DEFAULT_MAX_CONCURRENT_STARTS: u64 = 256;
+/// Default sandbox timeout when a Create names none.
+pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest timeout a Create may ask for.
+pub const MAX_SANDBOX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long exited sandboxes stay readable.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+/// Default parent cgroup of the sandboxes.
+pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
+/// Default SIGTERM-to-kill grace of a stop.
+pub const DEFAULT_STOP_GRACE: Duration = sandhost_runtime::DEFAULT_STOP_GRACE;
+
+/// The flags of `sandhost serve`, as given (strings where they need validation of their own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "SANDHOST_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// HTTP listen address for /health/live, /health/ready and /metrics.
+    #[arg(long, env = "SANDHOST_HTTP_LISTEN", default_value = DEFAULT_HTTP_LISTEN)]
+    pub http_listen: String,
+    /// State dir [default: /var/lib/sandhost, or $XDG_STATE_HOME/sandhost when not root].
+    #[arg(long, env = "SANDHOST_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Runtime backend: process or gvisor.
+    #[arg(long, env = "SANDHOST_RUNTIME", default_value = "process")]
+    pub runtime: String,
+    /// A file holding the bearer token every RPC must carry (SANDHOST_TOKEN sets it directly).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Bound of the graceful phase of a shutdown drain (0 or unset: wait forever).
+    #[arg(long, env = "SHUTDOWN_DRAIN_TIMEOUT")]
+    pub shutdown_drain_timeout: Option<String>,
+    /// `true`: skip the graceful phase on shutdown and stop every sandbox at once.
+    #[arg(long, env = "FORCE_STOP")]
+    pub force_stop: Option<String>,
+    /// Bound of the forced phase [default: 30s].
+    #[arg(long, env = "FORCE_SHUTDOWN_TIMEOUT")]
+    pub force_shutdown_timeout: Option<String>,
+    /// Maximum of live sandboxes.
+    #[arg(long, env = "SANDHOST_MAX_SANDBOXES")]
+    pub max_sandboxes: Option<String>,
+    /// Maximum of sandbox starts in flight at once.
+    #[arg(long, env = "SANDHOST_MAX_CONCURRENT_STARTS")]
+    pub max_concurrent_starts: Option<String>,
+    /// Timeout of a sandbox whose Create names none [default: 1h].
+    #[arg(long, env = "SANDHOST_DEFAULT_TIMEOUT")]
+    pub default_timeout: Option<String>,
+    /// How long exited sandboxes stay readable [default: 10m].
+    #[arg(long, env = "SANDHOST_RETENTION")]
+    pub retention: Option<String>,
+    /// SIGTERM-to-kill grace of a stop [default: 10s].
+    #[arg(long, env = "SANDHOST_STOP_GRACE")]
+    pub stop_grace: Option<String>,
+    /// A rootfs template, `NAME=DIR` (repeatable).
+    #[arg(long = "template", value_name = "NAME=DIR")]
+    pub templates: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// The cgroup (in every hierarchy) under which sandboxes get their own.
+    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The runtime backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Namespaces, cgroups and seccomp in sandhost's own code.
+    Process,
+    /// gVisor's runsc.
+    Gvisor,
+}
+
+/// Validated configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// State dir.
+    pub state_dir: PathBuf,
+    /// Runtime backend.
+    pub runtime: RuntimeKind,
+    /// Bearer token; `None`: no auth (loopback only).
+    pub token: Option<String>,
+    /// Bound of the graceful phase of a shutdown; `None`: wait forever.
+    pub shutdown_drain_timeout: Option<Duration>,
+    /// Skip the graceful phase on shutdown.
+    pub force_stop: bool,
+    /// Bound of the forced phase.
+    pub force_shutdown_timeout: Duration,
+    /// Node limits and defaults of the sandbox manager.
+    pub sandbox: SandboxConfig,
+    /// Registered rootfs templates.
+    pub templates: Vec<(String, PathBuf)>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The parent cgroup of the sandboxes.
+    pub cgroup_parent: String,
+}
+
+/// Limits and defaults of the sandbox manager.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Maximum of live sandboxes.
+    pub max_sandboxes: u64,
+    /// Maximum of starts in flight.
+    pub max_concurrent_starts: u64,
+    /// Timeout of a sandbox whose Create names none.
+    pub default_timeout: Duration,
+    /// How long exited sandboxes stay readable.
+    pub retention: Duration,
+    /// SIGTERM-to-kill grace of a stop.
+    pub stop_grace: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            max_sandboxes: DEFAULT_MAX_SANDBOXES,
+            max_concurrent_starts: DEFAULT_MAX_CONCURRENT_STARTS,
+            default_timeout: DEFAULT_SANDBOX_TIMEOUT,
+            retention: DEFAULT_RETENTION,
+            stop_grace: DEFAULT_STOP_GRACE,
+        }
+    }
+}
+
+/// A configuration value that cannot be used. Names the flag and the environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}: {value:?}: {reason}")]
+pub struct ConfigError {
+    /// `--flag` / `ENV_VAR`.
+    pub name: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        Self { name, value: value.chars().take(200).collect(), reason: reason.into() }
+    }
+}
+
+/// Parses a duration as the pinned settings accept it: `90s`, `5m`, `1h30m`, `1m30s`, `250ms`; a
+/// bare `0` means zero.
+///
+/// # Errors
+///
+/// A message saying what is accepted.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value).map_err(|e| format!("{e}; expected a duration such as 90s, 5m or 1h30m"))
+}
+
+fn duration(name: &'static str, value: Option<&String>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(value) => parse_duration(value).map_err(|reason| ConfigError::new(name, value, reason)),
+    }
+}
+
+fn count(name: &'static str, value: Option<&String>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 && n <= 1_000_000 => Ok(n),
+            _ => Err(ConfigError::new(name, value, "expected a whole number from 1 to 1000000")),
+        },
+    }
+}
+
+fn addr(name: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e| ConfigError::new(name, value, format!("{e}; expected IP:PORT")))
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(DEFAULT_STATE_DIR);
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")));
+    base.unwrap_or_else(std::env::temp_dir).join("sandhost")
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`ServeConfig`]. `env_token` is `SANDHOST_TOKEN`'s value.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self, env_token: Option<String>) -> Result<ServeConfig, ConfigError> {
+        let listen = addr("--listen / SANDHOST_LISTEN", &self.listen)?;
+        let http_listen = addr("--http-listen / SANDHOST_HTTP_LISTEN", &self.http_listen)?;
+        let runtime = match self.runtime.as_str() {
+            "process" => RuntimeKind::Process,
+            "gvisor" => RuntimeKind::Gvisor,
+            other => {
+                return Err(ConfigError::new(
+                    "--runtime / SANDHOST_RUNTIME",
+                    other,
+                    "expected process or gvisor",
+                ));
+            }
+        };
+        let token = match (&self.token_file, env_token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--token-file", &path.display().to_string(), e.to_string())
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, token) => token.map(|t| t.trim().to_owned()),
+        };
+        if token.as_deref() == Some("") {
+            return Err(ConfigError::new("SANDHOST_TOKEN / --token-file", "", "the token is empty"));
+        }
+        if token.is_none() && !listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "--listen / SANDHOST_LISTEN",
+                &self.listen,
+                "a non-loopback address needs a token (SANDHOST_TOKEN or --token-file)",
+            ));
+        }
+        let drain_timeout = duration(
+            "--shutdown-drain-timeout / SHUTDOWN_DRAIN_TIMEOUT",
+            self.shutdown_drain_timeout.as_ref(),
+            Duration::ZERO,
+        )?;
+        let force_stop = match self.force_stop.as_deref().map(str::trim) {
+            None | Some("" | "false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => {
+                return Err(ConfigError::new("--force-stop / FORCE_STOP", other, "expected true or false"));
+            }
+        };
+        let force_shutdown_timeout = duration(
+            "--force-shutdown-timeout / FORCE_SHUTDOWN_TIMEOUT",
+            self.force_shutdown_timeout.as_ref(),
+            DEFAULT_FORCE_SHUTDOWN_TIMEOUT,
+        )?;
+        if force_shutdown_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "--force-shutdown-timeout / FORCE_SHUTDOWN_TIMEOUT",
+                "0",
+                "the forced phase needs a bound above zero",
+            ));
+        }
+        let sandbox = SandboxConfig {
+            max_sandboxes: count(
+                "--max-sandboxes / SANDHOST_MAX_SANDBOXES",
+                self.max_sandboxes.as_ref(),
+                DEFAULT_MAX_SANDBOXES,
+            )?,
+            max_concurrent_starts: count(
+                "--max-concurrent-starts / SANDHOST_MAX_CONCURRENT_STARTS",
+                self.max_concurrent_starts.as_ref(),
+                DEFAULT_MAX_CONCURRENT_STARTS,
+            )?,
+            default_timeout: duration(
+                "--default-timeout / SANDHOST_DEFAULT_TIMEOUT",
+                self.default_timeout.as_ref(),
+                DEFAULT_SANDBOX_TIMEOUT,
+            )?,
+            retention: duration(
+                "--retention / SANDHOST_RETENTION",
+                self.retention.as_ref(),
+                DEFAULT_RETENTION,
+            )?,
+            stop_grace: duration(
+                "--stop-grace / SANDHOST_STOP_GRACE",
+                self.stop_grace.as_ref(),
+                DEFAULT_STOP_GRACE,
+            )?,
+        };
+        let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
+        let log_format = match self.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::new(
+                    "--log-format / SANDHOST_LOG_FORMAT",
+                    other,
+                    "expected text or json",
+                ));
+            }
+        };
+        if sandhost_runtime::SandboxId::parse(&self.cgroup_parent).is_err() {
+            return Err(ConfigError::new(
+                "--cgroup-parent / SANDHOST_CGROUP_PARENT",
+                &self.cgroup_parent,
+                "must match [a-z0-9][a-z0-9-]{0,62}",
+            ));
+        }
+        Ok(ServeConfig {
+            cgroup_parent: self.cgroup_parent.clone(),
+            listen,
+            http_listen,
+            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            runtime,
+            token,
+            shutdown_drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
+            force_stop,
+            force_shutdown_timeout,
+            sandbox,
+            templates,
+            log_format,
+        })
+    }
+}
+
+fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {
+    let (name, dir) =
+        value.split_once('=').ok_or_else(|| ConfigError::new("--template", value, "expected NAME=DIR"))?;
+    if sandhost_runtime::SandboxId::parse(name).is_err() || name == "host" {
+        return Err(ConfigError::new(
+            "--template",
+            value,
+            "NAME must match [a-z0-9][a-z0-9-]{0,62} and not be `host`",
+        ));
+    }
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(ConfigError::new("--template", value, "DIR must be an existing absolute directory"));
+    }
+    Ok((name.to_owned(), dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(flags);
+        Wrapper::try_parse_from(argv).expect("flags parse").args
+    }
+
+    #[test]
+    fn durations_accept_the_pinned_forms() {
+        for (text, secs) in [("90s", 90), ("5m", 300), ("1h30m", 5400), ("1m30s", 90), ("0", 0)] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_pinned_ones() {
+        let config = args(&["--state-dir", "/tmp/x"]).validate(None).expect("valid");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(config.shutdown_drain_timeout, None);
+        assert!(!config.force_stop);
+        assert_eq!(config.force_shutdown_timeout, DEFAULT_FORCE_SHUTDOWN_TIMEOUT);
+        assert_eq!(config.runtime, RuntimeKind::Process);
+    }
+
+    #[test]
+    fn a_malformed_value_names_its_variable() {
+        let error = args(&["--shutdown-drain-timeout", "soon"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("SHUTDOWN_DRAIN_TIMEOUT"), "{error}");
+        let error = args(&["--force-stop", "maybe"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("FORCE_STOP"), "{error}");
+        let error = args(&["--force-shutdown-timeout", "0"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("FORCE_SHUTDOWN_TIMEOUT"), "{error}");
+    }
+
+    #[test]
+    fn a_public_listen_needs_a_token() {
+        assert!(args(&["--listen", "0.0.0.0:5008"]).validate(None).is_err());
+        assert!(args(&["--listen", "0.0.0.0:5008"]).validate(Some("secret".into())).is_ok());
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(args(&["--template", "../x=/tmp"]).validate(None).is_err());
+        assert!(args(&["--template", "host=/tmp"]).validate(None).is_err());
+        assert!(args(&["--template", "img=relative"]).validate(None).is_err());
+        let config = args(&["--template", "img=/tmp"]).validate(None).expect("valid");
+        assert_eq!(config.templates, vec![("img".to_owned(), PathBuf::from("/tmp"))]);
+    }
+}

@@ -1,0 +1,123 @@
+//! The drain intent, persisted in the state dir: a restarted agent continues the same drain with the
+//! same absolute deadlines. Written atomically (temp file + rename); a missing or unreadable file
+//! means "no drain".
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// What a drain was asked to do, in absolute times (unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DrainIntent {
+    started_at_ms: u64,
+    graceful_deadline_ms: Option<u64>,
+    pub(crate) force: bool,
+    force_deadline_ms: Option<u64>,
+}
+
+fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `time` at the millisecond precision the intent keeps, so a deadline reads the same before and
+/// after a restart.
+pub(crate) fn at_ms_precision(time: SystemTime) -> SystemTime {
+    from_ms(to_ms(time))
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl DrainIntent {
+    pub(crate) fn new(
+        started_at: SystemTime,
+        graceful_deadline: Option<SystemTime>,
+        force: bool,
+        force_deadline: Option<SystemTime>,
+    ) -> Self {
+        Self {
+            started_at_ms: to_ms(started_at),
+            graceful_deadline_ms: graceful_deadline.map(to_ms),
+            force,
+            force_deadline_ms: force_deadline.map(to_ms),
+        }
+    }
+
+    pub(crate) fn started_at(&self) -> SystemTime {
+        from_ms(self.started_at_ms)
+    }
+
+    pub(crate) fn graceful_deadline(&self) -> Option<SystemTime> {
+        self.graceful_deadline_ms.map(from_ms)
+    }
+
+    pub(crate) fn force_deadline(&self) -> Option<SystemTime> {
+        self.force_deadline_ms.map(from_ms)
+    }
+}
+
+/// The file holding the intent.
+#[derive(Debug)]
+pub(crate) struct IntentStore {
+    path: PathBuf,
+}
+
+impl IntentStore {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Saves the intent. A failure is logged: the drain goes on, only a restart would forget it.
+    pub(crate) fn save(&self, intent: &DrainIntent) {
+        let write = || -> std::io::Result<()> {
+            let temp = self.path.with_extension("json.tmp");
+            std::fs::write(&temp, serde_json::to_vec(intent).map_err(std::io::Error::other)?)?;
+            std::fs::rename(&temp, &self.path)
+        };
+        if let Err(error) = write() {
+            tracing::error!(path = %self.path.display(), error = %error, "cannot persist the drain intent");
+        }
+    }
+
+    pub(crate) fn load(&self) -> Option<DrainIntent> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(intent) => Some(intent),
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), error = %error, "ignoring an unreadable drain intent");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        match std::fs::remove_file(&self.path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::error!(path = %self.path.display(), error = %error, "cannot remove the drain intent");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intent_round_trips_with_its_deadlines() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = IntentStore::new(dir.path().join("drain.json"));
+        assert_eq!(store.load(), None);
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let intent = DrainIntent::new(start, Some(start + Duration::from_secs(60)), false, None);
+        store.save(&intent);
+        let loaded = store.load().expect("saved");
+        assert_eq!(loaded.graceful_deadline(), Some(start + Duration::from_secs(60)));
+        assert_eq!(loaded.started_at(), start);
+        store.clear();
+        assert_eq!(store.load(), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! sandhost: the node agent of a sandbox fleet.
+//!
+//! One `sandhost serve` per host runs untrusted code in isolated sandboxes behind a gRPC API and,
+//! above all, never loses a sandbox by accident: on a deploy, an upgrade or a decommission it drains
+//! (see [`drain`]). The modules mirror the domain:
+//!
+//! - [`sandbox`]: the sandbox manager: the live table, the lifecycle state machine, timeouts,
+//!   retention, node limits, events.
+//! - [`drain`]: the drain coordinator: the node status, admission, the graceful and forced phases,
+//!   signals, the persisted drain intent.
+//! - [`node`]: the one handle the API layers use.
+//! - `api`: gRPC and HTTP adapters (the only place that knows tonic and axum).
+//! - `cli`: the client subcommands.
+//! - [`config`]: typed configuration of `serve`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod metrics;
+pub mod node;
+pub mod sandbox;
+pub mod serve;

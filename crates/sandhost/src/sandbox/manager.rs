@@ -1,0 +1,756 @@
+//! The sandbox manager: the live table and the lifecycle of each sandbox in it.
+//!
+//! # Invariants
+//!
+//! - Every state change goes through [`Table::transition`], which checks
+//!   [`SandboxState::can_become`], publishes the new counts and counts the exit. Nothing else writes a
+//!   state.
+//! - A start holds its admission [`Permit`] from admission until the sandbox is `Running` in the table
+//!   (with its supervisor) or has failed; nothing downstream re-checks "is draining". The start runs
+//!   in a task of its own, so a Create whose caller goes away is never aborted half way.
+//! - Each live lifecycle has exactly one supervisor task, the only code that moves it to `Exited`:
+//!   after its command has exited and its cleanup has run. So "live = 0" means nothing of ours is
+//!   left on the host.
+//! - The table lock is a std mutex held only for in-memory work, never across an await.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use draingate::{Gate, Permit};
+use sandhost_runtime::{LifecycleId, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use super::store::{MetaStore, SandboxMeta};
+use super::{
+    CreateError, DrainPolicy, ExitInfo, ExitReason, SandboxError, SandboxInfo, SandboxState, validate,
+};
+use crate::config::SandboxConfig;
+use crate::drain::NodeStatus;
+use crate::metrics::{CreateResult, Metrics};
+use crate::node::Resources;
+
+/// Sandboxes per state, and exits so far: published on every transition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Per state, in [`SandboxState::ALL`] order.
+    pub by_state: [u64; 5],
+    /// Exits since the agent started.
+    pub exits: u64,
+}
+
+impl Counts {
+    /// Sandboxes holding host resources.
+    #[must_use]
+    pub fn live(&self) -> u64 {
+        self.by_state[..4].iter().sum()
+    }
+
+    /// Sandboxes in `state`.
+    #[must_use]
+    pub fn get(&self, state: SandboxState) -> u64 {
+        self.by_state[state_index(state)]
+    }
+}
+
+fn state_index(state: SandboxState) -> usize {
+    SandboxState::ALL.iter().position(|s| *s == state).unwrap_or(0)
+}
+
+/// How a stop ends the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM, then the sandbox's grace, then kill.
+    Graceful,
+    /// SIGTERM, then the sandbox's grace or this bound, whichever is shorter, then kill.
+    Within(Duration),
+    /// Kill at once.
+    Now,
+}
+
+/// One live or recently exited sandbox.
+pub(super) struct Entry {
+    pub(super) info: SandboxInfo,
+    pub(super) spec: SandboxSpec,
+    /// Set by the first stop; the reason its exit will carry.
+    pub(super) stop_reason: Option<ExitReason>,
+    /// A stop asked for while it was still starting.
+    pub(super) pending_stop: Option<StopMode>,
+    pub(super) state_tx: watch::Sender<SandboxState>,
+    pub(super) end_changed: Arc<Notify>,
+}
+
+pub(super) struct Table {
+    pub(super) sandboxes: HashMap<SandboxId, Entry>,
+    counts: Counts,
+}
+
+impl Table {
+    /// The one place a sandbox changes state.
+    pub(super) fn transition(
+        &mut self,
+        key: &SandboxKey,
+        next: SandboxState,
+        counts: &watch::Sender<Counts>,
+        metrics: &Metrics,
+    ) -> Result<SandboxState, SandboxState> {
+        let entry = match self.sandboxes.get_mut(&key.id) {
+            Some(entry) if entry.info.lifecycle == key.lifecycle => entry,
+            _ => return Err(SandboxState::Exited),
+        };
+        let previous = entry.info.state;
+        if !previous.can_become(next) {
+            return Err(previous);
+        }
+        tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
+        entry.info.state = next;
+        entry.state_tx.send_replace(next);
+        self.counts.by_state[state_index(previous)] -= 1;
+        self.counts.by_state[state_index(next)] += 1;
+        if next == SandboxState::Exited {
+            self.counts.exits += 1;
+        }
+        for state in [previous, next] {
+            metrics.set_sandboxes(state, self.counts.get(state));
+        }
+        counts.send_replace(self.counts);
+        Ok(previous)
+    }
+
+    fn insert(&mut self, entry: Entry, counts: &watch::Sender<Counts>, metrics: &Metrics) {
+        let state = entry.info.state;
+        if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
+            self.counts.by_state[state_index(old.info.state)] -= 1;
+            metrics.set_sandboxes(old.info.state, self.counts.get(old.info.state));
+        }
+        self.counts.by_state[state_index(state)] += 1;
+        metrics.set_sandboxes(state, self.counts.get(state));
+        counts.send_replace(self.counts);
+    }
+
+    fn remove_exited(&mut self, key: &SandboxKey, counts: &watch::Sender<Counts>, metrics: &Metrics) -> bool {
+        let matches = self
+            .sandboxes
+            .get(&key.id)
+            .is_some_and(|e| e.info.lifecycle == key.lifecycle && e.info.state == SandboxState::Exited);
+        if matches {
+            self.sandboxes.remove(&key.id);
+            self.counts.by_state[state_index(SandboxState::Exited)] -= 1;
+            metrics.set_sandboxes(SandboxState::Exited, self.counts.get(SandboxState::Exited));
+            counts.send_replace(self.counts);
+        }
+        matches
+    }
+
+    pub(super) fn find(&self, id: &str) -> Result<&Entry, SandboxError> {
+        let id = validate::sandbox_id("id", id)?;
+        self.sandboxes.get(&id).ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+}
+
+/// The sandbox manager. Shared as `Arc<Manager>`.
+pub struct Manager {
+    pub(super) runtime: Arc<dyn Runtime>,
+    pub(super) config: SandboxConfig,
+    templates: HashMap<String, PathBuf>,
+    pub(super) gate: Gate,
+    starts: Arc<Semaphore>,
+    table: Mutex<Table>,
+    pub(super) counts: watch::Sender<Counts>,
+    status: watch::Receiver<NodeStatus>,
+    pub(super) metrics: Metrics,
+    pub(super) store: MetaStore,
+    capacity: Resources,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("runtime", &self.runtime.name())
+            .field("gate", &self.gate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Manager::new`] needs.
+#[derive(Debug)]
+pub struct ManagerParts {
+    /// The runtime backend.
+    pub runtime: Arc<dyn Runtime>,
+    /// Limits and defaults.
+    pub config: SandboxConfig,
+    /// Registered rootfs templates.
+    pub templates: Vec<(String, PathBuf)>,
+    /// The admission gate, shared with the drain coordinator.
+    pub gate: Gate,
+    /// The node status (for the message of a refused Create).
+    pub status: watch::Receiver<NodeStatus>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where the manager keeps each sandbox's metadata (labels, end time, drain policy).
+    pub meta_dir: PathBuf,
+}
+
+impl Manager {
+    /// A manager with an empty table.
+    #[must_use]
+    pub fn new(parts: ManagerParts) -> Arc<Self> {
+        let capacity = Resources {
+            sandboxes: parts.config.max_sandboxes,
+            memory_bytes: host_memory_bytes(),
+            cpu_millis: std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1000,
+        };
+        let starts = usize::try_from(parts.config.max_concurrent_starts)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Arc::new(Self {
+            runtime: parts.runtime,
+            config: parts.config,
+            templates: parts.templates.into_iter().collect(),
+            gate: parts.gate,
+            starts: Arc::new(Semaphore::new(starts)),
+            table: Mutex::new(Table { sandboxes: HashMap::new(), counts: Counts::default() }),
+            counts: watch::Sender::new(Counts::default()),
+            status: parts.status,
+            metrics: parts.metrics,
+            store: MetaStore::new(parts.meta_dir),
+            capacity,
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Table> {
+        // Every table operation completes its bookkeeping before it can panic, so a poisoned table
+        // is still consistent.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The admission gate.
+    #[must_use]
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Every change of the counts, starting with the current ones.
+    #[must_use]
+    pub fn watch_counts(&self) -> watch::Receiver<Counts> {
+        self.counts.subscribe()
+    }
+
+    pub(crate) fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    /// Whether the backend can checkpoint.
+    #[must_use]
+    pub fn can_checkpoint(&self) -> bool {
+        self.runtime.can_checkpoint()
+    }
+
+    pub(crate) fn capacity(&self) -> Resources {
+        self.capacity
+    }
+
+    pub(crate) fn counts_by_state(&self) -> Vec<(SandboxState, u64)> {
+        let counts = *self.counts.borrow();
+        SandboxState::ALL.iter().map(|s| (*s, counts.get(*s))).collect()
+    }
+
+    pub(crate) fn allocated(&self) -> Resources {
+        let table = self.lock();
+        let mut total = Resources::default();
+        for entry in table.sandboxes.values().filter(|e| e.info.state.is_live()) {
+            total.sandboxes += 1;
+            total.memory_bytes += entry.info.limits.memory_bytes.unwrap_or(0);
+            total.cpu_millis += u64::from(entry.info.limits.cpu_millis.unwrap_or(0));
+        }
+        total
+    }
+
+    /// The live sandboxes, with their drain policy, for the drain.
+    #[must_use]
+    pub fn live_keys(&self) -> Vec<(SandboxKey, DrainPolicy, SandboxState)> {
+        let table = self.lock();
+        table
+            .sandboxes
+            .values()
+            .filter(|e| e.info.state.is_live())
+            .map(|e| (e.spec.key.clone(), e.info.drain_policy, e.info.state))
+            .collect()
+    }
+
+    fn refusal_status(&self) -> NodeStatus {
+        // The gate closes before the status is published: a refusal in that window says DRAINING.
+        match *self.status.borrow() {
+            NodeStatus::Ready => NodeStatus::Draining,
+            other => other,
+        }
+    }
+
+    /// Creates a sandbox (see [`crate::node::Node::create`]).
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        request: super::CreateRequest,
+    ) -> Result<SandboxInfo, CreateError> {
+        let result = self.admit_and_start(request).await;
+        let outcome = match &result {
+            Ok(_) => CreateResult::Started,
+            Err(CreateError::Start(_)) => CreateResult::Failed,
+            Err(_) => CreateResult::Rejected,
+        };
+        self.metrics.count_create(outcome);
+        result
+    }
+
+    async fn admit_and_start(
+        self: &Arc<Self>,
+        request: super::CreateRequest,
+    ) -> Result<SandboxInfo, CreateError> {
+        let admitted_at = Instant::now();
+        let prepared = self.prepare(request)?;
+        let permit =
+            self.gate.enter().map_err(|_| CreateError::NotAdmitting { status: self.refusal_status() })?;
+        let slot =
+            Arc::clone(&self.starts).try_acquire_owned().map_err(|_| CreateError::ResourceExhausted {
+                limit: "concurrent starts",
+                max: self.config.max_concurrent_starts,
+            })?;
+        let key = prepared.spec.key.clone();
+        {
+            let mut table = self.lock();
+            if table.counts.live() >= self.config.max_sandboxes {
+                return Err(CreateError::ResourceExhausted {
+                    limit: "live sandboxes",
+                    max: self.config.max_sandboxes,
+                });
+            }
+            if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
+                return Err(CreateError::AlreadyExists(key.id));
+            }
+            let entry = prepared.into_entry();
+            table.insert(entry, &self.counts, &self.metrics);
+        }
+        // The start runs in its own task: an admitted start finishes even if the caller goes away.
+        let this = Arc::clone(self);
+        let start = tokio::spawn(async move { this.run_start(key, permit, slot, admitted_at).await });
+        match start.await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    async fn run_start(
+        self: Arc<Self>,
+        key: SandboxKey,
+        permit: Permit,
+        slot: OwnedSemaphorePermit,
+        admitted_at: Instant,
+    ) -> Result<SandboxInfo, CreateError> {
+        let spec = self.lock().sandboxes.get(&key.id).map(|e| e.spec.clone());
+        let Some(spec) = spec else {
+            return Err(CreateError::AlreadyExists(key.id));
+        };
+        let meta = SandboxMeta::from_entry(&self.lock().sandboxes[&key.id].info);
+        if let Err(error) = self.store.save(&meta).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
+        }
+        let started = self.runtime.start(&spec).await;
+        drop(slot);
+        match started {
+            Ok(started) => {
+                let (info, pending_stop, end_changed) = {
+                    let mut table = self.lock();
+                    let _ = table.transition(&key, SandboxState::Running, &self.counts, &self.metrics);
+                    let entry =
+                        table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle);
+                    let Some(entry) = entry else {
+                        return Err(CreateError::AlreadyExists(key.id));
+                    };
+                    entry.info.started_at = Some(started.started_at);
+                    (entry.info.clone(), entry.pending_stop.take(), Arc::clone(&entry.end_changed))
+                };
+                self.metrics.observe_start(admitted_at.elapsed());
+                tokio::spawn(Arc::clone(&self).supervise(key.clone(), end_changed));
+                if let Some(mode) = pending_stop {
+                    let this = Arc::clone(&self);
+                    tokio::spawn(async move { this.stop_lifecycle(&key, ExitReason::Killed, mode).await });
+                }
+                // Released only now: the sandbox is in the table as Running, with its supervisor.
+                drop(permit);
+                Ok(info)
+            }
+            Err(error) => {
+                tracing::warn!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %error, "sandbox start failed");
+                let exit = ExitInfo {
+                    exit: None,
+                    reason: ExitReason::StartFailed,
+                    message: Some(error.to_string()),
+                };
+                self.finish(&key, exit).await;
+                drop(permit);
+                Err(match error {
+                    sandhost_runtime::StartError::NotSupported { backend, what, .. } => {
+                        CreateError::NotSupported { backend, what }
+                    }
+                    other => CreateError::Start(other),
+                })
+            }
+        }
+    }
+
+    /// Watches one lifecycle until its command exits, stopping it at its end time; then cleans up
+    /// and records the exit. The only code that moves a started sandbox to `Exited`.
+    async fn supervise(self: Arc<Self>, key: SandboxKey, end_changed: Arc<Notify>) {
+        let exit = loop {
+            let end_time = {
+                let table = self.lock();
+                table
+                    .sandboxes
+                    .get(&key.id)
+                    .filter(|e| e.info.lifecycle == key.lifecycle && e.stop_reason.is_none())
+                    .and_then(|e| e.info.end_time)
+            };
+            let until_end = end_time.map(|t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
+            let changed = end_changed.notified();
+            tokio::select! {
+                exit = self.runtime.wait(&key) => break exit,
+                () = sleep_or_forever(until_end) => {
+                    // begin_stop records the reason at once, so the timer is not armed again.
+                    if let Some(stop) = self.begin_stop(&key, ExitReason::Timeout, StopMode::Graceful) {
+                        let this = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            if let Err(error) = this.execute_stop(stop).await {
+                                tracing::error!(error = %error, "stopping a sandbox at its end time failed");
+                            }
+                        });
+                    }
+                }
+                () = changed => {}
+            }
+        };
+        let exit = match exit {
+            Ok(exit) => Some(exit),
+            Err(error) => {
+                tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %error, "waiting for the sandbox failed");
+                None
+            }
+        };
+        let mut message = None;
+        if let Err(error) = self.runtime.cleanup(&key).await {
+            tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %error, "sandbox cleanup failed");
+            message = Some(error.to_string());
+        }
+        let reason = {
+            let table = self.lock();
+            table.sandboxes.get(&key.id).and_then(|e| e.stop_reason).unwrap_or(ExitReason::Exited)
+        };
+        self.finish(&key, ExitInfo { exit, reason, message }).await;
+    }
+
+    /// Records an exit, and forgets the sandbox after the retention period.
+    pub(super) async fn finish(self: &Arc<Self>, key: &SandboxKey, exit: ExitInfo) {
+        let reason = exit.reason;
+        if let Err(error) = self.store.remove(&key.id).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove sandbox metadata");
+        }
+        {
+            let mut table = self.lock();
+            if let Some(entry) =
+                table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)
+            {
+                entry.info.exit = Some(exit);
+                entry.info.exited_at = Some(SystemTime::now());
+            }
+            if table.transition(key, SandboxState::Exited, &self.counts, &self.metrics).is_err() {
+                return;
+            }
+        }
+        self.metrics.count_exit(reason);
+        let this = Arc::clone(self);
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.config.retention).await;
+            let removed = this.lock().remove_exited(&key, &this.counts, &this.metrics);
+            if removed && let Err(error) = this.runtime.forget(&key).await {
+                tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's last files");
+            }
+        });
+    }
+
+    /// Stops one lifecycle and returns once its processes are gone (its exit is recorded by its
+    /// supervisor). The first stop's reason wins. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// The runtime's error when the processes could not be stopped.
+    pub async fn stop_lifecycle(
+        self: &Arc<Self>,
+        key: &SandboxKey,
+        reason: ExitReason,
+        mode: StopMode,
+    ) -> Result<(), SandboxError> {
+        match self.begin_stop(key, reason, mode) {
+            Some(stop) => self.execute_stop(stop).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The synchronous half of a stop: records the reason and moves the sandbox to `Stopping`.
+    /// Returns what is left to do to the processes, if anything.
+    fn begin_stop(&self, key: &SandboxKey, reason: ExitReason, mode: StopMode) -> Option<PendingStop> {
+        let mut table = self.lock();
+        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let state = entry.info.state;
+        let grace = entry.spec.stop_grace;
+        match state {
+            SandboxState::Exited => None,
+            SandboxState::Starting => {
+                // run_start issues the stop once the sandbox runs.
+                entry.stop_reason.get_or_insert(reason);
+                // The most urgent stop asked for wins.
+                entry.pending_stop = Some(match (entry.pending_stop, mode) {
+                    (Some(StopMode::Now), _) | (_, StopMode::Now) => StopMode::Now,
+                    (Some(StopMode::Within(a)), StopMode::Within(b)) => StopMode::Within(a.min(b)),
+                    (Some(StopMode::Within(a)), StopMode::Graceful) | (_, StopMode::Within(a)) => {
+                        StopMode::Within(a)
+                    }
+                    _ => StopMode::Graceful,
+                });
+                None
+            }
+            SandboxState::Stopping => Some(PendingStop { key: key.clone(), mode, grace, thaw: false }),
+            SandboxState::Running | SandboxState::Paused => {
+                entry.stop_reason.get_or_insert(reason);
+                entry.end_changed.notify_one();
+                let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
+                Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
+            }
+        }
+    }
+
+    /// The asynchronous half of a stop: signals, grace, kill.
+    async fn execute_stop(&self, stop: PendingStop) -> Result<(), SandboxError> {
+        let PendingStop { key, mode, grace, thaw } = stop;
+        if thaw && let Err(error) = self.runtime.resume(&key).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "thawing before the stop failed");
+        }
+        let stopped = match mode {
+            StopMode::Graceful => self.runtime.stop(&key, grace).await,
+            StopMode::Within(bound) => self.runtime.stop(&key, grace.min(bound)).await,
+            StopMode::Now => self.runtime.kill(&key).await,
+        };
+        stopped.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op: "stop", source: Box::new(e) })
+    }
+
+    /// Waits until `key` has exited (or is no longer in the table).
+    pub(super) async fn wait_exited(&self, key: &SandboxKey) {
+        let receiver = {
+            let table = self.lock();
+            match table.sandboxes.get(&key.id).filter(|e| e.info.lifecycle == key.lifecycle) {
+                Some(entry) => entry.state_tx.subscribe(),
+                None => return,
+            }
+        };
+        let mut receiver = receiver;
+        // An error means the entry is gone, which also means it exited.
+        let _ = receiver.wait_for(|state| *state == SandboxState::Exited).await;
+    }
+
+    fn prepare(&self, request: super::CreateRequest) -> Result<Prepared, CreateError> {
+        let id = match &request.id {
+            Some(id) if !id.is_empty() => validate::sandbox_id("id", id)?,
+            _ => generate_id(),
+        };
+        validate::command(&request.argv, &request.env)?;
+        let cwd = validate::cwd(request.cwd.as_deref())?;
+        let timeout = validate::timeout("timeout", request.timeout.unwrap_or(self.config.default_timeout))?;
+        let stop_grace = validate::stop_grace(request.stop_grace.unwrap_or(self.config.stop_grace))?;
+        let limits = validate::limits(
+            request.memory_bytes,
+            request.cpu_millis,
+            request.pids_max,
+            self.capacity.memory_bytes,
+            self.capacity.cpu_millis,
+        )?;
+        validate::labels(&request.labels)?;
+        let (template_name, template) = match request.template.as_deref() {
+            None | Some("" | "host") => ("host".to_owned(), Template::Host),
+            Some(name) => {
+                let path = self
+                    .templates
+                    .get(name)
+                    .ok_or_else(|| CreateError::TemplateNotFound(name.chars().take(80).collect()))?;
+                (name.to_owned(), Template::Rootfs { name: name.to_owned(), path: path.clone() })
+            }
+        };
+        let restore_from = match request.restore_from.as_deref() {
+            None | Some("") => None,
+            Some(snapshot) => {
+                let snapshot = validate::snapshot_id("restore_from", snapshot)?;
+                if !self.runtime.can_checkpoint() {
+                    return Err(CreateError::NotSupported {
+                        backend: self.runtime.name(),
+                        what: "restore from a snapshot",
+                    });
+                }
+                Some(snapshot)
+            }
+        };
+        let now = SystemTime::now();
+        let key = SandboxKey { id, lifecycle: new_lifecycle_id() };
+        Ok(Prepared {
+            spec: SandboxSpec {
+                key: key.clone(),
+                argv: request.argv.clone(),
+                env: request.env,
+                cwd,
+                template,
+                limits,
+                user: User::UNPRIVILEGED,
+                stop_grace,
+                restore_from: restore_from.clone(),
+            },
+            info: SandboxInfo {
+                id: key.id,
+                lifecycle: key.lifecycle,
+                state: SandboxState::Starting,
+                argv: request.argv,
+                template: template_name,
+                limits,
+                labels: request.labels,
+                drain_policy: request.drain_policy,
+                created_at: now,
+                started_at: None,
+                end_time: Some(now + timeout),
+                exited_at: None,
+                exit: None,
+                restored_from: restore_from,
+            },
+        })
+    }
+
+    /// Adopts the sandboxes an earlier agent left (see [`Runtime::recover`]).
+    ///
+    /// # Errors
+    ///
+    /// The runtime's error when the state dir cannot be read.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, sandhost_runtime::RecoverError> {
+        let recovered = self.runtime.recover().await?;
+        let mut adopted = 0;
+        for sandbox in recovered {
+            let key = sandbox.spec.key.clone();
+            let meta = self.store.load(&key.id).await.filter(|m| m.lifecycle == key.lifecycle);
+            let state = match sandbox.state {
+                sandhost_runtime::RecoveredState::Running { paused: true } => SandboxState::Paused,
+                sandhost_runtime::RecoveredState::Running { paused: false } => SandboxState::Running,
+                sandhost_runtime::RecoveredState::Exited(_) => SandboxState::Stopping,
+            };
+            let info = SandboxInfo {
+                id: key.id.clone(),
+                lifecycle: key.lifecycle.clone(),
+                state,
+                argv: sandbox.spec.argv.clone(),
+                template: meta
+                    .as_ref()
+                    .map_or_else(|| template_name(&sandbox.spec.template), |m| m.template.clone()),
+                limits: sandbox.spec.limits,
+                labels: meta.as_ref().map(|m| m.labels.clone()).unwrap_or_default(),
+                drain_policy: meta.as_ref().map_or(DrainPolicy::Wait, |m| m.drain_policy),
+                created_at: meta.as_ref().map_or(sandbox.started_at, |m| m.created_at),
+                started_at: Some(sandbox.started_at),
+                end_time: meta.as_ref().and_then(|m| m.end_time),
+                exited_at: None,
+                exit: None,
+                restored_from: sandbox.spec.restore_from.clone(),
+            };
+            let entry = Entry {
+                info,
+                spec: sandbox.spec,
+                stop_reason: None,
+                pending_stop: None,
+                state_tx: watch::Sender::new(state),
+                end_changed: Arc::new(Notify::new()),
+            };
+            let end_changed = Arc::clone(&entry.end_changed);
+            self.lock().insert(entry, &self.counts, &self.metrics);
+            match sandbox.state {
+                sandhost_runtime::RecoveredState::Running { .. } => {
+                    tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "re-adopted a running sandbox");
+                    adopted += 1;
+                    tokio::spawn(Arc::clone(self).supervise(key, end_changed));
+                }
+                sandhost_runtime::RecoveredState::Exited(exit) => {
+                    tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "a sandbox ended while no agent ran");
+                    let message = Some("ended while no agent was running".to_owned());
+                    self.finish(&key, ExitInfo { exit, reason: ExitReason::Exited, message }).await;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+/// A stop whose bookkeeping is done and whose signals are still to be sent.
+struct PendingStop {
+    key: SandboxKey,
+    mode: StopMode,
+    grace: Duration,
+    thaw: bool,
+}
+
+struct Prepared {
+    spec: SandboxSpec,
+    info: SandboxInfo,
+}
+
+impl Prepared {
+    fn into_entry(self) -> Entry {
+        Entry {
+            info: self.info,
+            spec: self.spec,
+            stop_reason: None,
+            pending_stop: None,
+            state_tx: watch::Sender::new(SandboxState::Starting),
+            end_changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
+fn template_name(template: &Template) -> String {
+    match template {
+        Template::Host => "host".to_owned(),
+        Template::Rootfs { name, .. } => name.clone(),
+    }
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn generate_id() -> SandboxId {
+    SandboxId::parse(format!("sbx-{}", random_hex(6)))
+        .unwrap_or_else(|_| unreachable!("generated ids are valid"))
+}
+
+fn new_lifecycle_id() -> LifecycleId {
+    LifecycleId::parse(random_hex(8)).unwrap_or_else(|_| unreachable!("generated lifecycle ids are valid"))
+}
+
+fn host_memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kib| kib * 1024)
+}

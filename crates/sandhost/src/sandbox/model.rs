@@ -1,0 +1,212 @@
+//! The sandbox as the rest of sandhost sees it: states, exit reasons, requests and the read model.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use sandhost_runtime::{Exit, LifecycleId, Limits, SandboxId, SnapshotId};
+
+/// Where a sandbox is in its life. The allowed transitions are in [`SandboxState::can_become`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SandboxState {
+    /// Admitted; the runtime is starting it.
+    Starting,
+    /// Its command runs.
+    Running,
+    /// Frozen in memory.
+    Paused,
+    /// Being stopped; its processes may still run.
+    Stopping,
+    /// Its command has ended and its resources are released (or being released).
+    Exited,
+}
+
+impl SandboxState {
+    /// `STARTING -> RUNNING <-> PAUSED -> STOPPING -> EXITED`, plus the failure and exit edges:
+    /// a start can fail (`STARTING -> EXITED`) and a running or paused sandbox can exit on its own.
+    #[must_use]
+    pub fn can_become(self, next: Self) -> bool {
+        use SandboxState::{Exited, Paused, Running, Starting, Stopping};
+        matches!(
+            (self, next),
+            (Starting, Running | Exited | Stopping)
+                | (Running, Paused | Stopping | Exited)
+                | (Paused, Running | Stopping | Exited)
+                | (Stopping, Exited)
+        )
+    }
+
+    /// Whether the sandbox holds host resources (everything but `Exited`).
+    #[must_use]
+    pub fn is_live(self) -> bool {
+        self != Self::Exited
+    }
+
+    /// The lowercase name used in logs, metrics and the CLI.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopping => "stopping",
+            Self::Exited => "exited",
+        }
+    }
+
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 5] = [Self::Starting, Self::Running, Self::Paused, Self::Stopping, Self::Exited];
+}
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// Its command exited on its own.
+    Exited,
+    /// It reached its end time and was stopped.
+    Timeout,
+    /// It was deleted (stopped or killed) through the API.
+    Killed,
+    /// The drain stopped it at the deadline or on a forced stop.
+    ForceStopped,
+    /// It was stopped because its drain policy says so (STOP, or CHECKPOINT on a backend that
+    /// cannot checkpoint).
+    DrainStopped,
+    /// It was checkpointed and stopped (evacuated).
+    Checkpointed,
+    /// It never started.
+    StartFailed,
+}
+
+impl ExitReason {
+    /// The lowercase name used in the API, logs and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Timeout => "timeout",
+            Self::Killed => "killed",
+            Self::ForceStopped => "force_stopped",
+            Self::DrainStopped => "drain_stopped",
+            Self::Checkpointed => "checkpointed",
+            Self::StartFailed => "start_failed",
+        }
+    }
+}
+
+/// What the drain does with a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DrainPolicy {
+    /// Run until it exits or reaches its end time (stopped only at the drain's deadline).
+    #[default]
+    Wait,
+    /// SIGTERM when the drain begins, then stopped after its grace.
+    Stop,
+    /// When the node must empty, checkpoint and stop it instead of killing it (where the backend
+    /// can; elsewhere it is stopped like `Stop` and the report says so).
+    Checkpoint,
+}
+
+impl DrainPolicy {
+    /// The lowercase name used in the API and CLI.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wait => "wait",
+            Self::Stop => "stop",
+            Self::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// How a sandbox ended, as kept for the retention period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The command's exit, when it is known (a start failure has none).
+    pub exit: Option<Exit>,
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// More detail (the start error, the snapshot an evacuation produced, a stop failure).
+    pub message: Option<String>,
+}
+
+/// A request to create a sandbox, as it arrives from the API (not yet validated).
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Client-chosen id; generated when absent.
+    pub id: Option<String>,
+    /// Template name; `host` when absent.
+    pub template: Option<String>,
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<String>,
+    /// How long the sandbox may run; the node's default when absent.
+    pub timeout: Option<Duration>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<u32>,
+    /// Process limit.
+    pub pids_max: Option<u32>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// What the drain does with it.
+    pub drain_policy: DrainPolicy,
+    /// Start from this snapshot.
+    pub restore_from: Option<String>,
+    /// SIGTERM-to-kill grace when it is stopped; the node's default when absent.
+    pub stop_grace: Option<Duration>,
+}
+
+/// A change to a live sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    /// A new timeout, counted from now.
+    pub timeout: Option<Duration>,
+    /// Replaces the labels when present.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Which sandboxes `List` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only sandboxes in this state.
+    pub state: Option<SandboxState>,
+    /// Only sandboxes carrying all of these labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A sandbox as `Get` and `List` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    /// Its id.
+    pub id: SandboxId,
+    /// The current lifecycle.
+    pub lifecycle: LifecycleId,
+    /// Its state.
+    pub state: SandboxState,
+    /// The command.
+    pub argv: Vec<String>,
+    /// The template name.
+    pub template: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Drain policy.
+    pub drain_policy: DrainPolicy,
+    /// When it was admitted.
+    pub created_at: SystemTime,
+    /// When its command started running.
+    pub started_at: Option<SystemTime>,
+    /// When the node stops it (its timeout).
+    pub end_time: Option<SystemTime>,
+    /// When it exited.
+    pub exited_at: Option<SystemTime>,
+    /// How it ended, once it has.
+    pub exit: Option<ExitInfo>,
+    /// The snapshot it was restored from.
+    pub restored_from: Option<SnapshotId>,
+}

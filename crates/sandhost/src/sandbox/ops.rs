@@ -1,0 +1,235 @@
+//! The operations on existing sandboxes: read, delete, pause, resume, update, wait, logs, and
+//! snapshots.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream;
+use sandhost_runtime::{SandboxKey, SnapshotId, SnapshotInfo};
+
+use super::manager::{Manager, StopMode};
+use super::store::SandboxMeta;
+use super::{ExitReason, ListFilter, SandboxError, SandboxInfo, SandboxState, UpdateRequest, validate};
+use crate::node::LogStream;
+
+/// Bytes per log read.
+const LOG_CHUNK: usize = 64 * 1024;
+/// How often a follower looks for new log bytes while the sandbox runs. The log file is written by
+/// the sandbox's init, which sends no event; the exit, which ends the stream, is an event.
+const LOG_FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+
+impl Manager {
+    fn key_of(&self, id: &str) -> Result<(SandboxKey, SandboxState), SandboxError> {
+        let table = self.lock();
+        let entry = table.find(id)?;
+        Ok((entry.spec.key.clone(), entry.info.state))
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        Ok(self.lock().find(id)?.info.clone())
+    }
+
+    pub(crate) fn list(&self, filter: &ListFilter) -> Vec<SandboxInfo> {
+        let table = self.lock();
+        let mut list: Vec<SandboxInfo> = table
+            .sandboxes
+            .values()
+            .map(|e| &e.info)
+            .filter(|info| filter.state.is_none_or(|s| s == info.state))
+            .filter(|info| filter.labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    pub(crate) async fn delete(self: &Arc<Self>, id: &str, now: bool) -> Result<SandboxInfo, SandboxError> {
+        let (key, _) = self.key_of(id)?;
+        let mode = if now { StopMode::Now } else { StopMode::Graceful };
+        self.stop_lifecycle(&key, ExitReason::Killed, mode).await?;
+        self.wait_exited(&key).await;
+        self.get(id)
+    }
+
+    pub(crate) async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        self.freeze(id, true).await
+    }
+
+    pub(crate) async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        self.freeze(id, false).await
+    }
+
+    async fn freeze(&self, id: &str, pause: bool) -> Result<SandboxInfo, SandboxError> {
+        let (from, to, op) = if pause {
+            (SandboxState::Running, SandboxState::Paused, "pause")
+        } else {
+            (SandboxState::Paused, SandboxState::Running, "resume")
+        };
+        let (key, state) = self.key_of(id)?;
+        if state == to {
+            return self.get(id);
+        }
+        if state != from {
+            return Err(SandboxError::WrongState { id: key.id, state, op });
+        }
+        let done = if pause { self.runtime.pause(&key).await } else { self.runtime.resume(&key).await };
+        done.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op, source: Box::new(e) })?;
+        let mut table = self.lock();
+        // A stop that began meanwhile wins; the sandbox is then Stopping, which is what we report.
+        let _ = table.transition(&key, to, &self.counts, &self.metrics);
+        Ok(table.find(id)?.info.clone())
+    }
+
+    pub(crate) fn update(
+        self: &Arc<Self>,
+        id: &str,
+        request: UpdateRequest,
+    ) -> Result<SandboxInfo, SandboxError> {
+        if let Some(labels) = &request.labels {
+            validate::labels(labels)?;
+        }
+        let timeout = request.timeout.map(|t| validate::timeout("timeout", t)).transpose()?;
+        let mut table = self.lock();
+        let entry = table.find(id)?;
+        let key = entry.spec.key.clone();
+        if !entry.info.state.is_live() {
+            return Err(SandboxError::WrongState { id: key.id, state: entry.info.state, op: "update" });
+        }
+        let entry = table.sandboxes.get_mut(&key.id).ok_or_else(|| SandboxError::NotFound(id.to_owned()))?;
+        if let Some(timeout) = timeout {
+            entry.info.end_time = Some(SystemTime::now() + timeout);
+            entry.end_changed.notify_one();
+        }
+        if let Some(labels) = request.labels {
+            entry.info.labels = labels;
+        }
+        let info = entry.info.clone();
+        drop(table);
+        let meta = SandboxMeta::from_entry(&info);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(error) = this.store.save(&meta).await {
+                tracing::warn!(sandbox.id = %meta.id, error = %error, "cannot persist sandbox metadata");
+            }
+        });
+        Ok(info)
+    }
+
+    pub(crate) async fn wait(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        let (key, _) = self.key_of(id)?;
+        self.wait_exited(&key).await;
+        self.get(id)
+    }
+
+    pub(crate) fn logs(self: &Arc<Self>, id: &str, follow: bool) -> Result<LogStream, SandboxError> {
+        let (key, _) = self.key_of(id)?;
+        let this = Arc::clone(self);
+        let state = (this, key, 0u64, false);
+        let stream = stream::unfold(state, move |(this, key, offset, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let chunk = match this.runtime.read_logs(&key, offset, LOG_CHUNK).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let error =
+                            SandboxError::Runtime { id: key.id.clone(), op: "logs", source: Box::new(e) };
+                        return Some((Err(error), (this, key, offset, true)));
+                    }
+                };
+                if !chunk.data.is_empty() {
+                    let next = chunk.next_offset;
+                    return Some((Ok(chunk.data), (this, key, next, false)));
+                }
+                if !follow || this.is_exited(&key) {
+                    // One last read after the exit was seen catches what was written before it.
+                    let last = this.runtime.read_logs(&key, chunk.next_offset, LOG_CHUNK).await.ok()?;
+                    return (!last.data.is_empty())
+                        .then(|| (Ok(last.data), (this, key, last.next_offset, true)));
+                }
+                tokio::select! {
+                    () = this.wait_exited(&key) => {}
+                    () = tokio::time::sleep(LOG_FOLLOW_INTERVAL) => {}
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    fn is_exited(&self, key: &SandboxKey) -> bool {
+        self.lock()
+            .sandboxes
+            .get(&key.id)
+            .is_none_or(|e| e.info.lifecycle != key.lifecycle || e.info.state == SandboxState::Exited)
+    }
+
+    pub(crate) async fn checkpoint(
+        self: &Arc<Self>,
+        id: &str,
+        stop: bool,
+    ) -> Result<SnapshotInfo, SandboxError> {
+        if !self.runtime.can_checkpoint() {
+            return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "checkpoint" });
+        }
+        let (key, state) = self.key_of(id)?;
+        if !matches!(state, SandboxState::Running | SandboxState::Paused) {
+            return Err(SandboxError::WrongState { id: key.id, state, op: "checkpoint" });
+        }
+        // Checkpoint-and-continue keeps a sandbox running across the operation: it holds one
+        // admission permit for the whole of it, so a drain waits for it and never rejects its
+        // internal restart. Checkpoint-and-stop only ends work, and is allowed while draining.
+        let _permit = if stop {
+            None
+        } else {
+            Some(
+                self.gate
+                    .enter()
+                    .map_err(|_| SandboxError::NotAdmitting { status: crate::drain::NodeStatus::Draining })?,
+            )
+        };
+        let snapshot = snapshot_id_for(&key);
+        let info = self.runtime.checkpoint(&key, &snapshot, stop).await.map_err(SandboxError::Checkpoint)?;
+        if stop {
+            self.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now).await?;
+            self.wait_exited(&key).await;
+        }
+        Ok(info)
+    }
+
+    /// Checkpoints a sandbox and stops it (the drain's evacuation). Returns the snapshot's id.
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint's or the stop's error; the sandbox is then still live.
+    pub async fn evacuate(self: &Arc<Self>, key: &SandboxKey) -> Result<String, SandboxError> {
+        let snapshot = snapshot_id_for(key);
+        let info = self.runtime.checkpoint(key, &snapshot, true).await.map_err(SandboxError::Checkpoint)?;
+        self.stop_lifecycle(key, ExitReason::Checkpointed, StopMode::Now).await?;
+        Ok(info.id.to_string())
+    }
+
+    pub(crate) async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, SandboxError> {
+        if !self.runtime.can_checkpoint() {
+            return Ok(Vec::new());
+        }
+        self.runtime.list_snapshots().await.map_err(SandboxError::Checkpoint)
+    }
+
+    pub(crate) async fn delete_snapshot(&self, id: &str) -> Result<(), SandboxError> {
+        let snapshot = validate::snapshot_id("snapshot_id", id)?;
+        if !self.runtime.can_checkpoint() {
+            return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "snapshots" });
+        }
+        self.runtime.delete_snapshot(&snapshot).await.map_err(SandboxError::Checkpoint)
+    }
+}
+
+/// `<sandbox id>-<lifecycle id prefix>-<unix millis>`, cut to a valid id.
+fn snapshot_id_for(key: &SandboxKey) -> SnapshotId {
+    let millis = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let id: String = key.id.as_str().chars().take(40).collect();
+    let lifecycle: String = key.lifecycle.as_str().chars().take(6).collect();
+    SnapshotId::parse(format!("{id}-{lifecycle}-{millis:x}"))
+        .unwrap_or_else(|_| unreachable!("built from valid parts"))
+}

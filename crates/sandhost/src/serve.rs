@@ -1,0 +1,458 @@
+//! `sandhost serve`: config -> tracing -> state dir lock -> runtime -> node -> servers -> signals ->
+//! drain -> bounded shutdown -> exit code. The wiring reads top to bottom in [`serve`].
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | every phase was clean |
+//! | 1 | startup failed (state dir, lock, runtime, listen address) |
+//! | 2 | invalid configuration (the message names the variable) |
+//! | 10 | sandboxes were force-stopped (drain deadline, second signal, `FORCE_STOP`, `ForceStop`) |
+//! | 11 | a sandbox could not be stopped within the forced phase's bound |
+//! | 12 | a service (gRPC or HTTP server) failed on its own |
+//! | 13 | a closer failed during the shutdown |
+//! | 14 | a third signal: exited at once, sandboxes left running for the next agent |
+//!
+//! When several apply, the code is the first of 11, 12, 13, 10; the message names every one.
+
+use std::fmt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use draingate::Gate;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{LogFormat, RuntimeKind, ServeArgs, ServeConfig};
+use crate::drain::{DrainCoordinator, DrainReport, DrainSettings, NodeStatus};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::sandbox::{Manager, ManagerParts};
+
+mod state_dir;
+
+use state_dir::StateDir;
+
+/// How long the servers get to end their streams and close after the drain.
+const SERVER_SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
+
+/// Exit code: sandboxes were force-stopped.
+pub const EXIT_FORCE_STOPPED: u8 = 10;
+/// Exit code: a sandbox could not be stopped within the forced bound.
+pub const EXIT_STOP_FAILED: u8 = 11;
+/// Exit code: a service failed on its own.
+pub const EXIT_SERVICE_FAILED: u8 = 12;
+/// Exit code: a closer failed.
+pub const EXIT_CLOSER_FAILED: u8 = 13;
+/// Exit code: a third signal ended the process at once.
+pub const EXIT_ABANDONED: u8 = 14;
+
+/// Runs `sandhost serve` to its end and returns the process exit code.
+#[must_use]
+pub fn run(args: &ServeArgs) -> ExitCode {
+    let config = match args.validate(std::env::var("SANDHOST_TOKEN").ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sandhost serve: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sandhost serve: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(serve(config)) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "sandhost serve failed to start");
+            eprintln!("sandhost serve: {error:#}");
+            1
+        }
+    };
+    // Sandbox supervisors may still be parked on their exits; they belong to the next agent.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(code)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// What ended the process, for its exit code and its last message.
+#[derive(Debug, Default)]
+struct Outcome {
+    drain: DrainReport,
+    service_failures: Vec<String>,
+    closer_failures: Vec<String>,
+}
+
+impl Outcome {
+    fn exit_code(&self) -> u8 {
+        if !self.drain.failures.is_empty() {
+            EXIT_STOP_FAILED
+        } else if !self.service_failures.is_empty() {
+            EXIT_SERVICE_FAILED
+        } else if !self.closer_failures.is_empty() {
+            EXIT_CLOSER_FAILED
+        } else if self.drain.force_stopped > 0 {
+            EXIT_FORCE_STOPPED
+        } else {
+            0
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.drain.force_stopped > 0 {
+            parts.push(format!("{} sandbox(es) force-stopped", self.drain.force_stopped));
+        }
+        for failure in &self.drain.failures {
+            parts.push(format!("sandbox {} not stopped: {}", failure.subject, failure.message));
+        }
+        for service in &self.service_failures {
+            parts.push(format!("service failed: {service}"));
+        }
+        for closer in &self.closer_failures {
+            parts.push(format!("closer failed: {closer}"));
+        }
+        if parts.is_empty() { f.write_str("clean shutdown") } else { f.write_str(&parts.join("; ")) }
+    }
+}
+
+/// A server task: its name and its handle.
+type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
+
+async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
+    let state_dir = StateDir::open(&config.state_dir)?;
+    let NodeParts { node, coordinator, registry } = build_node(&config, &state_dir).await?;
+
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen / SANDHOST_LISTEN)", config.listen))?;
+    let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| {
+        format!("cannot listen on {} (--http-listen / SANDHOST_HTTP_LISTEN)", config.http_listen)
+    })?;
+    let shutdown = CancellationToken::new();
+    let services: Vec<Service> = vec![
+        (
+            "grpc",
+            tokio::spawn({
+                let server = crate::api::grpc::serve(
+                    grpc_listener,
+                    node.clone(),
+                    config.token.clone(),
+                    shutdown.clone(),
+                );
+                async move { server.await.context("gRPC server") }
+            }),
+        ),
+        (
+            "http",
+            tokio::spawn({
+                let server = crate::api::http::serve(http_listener, node.clone(), registry, shutdown.clone());
+                async move { server.await.context("HTTP server") }
+            }),
+        ),
+    ];
+    tracing::info!(
+        grpc = %config.listen,
+        http = %config.http_listen,
+        state_dir = %config.state_dir.display(),
+        runtime = node.info().runtime,
+        auth = config.token.is_some(),
+        "sandhost serving"
+    );
+
+    let (services, service_failures) = wait_for_shutdown(&config, &coordinator, services).await?;
+
+    // The drain is complete (DRAINED): stop the servers, then the closers.
+    shutdown.cancel();
+    let mut outcome = Outcome { drain: coordinator.report(), service_failures, closer_failures: Vec::new() };
+    for (name, handle) in services {
+        match tokio::time::timeout(SERVER_SHUTDOWN_BOUND, handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => outcome.closer_failures.push(format!("{name} server: {error:#}")),
+            Ok(Err(join)) => outcome.closer_failures.push(format!("{name} server: {join}")),
+            Err(_) => outcome
+                .closer_failures
+                .push(format!("{name} server did not stop within {SERVER_SHUTDOWN_BOUND:?}")),
+        }
+    }
+    coordinator.complete_shutdown();
+    if let Err(error) = state_dir.close_cleanly() {
+        outcome.closer_failures.push(format!("state dir: {error:#}"));
+    }
+    let code = outcome.exit_code();
+    if code == 0 {
+        tracing::info!(%outcome, "sandhost stopped");
+    } else {
+        tracing::error!(%outcome, exit_code = code, "sandhost stopped");
+        eprintln!("sandhost serve: {outcome}");
+    }
+    Ok(outcome)
+}
+
+/// The parts of a running node.
+struct NodeParts {
+    node: Node,
+    coordinator: DrainCoordinator,
+    registry: Arc<Registry>,
+}
+
+async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Result<NodeParts> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let runtime = open_runtime(config, state_dir.path())?;
+    let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
+    let manager = Manager::new(ManagerParts {
+        runtime,
+        config: config.sandbox.clone(),
+        templates: config.templates.clone(),
+        gate: Gate::new(),
+        status: status_rx,
+        metrics: metrics.clone(),
+        meta_dir: state_dir.path().join("meta"),
+    });
+    let coordinator = DrainCoordinator::new(
+        Arc::clone(&manager),
+        status_tx,
+        DrainSettings { force_timeout: config.force_shutdown_timeout },
+        state_dir.path().join("drain.json"),
+        metrics,
+    );
+    let adopted = manager.recover().await.context("re-adopting the sandboxes of the previous agent")?;
+    if adopted > 0 {
+        tracing::info!(adopted, "re-adopted running sandboxes");
+    }
+    coordinator.resume_persisted();
+    let node = Node::new(manager, coordinator.clone(), state_dir.node_id().to_owned());
+    Ok(NodeParts { node, coordinator, registry: Arc::new(registry) })
+}
+
+fn open_runtime(
+    config: &ServeConfig,
+    state_dir: &Path,
+) -> anyhow::Result<Arc<dyn sandhost_runtime::Runtime>> {
+    match config.runtime {
+        RuntimeKind::Process => {
+            let init_exe =
+                std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
+            let mut runtime_config =
+                sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
+            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
+            let runtime = sandhost_runtime::process::ProcessRuntime::open(runtime_config)
+                .context("opening the process runtime")?;
+            Ok(Arc::new(runtime))
+        }
+        RuntimeKind::Gvisor => {
+            anyhow::bail!("the gvisor runtime is not available in this build (--runtime / SANDHOST_RUNTIME)")
+        }
+    }
+}
+
+/// Waits for signals and service exits; drives the shutdown drain; returns once DRAINED.
+async fn wait_for_shutdown(
+    config: &ServeConfig,
+    coordinator: &DrainCoordinator,
+    mut services: Vec<Service>,
+) -> anyhow::Result<(Vec<Service>, Vec<String>)> {
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut signals = 0u32;
+    let mut failures = Vec::new();
+    let drained = coordinator.wait_drained();
+    tokio::pin!(drained);
+    let mut shutting_down = false;
+    loop {
+        let next_exit = async {
+            if services.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            let (index, result) = wait_any(&mut services).await;
+            (index, result)
+        };
+        tokio::select! {
+            () = &mut drained, if shutting_down => break,
+            _ = terminate.recv() => signals += 1,
+            _ = interrupt.recv() => signals += 1,
+            (index, result) = next_exit => {
+                let (name, _) = services.remove(index);
+                let message = match result {
+                    Ok(Ok(())) => format!("{name}: exited unexpectedly"),
+                    Ok(Err(error)) => format!("{name}: {error:#}"),
+                    Err(join) => format!("{name}: {join}"),
+                };
+                tracing::error!(service = name, error = %message, "a service failed on its own; shutting down");
+                failures.push(message);
+                if !shutting_down {
+                    shutting_down = true;
+                    coordinator.begin_shutdown(config.shutdown_drain_timeout, config.force_stop);
+                }
+                continue;
+            }
+        }
+        match signals {
+            1 => {
+                tracing::info!(
+                    drain_timeout = ?config.shutdown_drain_timeout,
+                    force_stop = config.force_stop,
+                    "shutdown signal: draining (a second signal forces, a third exits at once)"
+                );
+                shutting_down = true;
+                coordinator.begin_shutdown(config.shutdown_drain_timeout, config.force_stop);
+            }
+            2 => {
+                tracing::warn!("second signal: stopping every sandbox now");
+                coordinator.escalate();
+            }
+            _ => {
+                let live = coordinator.progress().live;
+                tracing::error!(
+                    live,
+                    "third signal: exiting at once; the sandboxes are left for the next agent to re-adopt"
+                );
+                eprintln!("sandhost serve: third signal: exited at once, leaving {live} sandbox(es) running");
+                std::process::exit(i32::from(EXIT_ABANDONED));
+            }
+        }
+    }
+    Ok((services, failures))
+}
+
+/// Waits for the first of the services to end.
+async fn wait_any(services: &mut [Service]) -> (usize, Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    let futures = services.iter_mut().map(|(_, handle)| handle);
+    let (result, index, _) = futures::future::select_all(futures).await;
+    (index, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use sandhost_runtime::fake::FakeRuntime;
+
+    use super::*;
+    use crate::drain::DrainFailure;
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config() -> ServeConfig {
+        Args::parse_from(["serve", "--state-dir", "/nonexistent"]).serve.validate(None).expect("config")
+    }
+
+    fn coordinator(dir: &Path) -> DrainCoordinator {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
+        let manager = Manager::new(ManagerParts {
+            runtime: Arc::new(FakeRuntime::new()),
+            config: crate::config::SandboxConfig::default(),
+            templates: Vec::new(),
+            gate: Gate::new(),
+            status: status_rx,
+            metrics: metrics.clone(),
+            meta_dir: dir.join("meta"),
+        });
+        let settings = DrainSettings { force_timeout: Duration::from_secs(30) };
+        DrainCoordinator::new(manager, status_tx, settings, dir.join("drain.json"), metrics)
+    }
+
+    #[tokio::test]
+    async fn a_service_that_fails_on_its_own_shuts_the_node_down_with_a_non_zero_exit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = coordinator(dir.path());
+        let shutdown = CancellationToken::new();
+        let http_shutdown = shutdown.clone();
+        let services: Vec<Service> = vec![
+            ("grpc", tokio::spawn(async { Err(anyhow::anyhow!("the listener broke")) })),
+            (
+                "http",
+                tokio::spawn(async move {
+                    http_shutdown.cancelled().await;
+                    Ok(())
+                }),
+            ),
+        ];
+        let (left, failures) = tokio::time::timeout(
+            Duration::from_secs(60),
+            wait_for_shutdown(&config(), &coordinator, services),
+        )
+        .await
+        .expect("hang guard")
+        .expect("signals installed");
+        assert_eq!(failures, ["grpc: the listener broke"]);
+        assert_eq!(left.len(), 1, "the healthy service is still to be stopped");
+        assert!(coordinator.progress().shutting_down, "the failure started a shutdown");
+        let outcome =
+            Outcome { drain: coordinator.report(), service_failures: failures, closer_failures: Vec::new() };
+        assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
+        assert!(outcome.to_string().contains("service failed: grpc: the listener broke"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_clean_exit_of_a_service_is_a_failure_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let coordinator = coordinator(dir.path());
+        let services: Vec<Service> = vec![("http", tokio::spawn(async { Ok(()) }))];
+        let (_, failures) = tokio::time::timeout(
+            Duration::from_secs(60),
+            wait_for_shutdown(&config(), &coordinator, services),
+        )
+        .await
+        .expect("hang guard")
+        .expect("signals installed");
+        assert_eq!(failures, ["http: exited unexpectedly"]);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_precedence() {
+        let failure = DrainFailure { subject: "a/1".into(), message: "stuck".into() };
+        let mut outcome = Outcome::default();
+        assert_eq!(outcome.exit_code(), 0);
+        outcome.drain.force_stopped = 2;
+        assert_eq!(outcome.exit_code(), EXIT_FORCE_STOPPED);
+        outcome.closer_failures.push("state dir".into());
+        assert_eq!(outcome.exit_code(), EXIT_CLOSER_FAILED);
+        outcome.service_failures.push("grpc".into());
+        assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
+        outcome.drain.failures.push(failure);
+        assert_eq!(outcome.exit_code(), EXIT_STOP_FAILED);
+        let message = outcome.to_string();
+        for part in [
+            "2 sandbox(es) force-stopped",
+            "sandbox a/1 not stopped: stuck",
+            "service failed: grpc",
+            "closer failed: state dir",
+        ] {
+            assert!(message.contains(part), "{message}");
+        }
+    }
+}

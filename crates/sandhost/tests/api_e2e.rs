@@ -1,0 +1,420 @@
+//! End to end: the real `sandhost serve` (real sandboxes, as root) driven by the CLI and by a tonic
+//! client. Each test starts its own serve on free loopback ports with a temp state dir; the guard
+//! stops it (and so every sandbox) even when the test panics.
+#![allow(clippy::unwrap_used)]
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::{Serve, ServeOptions, ok, stderr, stdout};
+use sandhost_proto::v1 as pb;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+fn sandbox_json(serve: &Serve, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&serve.cli(&["get", id, "--json"]))).expect("get --json is JSON")
+}
+
+fn bad_request_field(status: &tonic::Status) -> String {
+    let details = status.get_error_details();
+    let bad = details.bad_request().unwrap_or_else(|| panic!("no BadRequest detail in {status:?}"));
+    bad.field_violations[0].field.clone()
+}
+
+#[test]
+fn create_wait_logs_get_list_through_the_cli() {
+    let serve = Serve::start();
+    let id = ok(&serve.cli(&[
+        "create",
+        "--id",
+        "hello",
+        "--label",
+        "team=a",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; exit 3",
+    ]));
+    assert_eq!(id, "hello");
+
+    let wait = serve.cli(&["wait", "hello"]);
+    assert_eq!(wait.status.code(), Some(3), "wait exits with the sandbox's code: {}", stderr(&wait));
+
+    assert_eq!(ok(&serve.cli(&["logs", "hello"])), "hello");
+
+    let sandbox = sandbox_json(&serve, "hello");
+    assert_eq!(sandbox["state"], "exited");
+    assert_eq!(sandbox["exit"]["code"], 3);
+    assert_eq!(sandbox["exit"]["reason"], "exited");
+    assert_eq!(sandbox["labels"]["team"], "a");
+    assert_eq!(sandbox["argv"], serde_json::json!(["sh", "-c", "echo hello; exit 3"]));
+
+    let list: serde_json::Value = serde_json::from_str(&ok(&serve.cli(&["list", "--json"]))).expect("JSON");
+    assert!(list.as_array().expect("array").iter().any(|s| s["id"] == "hello"), "{list}");
+    let table = ok(&serve.cli(&["list"]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("hello"), "{table}");
+
+    let human = ok(&serve.cli(&["get", "hello"]));
+    assert!(human.contains("exited (code 3)"), "{human}");
+}
+
+#[test]
+fn a_generated_id_and_json_output() {
+    let serve = Serve::start();
+    let created: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["create", "--json", "--", "true"])))
+            .expect("create --json is JSON");
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert!(!id.is_empty());
+    let wait = serve.cli(&["wait", &id]);
+    assert_eq!(wait.status.code(), Some(0), "{}", stderr(&wait));
+}
+
+#[test]
+fn pause_resume_kill_and_kill_again() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "sleeper", "--", "sleep", "1000"]));
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
+
+    ok(&serve.cli(&["pause", "sleeper"]));
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "paused");
+    ok(&serve.cli(&["resume", "sleeper"]));
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
+
+    let killed = ok(&serve.cli(&["kill", "sleeper", "--now"]));
+    assert!(killed.contains("killed"), "{killed}");
+    let sandbox = sandbox_json(&serve, "sleeper");
+    assert_eq!(sandbox["state"], "exited");
+    assert_eq!(sandbox["exit"]["reason"], "killed");
+    // Idempotent.
+    ok(&serve.cli(&["kill", "sleeper"]));
+
+    // Pausing an exited sandbox is a precondition failure: exit 1, the code on stderr.
+    let pause = serve.cli(&["pause", "sleeper"]);
+    assert_eq!(pause.status.code(), Some(1));
+    assert!(stderr(&pause).contains("FAILED_PRECONDITION"), "{}", stderr(&pause));
+}
+
+#[test]
+fn an_unknown_sandbox_is_not_found() {
+    let serve = Serve::start();
+    let get = serve.cli(&["get", "nope"]);
+    assert_eq!(get.status.code(), Some(1));
+    assert!(stderr(&get).contains("NOT_FOUND"), "{}", stderr(&get));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
+    let serve = Serve::start();
+    let mut sandboxes = serve.sandboxes().await;
+    let created = sandboxes
+        .create(pb::CreateRequest {
+            id: "short".into(),
+            argv: vec!["sleep".into(), "1000".into()],
+            timeout: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert!(created.end_time.is_some());
+
+    let updated = sandboxes
+        .update(pb::UpdateRequest {
+            id: "short".into(),
+            end: Some(pb::update_request::End::Timeout(prost_types::Duration { seconds: 1, nanos: 0 })),
+            labels: Some(pb::Labels { labels: [("moved".to_owned(), "yes".to_owned())].into() }),
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert_eq!(updated.labels.get("moved").map(String::as_str), Some("yes"));
+    let seconds = |t: Option<prost_types::Timestamp>| t.expect("an end time").seconds;
+    assert!(seconds(updated.end_time) < seconds(created.end_time), "the end time moved earlier");
+
+    let waited =
+        tokio::time::timeout(e2e::HANG_GUARD, sandboxes.wait(pb::WaitRequest { id: "short".into() }))
+            .await
+            .expect("hang guard")
+            .expect("wait")
+            .into_inner()
+            .sandbox
+            .expect("sandbox");
+    let exit = waited.exit.expect("an exit");
+    assert_eq!(exit.reason(), pb::ExitReason::Timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_name_the_field() {
+    let serve = Serve::start();
+    let mut sandboxes = serve.sandboxes().await;
+    let base = || pb::CreateRequest { argv: vec!["true".into()], ..Default::default() };
+
+    let cases: Vec<(pb::CreateRequest, &str)> = vec![
+        (pb::CreateRequest { id: "Bad_Id".into(), ..base() }, "id"),
+        (pb::CreateRequest { argv: vec![], ..base() }, "argv"),
+        (
+            pb::CreateRequest { timeout: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..base() },
+            "timeout",
+        ),
+        (pb::CreateRequest { drain_policy: 42, ..base() }, "drain_policy"),
+        (
+            pb::CreateRequest {
+                env: vec![pb::EnvVar { name: "BAD=NAME".into(), value: "x".into() }],
+                ..base()
+            },
+            "env",
+        ),
+        (pb::CreateRequest { cwd: "../escape".into(), ..base() }, "cwd"),
+    ];
+    for (request, field) in cases {
+        let status = sandboxes.create(request.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}: {status:?}");
+        let named = bad_request_field(&status);
+        assert!(named.starts_with(field), "{request:?}: field {named:?}, expected {field:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
+
+    let status = sandboxes
+        .create(pb::CreateRequest { template: "no-such-template".into(), ..base() })
+        .await
+        .expect_err("unknown template");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    let status =
+        sandboxes.list(pb::ListRequest { state: 77, ..Default::default() }).await.expect_err("bad state");
+    assert_eq!(bad_request_field(&status), "state");
+
+    // The CLI: exit 1 with the code and the field on stderr; nothing was created.
+    let create = serve.cli(&["create", "--id", "Bad_Id", "--", "true"]);
+    assert_eq!(create.status.code(), Some(1));
+    assert!(stderr(&create).contains("INVALID_ARGUMENT"), "{}", stderr(&create));
+    assert!(stderr(&create).contains("id"), "{}", stderr(&create));
+    let list = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
+    assert!(list.sandboxes.is_empty(), "a refused create left {:?}", list.sandboxes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_limits_answer_resource_exhausted() {
+    let serve = Serve::start_with(ServeOptions {
+        env: vec![("SANDHOST_MAX_SANDBOXES".into(), "1".into())],
+        ..Default::default()
+    });
+    ok(&serve.cli(&["create", "--id", "one", "--", "sleep", "1000"]));
+    let mut sandboxes = serve.sandboxes().await;
+    let status = sandboxes
+        .create(pb::CreateRequest { id: "two".into(), argv: vec!["true".into()], ..Default::default() })
+        .await
+        .expect_err("over the limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let cli = serve.cli(&["create", "--id", "three", "--", "true"]);
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(stderr(&cli).contains("RESOURCE_EXHAUSTED"), "{}", stderr(&cli));
+
+    // Once the first leaves, there is room again.
+    ok(&serve.cli(&["kill", "one", "--now"]));
+    ok(&serve.cli(&["create", "--id", "four", "--", "true"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_every_call_needs_it() {
+    let serve = Serve::start_with(ServeOptions { token: Some("s3cret".into()), ..Default::default() });
+
+    // The CLI passes SANDHOST_TOKEN.
+    ok(&serve.cli(&["list"]));
+
+    // Without it: UNAUTHENTICATED, exit 1.
+    let mut command = std::process::Command::new(e2e::BIN);
+    command.args(["list"]).env("SANDHOST_ADDR", serve.url()).env_remove("SANDHOST_TOKEN");
+    let output = e2e::run_bounded(command);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("UNAUTHENTICATED"), "{}", stderr(&output));
+
+    // A wrong token, on every service (health included).
+    let channel = serve.channel().await;
+    let mut wrong = pb::sandbox_service_client::SandboxServiceClient::with_interceptor(
+        channel.clone(),
+        e2e::Bearer(Some("wrong".into())),
+    );
+    let status = wrong.list(pb::ListRequest::default()).await.expect_err("wrong token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(channel.clone());
+    let status = nodes.get_info(pb::GetInfoRequest {}).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // The right one works.
+    let mut nodes = serve.nodes().await;
+    nodes.get_info(pb::GetInfoRequest {}).await.expect("with the token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_no_header_is_needed() {
+    let serve = Serve::start();
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(serve.channel().await);
+    nodes.get_info(pb::GetInfoRequest {}).await.expect("no auth configured");
+}
+
+async fn grpc_health(serve: &Serve, service: &str) -> tonic_health::pb::health_check_response::ServingStatus {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(serve.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let serve = Serve::start();
+    assert_eq!(serve.http_get("/health/live").map(|r| r.0), Some(200));
+    let (code, body) = serve.http_get("/health/ready").expect("ready answers");
+    assert_eq!((code, body.trim()), (200, "READY"));
+    assert_eq!(grpc_health(&serve, "").await, ServingStatus::Serving);
+    assert_eq!(grpc_health(&serve, "sandhost.v1.SandboxService").await, ServingStatus::Serving);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["status", "--json"]))).expect("JSON");
+    assert_eq!(status["status"], "READY");
+    assert!(status["node_id"].as_str().is_some_and(|id| !id.is_empty()), "{status}");
+    let table = ok(&serve.cli(&["status"]));
+    assert!(table.contains("READY"), "{table}");
+
+    // Drain (nothing live: it goes straight to DRAINED). --detach returns at once.
+    ok(&serve.cli(&["drain", "--detach"]));
+    let (code, body) = serve.http_get("/health/ready").expect("ready answers");
+    assert_eq!(code, 503);
+    assert!(body.contains("DRAIN"), "{body}");
+    assert_eq!(grpc_health(&serve, "").await, ServingStatus::NotServing);
+    assert_eq!(serve.http_get("/health/live").map(|r| r.0), Some(200), "live while serving");
+
+    // Creates are refused with UNAVAILABLE + RetryInfo; the CLI exits 75.
+    let mut sandboxes = serve.sandboxes().await;
+    let refused = sandboxes
+        .create(pb::CreateRequest { argv: vec!["true".into()], ..Default::default() })
+        .await
+        .expect_err("draining");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("DRAIN"), "{refused:?}");
+    assert!(refused.get_error_details().retry_info().is_some(), "{refused:?}");
+    let cli = serve.cli(&["create", "--", "true"]);
+    assert_eq!(cli.status.code(), Some(75), "{}", stderr(&cli));
+    assert!(stderr(&cli).contains("UNAVAILABLE"), "{}", stderr(&cli));
+    // Reads keep working.
+    ok(&serve.cli(&["list"]));
+
+    // Undrain: READY again.
+    ok(&serve.cli(&["undrain"]));
+    assert_eq!(serve.http_get("/health/ready").map(|r| r.0), Some(200));
+    assert_eq!(grpc_health(&serve, "").await, ServingStatus::Serving);
+    ok(&serve.cli(&["create", "--", "true"]));
+}
+
+#[test]
+fn metrics_are_served_in_the_prometheus_text_format() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "m", "--", "true"]));
+    let _ = serve.cli(&["wait", "m"]);
+    let (code, body) = serve.http_get("/metrics").expect("metrics answers");
+    assert_eq!(code, 200);
+    assert!(body.contains("sandhost_sandboxes"), "{body}");
+    assert!(body.contains("# EOF"), "{body}");
+    assert_eq!(serve.http_get("/nope").map(|r| r.0), Some(404));
+}
+
+#[test]
+fn drain_shows_progress_until_drained_and_exits_0() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "brief", "--", "sleep", "1"]));
+    let drain = serve.cli(&["drain", "--timeout", "1m"]);
+    assert_eq!(drain.status.code(), Some(0), "{}", stderr(&drain));
+    assert!(stdout(&drain).contains("DRAINED"), "{}", stdout(&drain));
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["status", "--json"]))).expect("JSON");
+    assert_eq!(status["status"], "DRAINED");
+    // The sandbox left on its own: not force-stopped.
+    assert_eq!(sandbox_json(&serve, "brief")["exit"]["reason"], "exited");
+}
+
+#[test]
+fn force_stop_stops_every_sandbox() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "stuck", "--", "sleep", "1000"]));
+    ok(&serve.cli(&["force-stop"]));
+    let wait = serve.cli(&["wait", "stuck"]);
+    assert_ne!(wait.status.code(), Some(0), "a killed sandbox does not exit 0");
+    assert_eq!(sandbox_json(&serve, "stuck")["exit"]["reason"], "force_stopped");
+}
+
+#[test]
+fn logs_follow_streams_until_the_sandbox_exits() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two"]));
+    let logs = serve.cli(&["logs", "talker", "-f"]);
+    assert_eq!(ok(&logs), "one\ntwo");
+}
+
+#[test]
+fn a_second_serve_on_the_same_state_dir_is_refused() {
+    let first = Serve::start();
+    let mut second =
+        Serve::spawn(ServeOptions { state_dir: Some(first.state_dir.clone()), ..Default::default() });
+    let code = second.wait_exit();
+    assert!(code.is_some_and(|c| c != 0), "the second serve must refuse: {code:?}");
+    // The first one is unharmed.
+    ok(&first.cli(&["list"]));
+}
+
+#[test]
+fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
+    let state = tempfile::tempdir().expect("state dir");
+    let options = ServeOptions { state_dir: Some(state.path().to_path_buf()), ..Default::default() };
+    let mut first = Serve::start_with(options.clone());
+    ok(&first.cli(&["create", "--id", "survivor", "--", "sleep", "1000"]));
+    first.kill();
+
+    let second = Serve::start_with(options);
+    assert_eq!(sandbox_json(&second, "survivor")["state"], "running");
+    ok(&second.cli(&["kill", "survivor", "--now"]));
+    assert_eq!(sandbox_json(&second, "survivor")["state"], "exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_streams_end_when_the_server_shuts_down() {
+    let mut serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "long", "--", "sleep", "1000"]));
+    let mut sandboxes = serve.sandboxes().await;
+    let waiter = tokio::spawn(async move { sandboxes.wait(pb::WaitRequest { id: "long".into() }).await });
+    let mut nodes = serve.nodes().await;
+    let watcher = tokio::spawn(async move {
+        let mut stream = nodes.watch_drain(pb::WatchDrainRequest {}).await?.into_inner();
+        while stream.message().await?.is_some() {}
+        Ok::<(), tonic::Status>(())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // FORCE_STOP=true: the sandbox is stopped, the streams end, serve exits.
+    let code = tokio::task::spawn_blocking(move || serve.stop()).await.expect("join");
+    assert!(code.is_some(), "serve exited normally");
+    let waited = tokio::time::timeout(e2e::HANG_GUARD, waiter).await.expect("wait ended").expect("join");
+    if let Ok(response) = waited {
+        // The sandbox may have been force-stopped before the stream was cut.
+        let sandbox = response.into_inner().sandbox.expect("sandbox");
+        assert_eq!(sandbox.state(), pb::SandboxState::Exited);
+    }
+    let _ = tokio::time::timeout(e2e::HANG_GUARD, watcher).await.expect("watch ended");
+}

@@ -1,0 +1,235 @@
+//! The drain end to end: the real binary, real sandboxes, real signals, real exit codes. Each test
+//! runs its serve under a cgroup parent of its own and checks at the end that no sandbox process,
+//! cgroup or init of it is left on the host. Run as root.
+
+mod common;
+mod e2e;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use e2e::{Serve, ServeOptions, ok, stderr, stdout};
+use nix::sys::signal::Signal;
+
+/// One serve under a cgroup parent of its own, with a guard that purges everything it started even
+/// when the test fails.
+struct Node {
+    serve: Serve,
+    prefix: String,
+    state_dir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Node {
+    fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(env, None)
+    }
+
+    fn start_in(env: &[(&str, &str)], state_dir: Option<PathBuf>) -> Self {
+        common::require_root();
+        let prefix = state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("test-prefix")).ok())
+            .unwrap_or_else(|| {
+                format!("e2e-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+            });
+        let mut options = ServeOptions { state_dir, ..ServeOptions::default() };
+        options.env.push(("SANDHOST_CGROUP_PARENT".into(), prefix.clone()));
+        options.env.push(("FORCE_STOP".into(), "false".into()));
+        options.env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let serve = Serve::start_with(options);
+        let state_dir = serve.state_dir.clone();
+        std::fs::write(state_dir.join("test-prefix"), &prefix).expect("remember the prefix");
+        Self { serve, prefix, state_dir }
+    }
+
+    fn create(&self, args: &[&str]) -> String {
+        let mut argv = vec!["create"];
+        argv.extend_from_slice(args);
+        ok(&self.serve.cli(&argv))
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&self.serve.cli(&["status", "--json"]))).expect("status JSON")
+    }
+
+    /// Waits until the node reports `status` (polling the API: the test is a client).
+    fn wait_status(&self, status: &str) {
+        let started = std::time::Instant::now();
+        while self.status_json()["status"] != status {
+            assert!(started.elapsed() < e2e::HANG_GUARD, "the node never became {status}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts that nothing of this node is left on the host.
+    fn assert_nothing_left(&self) {
+        let cgroups = common::leftover_cgroups(&self.prefix);
+        assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+        let processes: Vec<_> = common::processes_naming(&self.state_dir.to_string_lossy())
+            .into_iter()
+            .filter(|(_, cmdline)| !cmdline.contains(" serve "))
+            .collect();
+        assert!(processes.is_empty(), "processes left behind: {processes:?}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The serve (FORCE_STOP=false) may be waiting for sandboxes: kill it, then everything it ran.
+        self.serve.kill();
+        common::purge(&self.prefix, &self.state_dir);
+    }
+}
+
+#[test]
+fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed() {
+    let mut node = Node::start(&[]);
+    // Long enough for the checks below to run while they live.
+    for _ in 0..3 {
+        node.create(&["--", "sleep", "3"]);
+    }
+    node.serve.signal(Signal::SIGTERM);
+    node.wait_status("DRAINING");
+    // Once DRAINING is visible, a Create is refused with the retryable code.
+    let refused = node.serve.cli(&["create", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(75), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("UNAVAILABLE") || stderr(&refused).contains("Unavailable"));
+    assert_eq!(node.serve.http_get("/health/ready").map(|(code, _)| code), Some(503));
+
+    assert_eq!(node.serve.wait_exit(), Some(0), "every sandbox left on its own: a clean exit");
+    node.assert_nothing_left();
+}
+
+#[test]
+fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code() {
+    let mut node = Node::start(&[("SHUTDOWN_DRAIN_TIMEOUT", "1s")]);
+    for _ in 0..3 {
+        node.create(&["--", "sleep", "1000"]);
+    }
+    node.serve.signal(Signal::SIGTERM);
+    assert_eq!(node.serve.wait_exit(), Some(10), "the force-stopped exit code");
+    node.assert_nothing_left();
+}
+
+#[test]
+fn force_stop_true_stops_every_sandbox_at_once() {
+    let mut node = Node::start(&[("FORCE_STOP", "true"), ("SHUTDOWN_DRAIN_TIMEOUT", "1h")]);
+    node.create(&["--", "sleep", "1000"]);
+    node.create(&["--", "sh", "-c", "trap '' TERM; sleep 1000"]);
+    node.serve.signal(Signal::SIGTERM);
+    assert_eq!(node.serve.wait_exit(), Some(10));
+    node.assert_nothing_left();
+}
+
+#[test]
+fn an_empty_node_exits_zero_on_sigterm() {
+    let mut node = Node::start(&[]);
+    node.serve.signal(Signal::SIGINT);
+    assert_eq!(node.serve.wait_exit(), Some(0));
+    node.assert_nothing_left();
+}
+
+#[test]
+fn a_second_signal_skips_to_the_forced_phase() {
+    let mut node = Node::start(&[]);
+    node.create(&["--", "sleep", "1000"]);
+    node.serve.signal(Signal::SIGTERM);
+    node.wait_status("DRAINING");
+    node.serve.signal(Signal::SIGTERM);
+    assert_eq!(node.serve.wait_exit(), Some(10));
+    node.assert_nothing_left();
+}
+
+#[test]
+fn stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on() {
+    let node = Node::start(&[]);
+    let stop = node.create(&["--drain-policy", "stop", "--", "sleep", "1000"]);
+    let wait = node.create(&["--drain-policy", "wait", "--", "sleep", "1000"]);
+    ok(&node.serve.cli(&["drain", "--detach"]));
+    let waited = node.serve.cli(&["wait", &stop]);
+    assert_eq!(waited.status.code(), Some(128 + 15), "wait exits with the sandbox's code: SIGTERM");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&node.serve.cli(&["get", &stop, "--json"]))).expect("json");
+    assert_eq!(info["exit"]["reason"], "drain_stopped", "{info}");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&node.serve.cli(&["get", &wait, "--json"]))).expect("json");
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(node.status_json()["status"], "DRAINING");
+
+    // Undrain: admission reopens, the WAIT sandbox keeps running.
+    ok(&node.serve.cli(&["undrain"]));
+    assert_eq!(node.status_json()["status"], "READY");
+    node.create(&["--", "true"]);
+}
+
+#[test]
+fn the_drain_command_shows_progress_and_exits_zero_once_drained() {
+    let node = Node::start(&[]);
+    node.create(&["--", "sleep", "1"]);
+    node.create(&["--", "sleep", "2"]);
+    let out = node.serve.cli(&["drain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.status_json()["status"], "DRAINED");
+    assert_eq!(node.status_json()["drain"]["live"], 0);
+    let _ = stdout(&out);
+}
+
+#[test]
+fn force_stop_command_empties_the_node() {
+    let node = Node::start(&[]);
+    node.create(&["--", "sleep", "1000"]);
+    ok(&node.serve.cli(&["force-stop"]));
+    node.wait_status("DRAINED");
+    let status = node.status_json();
+    assert_eq!(status["drain"]["force_stopped"], 1, "{status}");
+    node.assert_nothing_left();
+}
+
+#[test]
+fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors() {
+    // A sandbox that ignores SIGTERM, with a long grace: the forced phase is still waiting on it
+    // when the third signal comes.
+    let env = [("SANDHOST_STOP_GRACE", "5m"), ("FORCE_SHUTDOWN_TIMEOUT", "10m")];
+    let mut first = Node::start(&env);
+    let id = first.create(&["--", "sh", "-c", "trap '' TERM; sleep 1000"]);
+    first.serve.signal(Signal::SIGTERM);
+    first.wait_status("DRAINING");
+    first.serve.signal(Signal::SIGTERM);
+    first.wait_status("FORCING");
+    first.serve.signal(Signal::SIGTERM);
+    assert_eq!(first.serve.wait_exit(), Some(14), "the abandoned exit code");
+    assert!(!common::leftover_cgroups(&first.prefix).is_empty(), "the sandbox survived the agent");
+
+    // The next serve on the same state dir re-adopts it and continues the same (forced) drain.
+    let state_dir = first.state_dir.clone();
+    let second = Node::start_in(&env, Some(state_dir));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&second.serve.cli(&["get", &id, "--json"]))).expect("json");
+    assert!(matches!(info["state"].as_str(), Some("running" | "stopping")), "{info}");
+    let status = second.status_json()["status"].clone();
+    assert!(status == "FORCING" || status == "DRAINING", "the drain goes on: {status}");
+    ok(&second.serve.cli(&["kill", &id, "--now"]));
+    second.wait_status("DRAINED");
+    second.assert_nothing_left();
+}
+
+#[test]
+fn a_restart_mid_drain_keeps_the_deadline() {
+    let mut first = Node::start(&[]);
+    first.create(&["--", "sleep", "1000"]);
+    ok(&first.serve.cli(&["drain", "--timeout", "1h", "--detach"]));
+    let deadline = first.status_json()["drain"]["deadline"].clone();
+    assert!(deadline.is_string(), "{deadline}");
+    first.serve.kill();
+
+    let second = Node::start_in(&[], Some(first.state_dir.clone()));
+    let status = second.status_json();
+    assert_eq!(status["status"], "DRAINING");
+    assert_eq!(status["drain"]["deadline"], deadline, "the same absolute deadline");
+    assert_eq!(status["drain"]["live"], 1, "the sandbox was re-adopted");
+    ok(&second.serve.cli(&["force-stop"]));
+    second.wait_status("DRAINED");
+    second.assert_nothing_left();
+}

@@ -1,0 +1,290 @@
+//! Shared helpers of the end-to-end tests of the API and the CLI: a real `sandhost serve` on free
+//! loopback ports with a temp state dir, killed (with its sandboxes) when the guard drops, even on
+//! panic; the CLI as a child process; a tonic client; a minimal HTTP GET.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sandhost_proto::v1::node_service_client::NodeServiceClient;
+use sandhost_proto::v1::sandbox_service_client::SandboxServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandhost");
+
+/// A bound that only guards against hangs; no test asserts timing.
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
+
+/// How to start a serve.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    /// `SANDHOST_TOKEN`.
+    pub token: Option<String>,
+    /// Extra environment, e.g. `SANDHOST_MAX_SANDBOXES`.
+    pub env: Vec<(String, String)>,
+    /// Use this state dir instead of a fresh one.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// A running `sandhost serve`. Dropping it stops the serve with `FORCE_STOP` semantics (SIGTERM: every
+/// sandbox is stopped at once), and SIGKILLs it if it does not exit within the hang guard.
+#[derive(Debug)]
+pub struct Serve {
+    child: Option<Child>,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// The token, if any.
+    pub token: Option<String>,
+    /// The state dir (removed on drop when it is ours).
+    pub state_dir: std::path::PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Serve {
+    /// Starts a serve without auth on a fresh state dir and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with(ServeOptions::default())
+    }
+
+    /// Starts a serve as told and waits until `/health/live` answers.
+    pub fn start_with(options: ServeOptions) -> Self {
+        let mut serve = Self::spawn(options);
+        serve.wait_live();
+        serve
+    }
+
+    /// Spawns a serve without waiting for it.
+    pub fn spawn(options: ServeOptions) -> Self {
+        let (temp, state_dir) = match options.state_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir().expect("temp state dir");
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let grpc = free_addr();
+        let http = free_addr();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env_remove("SANDHOST_TOKEN")
+            .env_remove("SHUTDOWN_DRAIN_TIMEOUT")
+            .env("FORCE_STOP", "true")
+            .env("FORCE_SHUTDOWN_TIMEOUT", "20s")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(token) = &options.token {
+            command.env("SANDHOST_TOKEN", token);
+        }
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn sandhost serve");
+        Self { child: Some(child), grpc, http, token: options.token, state_dir, _temp: temp }
+    }
+
+    /// Waits until `/health/live` answers 200 (or panics if serve exits or the hang guard passes).
+    pub fn wait_live(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("sandhost serve exited early: {status}");
+            }
+            if matches!(self.http_get("/health/live"), Some((200, _))) {
+                return;
+            }
+            assert!(started.elapsed() < HANG_GUARD, "serve did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gRPC URL for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `GET path` on the HTTP server: `(status, body)`, or `None` if it cannot connect.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path)
+    }
+
+    /// Runs a client subcommand against this serve (with its token, if any).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(BIN);
+        command.args(args).env("SANDHOST_ADDR", self.url()).env_remove("SANDHOST_TOKEN").stdin(Stdio::null());
+        if let Some(token) = &self.token {
+            command.env("SANDHOST_TOKEN", token);
+        }
+        run_bounded(command)
+    }
+
+    /// A sandbox client with this serve's token.
+    pub async fn sandboxes(&self) -> SandboxServiceClient<InterceptedService<Channel, Bearer>> {
+        SandboxServiceClient::with_interceptor(self.channel().await, Bearer(self.token.clone()))
+    }
+
+    /// A node client with this serve's token.
+    pub async fn nodes(&self) -> NodeServiceClient<InterceptedService<Channel, Bearer>> {
+        NodeServiceClient::with_interceptor(self.channel().await, Bearer(self.token.clone()))
+    }
+
+    /// A channel to the gRPC server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect to serve")
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after the hang guard). Returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(&child, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if started.elapsed() > HANG_GUARD {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sandhost serve did not exit within the hang guard after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the serve process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            self::signal(child, signal);
+        }
+    }
+
+    /// SIGKILL: the serve dies at once, leaving its sandboxes for the next one.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the serve to exit on its own (it was refused, say), returning its output status.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if started.elapsed() > HANG_GUARD {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sandhost serve did not exit within the hang guard");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // FORCE_STOP=true: SIGTERM stops every sandbox at once, then serve exits.
+        signal(&child, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < HANG_GUARD {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
+/// Runs a command to its end, killing it after the hang guard.
+pub fn run_bounded(mut command: Command) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn the CLI");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// stdout as text, trimmed.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the CLI succeeded and returns its stdout.
+pub fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "CLI failed: {:?}\nstderr: {}", output.status, stderr(output));
+    stdout(output)
+}
+
+/// A minimal HTTP/1.1 GET: `(status, body)`, or `None` if it cannot connect.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Adds the bearer token to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        }
+        Ok(request)
+    }
+}

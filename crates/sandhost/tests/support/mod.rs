@@ -1,0 +1,102 @@
+//! A node over the recording fake runtime, for the manager and drain tests. Everything lives in
+//! memory and a temp dir; nothing touches the host.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use draingate::Gate;
+use prometheus_client::registry::Registry;
+use sandhost::config::SandboxConfig;
+use sandhost::drain::{DrainCoordinator, DrainSettings, NodeStatus};
+use sandhost::metrics::Metrics;
+use sandhost::node::Node;
+use sandhost::sandbox::{CreateRequest, DrainPolicy, Manager, ManagerParts, SandboxInfo};
+use sandhost_runtime::SandboxKey;
+use sandhost_runtime::fake::FakeRuntime;
+use tokio::sync::watch;
+
+/// The forced phase's bound in these tests.
+pub const FORCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A node on the fake runtime.
+pub struct TestNode {
+    pub node: Node,
+    pub fake: FakeRuntime,
+    pub manager: Arc<Manager>,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// A node with default limits over a fresh fake that cannot checkpoint.
+    pub fn new() -> Self {
+        Self::with(FakeRuntime::new(), SandboxConfig::default())
+    }
+
+    /// A node over `fake` with `config`, in a fresh state dir.
+    pub fn with(fake: FakeRuntime, config: SandboxConfig) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::in_dir(fake, config, dir)
+    }
+
+    /// A node over `fake` with `config`, in `dir` (a restarted agent reuses the dir).
+    pub fn in_dir(fake: FakeRuntime, config: SandboxConfig, dir: tempfile::TempDir) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
+        let manager = Manager::new(ManagerParts {
+            runtime: Arc::new(fake.clone()),
+            config,
+            templates: Vec::new(),
+            gate: Gate::new(),
+            status: status_rx,
+            metrics: metrics.clone(),
+            meta_dir: dir.path().join("meta"),
+        });
+        let coordinator = DrainCoordinator::new(
+            Arc::clone(&manager),
+            status_tx,
+            DrainSettings { force_timeout: FORCE_TIMEOUT },
+            dir.path().join("drain.json"),
+            metrics,
+        );
+        let node = Node::new(Arc::clone(&manager), coordinator, "test-node".into());
+        Self { node, fake, manager, registry, dir }
+    }
+
+    pub fn coordinator(&self) -> &DrainCoordinator {
+        self.node.coordinator()
+    }
+
+    /// Creates a `sleep` sandbox with this id and drain policy.
+    pub async fn create(&self, id: &str, policy: DrainPolicy) -> SandboxInfo {
+        self.node.create(request(id, policy)).await.expect("create")
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.node.status()
+    }
+}
+
+/// A Create request for a long `sleep`.
+pub fn request(id: &str, policy: DrainPolicy) -> CreateRequest {
+    CreateRequest {
+        id: Some(id.to_owned()),
+        argv: vec!["sleep".into(), "1000".into()],
+        drain_policy: policy,
+        ..CreateRequest::default()
+    }
+}
+
+/// The runtime key of a sandbox.
+pub fn key(info: &SandboxInfo) -> SandboxKey {
+    SandboxKey { id: info.id.clone(), lifecycle: info.lifecycle.clone() }
+}
+
+/// Fails the test instead of hanging it.
+pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), future)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what} did not finish"))
+}
