@@ -36,7 +36,7 @@ async fn the_host_is_read_only_and_the_state_dir_invisible() {
     let target = host_dir.path().join("written");
     let script = format!(
         "echo x > {target} && echo wrote-host; echo y > /tmp/f && cat /tmp/f; echo z > $HOME/g && echo home-ok; \
-         ls -A {state} 2>&1 | head -3; echo state-listed",
+         ls -A {state} 2>&1 | head -3; echo state-listed; cat /etc/shadow; ls -A /root; echo secrets-checked",
         target = target.display(),
         state = t.state_dir.display(),
     );
@@ -60,6 +60,13 @@ async fn the_host_is_read_only_and_the_state_dir_invisible() {
             listing.iter().all(|l| !l.contains("sandboxes")),
             "the state dir is visible inside: {listing:?}"
         );
+        let secrets: Vec<&str> = log
+            .lines()
+            .skip_while(|l| *l != "state-listed")
+            .skip(1)
+            .take_while(|l| *l != "secrets-checked")
+            .collect();
+        assert!(secrets.is_empty(), "host secrets are readable inside as {user:?}: {secrets:?}");
         t.runtime.forget(&spec.key).await.expect("forget");
     }
     t.assert_clean();
