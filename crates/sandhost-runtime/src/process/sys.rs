@@ -1,7 +1,8 @@
 //! Thin wrappers over the Linux system calls the process backend needs and that neither `std` nor
-//! `nix` offers in the form we need (pidfds, `clone3`, `mount_setattr`, capabilities). Every
-//! `unsafe` block of the backend that is not about the post-`clone` child lives here, each with the
-//! reason it is sound.
+//! `nix` offers in the form we need (pidfds, `waitid(P_PIDFD)`, `mount_setattr`, capabilities),
+//! each `unsafe` block with the reason it is sound. The other `unsafe` of the backend is the `clone3`
+//! and its child (`spawn`), the command's last steps before `execve` (`init::command`), and two
+//! one-line calls (`kill` in `cgroup`, `poll` in `control`).
 
 use std::ffi::CStr;
 use std::io;
