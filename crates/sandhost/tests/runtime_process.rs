@@ -655,3 +655,18 @@ async fn operations_on_unknown_or_exited_sandboxes_answer_typed_errors() {
     assert!(t.runtime.list_snapshots().await.expect("snapshots").is_empty());
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_reaps_orphans_while_the_command_runs() {
+    let t = TestEnv::new();
+    // Ten orphans (their parent subshell exits at once) end while the command still runs; the init
+    // must reap them, so no zombie is left in the sandbox.
+    let spec = t.sh("for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &); done; sleep 1; \
+         echo zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c '^[0-9]* ([^)]*) Z')");
+    t.runtime.start(&spec).await.expect("start");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    let log = t.log(&spec.key).await;
+    assert!(log.contains("zombies=0"), "{log}");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
