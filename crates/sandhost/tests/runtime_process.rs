@@ -670,3 +670,18 @@ async fn the_init_reaps_orphans_while_the_command_runs() {
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_of_a_running_sandbox_kills_it_and_keeps_its_log() {
+    let t = TestEnv::new();
+    let spec = t.sh("echo before-cleanup; sleep 1000");
+    t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "before-cleanup").await;
+    t.runtime.cleanup(&spec.key).await.expect("cleanup");
+    assert!(t.cgroup_dirs(&spec.key).is_empty(), "cgroup left after cleanup");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
+    assert!(t.log(&spec.key).await.contains("before-cleanup"), "cleanup must keep the log");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    assert!(!t.state_dir.join("sandboxes").join(spec.key.id.as_str()).exists());
+    t.assert_clean();
+}
