@@ -91,11 +91,14 @@ fn hundred_threads_enter_while_another_drains() {
         let rejected = AtomicUsize::new(0);
         // Admitted work that has not yet dropped its permit.
         let live = AtomicUsize::new(0);
+        // Threads that have begun their enter.
+        let attempts = AtomicUsize::new(0);
 
         thread::scope(|scope| {
             for _ in 0..THREADS {
                 scope.spawn(|| {
                     start.wait();
+                    attempts.fetch_add(1, Ordering::SeqCst);
                     let saw_draining = gate.is_draining();
                     let permit = match gate.enter() {
                         Ok(permit) => {
@@ -121,6 +124,11 @@ fn hundred_threads_enter_while_another_drains() {
             }
             scope.spawn(|| {
                 start.wait();
+                // Let a tenth of the stream begin first, so the drain lands in the middle of it rather
+                // than before the first thread has woken from the barrier. Progress, not time.
+                while attempts.load(Ordering::SeqCst) < THREADS / 10 {
+                    thread::yield_now();
+                }
                 assert!(gate.start_draining(), "the only drainer makes the transition");
                 assert!(gate.enter().is_err(), "the drainer itself sees the gate closed");
                 resolved.wait();

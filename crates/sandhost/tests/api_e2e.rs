@@ -5,8 +5,6 @@
 
 mod e2e;
 
-use std::time::Duration;
-
 use e2e::{Serve, ServeOptions, ok, stderr, stdout};
 use sandhost_proto::v1 as pb;
 use tonic::Code;
@@ -83,11 +81,13 @@ fn pause_resume_kill_and_kill_again() {
     ok(&serve.cli(&["resume", "sleeper"]));
     assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
 
+    assert!(!serve.leftover_processes().is_empty(), "the sandbox's init is found by its state dir");
     let killed = ok(&serve.cli(&["kill", "sleeper", "--now"]));
     assert!(killed.contains("killed"), "{killed}");
     let sandbox = sandbox_json(&serve, "sleeper");
     assert_eq!(sandbox["state"], "exited");
     assert_eq!(sandbox["exit"]["reason"], "killed");
+    assert_eq!(serve.leftover_processes(), Vec::<String>::new(), "a killed sandbox leaves no process");
     // Idempotent.
     ok(&serve.cli(&["kill", "sleeper"]));
 
@@ -172,6 +172,33 @@ async fn invalid_requests_name_the_field() {
             "env",
         ),
         (pb::CreateRequest { cwd: "../escape".into(), ..base() }, "cwd"),
+        (
+            pb::CreateRequest { stop_grace: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..base() },
+            "stop_grace",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { memory_bytes: Some(1 << 62), ..Default::default() }),
+                ..base()
+            },
+            "resources.memory_bytes",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { cpu_millis: Some(u32::MAX), ..Default::default() }),
+                ..base()
+            },
+            "resources.cpu_millis",
+        ),
+        (
+            pb::CreateRequest {
+                resources: Some(pb::Resources { pids_max: Some(0), ..Default::default() }),
+                ..base()
+            },
+            "resources.pids_max",
+        ),
+        (pb::CreateRequest { labels: [("k".to_owned(), "v".repeat(10_000))].into(), ..base() }, "labels"),
+        (pb::CreateRequest { restore_from: "../../etc".into(), ..base() }, "restore_from"),
     ];
     for (request, field) in cases {
         let status = sandboxes.create(request.clone()).await.expect_err("refused");
@@ -190,6 +217,27 @@ async fn invalid_requests_name_the_field() {
     let status =
         sandboxes.list(pb::ListRequest { state: 77, ..Default::default() }).await.expect_err("bad state");
     assert_eq!(bad_request_field(&status), "state");
+
+    // Update: a past end time is refused by name; an unknown sandbox is NOT_FOUND.
+    let status = sandboxes
+        .update(pb::UpdateRequest {
+            id: "nope".into(),
+            end: Some(pb::update_request::End::EndTime(prost_types::Timestamp { seconds: 1, nanos: 0 })),
+            labels: None,
+        })
+        .await
+        .expect_err("past end time");
+    assert_eq!(bad_request_field(&status), "end_time");
+    let status = sandboxes
+        .update(pb::UpdateRequest { id: "nope".into(), end: None, labels: None })
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The CLI refuses what it cannot parse before calling (exit 1, the flag named).
+    let bad_memory = serve.cli(&["create", "--memory", "lots", "--", "true"]);
+    assert_eq!(bad_memory.status.code(), Some(1));
+    assert!(stderr(&bad_memory).contains("--memory"), "{}", stderr(&bad_memory));
 
     // The CLI: exit 1 with the code and the field on stderr; nothing was created.
     let create = serve.cli(&["create", "--id", "Bad_Id", "--", "true"]);
@@ -388,10 +436,21 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
     ok(&first.cli(&["create", "--id", "survivor", "--", "sleep", "1000"]));
     first.kill();
 
-    let second = Serve::start_with(options);
+    // The sandbox outlived its agent.
+    assert!(!first.leftover_processes().is_empty(), "the sandbox died with its agent");
+
+    let mut second = Serve::start_with(options);
     assert_eq!(sandbox_json(&second, "survivor")["state"], "running");
+    ok(&second.cli(&["create", "--id", "another", "--", "sleep", "1000"]));
     ok(&second.cli(&["kill", "survivor", "--now"]));
     assert_eq!(sandbox_json(&second, "survivor")["state"], "exited");
+
+    // A stop (FORCE_STOP) leaves nothing running, and no cgroup.
+    let parent = e2e::cgroup_parent_for(&second.state_dir);
+    assert!(!e2e::leftover_cgroups(&parent).is_empty(), "the live sandbox's cgroup is found under {parent}");
+    second.stop();
+    assert_eq!(second.leftover_processes(), Vec::<String>::new());
+    assert_eq!(e2e::leftover_cgroups(&parent), Vec::<std::path::PathBuf>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,21 +459,120 @@ async fn wait_streams_end_when_the_server_shuts_down() {
     ok(&serve.cli(&["create", "--id", "long", "--", "sleep", "1000"]));
     let mut sandboxes = serve.sandboxes().await;
     let waiter = tokio::spawn(async move { sandboxes.wait(pb::WaitRequest { id: "long".into() }).await });
+    // The watch is open once its first update (the current progress) has arrived.
     let mut nodes = serve.nodes().await;
-    let watcher = tokio::spawn(async move {
-        let mut stream = nodes.watch_drain(pb::WatchDrainRequest {}).await?.into_inner();
-        while stream.message().await?.is_some() {}
-        Ok::<(), tonic::Status>(())
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut watch = nodes.watch_drain(pb::WatchDrainRequest {}).await.expect("watch").into_inner();
+    let first = watch.message().await.expect("first update").expect("an update");
+    assert_eq!(first.progress.expect("progress").status(), pb::NodeStatus::Ready);
+
     // FORCE_STOP=true: the sandbox is stopped, the streams end, serve exits.
     let code = tokio::task::spawn_blocking(move || serve.stop()).await.expect("join");
     assert!(code.is_some(), "serve exited normally");
     let waited = tokio::time::timeout(e2e::HANG_GUARD, waiter).await.expect("wait ended").expect("join");
-    if let Ok(response) = waited {
-        // The sandbox may have been force-stopped before the stream was cut.
-        let sandbox = response.into_inner().sandbox.expect("sandbox");
-        assert_eq!(sandbox.state(), pb::SandboxState::Exited);
+    match waited {
+        // The sandbox was force-stopped before the call was cut...
+        Ok(response) => {
+            let state = response.into_inner().sandbox.expect("sandbox").state();
+            assert_eq!(state, pb::SandboxState::Exited);
+        }
+        // ...or the call was cut by the shutdown: retryable, or the connection closed.
+        Err(status) => assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}"),
     }
-    let _ = tokio::time::timeout(e2e::HANG_GUARD, watcher).await.expect("watch ended");
+    // The watch saw the drain and then ended (with UNAVAILABLE or the connection's end), never hanging.
+    let ended = tokio::time::timeout(e2e::HANG_GUARD, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WatchDrain stream ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_for_stock_tools() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let serve = Serve::start();
+    let mut client = ServerReflectionClient::new(serve.channel().await);
+    let ask = |request: MessageRequest| {
+        tokio_stream::once(ServerReflectionRequest { host: String::new(), message_request: Some(request) })
+    };
+    let first = |mut stream: tonic::Streaming<ServerReflectionResponse>| async move {
+        stream.message().await.expect("a reply").expect("not empty").message_response.expect("a response")
+    };
+
+    let reply = first(
+        client
+            .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+            .await
+            .expect("list")
+            .into_inner(),
+    )
+    .await;
+    let MessageResponse::ListServicesResponse(list) = reply else { panic!("unexpected {reply:?}") };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in ["sandhost.v1.SandboxService", "sandhost.v1.NodeService", "grpc.health.v1.Health"] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+
+    // A type that imports a well-known type resolves, with its dependencies.
+    let reply = first(
+        client
+            .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+                "sandhost.v1.CreateRequest".into(),
+            )))
+            .await
+            .expect("symbol")
+            .into_inner(),
+    )
+    .await;
+    let MessageResponse::FileDescriptorResponse(files) = reply else { panic!("unexpected {reply:?}") };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_and_changes_nothing() {
+    let serve = Serve::start();
+    let mut sandboxes = serve.sandboxes().await;
+    let huge = "x".repeat(sandhost::api::grpc::MAX_REQUEST_BYTES + 1);
+    let status = sandboxes
+        .create(pb::CreateRequest {
+            id: "huge".into(),
+            argv: vec!["echo".into(), huge],
+            ..Default::default()
+        })
+        .await
+        .expect_err("too large");
+    assert_ne!(status.code(), Code::Ok);
+    let list = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
+    assert!(list.sandboxes.is_empty(), "{:?}", list.sandboxes);
+}
+
+#[test]
+fn the_process_backend_refuses_checkpoints_naming_itself() {
+    let serve = Serve::start();
+    ok(&serve.cli(&["create", "--id", "cp", "--", "sleep", "1000"]));
+    let checkpoint = serve.cli(&["checkpoint", "cp"]);
+    assert_eq!(checkpoint.status.code(), Some(1));
+    let text = stderr(&checkpoint);
+    assert!(text.contains("FAILED_PRECONDITION") && text.contains("process"), "{text}");
+    // The sandbox is unharmed.
+    assert_eq!(sandbox_json(&serve, "cp")["state"], "running");
+
+    let snapshots: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["snapshots", "--json"]))).expect("JSON");
+    assert_eq!(snapshots, serde_json::json!([]));
+    let table = ok(&serve.cli(&["snapshots"]));
+    assert!(table.starts_with("ID"), "{table}");
+    let rm = serve.cli(&["snapshot-rm", "no-such-snapshot"]);
+    assert_eq!(rm.status.code(), Some(1));
+    // The process backend has no snapshots at all: it says so, naming itself.
+    let text = stderr(&rm);
+    assert!(text.contains("FAILED_PRECONDITION") && text.contains("process"), "{text}");
 }

@@ -6,7 +6,7 @@
 //! NOT_SERVING too.
 //!
 //! Shutdown: when the `shutdown` token is cancelled, the listener stops accepting, long calls
-//! (`Wait`, `Logs` with follow, `WatchDrain`) end at once, and in-flight unary calls get
+//! (`Wait`, `Logs` with follow, `WatchDrain`, health `Watch`) end at once, and in-flight unary calls get
 //! [`SHUTDOWN_GRACE`] to finish before the server returns anyway.
 
 use std::time::Duration;
@@ -14,18 +14,15 @@ use std::time::Duration;
 use sandhost_proto::v1::node_service_server::NodeServiceServer;
 use sandhost_proto::v1::sandbox_service_server::SandboxServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic::transport::server::TcpIncoming;
 
 use super::auth::AuthInterceptor;
+use super::health;
 use super::node_service::NodeApi;
 use super::sandbox_service::SandboxApi;
-use crate::drain::{DrainProgress, NodeStatus};
 use crate::node::Node;
 
 /// Largest request the server decodes.
@@ -33,10 +30,7 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest response the server encodes.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How long in-flight calls get to finish once shutdown has begun.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The names the health service reports: the server as a whole, and each service.
-const HEALTH_NAMES: [&str; 3] = ["", "sandhost.v1.SandboxService", "sandhost.v1.NodeService"];
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Why the gRPC server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +58,9 @@ pub async fn serve(
 ) -> Result<(), GrpcServeError> {
     // A child: cancelling it (when this server ends on its own) does not cancel the caller's token.
     let cancel = shutdown.child_token();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(drive_health(reporter, node.watch_drain(), cancel.clone()));
-
     let reflection_v1 = reflection().build_v1().map_err(GrpcServeError::Reflection)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(GrpcServeError::Reflection)?;
+    let (health, health_task) = health::service(node.watch_drain(), cancel.clone());
 
     let sandboxes = SandboxServiceServer::new(SandboxApi::new(node.clone(), cancel.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -81,14 +73,19 @@ pub async fn serve(
         tracing::info!(%addr, auth = token.is_some(), "gRPC API listening");
     }
     let server = Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(|request| {
+            tracing::info_span!("rpc", method = %request.uri().path(), sandbox.id = tracing::field::Empty)
+        })
         .layer(InterceptorLayer::new(AuthInterceptor::new(token)))
         .add_service(sandboxes)
         .add_service(nodes)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            cancel.clone().cancelled_owned(),
+        );
     tokio::pin!(server);
 
     let shutdown_then_grace = {
@@ -116,43 +113,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sandhost_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// SERVING while the node is READY, NOT_SERVING otherwise, and NOT_SERVING once the server stops.
-async fn drive_health(
-    reporter: HealthReporter,
-    mut progress: watch::Receiver<DrainProgress>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let status = serving_status(progress.borrow_and_update().status);
-        for name in HEALTH_NAMES {
-            reporter.set_service_status(name, status).await;
-        }
-        tokio::select! {
-            changed = progress.changed() => if changed.is_err() { break },
-            () = cancel.cancelled() => break,
-        }
-    }
-    for name in HEALTH_NAMES {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
-    }
-}
-
-fn serving_status(status: NodeStatus) -> ServingStatus {
-    if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_ready_is_serving() {
-        for status in NodeStatus::ALL {
-            let expected =
-                if status == NodeStatus::Ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            assert_eq!(serving_status(status), expected, "{status}");
-        }
-    }
 }

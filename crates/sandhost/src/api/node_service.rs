@@ -10,8 +10,8 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::status::drain_error;
+use super::{convert, until_shutdown};
 use crate::node::Node;
 
 /// The stream of a `WatchDrain` call.
@@ -72,8 +72,8 @@ impl NodeService for NodeApi {
         _request: Request<pb::WatchDrainRequest>,
     ) -> Result<Response<Self::WatchDrainStream>, Status> {
         let stream = WatchStream::new(self.node.watch_drain())
-            .map(|progress| Ok(pb::WatchDrainResponse { progress: Some(convert::drain_progress(progress)) }))
-            .take_until(self.shutdown.clone().cancelled_owned());
+            .map(|progress| Ok(pb::WatchDrainResponse { progress: Some(convert::drain_progress(progress)) }));
+        let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -10,12 +10,19 @@ use sandhost_proto::v1::sandbox_service_server::SandboxService;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::status::{create_error, sandbox_error, shutting_down};
+use super::{convert, until_shutdown};
 use crate::node::Node;
 
 /// The stream of a `Logs` call.
 pub(crate) type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
+
+/// Names the sandbox on the RPC's span (declared by the server's `trace_fn`). The id is the client's,
+/// not yet validated: it is cut to the longest valid id.
+fn record_sandbox_id(id: &str) {
+    let id: String = id.chars().take(63).collect();
+    tracing::Span::current().record("sandbox.id", tracing::field::display(&id));
+}
 
 /// The `SandboxService` implementation over a [`Node`].
 #[derive(Debug, Clone)]
@@ -42,11 +49,13 @@ impl SandboxService for SandboxApi {
             tracing::debug!(error = %e, "create refused");
             create_error(&e)
         })?;
+        record_sandbox_id(info.id.as_str());
         tracing::debug!(sandbox.id = %info.id, lifecycle.id = %info.lifecycle, "created");
         Ok(Response::new(pb::CreateResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let info = self.node.get(&request.get_ref().id).map_err(|e| sandbox_error(&e))?;
         Ok(Response::new(pb::GetResponse { sandbox: Some(convert::sandbox(info)) }))
     }
@@ -61,12 +70,14 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
         let info = self.node.delete(&request.id, request.now).await.map_err(|e| sandbox_error(&e))?;
         Ok(Response::new(pb::DeleteResponse { sandbox: Some(convert::sandbox(info)) }))
     }
 
     async fn pause(&self, request: Request<pb::PauseRequest>) -> Result<Response<pb::PauseResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let info = self.node.pause(&request.get_ref().id).await.map_err(|e| sandbox_error(&e))?;
         Ok(Response::new(pb::PauseResponse { sandbox: Some(convert::sandbox(info)) }))
     }
@@ -75,6 +86,7 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::ResumeResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let info = self.node.resume(&request.get_ref().id).await.map_err(|e| sandbox_error(&e))?;
         Ok(Response::new(pb::ResumeResponse { sandbox: Some(convert::sandbox(info)) }))
     }
@@ -83,6 +95,7 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
         let id = request.id.clone();
         let update = convert::update_request(request, SystemTime::now())?;
@@ -94,6 +107,7 @@ impl SandboxService for SandboxApi {
         &self,
         request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
         let snapshot =
             self.node.checkpoint(&request.id, request.stop).await.map_err(|e| sandbox_error(&e))?;
@@ -121,15 +135,17 @@ impl SandboxService for SandboxApi {
     type LogsStream = LogsStream;
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
         let logs = self.node.logs(&request.id, request.follow).map_err(|e| sandbox_error(&e))?;
-        let stream = logs
-            .map(|chunk| chunk.map(|data| pb::LogsResponse { data }).map_err(|e| sandbox_error(&e)))
-            .take_until(self.shutdown.clone().cancelled_owned());
+        let stream =
+            logs.map(|chunk| chunk.map(|data| pb::LogsResponse { data }).map_err(|e| sandbox_error(&e)));
+        let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn wait(&self, request: Request<pb::WaitRequest>) -> Result<Response<pb::WaitResponse>, Status> {
+        record_sandbox_id(&request.get_ref().id);
         let id = &request.get_ref().id;
         let info = tokio::select! {
             result = self.node.wait(id) => result.map_err(|e| sandbox_error(&e))?,

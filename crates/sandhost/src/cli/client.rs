@@ -13,6 +13,9 @@ use tonic::{Code, Request, Status};
 
 use super::{EXIT_UNAVAILABLE, Target};
 
+/// How long connecting to the node may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest response the client decodes (matches the server's largest response).
 const MAX_RESPONSE_BYTES: usize = crate::api::grpc::MAX_RESPONSE_BYTES;
 
@@ -139,6 +142,7 @@ impl Client {
         let endpoint = Endpoint::from_shared(target.addr.clone())
             .map_err(|e| ClientError::usage("--addr / SANDHOST_ADDR", format!("{:?}: {e}", target.addr)))?;
         let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
             .map_err(|e| ClientError::Connect { addr: target.addr.clone(), reason: error_chain(&e) })?;

@@ -24,7 +24,7 @@ pub const EXIT_UNAVAILABLE: u8 = 75;
 /// Which node to talk to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// The node's gRPC address.
+    /// The node's gRPC address. A node with a token needs it in SANDHOST_TOKEN.
     #[arg(long, env = "SANDHOST_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
 }
@@ -157,6 +157,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     match dispatch(command).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Code(code)) => ExitCode::from(code),
+        // The reader went away (`| head`): the output was not wanted any more; not an error.
+        Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sandhost: {error}");
             ExitCode::from(error.exit_code())

@@ -101,7 +101,7 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
     );
     row("in-flight starts", progress.in_flight_starts.to_string());
     row("live", progress.live.to_string());
-    row("exited (drain)", progress.exited.to_string());
+    row("exited since drain", progress.exited.to_string());
     row("force-stopped", progress.force_stopped.to_string());
     row("checkpointed", progress.checkpointed.to_string());
     let counts = info
@@ -163,6 +163,8 @@ enum Step {
 struct Follower {
     total: u64,
     seen_draining: bool,
+    /// The last status logged, when there is no terminal for the bar.
+    logged: Option<pb::NodeStatus>,
 }
 
 impl Follower {
@@ -172,6 +174,11 @@ impl Follower {
         bar.set_length(self.total);
         bar.set_position(self.total - left);
         bar.set_message(bar_message(progress, SystemTime::now()));
+        // Without a terminal the bar is hidden: say each phase change on a line of its own instead.
+        if bar.is_hidden() && self.logged != Some(progress.status()) {
+            self.logged = Some(progress.status());
+            eprintln!("sandhost: {}", bar_message(progress, SystemTime::now()));
+        }
         match progress.status() {
             pb::NodeStatus::Drained => Step::Drained,
             pb::NodeStatus::Ready if self.seen_draining => Step::Undrained,

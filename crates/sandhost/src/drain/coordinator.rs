@@ -536,11 +536,13 @@ impl Inner {
                     Ok(snapshot) => StopOutcome::Checkpointed(snapshot),
                     Err(error) => match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
                         Ok(()) => StopOutcome::Stopped {
-                            note: Some(format!("checkpoint failed ({error}); stopped")),
+                            note: Some(format!("checkpoint failed ({}); stopped", chain(&error))),
                         },
-                        Err(stop) => {
-                            StopOutcome::Failed(format!("checkpoint failed ({error}); stop failed ({stop})"))
-                        }
+                        Err(stop) => StopOutcome::Failed(format!(
+                            "checkpoint failed ({}); stop failed ({})",
+                            chain(&error),
+                            chain(&stop)
+                        )),
                     },
                 };
             }
@@ -548,12 +550,12 @@ impl Inner {
             tracing::warn!(sandbox.id = %key.id, "{note}");
             return match manager.stop_lifecycle(key, ExitReason::DrainStopped, mode).await {
                 Ok(()) => StopOutcome::Stopped { note: Some(note) },
-                Err(error) => StopOutcome::Failed(error.to_string()),
+                Err(error) => StopOutcome::Failed(chain(&error)),
             };
         }
         match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
             Ok(()) => StopOutcome::Stopped { note: None },
-            Err(error) => StopOutcome::Failed(error.to_string()),
+            Err(error) => StopOutcome::Failed(chain(&error)),
         }
     }
 
@@ -593,6 +595,18 @@ async fn republish_on_count_changes(inner: Weak<Inner>, mut counts: watch::Recei
         let state = inner.lock();
         inner.publish(&state);
     }
+}
+
+/// An error with its causes: `outer: inner: innermost`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn sleep_or_forever(duration: Option<Duration>) {

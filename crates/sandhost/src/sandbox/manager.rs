@@ -351,7 +351,7 @@ impl Manager {
             return Err(CreateError::AlreadyExists(key.id));
         };
         let meta = SandboxMeta::from_entry(&self.lock().sandboxes[&key.id].info);
-        if let Err(error) = self.store.save(&meta).await {
+        if let Err(error) = self.store.save(&meta) {
             tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
         }
         let started = self.runtime.start(&spec).await;
@@ -450,9 +450,6 @@ impl Manager {
     /// Records an exit, and forgets the sandbox after the retention period.
     pub(super) async fn finish(self: &Arc<Self>, key: &SandboxKey, exit: ExitInfo) {
         let reason = exit.reason;
-        if let Err(error) = self.store.remove(&key.id).await {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove sandbox metadata");
-        }
         {
             let mut table = self.lock();
             if let Some(entry) =
@@ -466,6 +463,10 @@ impl Manager {
             }
         }
         self.metrics.count_exit(reason);
+        // Off the exit's critical path: the drain already saw this sandbox leave.
+        if let Err(error) = self.store.remove(key) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove sandbox metadata");
+        }
         let this = Arc::clone(self);
         let key = key.clone();
         tokio::spawn(async move {
@@ -636,10 +637,15 @@ impl Manager {
     /// The runtime's error when the state dir cannot be read.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, sandhost_runtime::RecoverError> {
         let recovered = self.runtime.recover().await?;
+        let live: Vec<SandboxKey> = recovered
+            .iter()
+            .filter(|r| matches!(r.state, sandhost_runtime::RecoveredState::Running { .. }))
+            .map(|r| r.spec.key.clone())
+            .collect();
         let mut adopted = 0;
         for sandbox in recovered {
             let key = sandbox.spec.key.clone();
-            let meta = self.store.load(&key.id).await.filter(|m| m.lifecycle == key.lifecycle);
+            let meta = self.store.load(&key);
             let state = match sandbox.state {
                 sandhost_runtime::RecoveredState::Running { paused: true } => SandboxState::Paused,
                 sandhost_runtime::RecoveredState::Running { paused: false } => SandboxState::Running,
@@ -686,6 +692,7 @@ impl Manager {
                 }
             }
         }
+        self.store.retain(&live);
         Ok(adopted)
     }
 }

@@ -105,13 +105,9 @@ impl Manager {
         }
         let info = entry.info.clone();
         drop(table);
-        let meta = SandboxMeta::from_entry(&info);
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(error) = this.store.save(&meta).await {
-                tracing::warn!(sandbox.id = %meta.id, error = %error, "cannot persist sandbox metadata");
-            }
-        });
+        if let Err(error) = self.store.save(&SandboxMeta::from_entry(&info)) {
+            tracing::warn!(sandbox.id = %info.id, error = %error, "cannot persist sandbox metadata");
+        }
         Ok(info)
     }
 

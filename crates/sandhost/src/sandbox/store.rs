@@ -1,13 +1,16 @@
 //! What the manager keeps about each live sandbox beyond the runtime's spec (labels, end time, drain
 //! policy, template name), one JSON file per sandbox, so a restarted agent re-adopts sandboxes with
 //! everything the API reported about them. Writes are atomic (temp file + rename).
+//!
+//! The files are a few hundred bytes on the state dir's local disk: they are written with plain
+//! `std::fs` calls, which cost less than a hop to tokio's blocking pool.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use sandhost_runtime::{LifecycleId, SandboxId};
+use sandhost_runtime::{LifecycleId, SandboxId, SandboxKey};
 use serde::{Deserialize, Serialize};
 
 use super::{DrainPolicy, SandboxInfo};
@@ -68,27 +71,40 @@ impl MetaStore {
         Self { dir }
     }
 
-    fn path(&self, id: &SandboxId) -> PathBuf {
-        // A SandboxId is [a-z0-9][a-z0-9-]*: it cannot name another directory.
-        self.dir.join(format!("{id}.json"))
+    fn path(&self, key: &SandboxKey) -> PathBuf {
+        // Ids are [a-z0-9][a-z0-9-]* and lifecycles hex: the name cannot leave the directory. Keyed
+        // by lifecycle, so removing one lifecycle's file never races the next lifecycle's.
+        self.dir.join(format!("{}.{}.json", key.id, key.lifecycle))
     }
 
-    pub(crate) async fn save(&self, meta: &SandboxMeta) -> io::Result<()> {
-        tokio::fs::create_dir_all(&self.dir).await?;
+    pub(crate) fn save(&self, meta: &SandboxMeta) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
         let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        let path = self.path(&meta.id);
+        let path = self.path(&SandboxKey { id: meta.id.clone(), lifecycle: meta.lifecycle.clone() });
         let temp = path.with_extension("json.tmp");
-        tokio::fs::write(&temp, json).await?;
-        tokio::fs::rename(&temp, &path).await
+        std::fs::write(&temp, json)?;
+        std::fs::rename(&temp, &path)
     }
 
-    pub(crate) async fn load(&self, id: &SandboxId) -> Option<SandboxMeta> {
-        let bytes = tokio::fs::read(self.path(id)).await.ok()?;
+    pub(crate) fn load(&self, key: &SandboxKey) -> Option<SandboxMeta> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub(crate) async fn remove(&self, id: &SandboxId) -> io::Result<()> {
-        match tokio::fs::remove_file(self.path(id)).await {
+    /// Removes every file that belongs to none of `live` (left by an agent that died between a
+    /// sandbox's exit and the removal of its file).
+    pub(crate) fn retain(&self, live: &[SandboxKey]) {
+        let keep: std::collections::HashSet<PathBuf> = live.iter().map(|key| self.path(key)).collect();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            if !keep.contains(&entry.path()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &SandboxKey) -> io::Result<()> {
+        match std::fs::remove_file(self.path(key)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

@@ -91,10 +91,12 @@ impl Serve {
             .env_remove("SHUTDOWN_DRAIN_TIMEOUT")
             .env("FORCE_STOP", "true")
             .env("FORCE_SHUTDOWN_TIMEOUT", "20s")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // A cgroup parent of its own (unless the test names one), so what it leaves is attributable.
+        command.env("SANDHOST_CGROUP_PARENT", cgroup_parent_for(&state_dir));
         if let Some(token) = &options.token {
             command.env("SANDHOST_TOKEN", token);
         }
@@ -180,6 +182,24 @@ impl Serve {
         }
     }
 
+    /// The sandboxes' inits of this serve: processes running `sandhost __init` with this serve's state
+    /// dir on their command line (a sandbox's processes die with its init, its pid 1). Empty once every
+    /// sandbox is gone.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.state_dir.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                let is_init = cmdline.contains("__init") && cmdline.contains(&needle);
+                is_init.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
+            })
+            .collect()
+    }
+
     /// SIGKILL: the serve dies at once, leaving its sandboxes for the next one.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -208,20 +228,58 @@ impl Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // FORCE_STOP=true: SIGTERM stops every sandbox at once, then serve exits.
-        signal(&child, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        while started.elapsed() < HANG_GUARD {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        if let Some(mut child) = self.child.take() {
+            // FORCE_STOP=true: SIGTERM stops every sandbox at once, then serve exits.
+            signal(&child, nix::sys::signal::Signal::SIGTERM);
+            let started = Instant::now();
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if started.elapsed() > HANG_GUARD {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        remove_cgroup_parent(&cgroup_parent_for(&self.state_dir));
+    }
+}
+
+/// The cgroup parent of the serve on `state_dir`: derived from the dir, so a serve restarted on the
+/// same dir uses the same one.
+pub fn cgroup_parent_for(state_dir: &std::path::Path) -> String {
+    let name: String = state_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("api-e2e-{name}")
+}
+
+/// The sandbox cgroups left under `parent` in every hierarchy (v1 controllers and v2).
+pub fn leftover_cgroups(parent: &str) -> Vec<std::path::PathBuf> {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
+    let mut roots: Vec<std::path::PathBuf> = hierarchies.filter_map(Result::ok).map(|e| e.path()).collect();
+    roots.push("/sys/fs/cgroup".into());
+    roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root.join(parent)).ok())
+        .flat_map(|dir| {
+            dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Removes the (empty) cgroup parent from every hierarchy. A parent that still holds sandboxes is
+/// left alone: the kernel refuses to remove it.
+pub fn remove_cgroup_parent(parent: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let mut roots: Vec<std::path::PathBuf> = hierarchies.filter_map(Result::ok).map(|e| e.path()).collect();
+    roots.push("/sys/fs/cgroup".into());
+    for root in roots {
+        let _ = std::fs::remove_dir(root.join(parent));
     }
 }
 

@@ -1,0 +1,264 @@
+//! The gRPC API in process, over the recording fake runtime (no root, nothing touches the host): the
+//! drain as a client sees it, streams that end when the server shuts down, checkpoints on a backend
+//! that can. The real binary is driven in `api_e2e.rs`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use sandhost::sandbox::DrainPolicy;
+use sandhost_proto::v1 as pb;
+use sandhost_proto::v1::node_service_client::NodeServiceClient;
+use sandhost_proto::v1::sandbox_service_client::SandboxServiceClient;
+use sandhost_runtime::Exit;
+use sandhost_runtime::fake::FakeRuntime;
+use support::{TestNode, within};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
+
+/// A gRPC server over a [`TestNode`] on a loopback port; cancelled (and awaited) on drop.
+struct Server {
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), sandhost::api::grpc::GrpcServeError>>>,
+    channel: Channel,
+}
+
+impl Server {
+    async fn start(node: &TestNode, token: Option<&str>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sandhost::api::grpc::serve(
+            listener,
+            node.node.clone(),
+            token.map(str::to_owned),
+            shutdown.clone(),
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Self { shutdown, task: Some(task), channel }
+    }
+
+    fn sandboxes(&self) -> SandboxServiceClient<Channel> {
+        SandboxServiceClient::new(self.channel.clone())
+    }
+
+    fn nodes(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel.clone())
+    }
+
+    async fn health(&self) -> ServingStatus {
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        HealthClient::new(self.channel.clone()).check(request).await.unwrap().into_inner().status()
+    }
+
+    /// Cancels the server and waits until it has returned.
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            within("the server's stop", task).await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn create(id: &str) -> pb::CreateRequest {
+    pb::CreateRequest { id: id.into(), argv: vec!["sleep".into(), "1000".into()], ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_create_admitted_before_the_drain_completes_and_later_ones_are_refused_retryably() {
+    let node = TestNode::new();
+    let server = Server::start(&node, None).await;
+    assert_eq!(server.health().await, ServingStatus::Serving);
+
+    // A Create admitted and held in the runtime's start.
+    let hold = node.fake.hold_starts();
+    let mut early = server.sandboxes();
+    let in_flight = tokio::spawn(async move { early.create(create("early")).await });
+    within("the start to be held", hold.wait_held(1)).await;
+
+    // The drain begins while it is in flight.
+    let progress = server.nodes().drain(pb::DrainRequest::default()).await.unwrap().into_inner();
+    assert_eq!(progress.progress.unwrap().status(), pb::NodeStatus::Draining);
+
+    // Once DRAINING is visible, health says so and new Creates are refused with RetryInfo.
+    assert_eq!(server.health().await, ServingStatus::NotServing);
+    let refused = server.sandboxes().create(create("late")).await.expect_err("draining");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("DRAINING"), "{refused:?}");
+    assert!(refused.get_error_details().retry_info().is_some());
+    let info = server.nodes().get_info(pb::GetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.status(), pb::NodeStatus::Draining);
+
+    // The admitted start is not aborted by the drain.
+    hold.release();
+    let created =
+        within("the admitted create", in_flight).await.unwrap().expect("admitted before the drain: OK");
+    assert_eq!(created.into_inner().sandbox.unwrap().state(), pb::SandboxState::Running);
+
+    // Reads and Deletes keep working while draining; the drain ends once it is gone.
+    let mut watch = server.nodes().watch_drain(pb::WatchDrainRequest {}).await.unwrap().into_inner();
+    server.sandboxes().get(pb::GetRequest { id: "early".into() }).await.unwrap();
+    server.sandboxes().delete(pb::DeleteRequest { id: "early".into(), now: true }).await.unwrap();
+    loop {
+        let update = within("the drain's end", watch.message()).await.unwrap().expect("an update");
+        if update.progress.unwrap().status() == pb::NodeStatus::Drained {
+            break;
+        }
+    }
+
+    // Undrain: READY and SERVING again.
+    server.nodes().undrain(pb::UndrainRequest {}).await.unwrap();
+    assert_eq!(server.health().await, ServingStatus::Serving);
+    server.sandboxes().create(create("after")).await.expect("ready again");
+}
+
+#[tokio::test]
+async fn long_streams_end_with_unavailable_when_the_server_shuts_down() {
+    let node = TestNode::new();
+    let mut server = Server::start(&node, None).await;
+    let info = node.create("talker", DrainPolicy::Wait).await;
+    node.fake.write_log(&support::key(&info), b"hello\n");
+
+    let mut logs = server
+        .sandboxes()
+        .logs(pb::LogsRequest { id: "talker".into(), follow: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within("the first log chunk", logs.message()).await.unwrap().expect("a chunk");
+    assert_eq!(first.data, b"hello\n");
+    let mut watch = server.nodes().watch_drain(pb::WatchDrainRequest {}).await.unwrap().into_inner();
+    within("the first update", watch.message()).await.unwrap().expect("an update");
+
+    server.stop().await;
+
+    let cut = within("the logs' end", logs.message()).await.expect_err("cut by the shutdown");
+    assert_eq!(cut.code(), Code::Unavailable, "{cut:?}");
+    let cut = within("the watch's end", watch.message()).await.expect_err("cut by the shutdown");
+    assert_eq!(cut.code(), Code::Unavailable, "{cut:?}");
+}
+
+#[tokio::test]
+async fn logs_follow_ends_when_the_sandbox_exits_and_wait_returns_its_exit() {
+    let node = TestNode::new();
+    let server = Server::start(&node, None).await;
+    let info = node.create("short", DrainPolicy::Wait).await;
+    let key = support::key(&info);
+    node.fake.write_log(&key, b"one\n");
+
+    let mut logs = server
+        .sandboxes()
+        .logs(pb::LogsRequest { id: "short".into(), follow: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut waiter = server.sandboxes();
+    let wait = tokio::spawn(async move { waiter.wait(pb::WaitRequest { id: "short".into() }).await });
+    let mut received = within("a chunk", logs.message()).await.unwrap().expect("a chunk").data;
+    node.fake.write_log(&key, b"two\n");
+    node.fake.exit(&key, Exit::Code(7));
+    while let Some(chunk) = within("the rest", logs.message()).await.unwrap() {
+        received.extend(chunk.data);
+    }
+    assert_eq!(received, b"one\ntwo\n");
+
+    let exited = within("the wait", wait).await.unwrap().unwrap().into_inner().sandbox.unwrap();
+    let exit = exited.exit.unwrap();
+    assert_eq!(exit.status, Some(pb::sandbox_exit::Status::Code(7)));
+    assert_eq!(exit.reason(), pb::ExitReason::Exited);
+}
+
+#[tokio::test]
+async fn checkpoints_on_a_backend_that_can() {
+    let node = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
+    let server = Server::start(&node, None).await;
+    let mut sandboxes = server.sandboxes();
+    sandboxes.create(create("saved")).await.unwrap();
+
+    let snapshot = sandboxes
+        .checkpoint(pb::CheckpointRequest { id: "saved".into(), stop: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(snapshot.source_sandbox_id, "saved");
+    let listed = sandboxes.list_snapshots(pb::ListSnapshotsRequest {}).await.unwrap().into_inner().snapshots;
+    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [snapshot.id.as_str()]);
+
+    let restored = sandboxes
+        .create(pb::CreateRequest { restore_from: snapshot.id.clone(), ..create("copy") })
+        .await
+        .unwrap()
+        .into_inner()
+        .sandbox
+        .unwrap();
+    assert_eq!(restored.restored_from, snapshot.id);
+
+    sandboxes.delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.id.clone() }).await.unwrap();
+    let gone = sandboxes
+        .delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.id.clone() })
+        .await
+        .expect_err("already deleted");
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+}
+
+#[tokio::test]
+async fn force_stop_through_the_api_reports_what_it_stopped() {
+    let node = TestNode::new();
+    let server = Server::start(&node, None).await;
+    for id in ["a", "b"] {
+        server.sandboxes().create(create(id)).await.unwrap();
+    }
+    let mut watch = server.nodes().watch_drain(pb::WatchDrainRequest {}).await.unwrap().into_inner();
+    server.nodes().force_stop(pb::ForceStopRequest {}).await.unwrap();
+    let last = loop {
+        let progress =
+            within("the forced stop", watch.message()).await.unwrap().expect("an update").progress.unwrap();
+        if progress.status() == pb::NodeStatus::Drained {
+            break progress;
+        }
+    };
+    assert_eq!(last.force_stopped, 2);
+    assert_eq!(last.live, 0);
+    assert!(last.failures.is_empty(), "{:?}", last.failures);
+    let listed = server.sandboxes().list(pb::ListRequest::default()).await.unwrap().into_inner().sandboxes;
+    for sandbox in listed {
+        assert_eq!(sandbox.exit.unwrap().reason(), pb::ExitReason::ForceStopped);
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_health_and_reflection_need_it_too() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request::MessageRequest};
+
+    let node = TestNode::new();
+    let server = Server::start(&node, Some("s3cret")).await;
+    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let refused = HealthClient::new(server.channel.clone()).check(request).await.expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = ServerReflectionClient::new(server.channel.clone())
+        .server_reflection_info(tokio_stream::once(ask))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    let refused = server.sandboxes().list(pb::ListRequest::default()).await.expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
