@@ -685,3 +685,24 @@ async fn cleanup_of_a_running_sandbox_kills_it_and_keeps_its_log() {
     assert!(!t.state_dir.join("sandboxes").join(spec.key.id.as_str()).exists());
     t.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kill_and_cleanup_may_race_on_one_sandbox() {
+    let t = TestEnv::new();
+    for _ in 0..20 {
+        let spec = t.spec(&["sleep", "1000"]);
+        t.runtime.start(&spec).await.expect("start");
+        let (a, b, c, d) = tokio::join!(
+            t.runtime.stop(&spec.key, Duration::ZERO),
+            t.runtime.cleanup(&spec.key),
+            t.runtime.kill(&spec.key),
+            t.runtime.stop(&spec.key, Duration::from_millis(5)),
+        );
+        a.expect("stop");
+        b.expect("cleanup");
+        c.expect("kill");
+        d.expect("stop with grace");
+        t.runtime.forget(&spec.key).await.expect("forget");
+    }
+    t.assert_clean();
+}

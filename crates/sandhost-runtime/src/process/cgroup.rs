@@ -339,7 +339,7 @@ impl Cgroup {
         };
         match fs::read_to_string(dir.join("cgroup.procs")) {
             Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) if is_gone(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -394,7 +394,7 @@ impl Cgroup {
     pub(crate) fn kill_all(&self) -> Result<(), CgroupError> {
         if let Some(kill) = &self.kill_file {
             return match write(kill, "1") {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) if is_gone(&e) => Ok(()),
                 other => other.map_err(step("cgroup.kill")),
             };
         }
@@ -429,6 +429,12 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// Whether `e` says the cgroup no longer exists: `ENOENT` once it is removed, `ENODEV` when it is
+/// removed between opening one of its files and reading or writing it (a concurrent cleanup).
+fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
 }
 
 fn missing(what: &'static str) -> CgroupError {
