@@ -125,7 +125,10 @@ pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    fs::remove_dir(dir)?;
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e), // gone: a concurrent forget
+        _ => {}
+    }
     if let Some(parent) = dir.parent() {
         let _ = fs::remove_dir(parent); // fails while other lifecycles of the id exist
     }
