@@ -63,6 +63,13 @@ impl Node {
         }
     }
 
+    /// Asserts that a serve that exited left not even its parent cgroups.
+    fn assert_parent_cgroups_removed(&self) {
+        let parents: Vec<_> =
+            common::hierarchies().into_iter().map(|h| h.join(&self.prefix)).filter(|p| p.exists()).collect();
+        assert!(parents.is_empty(), "parent cgroups left behind: {parents:?}");
+    }
+
     /// Asserts that nothing of this node is left on the host.
     fn assert_nothing_left(&self) {
         let cgroups = common::leftover_cgroups(&self.prefix);
@@ -100,6 +107,7 @@ fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed() {
 
     assert_eq!(node.serve.wait_exit(), Some(0), "every sandbox left on its own: a clean exit");
     node.assert_nothing_left();
+    node.assert_parent_cgroups_removed();
 }
 
 #[test]
@@ -111,6 +119,7 @@ fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code() {
     node.serve.signal(Signal::SIGTERM);
     assert_eq!(node.serve.wait_exit(), Some(10), "the force-stopped exit code");
     node.assert_nothing_left();
+    node.assert_parent_cgroups_removed();
 }
 
 #[test]
