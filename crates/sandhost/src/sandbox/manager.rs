@@ -413,7 +413,7 @@ impl Manager {
             let changed = end_changed.notified();
             tokio::select! {
                 exit = self.runtime.wait(&key) => break exit,
-                () = sleep_or_forever(until_end) => {
+                () = crate::sleep_or_forever(until_end) => {
                     // begin_stop records the reason at once, so the timer is not armed again.
                     if let Some(stop) = self.begin_stop(&key, ExitReason::Timeout, StopMode::Graceful) {
                         let this = Arc::clone(&self);
@@ -586,13 +586,6 @@ pub(super) fn template_name(template: &Template) -> String {
     match template {
         Template::Host => "host".to_owned(),
         Template::Rootfs { name, .. } => name.clone(),
-    }
-}
-
-async fn sleep_or_forever(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
     }
 }
 
