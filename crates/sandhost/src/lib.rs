@@ -22,3 +22,23 @@ pub mod metrics;
 pub mod node;
 pub mod sandbox;
 pub mod serve;
+
+/// `message: cause: cause ...`: an error with its whole chain of causes, for messages and reports.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Sleeps for `duration`, or forever when there is none (an unset deadline).
+pub(crate) async fn sleep_or_forever(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}

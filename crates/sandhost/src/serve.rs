@@ -147,7 +147,7 @@ type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let state_dir = StateDir::open(&config.state_dir)?;
-    let NodeParts { node, coordinator, registry } = build_node(&config, &state_dir).await?;
+    let NodeParts { node, closers, coordinator, registry } = build_node(&config, &state_dir).await?;
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -202,6 +202,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         }
     }
     coordinator.complete_shutdown();
+    for (name, close) in closers {
+        if let Err(error) = close() {
+            outcome.closer_failures.push(format!("{name}: {error:#}"));
+        }
+    }
     if let Err(error) = state_dir.close_cleanly() {
         outcome.closer_failures.push(format!("state dir: {error:#}"));
     }
@@ -218,6 +223,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
 /// The parts of a running node.
 struct NodeParts {
     node: Node,
+    closers: Vec<Closer>,
     coordinator: DrainCoordinator,
     registry: Arc<Registry>,
 }
@@ -225,7 +231,7 @@ struct NodeParts {
 async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Result<NodeParts> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let runtime = open_runtime(config, state_dir.path())?;
+    let (runtime, runtime_closer) = open_runtime(config, state_dir.path())?;
     let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
     let manager = Manager::new(ManagerParts {
         runtime,
@@ -249,13 +255,17 @@ async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Resul
     }
     coordinator.resume_persisted();
     let node = Node::new(manager, coordinator.clone(), state_dir.node_id().to_owned());
-    Ok(NodeParts { node, coordinator, registry: Arc::new(registry) })
+    Ok(NodeParts { node, closers: vec![runtime_closer], coordinator, registry: Arc::new(registry) })
 }
 
+/// A closer that runs after the servers have stopped, in the shutdown's last step.
+type Closer = (&'static str, Box<dyn FnOnce() -> anyhow::Result<()> + Send>);
+
+/// Opens the runtime backend; returns it with the closer that releases what it holds on the host.
 fn open_runtime(
     config: &ServeConfig,
     state_dir: &Path,
-) -> anyhow::Result<Arc<dyn sandhost_runtime::Runtime>> {
+) -> anyhow::Result<(Arc<dyn sandhost_runtime::Runtime>, Closer)> {
     match config.runtime {
         RuntimeKind::Process => {
             let init_exe =
@@ -265,7 +275,12 @@ fn open_runtime(
             runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
             let runtime = sandhost_runtime::process::ProcessRuntime::open(runtime_config)
                 .context("opening the process runtime")?;
-            Ok(Arc::new(runtime))
+            let handle = runtime.clone();
+            let close: Closer = (
+                "runtime cgroups",
+                Box::new(move || handle.remove_cgroup_parents().context("removing the parent cgroups")),
+            );
+            Ok((Arc::new(runtime), close))
         }
         RuntimeKind::Gvisor => {
             let mut runtime_config =
@@ -273,7 +288,12 @@ fn open_runtime(
             runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
             let runtime = sandhost_runtime::gvisor::GvisorRuntime::open(runtime_config)
                 .context("opening the gvisor runtime")?;
-            Ok(Arc::new(runtime))
+            let handle = runtime.clone();
+            let close: Closer = (
+                "runtime cgroups",
+                Box::new(move || handle.remove_cgroup_parents().context("removing the parent cgroups")),
+            );
+            Ok((Arc::new(runtime), close))
         }
     }
 }

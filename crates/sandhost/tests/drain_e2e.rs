@@ -63,6 +63,13 @@ impl Node {
         }
     }
 
+    /// Asserts that a serve that exited left not even its parent cgroups.
+    fn assert_parent_cgroups_removed(&self) {
+        let parents: Vec<_> =
+            common::hierarchies().into_iter().map(|h| h.join(&self.prefix)).filter(|p| p.exists()).collect();
+        assert!(parents.is_empty(), "parent cgroups left behind: {parents:?}");
+    }
+
     /// Asserts that nothing of this node is left on the host.
     fn assert_nothing_left(&self) {
         let cgroups = common::leftover_cgroups(&self.prefix);
@@ -100,6 +107,7 @@ fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed() {
 
     assert_eq!(node.serve.wait_exit(), Some(0), "every sandbox left on its own: a clean exit");
     node.assert_nothing_left();
+    node.assert_parent_cgroups_removed();
 }
 
 #[test]
@@ -111,6 +119,7 @@ fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code() {
     node.serve.signal(Signal::SIGTERM);
     assert_eq!(node.serve.wait_exit(), Some(10), "the force-stopped exit code");
     node.assert_nothing_left();
+    node.assert_parent_cgroups_removed();
 }
 
 #[test]
@@ -232,4 +241,60 @@ fn a_restart_mid_drain_keeps_the_deadline() {
     ok(&second.serve.cli(&["force-stop"]));
     second.wait_status("DRAINED");
     second.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc() {
+    use sandhost_proto::v1 as pb;
+    use tonic_types::StatusExt as _;
+
+    const CREATES: usize = 200;
+    let node = Node::start(&[("SANDHOST_MAX_CONCURRENT_STARTS", "1000")]);
+    let client = node.serve.sandboxes().await;
+    let mut nodes = node.serve.nodes().await;
+    let (results, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..CREATES {
+        let mut client = client.clone();
+        let results = results.clone();
+        tokio::spawn(async move {
+            let request =
+                pb::CreateRequest { argv: vec!["sleep".into(), "1000".into()], ..Default::default() };
+            let _ = results.send((i, client.create(request).await));
+        });
+    }
+    drop(results);
+    // The drain begins once some creates have finished, while the rest are in flight or queued.
+    let (mut started, mut refused, mut drained) = (0, 0, false);
+    while let Some((i, result)) = outcomes.recv().await {
+        match result {
+            Ok(response) => {
+                let sandbox = response.into_inner().sandbox.expect("the created sandbox");
+                assert_eq!(sandbox.state(), pb::SandboxState::Running, "create {i}");
+                started += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "create {i}: {status:?}");
+                assert!(status.get_details_retry_info().is_some(), "create {i}: RetryInfo: {status:?}");
+                refused += 1;
+            }
+        }
+        if !drained && started == 10 {
+            nodes.drain(pb::DrainRequest::default()).await.expect("drain");
+            drained = true;
+        }
+    }
+    assert!(drained, "the drain raced the creates");
+    assert_eq!(started + refused, CREATES);
+    eprintln!("{started} started, {refused} refused");
+    let info = nodes.get_info(pb::GetInfoRequest::default()).await.expect("info").into_inner();
+    assert_eq!(info.drain.as_ref().map(|d| d.live), Some(started as u64), "every started sandbox is live");
+
+    nodes.force_stop(pb::ForceStopRequest::default()).await.expect("force stop");
+    let mut watch = nodes.watch_drain(pb::WatchDrainRequest::default()).await.expect("watch").into_inner();
+    while let Some(update) = watch.message().await.expect("stream") {
+        if update.progress.as_ref().is_some_and(|p| p.status() == pb::NodeStatus::Drained) {
+            break;
+        }
+    }
+    node.assert_nothing_left();
 }

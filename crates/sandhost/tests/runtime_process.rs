@@ -36,7 +36,7 @@ async fn the_host_is_read_only_and_the_state_dir_invisible() {
     let target = host_dir.path().join("written");
     let script = format!(
         "echo x > {target} && echo wrote-host; echo y > /tmp/f && cat /tmp/f; echo z > $HOME/g && echo home-ok; \
-         ls -A {state} 2>&1 | head -3; echo state-listed",
+         ls -A {state} 2>&1 | head -3; echo state-listed; cat /etc/shadow; ls -A /root; echo secrets-checked",
         target = target.display(),
         state = t.state_dir.display(),
     );
@@ -60,6 +60,13 @@ async fn the_host_is_read_only_and_the_state_dir_invisible() {
             listing.iter().all(|l| !l.contains("sandboxes")),
             "the state dir is visible inside: {listing:?}"
         );
+        let secrets: Vec<&str> = log
+            .lines()
+            .skip_while(|l| *l != "state-listed")
+            .skip(1)
+            .take_while(|l| *l != "secrets-checked")
+            .collect();
+        assert!(secrets.is_empty(), "host secrets are readable inside as {user:?}: {secrets:?}");
         t.runtime.forget(&spec.key).await.expect("forget");
     }
     t.assert_clean();
@@ -90,6 +97,14 @@ async fn memory_limit_oom_kills_the_command() {
     let exit =
         tokio::time::timeout(Duration::from_secs(120), t.runtime.wait(&spec.key)).await.expect("hang guard");
     assert_eq!(exit.expect("wait"), Exit::Signal(libc::SIGKILL));
+    // The init survived the OOM and recorded the command's death (not a kill of the whole sandbox).
+    let record = t
+        .state_dir
+        .join("sandboxes")
+        .join(spec.key.id.as_str())
+        .join(spec.key.lifecycle.as_str())
+        .join("exit.json");
+    assert_eq!(std::fs::read_to_string(&record).expect("exit record"), r#"{"Signal":9}"#);
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
@@ -531,6 +546,165 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted() {
     assert_eq!(runtime.wait(&sleeper.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     for spec in &specs {
         runtime.forget(&spec.key).await.expect("forget");
+    }
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_limit_is_written_to_the_cgroup() {
+    let t = TestEnv::new();
+    let mut spec = t.spec(&["sleep", "1000"]);
+    spec.limits.cpu_millis = Some(250);
+    t.runtime.start(&spec).await.expect("start");
+    let quota: Vec<String> = t
+        .cgroup_dirs(&spec.key)
+        .iter()
+        .filter_map(|d| {
+            std::fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.max")))
+                .ok()
+        })
+        .collect();
+    assert!(quota.iter().any(|q| q.trim() == "25000" || q.trim() == "25000 100000"), "{quota:?}");
+    t.runtime.kill(&spec.key).await.expect("kill");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_forwards_signals_to_the_command() {
+    let t = TestEnv::new();
+    let spec = t.sh(
+        "for s in HUP INT USR1 USR2; do trap \"echo got-$s\" $s; done; trap 'echo got-TERM; exit 4' TERM; \
+         echo ready; while :; do sleep 0.05; done",
+    );
+    let started = t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "ready").await;
+    for sig in ["HUP", "INT", "USR1", "USR2"] {
+        let sent =
+            std::process::Command::new("kill").arg(format!("-{sig}")).arg(started.pid.to_string()).status();
+        assert!(sent.expect("kill").success());
+        t.wait_for_log(&spec.key, &format!("got-{sig}")).await;
+    }
+    let sent = std::process::Command::new("kill").arg("-TERM").arg(started.pid.to_string()).status();
+    assert!(sent.expect("kill").success());
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(4));
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_start_leaves_nothing_behind() {
+    let t = TestEnv::new();
+    for micros in [0, 50, 200, 1000, 3000] {
+        let spec = t.spec(&["sleep", "1000"]);
+        match tokio::time::timeout(Duration::from_micros(micros), t.runtime.start(&spec)).await {
+            Ok(started) => {
+                started.expect("start");
+                t.runtime.kill(&spec.key).await.expect("kill");
+                t.runtime.forget(&spec.key).await.expect("forget");
+            }
+            Err(_elapsed) => {}
+        }
+        assert_nothing_of(&t, &spec.key);
+    }
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_another_cgroup_parent_still_finds_the_sandboxes() {
+    let t = TestEnv::new();
+    let spec = t.sh("trap '' TERM; echo ready; sleep 1000");
+    t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "ready").await;
+    let other = common::open_runtime(&t.state_dir, &format!("{}-other", t.prefix));
+    let found = other.recover().await.expect("recover");
+    assert_eq!(found.len(), 1);
+    // It ignores SIGTERM: only a kill of its cgroup (under the first parent) can stop it.
+    other.stop(&spec.key, Duration::from_millis(100)).await.expect("stop");
+    assert!(t.cgroup_pids(&spec.key).is_empty());
+    assert_eq!(other.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
+    other.forget(&spec.key).await.expect("forget");
+    other.remove_cgroup_parents().expect("remove the other parent");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_unknown_or_exited_sandboxes_answer_typed_errors() {
+    use sandhost_runtime::{ControlError, LogsError, WaitError};
+    let t = TestEnv::new();
+    let unknown = t.spec(&["true"]).key;
+    assert!(matches!(t.runtime.wait(&unknown).await, Err(WaitError::NotFound(_))));
+    assert!(matches!(t.runtime.pause(&unknown).await, Err(ControlError::NotFound(_))));
+    assert!(matches!(t.runtime.resume(&unknown).await, Err(ControlError::NotFound(_))));
+    assert!(matches!(t.runtime.read_logs(&unknown, 0, 10).await, Err(LogsError::NotFound(_))));
+    t.runtime.stop(&unknown, Duration::ZERO).await.expect("stop of an unknown sandbox is a no-op");
+    t.runtime.kill(&unknown).await.expect("kill of an unknown sandbox is a no-op");
+    t.runtime.cleanup(&unknown).await.expect("cleanup is idempotent");
+    t.runtime.forget(&unknown).await.expect("forget is idempotent");
+
+    let spec = t.spec(&["true"]);
+    t.runtime.start(&spec).await.expect("start");
+    t.runtime.wait(&spec.key).await.expect("wait");
+    assert!(matches!(t.runtime.pause(&spec.key).await, Err(ControlError::NotRunning(_))));
+    assert!(matches!(t.runtime.resume(&spec.key).await, Err(ControlError::NotRunning(_))));
+    t.runtime.cleanup(&spec.key).await.expect("cleanup");
+    t.runtime.cleanup(&spec.key).await.expect("cleanup again");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.runtime.forget(&spec.key).await.expect("forget again");
+    assert!(t.runtime.list_snapshots().await.expect("snapshots").is_empty());
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_reaps_orphans_while_the_command_runs() {
+    let t = TestEnv::new();
+    // Ten orphans (their parent subshell exits at once) end while the command still runs; the init
+    // must reap them, so no zombie is left in the sandbox.
+    let spec = t.sh("for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &); done; sleep 1; \
+         echo zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c '^[0-9]* ([^)]*) Z')");
+    t.runtime.start(&spec).await.expect("start");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    let log = t.log(&spec.key).await;
+    assert!(log.contains("zombies=0"), "{log}");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_of_a_running_sandbox_kills_it_and_keeps_its_log() {
+    let t = TestEnv::new();
+    let spec = t.sh("echo before-cleanup; sleep 1000");
+    t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "before-cleanup").await;
+    t.runtime.cleanup(&spec.key).await.expect("cleanup");
+    assert!(t.cgroup_dirs(&spec.key).is_empty(), "cgroup left after cleanup");
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
+    assert!(t.log(&spec.key).await.contains("before-cleanup"), "cleanup must keep the log");
+    t.runtime.forget(&spec.key).await.expect("forget");
+    assert!(!t.state_dir.join("sandboxes").join(spec.key.id.as_str()).exists());
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kill_and_cleanup_may_race_on_one_sandbox() {
+    let t = TestEnv::new();
+    for _ in 0..20 {
+        let spec = t.spec(&["sleep", "1000"]);
+        t.runtime.start(&spec).await.expect("start");
+        let (a, b, c, d) = tokio::join!(
+            t.runtime.stop(&spec.key, Duration::ZERO),
+            t.runtime.cleanup(&spec.key),
+            t.runtime.kill(&spec.key),
+            t.runtime.stop(&spec.key, Duration::from_millis(5)),
+        );
+        a.expect("stop");
+        b.expect("cleanup");
+        c.expect("kill");
+        d.expect("stop with grace");
+        let (e, f) = tokio::join!(t.runtime.forget(&spec.key), t.runtime.forget(&spec.key));
+        e.expect("forget");
+        f.expect("forget at the same time");
     }
     t.assert_clean();
 }

@@ -59,6 +59,19 @@ impl Layout {
     /// every hierarchy used (enabling the v2 controllers we need in it).
     pub(crate) fn detect(parent: &str) -> io::Result<Self> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let mut layout =
+            Self::parse(&mountinfo, |root| fs::read_to_string(root.join("cgroup.controllers")), parent)?;
+        layout.create_parents()?;
+        Ok(layout)
+    }
+
+    /// The layout described by `mountinfo`, reading the v2 root's `cgroup.controllers` through
+    /// `controllers`.
+    fn parse(
+        mountinfo: &str,
+        controllers: impl Fn(&Path) -> io::Result<String>,
+        parent: &str,
+    ) -> io::Result<Self> {
         let mut v2_root = None;
         let mut v1: Vec<(&'static str, PathBuf)> = Vec::new();
         for line in mountinfo.lines() {
@@ -87,16 +100,10 @@ impl Layout {
             }
         }
         let v2_controllers = match &v2_root {
-            Some(root) => fs::read_to_string(root.join("cgroup.controllers"))?
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
+            Some(root) => controllers(root)?.split_whitespace().map(str::to_owned).collect(),
             None => BTreeSet::new(),
         };
-        let mut layout =
-            Self { v2_root, v2_controllers, v1, v2_freeze: false, v2_kill: false, parent: parent.to_owned() };
-        layout.create_parents()?;
-        Ok(layout)
+        Ok(Self { v2_root, v2_controllers, v1, v2_freeze: false, v2_kill: false, parent: parent.to_owned() })
     }
 
     fn create_parents(&mut self) -> io::Result<()> {
@@ -187,6 +194,17 @@ impl Layout {
         roots.into_iter().map(|r| r.join(&self.parent).join(&name)).collect()
     }
 
+    /// The parent cgroup name.
+    pub(crate) fn parent(&self) -> &str {
+        &self.parent
+    }
+
+    /// The same layout under another (validated) parent: for sandboxes an agent with another
+    /// configuration started.
+    pub(crate) fn with_parent(&self, parent: &str) -> Self {
+        Self { parent: parent.to_owned(), ..self.clone() }
+    }
+
     /// The (not yet created) cgroup of `key`.
     pub(crate) fn cgroup(&self, key: &SandboxKey) -> Cgroup {
         let dirs = self.dirs_for(key);
@@ -199,6 +217,7 @@ impl Layout {
             self.v1_root("freezer").map(|r| Freezer::V1(dir_of(r)))
         };
         Cgroup {
+            has_v2: self.v2_root.is_some(),
             procs_dir: dirs.first().cloned(),
             dirs,
             memory: limit(Controller::Memory),
@@ -223,6 +242,8 @@ enum Freezer {
 /// One sandbox's cgroup, across hierarchies.
 #[derive(Debug, Clone)]
 pub(crate) struct Cgroup {
+    /// Whether `dirs[0]` is the v2 directory.
+    has_v2: bool,
     dirs: Vec<PathBuf>,
     procs_dir: Option<PathBuf>,
     memory: Option<(PathBuf, bool)>,
@@ -286,7 +307,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// `cgroup.procs` of every hierarchy, opened for writing.
+    /// The v2 directory (first of `dirs` when the host has v2), opened for `CLONE_INTO_CGROUP`.
+    pub(crate) fn open_v2_dir(&self) -> Result<Option<std::os::fd::OwnedFd>, CgroupError> {
+        if !self.has_v2 {
+            return Ok(None);
+        }
+        let Some(dir) = self.dirs.first() else {
+            return Ok(None);
+        };
+        fs::File::open(dir).map(|f| Some(f.into())).map_err(step("open cgroup dir"))
+    }
+
+    /// `cgroup.procs` of every hierarchy (v2 first), opened for writing.
     pub(crate) fn open_procs(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
         self.dirs
             .iter()
@@ -307,7 +339,7 @@ impl Cgroup {
         };
         match fs::read_to_string(dir.join("cgroup.procs")) {
             Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) if is_gone(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -362,7 +394,7 @@ impl Cgroup {
     pub(crate) fn kill_all(&self) -> Result<(), CgroupError> {
         if let Some(kill) = &self.kill_file {
             return match write(kill, "1") {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) if is_gone(&e) => Ok(()),
                 other => other.map_err(step("cgroup.kill")),
             };
         }
@@ -399,6 +431,12 @@ impl Cgroup {
     }
 }
 
+/// Whether `e` says the cgroup no longer exists: `ENOENT` once it is removed, `ENODEV` when it is
+/// removed between opening one of its files and reading or writing it (a concurrent cleanup).
+fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 fn missing(what: &'static str) -> CgroupError {
     CgroupError {
         step: what,
@@ -433,4 +471,77 @@ fn unescape(field: &str) -> PathBuf {
         }
     }
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SandboxKey {
+        SandboxKey {
+            id: crate::SandboxId::parse("box").expect("id"),
+            lifecycle: crate::LifecycleId::parse("ab").expect("lifecycle"),
+        }
+    }
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_limits_go_to_v1_and_freeze_and_kill_to_v2() {
+        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), "sh").expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.cgroup(&key());
+        let dirs: Vec<String> = cg.dirs.iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/unified/sh/box.ab",
+                "/sys/fs/cgroup/memory/sh/box.ab",
+                "/sys/fs/cgroup/cpu/sh/box.ab",
+                "/sys/fs/cgroup/pids/sh/box.ab"
+            ]
+        );
+        assert_eq!(cg.memory, Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab"), false)));
+        assert!(matches!(&cg.freezer, Some(Freezer::V2(d)) if d.starts_with("/sys/fs/cgroup/unified")));
+        assert_eq!(cg.kill_file, Some(PathBuf::from("/sys/fs/cgroup/unified/sh/box.ab/cgroup.kill")));
+        // Without v2 freeze (old kernels), the v1 freezer joins the hierarchies.
+        layout.v2_freeze = false;
+        layout.v2_kill = false;
+        let cg = layout.cgroup(&key());
+        assert!(cg.dirs.contains(&PathBuf::from("/sys/fs/cgroup/freezer/sh/box.ab")));
+        assert!(matches!(&cg.freezer, Some(Freezer::V1(_))));
+        assert_eq!(cg.kill_file, None);
+    }
+
+    #[test]
+    fn pure_v2_puts_everything_in_one_directory() {
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let mut layout =
+            Layout::parse(mountinfo, |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()), "sh")
+                .expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.cgroup(&key());
+        let dir = PathBuf::from("/sys/fs/cgroup/sh/box.ab");
+        assert_eq!(cg.dirs, vec![dir.clone()]);
+        for limit in [&cg.memory, &cg.cpu, &cg.pids] {
+            assert_eq!(limit, &Some((dir.clone(), true)));
+        }
+        assert!(layout.describe().contains("memory=v2"));
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), PathBuf::from("/sys/fs/cgroup/a b"));
+        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
+    }
 }

@@ -154,7 +154,7 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
         Err(e) => {
             tracing::warn!(error = %e, "pidfd not pollable through tokio; waiting on a blocking thread");
             let (fd, _) = e.into_parts();
-            tokio::task::spawn_blocking(move || {
+            let waited = tokio::task::spawn_blocking(move || {
                 let mut fds = [libc::pollfd {
                     fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
                     events: libc::POLLIN,
@@ -164,8 +164,15 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
                 while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
                 fd
             })
-            .await
-            .unwrap_or_else(|_| unreachable_fd())
+            .await;
+            match waited {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for an init failed; reporting it killed");
+                    let _ = tx.send(Some(Exit::Signal(libc::SIGKILL)));
+                    return;
+                }
+            }
         }
     };
     // Readable means exited (a zombie if it is our child): WNOHANG finds it. A re-adopted init is
@@ -182,11 +189,6 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
         None => Exit::Signal(libc::SIGKILL),
     });
     let _ = tx.send(Some(exit));
-}
-
-fn unreachable_fd() -> OwnedFd {
-    // Only reached if the blocking task panicked; a closed fd makes waitid fail and we fall back.
-    std::fs::File::open("/dev/null").map(OwnedFd::from).unwrap_or_else(|_| sys::exit_now(70))
 }
 
 /// Releases what an exited sandbox held; a running one is killed first. Keeps the log.

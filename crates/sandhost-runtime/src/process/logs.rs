@@ -139,3 +139,50 @@ fn try_read(dir: &Path, offset: u64, max: usize) -> io::Result<Option<LogChunk>>
     }
     Ok(Some(LogChunk { data, next_offset: pos, dropped }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_bytes_and_reports_what_it_dropped() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = File::open(tmp.path()).expect("open dir");
+        let mut writer = LogWriter::create(dir.as_fd(), 8192).expect("writer");
+        let mut written = Vec::new();
+        for i in 0..2000u32 {
+            let line = format!("line {i:05}\n");
+            writer.write(line.as_bytes()).expect("write");
+            written.extend_from_slice(line.as_bytes());
+        }
+        let total = written.len() as u64;
+        let chunk = read(tmp.path(), 0, usize::MAX).expect("read").expect("some log");
+        assert_eq!(chunk.next_offset, total);
+        assert!(chunk.dropped > 0);
+        assert_eq!(chunk.dropped + chunk.data.len() as u64, total);
+        assert!(chunk.data.len() <= 8192 + 16);
+        let dropped = usize::try_from(chunk.dropped).expect("fits");
+        assert_eq!(chunk.data, written[dropped..]);
+        // Reading in small pieces across segment boundaries gives the same bytes.
+        let mut offset = chunk.dropped;
+        let mut pieces = Vec::new();
+        while offset < total {
+            let piece = read(tmp.path(), offset, 100).expect("read").expect("log");
+            assert_eq!(piece.dropped, 0);
+            pieces.extend_from_slice(&piece.data);
+            offset = piece.next_offset;
+        }
+        assert_eq!(pieces, chunk.data);
+        // Beyond the end: nothing, and the offset stays.
+        let past = read(tmp.path(), total + 5, 10).expect("read").expect("log");
+        assert!(past.data.is_empty());
+        assert_eq!(past.next_offset, total + 5);
+    }
+
+    #[test]
+    fn no_segments_means_no_log() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        assert!(read(tmp.path(), 0, 10).expect("read").is_none());
+        assert!(read(&tmp.path().join("missing"), 0, 10).expect("read").is_none());
+    }
+}

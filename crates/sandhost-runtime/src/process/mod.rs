@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 pub use init::{INIT_SUBCOMMAND, init_main};
 
@@ -142,11 +143,7 @@ impl ProcessRuntime {
     /// An [`OpenError`] naming what is unusable.
     pub fn open(config: ProcessConfig) -> Result<Self, OpenError> {
         let parent = &config.cgroup_parent;
-        let valid_parent =
-            parent.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && parent.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && parent.len() <= 128;
-        if !valid_parent {
+        if !is_valid_cgroup_parent(parent) {
             return Err(OpenError::CgroupParent(parent.clone()));
         }
         let init_meta = std::fs::metadata(&config.init_exe)
@@ -188,6 +185,13 @@ impl ProcessRuntime {
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
+/// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
+fn is_valid_cgroup_parent(parent: &str) -> bool {
+    parent.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && parent.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && parent.len() <= 128
+}
+
 #[async_trait]
 impl Runtime for ProcessRuntime {
     fn name(&self) -> &'static str {
@@ -199,7 +203,8 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {
-        start::start(&self.inner, spec).await
+        let span = tracing::info_span!("sandbox.start", sandbox.id = %spec.key.id, lifecycle.id = %spec.key.lifecycle);
+        start::start(&self.inner, spec).instrument(span).await
     }
 
     async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError> {
@@ -209,14 +214,22 @@ impl Runtime for ProcessRuntime {
 
     async fn stop(&self, key: &SandboxKey, grace: Duration) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(Some(grace)).await,
+            Some(sandbox) => {
+                let span =
+                    tracing::info_span!("sandbox.stop", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+                sandbox.stop(Some(grace)).instrument(span).await
+            }
             None => Ok(()),
         }
     }
 
     async fn kill(&self, key: &SandboxKey) -> Result<(), StopError> {
         match self.inner.get(key) {
-            Some(sandbox) => sandbox.stop(None).await,
+            Some(sandbox) => {
+                let span =
+                    tracing::info_span!("sandbox.kill", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+                sandbox.stop(None).instrument(span).await
+            }
             None => Ok(()),
         }
     }

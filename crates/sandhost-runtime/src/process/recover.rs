@@ -60,8 +60,13 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             return None;
         }
     };
-    let cgroup = inner.layout.cgroup(&key);
     let record = state::read_json::<InitRecord>(&dir, state::INIT).ok().flatten();
+    let cgroup = match record.as_ref().and_then(|r| r.cgroup_parent.as_deref()) {
+        Some(parent) if parent != inner.layout.parent() && super::is_valid_cgroup_parent(parent) => {
+            inner.layout.with_parent(parent).cgroup(&key)
+        }
+        _ => inner.layout.cgroup(&key),
+    };
     let Some(record) = record else {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "undoing a start the earlier agent did not finish");
         kill_and_remove(&cgroup).await;

@@ -22,6 +22,9 @@ pub(crate) const INIT_EXEC_FAILED: u8 = b'I';
 /// Prefix byte of a failed write to `cgroup.procs` (followed by the errno).
 pub(crate) const CGROUP_JOIN_FAILED: u8 = b'C';
 
+/// `CLONE_INTO_CGROUP` (Linux 5.7; libc's constant has the wrong width).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// Everything the child needs, prepared before the clone so that it allocates nothing.
 #[derive(Debug)]
 pub(crate) struct InitPlan {
@@ -29,7 +32,11 @@ pub(crate) struct InitPlan {
     pub(crate) exe: CString,
     /// Its argv.
     pub(crate) argv: Vec<CString>,
-    /// `cgroup.procs` of each hierarchy, opened for writing: the child writes "0" to each, moving
+    /// The v2 cgroup directory, if the sandbox has one: the child is cloned straight into it
+    /// (`CLONE_INTO_CGROUP`, no migration), and then `cgroup_procs[0]` (its `cgroup.procs`) is not
+    /// written. Kernels without `CLONE_INTO_CGROUP` fall back to writing it.
+    pub(crate) cgroup_v2_dir: Option<OwnedFd>,
+    /// `cgroup.procs` of each hierarchy (v2 first), opened for writing: the child writes "0" to each, moving
     /// itself into the sandbox's cgroups before it runs any code of the init.
     pub(crate) cgroup_procs: Vec<OwnedFd>,
     /// `/dev/null`.
@@ -73,34 +80,51 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
     argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let procs: Vec<RawFd> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
-    let child = ChildFds {
-        procs: &procs,
+    let fds = |into_cgroup: bool| ChildFds {
+        procs: if into_cgroup { procs.get(1..).unwrap_or_default() } else { &procs },
         dev_null: dev_null.as_raw_fd(),
         init_log: init_log.as_raw_fd(),
         status: status.as_raw_fd(),
         state_dir: state_dir.as_raw_fd(),
     };
+    let (with_cgroup, without_cgroup) = (fds(true), fds(false));
 
+    let mut into_cgroup = plan.cgroup_v2_dir.as_ref().map(AsRawFd::as_raw_fd);
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: clone_args is plain data; all-zero is the documented "no options" value.
-    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = (libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_PIDFD) as u64;
-    args.pidfd = (&raw mut pidfd) as u64;
-    args.exit_signal = libc::SIGCHLD as u64;
-    // SAFETY: clone3 without CLONE_VM and with a zero stack behaves like fork: the child gets a copy
-    // of this thread's address space. In the child we run only `child_exec`, which makes raw,
-    // async-signal-safe system calls on memory prepared above and never returns.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<libc::clone_args>()) };
-    if ret == 0 {
-        // SAFETY: we are the freshly cloned child; see above.
-        unsafe { child_exec(&child, plan.exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
-    }
+    let ret = loop {
+        // SAFETY: clone_args is plain data; all-zero is the documented "no options" value.
+        let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+        args.flags = (libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PIDFD) as u64;
+        if let Some(dir) = into_cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = dir as u64;
+        }
+        args.pidfd = (&raw mut pidfd) as u64;
+        args.exit_signal = libc::SIGCHLD as u64;
+        // SAFETY: clone3 without CLONE_VM and with a zero stack behaves like fork: the child gets
+        // a copy of this thread's address space. In the child we run only `child_exec`, which makes
+        // raw, async-signal-safe system calls on memory prepared above and never returns.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<libc::clone_args>())
+        };
+        if ret == 0 {
+            let child = if into_cgroup.is_some() { &with_cgroup } else { &without_cgroup };
+            // SAFETY: we are the freshly cloned child; see above.
+            unsafe { child_exec(child, plan.exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
+        }
+        let errno = io::Error::last_os_error().raw_os_error();
+        let unsupported = matches!(errno, Some(libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP));
+        if ret < 0 && into_cgroup.is_some() && unsupported {
+            into_cgroup = None; // a kernel before 5.7: join by writing cgroup.procs instead
+            continue;
+        }
+        break ret;
+    };
     let pid = sys::cvt(ret)?;
     // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };

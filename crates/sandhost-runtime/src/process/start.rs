@@ -94,6 +94,7 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let plan = InitPlan {
         exe: inner.init_exe.clone(),
         argv,
+        cgroup_v2_dir: guard.cgroup.open_v2_dir().map_err(|e| cgroup_error(key, e))?,
         cgroup_procs: guard.cgroup.open_procs().map_err(|e| cgroup_error(key, e))?,
         dev_null: open("/dev/null".into(), false).map_err(host("open /dev/null"))?,
         init_log: open(dir.join(state::INIT_LOG), true).map_err(host("create init log"))?,
@@ -103,9 +104,14 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let init = spawn::spawn_init(plan).map_err(host("clone"))?;
     let started_at = SystemTime::now();
     let pid = init.pid;
-    guard.init = Some(init.pidfd.try_clone().map_err(host("clone"))?);
+    guard.init = Some(init.pidfd);
     let start_time = state::proc_start_time(pid).map_err(host("read init start time"))?;
-    let record = state::InitRecord { pid, start_time, started_at_ms: state::millis_since_epoch(started_at) };
+    let record = state::InitRecord {
+        cgroup_parent: Some(inner.layout.parent().to_owned()),
+        pid,
+        start_time,
+        started_at_ms: state::millis_since_epoch(started_at),
+    };
     state::write_json(&dir, state::INIT, &record).map_err(host("write init record"))?;
 
     let mut status =
@@ -120,8 +126,10 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
         return Err(start_failure(spec, &report));
     }
 
+    let pidfd = guard.init.as_ref().map(OwnedFd::try_clone).transpose().map_err(host("watch init"))?;
+    let pidfd = pidfd.ok_or_else(|| host("watch init")(io::ErrorKind::NotFound.into()))?;
     let sandbox =
-        Sandbox::running(key.clone(), dir, guard.cgroup.clone(), init.pidfd).map_err(host("watch init"))?;
+        Sandbox::running(key.clone(), dir, guard.cgroup.clone(), pidfd).map_err(host("watch init"))?;
     guard.disarm();
     inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sandbox);
     tracing::debug!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, pid, "sandbox started");

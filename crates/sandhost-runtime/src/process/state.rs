@@ -28,7 +28,7 @@ pub(crate) const INIT_LOG: &str = "init.log";
 pub(crate) const ROOT: &str = "root";
 
 /// What identifies a running init across agent restarts.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InitRecord {
     /// Host pid.
     pub(crate) pid: i32,
@@ -36,6 +36,10 @@ pub(crate) struct InitRecord {
     pub(crate) start_time: u64,
     /// Wall clock start, milliseconds since the epoch.
     pub(crate) started_at_ms: u64,
+    /// The parent cgroup it was started under (so that an agent configured with another parent
+    /// still finds its cgroup).
+    #[serde(default)]
+    pub(crate) cgroup_parent: Option<String>,
 }
 
 impl InitRecord {
@@ -121,7 +125,10 @@ pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    fs::remove_dir(dir)?;
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e), // gone: a concurrent forget
+        _ => {}
+    }
     if let Some(parent) = dir.parent() {
         let _ = fs::remove_dir(parent); // fails while other lifecycles of the id exist
     }
@@ -132,5 +139,23 @@ fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let start_time = proc_start_time(me).expect("stat");
+        assert!(is_same_process(&InitRecord { pid: me, start_time, started_at_ms: 0, cgroup_parent: None }));
+        assert!(!is_same_process(&InitRecord {
+            pid: me,
+            start_time: start_time + 1,
+            started_at_ms: 0,
+            cgroup_parent: None,
+        }));
     }
 }

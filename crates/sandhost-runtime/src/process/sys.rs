@@ -1,7 +1,8 @@
 //! Thin wrappers over the Linux system calls the process backend needs and that neither `std` nor
-//! `nix` offers in the form we need (pidfds, `clone3`, `mount_setattr`, capabilities). Every
-//! `unsafe` block of the backend that is not about the post-`clone` child lives here, each with the
-//! reason it is sound.
+//! `nix` offers in the form we need (pidfds, `waitid(P_PIDFD)`, `mount_setattr`, capabilities),
+//! each `unsafe` block with the reason it is sound. The other `unsafe` of the backend is the `clone3`
+//! and its child (`spawn`), the command's last steps before `execve` (`init::command`), and two
+//! one-line calls (`kill` in `cgroup`, `poll` in `control`).
 
 use std::ffi::CStr;
 use std::io;
@@ -198,11 +199,49 @@ pub(crate) fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into()).map(drop)
 }
 
+/// `prctl(PR_SET_DUMPABLE, 0)`.
+pub(crate) fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }.into()).map(drop)
+}
+
 /// Marks every fd from 3 up close-on-exec.
 pub(crate) fn cloexec_from_3() -> io::Result<()> {
     // SAFETY: close_range with integer arguments; CLOSE_RANGE_CLOEXEC closes nothing now.
     cvt(unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) }.into())
         .map(drop)
+}
+
+/// Closes every fd from `first` up (fds the init did not ask for).
+pub(crate) fn close_from(first: u32) {
+    // SAFETY: close_range with integer arguments; the caller owns no fd in that range.
+    unsafe { libc::close_range(first, libc::c_uint::MAX, 0) };
+}
+
+/// Keeps only `CAP_KILL` (to signal the command, which runs as another user) in the effective and
+/// permitted sets of the calling thread, and nothing inheritable.
+pub(crate) fn keep_only_cap_kill() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let kill = 1u32 << 5; // CAP_KILL
+    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [
+        Data { effective: kill, permitted: kill, inheritable: 0 },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
+    ];
+    // SAFETY: header and data (two elements, as version 3 requires) live across the call.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)
 }
 
 /// Resets every catchable signal to its default action and unblocks all signals.

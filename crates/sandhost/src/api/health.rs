@@ -105,18 +105,7 @@ mod tests {
     }
 
     fn progress(status: NodeStatus) -> DrainProgress {
-        DrainProgress {
-            status,
-            status_changed_at: SystemTime::UNIX_EPOCH,
-            shutting_down: false,
-            in_flight_starts: 0,
-            live: 0,
-            exited: 0,
-            force_stopped: 0,
-            checkpointed: 0,
-            deadline: None,
-            failures: Vec::new(),
-        }
+        DrainProgress::idle(status, SystemTime::UNIX_EPOCH)
     }
 
     async fn check(server: &HealthApi, name: &str) -> Wire {

@@ -13,7 +13,6 @@
 //! | `INTERNAL` | the runtime failed; the message carries the cause chain |
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use sandhost_runtime::{CheckpointError, StartError};
@@ -27,17 +26,6 @@ use crate::sandbox::{CreateError, InvalidArgument, SandboxError};
 pub const RETRY_WHILE_DRAINING: Duration = Duration::from_secs(5);
 /// How long a client refused by a node limit should wait before it retries.
 pub const RETRY_WHEN_EXHAUSTED: Duration = Duration::from_secs(1);
-
-/// `message: cause: cause ...`, the whole chain of `error`.
-fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
-}
 
 /// `INVALID_ARGUMENT` naming `field`, with a `BadRequest` detail.
 pub(crate) fn invalid_argument(field: &str, reason: &str) -> Status {
@@ -82,7 +70,7 @@ fn not_supported(backend: &str, what: &str, message: String) -> Status {
 }
 
 fn internal(error: &(dyn StdError + 'static)) -> Status {
-    Status::internal(chain(error))
+    Status::internal(crate::error_chain(error))
 }
 
 /// The status of a failed `Create`.

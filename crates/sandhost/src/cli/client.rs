@@ -141,11 +141,9 @@ impl Client {
         let token = BearerToken::new(std::env::var("SANDHOST_TOKEN").ok().as_deref())?;
         let endpoint = Endpoint::from_shared(target.addr.clone())
             .map_err(|e| ClientError::usage("--addr / SANDHOST_ADDR", format!("{:?}: {e}", target.addr)))?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect { addr: target.addr.clone(), reason: error_chain(&e) })?;
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| {
+            ClientError::Connect { addr: target.addr.clone(), reason: crate::error_chain(&e) }
+        })?;
         Ok(Self {
             sandboxes: SandboxServiceClient::with_interceptor(channel.clone(), token.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
@@ -153,17 +151,6 @@ impl Client {
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
         })
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -128,18 +128,7 @@ impl DrainCoordinator {
             exits_at_start: 0,
             report: DrainReport::default(),
         };
-        let progress = DrainProgress {
-            status,
-            status_changed_at: now,
-            shutting_down: false,
-            in_flight_starts: 0,
-            live: 0,
-            exited: 0,
-            force_stopped: 0,
-            checkpointed: 0,
-            deadline: None,
-            failures: Vec::new(),
-        };
+        let progress = DrainProgress::idle(status, now);
         let inner = Arc::new(Inner {
             manager,
             status_tx,
@@ -411,7 +400,7 @@ impl Inner {
                 let until = (*deadline.borrow_and_update())
                     .map(|d| d.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
                 tokio::select! {
-                    () = sleep_or_forever(until) => return "deadline passed",
+                    () = crate::sleep_or_forever(until) => return "deadline passed",
                     _ = force.changed() => {}
                     _ = deadline.changed() => {}
                 }
@@ -536,12 +525,15 @@ impl Inner {
                     Ok(snapshot) => StopOutcome::Checkpointed(snapshot),
                     Err(error) => match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
                         Ok(()) => StopOutcome::Stopped {
-                            note: Some(format!("checkpoint failed ({}); stopped", chain(&error))),
+                            note: Some(format!(
+                                "checkpoint failed ({}); stopped",
+                                crate::error_chain(&error)
+                            )),
                         },
                         Err(stop) => StopOutcome::Failed(format!(
                             "checkpoint failed ({}); stop failed ({})",
-                            chain(&error),
-                            chain(&stop)
+                            crate::error_chain(&error),
+                            crate::error_chain(&stop)
                         )),
                     },
                 };
@@ -550,12 +542,12 @@ impl Inner {
             tracing::warn!(sandbox.id = %key.id, "{note}");
             return match manager.stop_lifecycle(key, ExitReason::DrainStopped, mode).await {
                 Ok(()) => StopOutcome::Stopped { note: Some(note) },
-                Err(error) => StopOutcome::Failed(chain(&error)),
+                Err(error) => StopOutcome::Failed(crate::error_chain(&error)),
             };
         }
         match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
             Ok(()) => StopOutcome::Stopped { note: None },
-            Err(error) => StopOutcome::Failed(chain(&error)),
+            Err(error) => StopOutcome::Failed(crate::error_chain(&error)),
         }
     }
 
@@ -594,24 +586,5 @@ async fn republish_on_count_changes(inner: Weak<Inner>, mut counts: watch::Recei
         let Some(inner) = inner.upgrade() else { return };
         let state = inner.lock();
         inner.publish(&state);
-    }
-}
-
-/// An error with its causes: `outer: inner: innermost`.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn sleep_or_forever(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
     }
 }

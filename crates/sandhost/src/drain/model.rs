@@ -93,6 +93,25 @@ pub struct DrainProgress {
     pub failures: Vec<DrainFailure>,
 }
 
+impl DrainProgress {
+    /// The progress of a node with nothing in flight and no drain: `status`, since `changed_at`.
+    #[must_use]
+    pub fn idle(status: NodeStatus, changed_at: SystemTime) -> Self {
+        Self {
+            status,
+            status_changed_at: changed_at,
+            shutting_down: false,
+            in_flight_starts: 0,
+            live: 0,
+            exited: 0,
+            force_stopped: 0,
+            checkpointed: 0,
+            deadline: None,
+            failures: Vec::new(),
+        }
+    }
+}
+
 /// Why a drain request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DrainError {

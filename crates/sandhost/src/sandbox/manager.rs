@@ -118,7 +118,7 @@ impl Table {
         Ok(previous)
     }
 
-    fn insert(&mut self, entry: Entry, counts: &watch::Sender<Counts>, metrics: &Metrics) {
+    pub(super) fn insert(&mut self, entry: Entry, counts: &watch::Sender<Counts>, metrics: &Metrics) {
         let state = entry.info.state;
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             self.counts.by_state[state_index(old.info.state)] -= 1;
@@ -315,7 +315,9 @@ impl Manager {
                 limit: "concurrent starts",
                 max: self.config.max_concurrent_starts,
             })?;
-        let key = prepared.spec.key.clone();
+        let spec = prepared.spec.clone();
+        let meta = SandboxMeta::from_entry(&prepared.info);
+        let key = spec.key.clone();
         {
             let mut table = self.lock();
             if table.counts.live() >= self.config.max_sandboxes {
@@ -332,7 +334,7 @@ impl Manager {
         }
         // The start runs in its own task: an admitted start finishes even if the caller goes away.
         let this = Arc::clone(self);
-        let start = tokio::spawn(async move { this.run_start(key, permit, slot, admitted_at).await });
+        let start = tokio::spawn(async move { this.run_start(spec, meta, permit, slot, admitted_at).await });
         match start.await {
             Ok(result) => result,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
@@ -341,16 +343,13 @@ impl Manager {
 
     async fn run_start(
         self: Arc<Self>,
-        key: SandboxKey,
+        spec: SandboxSpec,
+        meta: SandboxMeta,
         permit: Permit,
         slot: OwnedSemaphorePermit,
         admitted_at: Instant,
     ) -> Result<SandboxInfo, CreateError> {
-        let spec = self.lock().sandboxes.get(&key.id).map(|e| e.spec.clone());
-        let Some(spec) = spec else {
-            return Err(CreateError::AlreadyExists(key.id));
-        };
-        let meta = SandboxMeta::from_entry(&self.lock().sandboxes[&key.id].info);
+        let key = spec.key.clone();
         if let Err(error) = self.store.save(&meta) {
             tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
         }
@@ -400,7 +399,7 @@ impl Manager {
 
     /// Watches one lifecycle until its command exits, stopping it at its end time; then cleans up
     /// and records the exit. The only code that moves a started sandbox to `Exited`.
-    async fn supervise(self: Arc<Self>, key: SandboxKey, end_changed: Arc<Notify>) {
+    pub(super) async fn supervise(self: Arc<Self>, key: SandboxKey, end_changed: Arc<Notify>) {
         let exit = loop {
             let end_time = {
                 let table = self.lock();
@@ -414,7 +413,7 @@ impl Manager {
             let changed = end_changed.notified();
             tokio::select! {
                 exit = self.runtime.wait(&key) => break exit,
-                () = sleep_or_forever(until_end) => {
+                () = crate::sleep_or_forever(until_end) => {
                     // begin_stop records the reason at once, so the timer is not armed again.
                     if let Some(stop) = self.begin_stop(&key, ExitReason::Timeout, StopMode::Graceful) {
                         let this = Arc::clone(&self);
@@ -478,72 +477,6 @@ impl Manager {
         });
     }
 
-    /// Stops one lifecycle and returns once its processes are gone (its exit is recorded by its
-    /// supervisor). The first stop's reason wins. Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// The runtime's error when the processes could not be stopped.
-    pub async fn stop_lifecycle(
-        self: &Arc<Self>,
-        key: &SandboxKey,
-        reason: ExitReason,
-        mode: StopMode,
-    ) -> Result<(), SandboxError> {
-        match self.begin_stop(key, reason, mode) {
-            Some(stop) => self.execute_stop(stop).await,
-            None => Ok(()),
-        }
-    }
-
-    /// The synchronous half of a stop: records the reason and moves the sandbox to `Stopping`.
-    /// Returns what is left to do to the processes, if anything.
-    fn begin_stop(&self, key: &SandboxKey, reason: ExitReason, mode: StopMode) -> Option<PendingStop> {
-        let mut table = self.lock();
-        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
-        let state = entry.info.state;
-        let grace = entry.spec.stop_grace;
-        match state {
-            SandboxState::Exited => None,
-            SandboxState::Starting => {
-                // run_start issues the stop once the sandbox runs.
-                entry.stop_reason.get_or_insert(reason);
-                // The most urgent stop asked for wins.
-                entry.pending_stop = Some(match (entry.pending_stop, mode) {
-                    (Some(StopMode::Now), _) | (_, StopMode::Now) => StopMode::Now,
-                    (Some(StopMode::Within(a)), StopMode::Within(b)) => StopMode::Within(a.min(b)),
-                    (Some(StopMode::Within(a)), StopMode::Graceful) | (_, StopMode::Within(a)) => {
-                        StopMode::Within(a)
-                    }
-                    _ => StopMode::Graceful,
-                });
-                None
-            }
-            SandboxState::Stopping => Some(PendingStop { key: key.clone(), mode, grace, thaw: false }),
-            SandboxState::Running | SandboxState::Paused => {
-                entry.stop_reason.get_or_insert(reason);
-                entry.end_changed.notify_one();
-                let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
-                Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
-            }
-        }
-    }
-
-    /// The asynchronous half of a stop: signals, grace, kill.
-    async fn execute_stop(&self, stop: PendingStop) -> Result<(), SandboxError> {
-        let PendingStop { key, mode, grace, thaw } = stop;
-        if thaw && let Err(error) = self.runtime.resume(&key).await {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "thawing before the stop failed");
-        }
-        let stopped = match mode {
-            StopMode::Graceful => self.runtime.stop(&key, grace).await,
-            StopMode::Within(bound) => self.runtime.stop(&key, grace.min(bound)).await,
-            StopMode::Now => self.runtime.kill(&key).await,
-        };
-        stopped.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op: "stop", source: Box::new(e) })
-    }
-
-    /// Waits until `key` has exited (or is no longer in the table).
     pub(super) async fn wait_exited(&self, key: &SandboxKey) {
         let receiver = {
             let table = self.lock();
@@ -629,80 +562,6 @@ impl Manager {
             },
         })
     }
-
-    /// Adopts the sandboxes an earlier agent left (see [`Runtime::recover`]).
-    ///
-    /// # Errors
-    ///
-    /// The runtime's error when the state dir cannot be read.
-    pub async fn recover(self: &Arc<Self>) -> Result<usize, sandhost_runtime::RecoverError> {
-        let recovered = self.runtime.recover().await?;
-        let live: Vec<SandboxKey> = recovered
-            .iter()
-            .filter(|r| matches!(r.state, sandhost_runtime::RecoveredState::Running { .. }))
-            .map(|r| r.spec.key.clone())
-            .collect();
-        let mut adopted = 0;
-        for sandbox in recovered {
-            let key = sandbox.spec.key.clone();
-            let meta = self.store.load(&key);
-            let state = match sandbox.state {
-                sandhost_runtime::RecoveredState::Running { paused: true } => SandboxState::Paused,
-                sandhost_runtime::RecoveredState::Running { paused: false } => SandboxState::Running,
-                sandhost_runtime::RecoveredState::Exited(_) => SandboxState::Stopping,
-            };
-            let info = SandboxInfo {
-                id: key.id.clone(),
-                lifecycle: key.lifecycle.clone(),
-                state,
-                argv: sandbox.spec.argv.clone(),
-                template: meta
-                    .as_ref()
-                    .map_or_else(|| template_name(&sandbox.spec.template), |m| m.template.clone()),
-                limits: sandbox.spec.limits,
-                labels: meta.as_ref().map(|m| m.labels.clone()).unwrap_or_default(),
-                drain_policy: meta.as_ref().map_or(DrainPolicy::Wait, |m| m.drain_policy),
-                created_at: meta.as_ref().map_or(sandbox.started_at, |m| m.created_at),
-                started_at: Some(sandbox.started_at),
-                end_time: meta.as_ref().and_then(|m| m.end_time),
-                exited_at: None,
-                exit: None,
-                restored_from: sandbox.spec.restore_from.clone(),
-            };
-            let entry = Entry {
-                info,
-                spec: sandbox.spec,
-                stop_reason: None,
-                pending_stop: None,
-                state_tx: watch::Sender::new(state),
-                end_changed: Arc::new(Notify::new()),
-            };
-            let end_changed = Arc::clone(&entry.end_changed);
-            self.lock().insert(entry, &self.counts, &self.metrics);
-            match sandbox.state {
-                sandhost_runtime::RecoveredState::Running { .. } => {
-                    tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "re-adopted a running sandbox");
-                    adopted += 1;
-                    tokio::spawn(Arc::clone(self).supervise(key, end_changed));
-                }
-                sandhost_runtime::RecoveredState::Exited(exit) => {
-                    tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "a sandbox ended while no agent ran");
-                    let message = Some("ended while no agent was running".to_owned());
-                    self.finish(&key, ExitInfo { exit, reason: ExitReason::Exited, message }).await;
-                }
-            }
-        }
-        self.store.retain(&live);
-        Ok(adopted)
-    }
-}
-
-/// A stop whose bookkeeping is done and whose signals are still to be sent.
-struct PendingStop {
-    key: SandboxKey,
-    mode: StopMode,
-    grace: Duration,
-    thaw: bool,
 }
 
 struct Prepared {
@@ -723,17 +582,10 @@ impl Prepared {
     }
 }
 
-fn template_name(template: &Template) -> String {
+pub(super) fn template_name(template: &Template) -> String {
     match template {
         Template::Host => "host".to_owned(),
         Template::Rootfs { name, .. } => name.clone(),
-    }
-}
-
-async fn sleep_or_forever(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
     }
 }
 

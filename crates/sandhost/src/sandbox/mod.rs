@@ -6,6 +6,8 @@ mod errors;
 mod manager;
 mod model;
 mod ops;
+mod recover;
+mod stop;
 mod store;
 mod validate;
 

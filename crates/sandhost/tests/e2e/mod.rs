@@ -159,20 +159,8 @@ impl Serve {
 
     /// SIGTERM, then wait for the exit (SIGKILL after the hang guard). Returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        signal(&child, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if started.elapsed() > HANG_GUARD {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("sandhost serve did not exit within the hang guard after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit()
     }
 
     /// Sends `signal` to the serve process.

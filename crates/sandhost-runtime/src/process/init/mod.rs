@@ -89,6 +89,8 @@ impl InitArgs {
 ///
 /// Only meaningful when started by the process runtime (which hands it fds 3 and 4).
 pub fn init_main(args: Vec<OsString>) -> ! {
+    // Nothing but fds 0-4 was meant for us (the agent's other fds are close-on-exec anyway).
+    sys::close_from(5);
     // SAFETY: fds 3 and 4 were set up by `spawn` for this process and nothing else owns them.
     let (status, dir) = unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD)) };
     let code = match run(args, status, &dir) {
@@ -129,8 +131,11 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
     let spec_fd =
         openat(dir, state::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(|e| SetupError::new("read spec", e.into()))?;
-    let spec: SandboxSpec = serde_json::from_reader(std::fs::File::from(spec_fd))
-        .map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
+    let mut bytes = Vec::with_capacity(4096);
+    std::io::Read::read_to_end(&mut std::fs::File::from(spec_fd), &mut bytes)
+        .map_err(|e| SetupError::new("read spec", e))?;
+    let spec: SandboxSpec =
+        serde_json::from_slice(&bytes).map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
     // The init should outlive its command under memory pressure (the command resets this). Without
     // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
@@ -193,6 +198,15 @@ fn supervise(
     };
     // The command (until it execs) holds the only other copies of these.
     drop((status, log_w, stdin));
+    // From here on the init only signals, reaps and writes through fds it holds: it keeps nothing
+    // but CAP_KILL (the command runs as another user).
+    if let Err(e) = sys::keep_only_cap_kill() {
+        eprintln!("sandhost init: dropping capabilities: {e}");
+    }
+    // Not dumpable: /proc/1 of the sandbox belongs to root and cannot be inspected by the command.
+    if let Err(e) = sys::set_not_dumpable() {
+        eprintln!("sandhost init: PR_SET_DUMPABLE: {e}");
+    }
     let exit = reap_until(child, &sigfd, &log_r, &mut log);
     record_exit(dir, exit).map_err(|e| (None, SetupError::new("record exit", e)))?;
     Ok(exit.as_shell_code())

@@ -94,12 +94,38 @@ pub(super) fn build_root(
     if hidden.is_dir() {
         tmpfs(&hidden, MsFlags::MS_RDONLY | ro, "size=4k,mode=000", "hide state dir")?;
     }
+    if spec.template == Template::Host {
+        mask_host_secrets(new_root, ro)?;
+    }
 
     chdir(new_root).map_err(step("chdir to new root"))?;
     pivot_root(".", ".").map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
     chdir("/").map_err(step("chdir /"))?;
     Ok(home)
+}
+
+/// Host files that even a capability-less root inside the sandbox could read (it owns them): the
+/// password hashes and root's home. Masked with `/dev/null` and an empty read-only tmpfs.
+const MASKED_FILES: [&str; 5] = ["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-", "etc/sudoers"];
+const MASKED_DIRS: [&str; 3] = ["root", "etc/sudoers.d", "etc/ssh"];
+
+fn mask_host_secrets(new_root: &Path, ro: MsFlags) -> Result<(), SetupError> {
+    let none: Option<&str> = None;
+    for file in MASKED_FILES {
+        let path = new_root.join(file);
+        if path.is_file() {
+            mount(Some("/dev/null"), &path, none, MsFlags::MS_BIND, none)
+                .map_err(step("mask host secrets"))?;
+        }
+    }
+    for dir in MASKED_DIRS {
+        let path = new_root.join(dir);
+        if path.is_dir() {
+            tmpfs(&path, ro, "size=4k,mode=755", "mask host secrets")?;
+        }
+    }
+    Ok(())
 }
 
 fn tmpfs(at: &Path, flags: MsFlags, data: &str, what: &'static str) -> Result<(), SetupError> {

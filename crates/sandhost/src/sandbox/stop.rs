@@ -1,0 +1,91 @@
+//! Stopping a sandbox: the synchronous bookkeeping (reason, `STOPPING`) and the signals, grace and
+//! kill that follow. Split in two so that a timer or the drain can record a stop at once and send
+//! its signals in a task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandhost_runtime::SandboxKey;
+
+use super::manager::{Manager, StopMode};
+use super::{ExitReason, SandboxError, SandboxState};
+
+/// A stop whose bookkeeping is done and whose signals are still to be sent.
+pub(super) struct PendingStop {
+    key: SandboxKey,
+    mode: StopMode,
+    grace: Duration,
+    thaw: bool,
+}
+
+impl Manager {
+    /// Stops one lifecycle and returns once its processes are gone (its exit is recorded by its
+    /// supervisor). The first stop's reason wins. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// The runtime's error when the processes could not be stopped.
+    pub async fn stop_lifecycle(
+        self: &Arc<Self>,
+        key: &SandboxKey,
+        reason: ExitReason,
+        mode: StopMode,
+    ) -> Result<(), SandboxError> {
+        match self.begin_stop(key, reason, mode) {
+            Some(stop) => self.execute_stop(stop).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The synchronous half of a stop: records the reason and moves the sandbox to `Stopping`.
+    /// Returns what is left to do to the processes, if anything.
+    pub(super) fn begin_stop(
+        &self,
+        key: &SandboxKey,
+        reason: ExitReason,
+        mode: StopMode,
+    ) -> Option<PendingStop> {
+        let mut table = self.lock();
+        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let state = entry.info.state;
+        let grace = entry.spec.stop_grace;
+        match state {
+            SandboxState::Exited => None,
+            SandboxState::Starting => {
+                // run_start issues the stop once the sandbox runs.
+                entry.stop_reason.get_or_insert(reason);
+                // The most urgent stop asked for wins.
+                entry.pending_stop = Some(match (entry.pending_stop, mode) {
+                    (Some(StopMode::Now), _) | (_, StopMode::Now) => StopMode::Now,
+                    (Some(StopMode::Within(a)), StopMode::Within(b)) => StopMode::Within(a.min(b)),
+                    (Some(StopMode::Within(a)), StopMode::Graceful) | (_, StopMode::Within(a)) => {
+                        StopMode::Within(a)
+                    }
+                    _ => StopMode::Graceful,
+                });
+                None
+            }
+            SandboxState::Stopping => Some(PendingStop { key: key.clone(), mode, grace, thaw: false }),
+            SandboxState::Running | SandboxState::Paused => {
+                entry.stop_reason.get_or_insert(reason);
+                entry.end_changed.notify_one();
+                let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
+                Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
+            }
+        }
+    }
+
+    /// The asynchronous half of a stop: signals, grace, kill.
+    pub(super) async fn execute_stop(&self, stop: PendingStop) -> Result<(), SandboxError> {
+        let PendingStop { key, mode, grace, thaw } = stop;
+        if thaw && let Err(error) = self.runtime.resume(&key).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "thawing before the stop failed");
+        }
+        let stopped = match mode {
+            StopMode::Graceful => self.runtime.stop(&key, grace).await,
+            StopMode::Within(bound) => self.runtime.stop(&key, grace.min(bound)).await,
+            StopMode::Now => self.runtime.kill(&key).await,
+        };
+        stopped.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op: "stop", source: Box::new(e) })
+    }
+}
