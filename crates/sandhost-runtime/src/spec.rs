@@ -189,6 +189,25 @@ pub struct SandboxSpec {
     pub restore_from: Option<SnapshotId>,
 }
 
+impl SandboxSpec {
+    /// A spec for `argv` with the defaults: the host template, no limits, the unprivileged user, the
+    /// default stop grace, the command's environment empty, no snapshot.
+    #[must_use]
+    pub fn new(key: SandboxKey, argv: Vec<String>) -> Self {
+        Self {
+            key,
+            argv,
+            env: Vec::new(),
+            cwd: None,
+            template: Template::Host,
+            limits: Limits::default(),
+            user: User::UNPRIVILEGED,
+            stop_grace: crate::DEFAULT_STOP_GRACE,
+            restore_from: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sandhost_proto::v1 as pb;
 use sandhost_proto::v1::sandbox_service_client::SandboxServiceClient;
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{LifecycleId, Limits, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User};
+use sandhost_runtime::{LifecycleId, Runtime, SandboxId, SandboxKey, SandboxSpec};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandhost");
@@ -76,18 +76,14 @@ where
 
 fn spec(index: usize, argv: &[&str]) -> SandboxSpec {
     SandboxSpec {
-        key: SandboxKey {
-            id: SandboxId::parse(format!("anchor-{index}")).unwrap(),
-            lifecycle: LifecycleId::parse(format!("{:x}", index + 1)).unwrap(),
-        },
-        argv: argv.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
-        cwd: None,
-        template: Template::Host,
-        limits: Limits::default(),
-        user: User::UNPRIVILEGED,
         stop_grace: Duration::from_secs(1),
-        restore_from: None,
+        ..SandboxSpec::new(
+            SandboxKey {
+                id: SandboxId::parse(format!("anchor-{index}")).unwrap(),
+                lifecycle: LifecycleId::parse(format!("{:x}", index + 1)).unwrap(),
+            },
+            argv.iter().map(|a| (*a).to_owned()).collect(),
+        )
     }
 }
 

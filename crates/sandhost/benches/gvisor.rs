@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{
-    LifecycleId, Limits, Runtime, SandboxId, SandboxKey, SandboxSpec, SnapshotId, Template, User,
-};
+use sandhost_runtime::{LifecycleId, Limits, Runtime, SandboxId, SandboxKey, SandboxSpec, SnapshotId};
 
 const SMALL: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
 /// 256 MiB of random (incompressible: runsc compresses its images) memory.
@@ -18,19 +16,16 @@ const LARGE: &str =
 
 fn spec(n: u32, argv: &[&str]) -> SandboxSpec {
     SandboxSpec {
-        key: SandboxKey {
-            id: SandboxId::parse(format!("bench-{n}")).expect("id"),
-            lifecycle: LifecycleId::parse(format!("{:x}", 0xb000_0000_u64 + u64::from(n)))
-                .expect("lifecycle"),
-        },
-        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-        env: Vec::new(),
-        cwd: None,
-        template: Template::Host,
         limits: Limits { memory_bytes: Some(1 << 30), cpu_millis: None, pids_max: Some(256) },
-        user: User::UNPRIVILEGED,
         stop_grace: Duration::from_secs(1),
-        restore_from: None,
+        ..SandboxSpec::new(
+            SandboxKey {
+                id: SandboxId::parse(format!("bench-{n}")).expect("id"),
+                lifecycle: LifecycleId::parse(format!("{:x}", 0xb000_0000_u64 + u64::from(n)))
+                    .expect("lifecycle"),
+            },
+            argv.iter().map(|s| (*s).to_owned()).collect(),
+        )
     }
 }
 

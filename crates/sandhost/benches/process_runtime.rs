@@ -11,9 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{
-    Exit, LifecycleId, Limits, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User,
-};
+use sandhost_runtime::{Exit, LifecycleId, Runtime, SandboxId, SandboxKey, SandboxSpec};
 
 const WARMUP: usize = 20;
 const CONCURRENCY: usize = 8;
@@ -103,18 +101,14 @@ fn row(name: &str, running: Option<&[Duration]>, exit: &[Duration], seq: f64, co
 
 fn spec(i: usize) -> SandboxSpec {
     SandboxSpec {
-        key: SandboxKey {
-            id: SandboxId::parse(format!("bench-{i}")).expect("id"),
-            lifecycle: LifecycleId::parse(format!("{i:x}")).expect("lifecycle"),
-        },
-        argv: vec!["/bin/true".into()],
-        env: Vec::new(),
-        cwd: None,
-        template: Template::Host,
-        limits: Limits::default(),
-        user: User::UNPRIVILEGED,
         stop_grace: Duration::from_secs(1),
-        restore_from: None,
+        ..SandboxSpec::new(
+            SandboxKey {
+                id: SandboxId::parse(format!("bench-{i}")).expect("id"),
+                lifecycle: LifecycleId::parse(format!("{i:x}")).expect("lifecycle"),
+            },
+            vec!["/bin/true".into()],
+        )
     }
 }
 

@@ -323,15 +323,9 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
     let TestNode { dir, .. } = first;
     fake.seed_recovered(vec![sandhost_runtime::Recovered {
         spec: sandhost_runtime::SandboxSpec {
-            key: key(&a),
-            argv: a.argv.clone(),
-            env: Vec::new(),
-            cwd: None,
-            template: sandhost_runtime::Template::Host,
             limits: a.limits,
-            user: sandhost_runtime::User::UNPRIVILEGED,
             stop_grace: Duration::from_secs(10),
-            restore_from: None,
+            ..sandhost_runtime::SandboxSpec::new(key(&a), a.argv.clone())
         },
         started_at: std::time::SystemTime::now(),
         state: sandhost_runtime::RecoveredState::Running { paused: false },

@@ -13,7 +13,7 @@ use sandhost::sandbox::{
     UpdateRequest,
 };
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
-use sandhost_runtime::{Exit, Recovered, RecoveredState, SandboxSpec, Template, User};
+use sandhost_runtime::{Exit, Recovered, RecoveredState, SandboxSpec};
 use support::{TestNode, key, request, within};
 
 #[tokio::test(start_paused = true)]
@@ -272,18 +272,14 @@ async fn logs_stream_and_follow_until_exit() {
 async fn recovery_adopts_running_sandboxes_and_records_the_ones_that_ended() {
     let fake = FakeRuntime::new();
     let spec = |id: &str, lifecycle: &str| SandboxSpec {
-        key: sandhost_runtime::SandboxKey {
-            id: sandhost_runtime::SandboxId::parse(id).expect("id"),
-            lifecycle: sandhost_runtime::LifecycleId::parse(lifecycle).expect("lifecycle"),
-        },
-        argv: vec!["sleep".into(), "1000".into()],
-        env: Vec::new(),
-        cwd: None,
-        template: Template::Host,
-        limits: sandhost_runtime::Limits::default(),
-        user: User::UNPRIVILEGED,
         stop_grace: Duration::from_secs(10),
-        restore_from: None,
+        ..SandboxSpec::new(
+            sandhost_runtime::SandboxKey {
+                id: sandhost_runtime::SandboxId::parse(id).expect("id"),
+                lifecycle: sandhost_runtime::LifecycleId::parse(lifecycle).expect("lifecycle"),
+            },
+            vec!["sleep".into(), "1000".into()],
+        )
     };
     fake.seed_recovered(vec![
         Recovered {

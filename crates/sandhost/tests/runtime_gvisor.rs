@@ -11,7 +11,7 @@ use std::time::Duration;
 use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::{
     Exit, LifecycleId, Limits, RecoveredState, Runtime, SandboxId, SandboxKey, SandboxSpec, SnapshotId,
-    StartError, Template, User,
+    StartError,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -50,19 +50,17 @@ impl Gv {
     fn sh(&self, script: &str) -> SandboxSpec {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         SandboxSpec {
-            key: SandboxKey {
-                id: SandboxId::parse(format!("gv-{n}")).expect("id"),
-                lifecycle: LifecycleId::parse(format!("{:x}", 0xbee0_0000_u64 + u64::from(n)))
-                    .expect("lifecycle"),
-            },
-            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec![("LANG".into(), "C".into())],
-            cwd: None,
-            template: Template::Host,
             limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(1000), pids_max: Some(64) },
-            user: User::UNPRIVILEGED,
             stop_grace: Duration::from_secs(10),
-            restore_from: None,
+            ..SandboxSpec::new(
+                SandboxKey {
+                    id: SandboxId::parse(format!("gv-{n}")).expect("id"),
+                    lifecycle: LifecycleId::parse(format!("{:x}", 0xbee0_0000_u64 + u64::from(n)))
+                        .expect("lifecycle"),
+                },
+                vec!["/bin/sh".into(), "-c".into(), script.into()],
+            )
         }
     }
 

@@ -5,10 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::{
-    CleanupError, LifecycleId, Limits, LogsError, RecoveredState, Runtime, SandboxId, Template, User,
-    WaitError,
-};
+use crate::{CleanupError, LifecycleId, LogsError, RecoveredState, Runtime, SandboxId, WaitError};
 
 /// Bound on waits that must finish; under the paused clock it only fires if the fake hangs.
 const HANG_GUARD: Duration = Duration::from_secs(3600);
@@ -22,15 +19,8 @@ fn sandbox_key(id: &str) -> SandboxKey {
 
 fn spec(id: &str) -> SandboxSpec {
     SandboxSpec {
-        key: sandbox_key(id),
-        argv: vec!["true".to_owned()],
-        env: Vec::new(),
-        cwd: None,
-        template: Template::Host,
-        limits: Limits::default(),
-        user: User::UNPRIVILEGED,
         stop_grace: crate::DEFAULT_STOP_GRACE,
-        restore_from: None,
+        ..SandboxSpec::new(sandbox_key(id), vec!["true".to_owned()])
     }
 }
 

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{
-    LifecycleId, Limits, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec, Template, User,
-};
+use sandhost_runtime::{LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
 
 /// Where the cgroup hierarchies are mounted on these hosts (and on pure v2 hosts).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -59,19 +57,16 @@ impl TestEnv {
     pub fn spec(&self, argv: &[&str]) -> SandboxSpec {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         SandboxSpec {
-            key: SandboxKey {
-                id: SandboxId::parse(format!("sb-{n}")).expect("id"),
-                lifecycle: LifecycleId::parse(format!("{:x}", 0xabc0_0000_u64 + u64::from(n)))
-                    .expect("lifecycle"),
-            },
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![("LANG".into(), "C".into())],
-            cwd: None,
-            template: Template::Host,
-            limits: Limits::default(),
-            user: User::UNPRIVILEGED,
             stop_grace: Duration::from_secs(10),
-            restore_from: None,
+            ..SandboxSpec::new(
+                SandboxKey {
+                    id: SandboxId::parse(format!("sb-{n}")).expect("id"),
+                    lifecycle: LifecycleId::parse(format!("{:x}", 0xabc0_0000_u64 + u64::from(n)))
+                        .expect("lifecycle"),
+                },
+                argv.iter().map(|s| (*s).to_owned()).collect(),
+            )
         }
     }
 
