@@ -120,11 +120,18 @@ impl Runsc {
         self.output(args).await.map(drop)
     }
 
-    /// `runsc state`; `Ok(None)` when runsc does not know the container.
+    /// `runsc state`; `Ok(None)` when runsc does not know the container, or not yet: while `runsc
+    /// run` creates it, its metadata can exist a moment before its state file ("loading container:
+    /// ... no such file or directory").
     pub(crate) async fn state(&self, cid: &str) -> io::Result<Option<ContainerState>> {
         match self.output(&["state".as_ref(), cid.as_ref()]).await {
             Ok(out) => serde_json::from_slice(&out).map(Some).map_err(io::Error::other),
             Err(e) if e.to_string().contains("does not exist") => Ok(None),
+            Err(e)
+                if e.to_string().contains("loading container") && e.to_string().contains("no such file") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
