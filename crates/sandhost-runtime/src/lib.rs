@@ -232,6 +232,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// A [`CheckpointError`].
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError>;
+
+    /// Waits until the work the backend does after a call has returned is done: the slow delete
+    /// of a container that a cancelled start or a checkpoint-and-continue left (gvisor). The
+    /// shutdown awaits it within its bound. Backends that do everything in the call return at once.
+    async fn settle(&self) {}
 }
 
 /// The default stop grace: SIGTERM, then this long before the cgroup is killed.

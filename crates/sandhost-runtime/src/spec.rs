@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::StartError;
+
 /// An id that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} {value:?}: {rule}")]
@@ -171,7 +173,9 @@ impl User {
 pub struct SandboxSpec {
     /// Which sandbox, which lifecycle.
     pub key: SandboxKey,
-    /// The command and its arguments; not empty.
+    /// The command and its arguments; not empty, except with `restore_from`, which runs the
+    /// snapshot's command (and its environment, working directory and user): then it must be
+    /// empty, and so must `env` and `cwd`.
     pub argv: Vec<String>,
     /// The environment of the command.
     pub env: Vec<(String, String)>,
@@ -205,6 +209,80 @@ impl SandboxSpec {
             stop_grace: crate::DEFAULT_STOP_GRACE,
             restore_from: None,
         }
+    }
+}
+
+/// The bounds every backend holds limits to.
+const MIN_MEMORY: u64 = 4 << 20;
+const MAX_MEMORY: u64 = 1 << 52;
+const MIN_CPU_MILLIS: u32 = 10;
+const MAX_CPU_MILLIS: u32 = 1_000_000;
+const MIN_PIDS: u32 = 2;
+const MAX_PIDS: u32 = 4 << 20;
+
+impl SandboxSpec {
+    /// Checks what every backend needs of a spec before it touches the host: a command (or, for a
+    /// restore, none: the snapshot's runs), no NUL anywhere, an absolute working directory, limits
+    /// within bounds, a usable rootfs.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::InvalidSpec`] naming the field.
+    pub fn validate(&self) -> Result<(), StartError> {
+        use std::os::unix::ffi::OsStrExt;
+        let invalid = |field: &'static str, reason: &str| StartError::InvalidSpec {
+            key: self.key.clone(),
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.restore_from.is_some() {
+            if !self.argv.is_empty() {
+                return Err(invalid("argv", "a restore runs the snapshot's command: give none"));
+            }
+            if !self.env.is_empty() || self.cwd.is_some() {
+                return Err(invalid("env", "a restore keeps the snapshot's environment and cwd: give none"));
+            }
+        } else if self.argv.first().is_none_or(String::is_empty) {
+            return Err(invalid("argv", "must name a command"));
+        }
+        if self.argv.iter().any(|a| a.contains('\0')) {
+            return Err(invalid("argv", "contains a NUL byte"));
+        }
+        if self
+            .env
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+        {
+            return Err(invalid("env", "names must be non-empty without '=' or NUL; values without NUL"));
+        }
+        if self.cwd.as_ref().is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0))
+        {
+            return Err(invalid("cwd", "must be an absolute path"));
+        }
+        let limits = &self.limits;
+        if limits.memory_bytes.is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m)) {
+            return Err(invalid("limits.memory_bytes", "must be between 4 MiB and 4 PiB"));
+        }
+        if limits.cpu_millis.is_some_and(|c| !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c)) {
+            return Err(invalid("limits.cpu_millis", "must be between 10 and 1000000"));
+        }
+        if limits.pids_max.is_some_and(|p| !(MIN_PIDS..=MAX_PIDS).contains(&p)) {
+            return Err(invalid("limits.pids_max", "must be between 2 and 4194304"));
+        }
+        if let Template::Rootfs { path, .. } = &self.template {
+            if !path.is_absolute() || path.as_os_str().as_bytes().contains(&0) {
+                return Err(invalid("template", "the rootfs path must be absolute"));
+            }
+            if !path.is_dir() {
+                return Err(invalid("template", "the rootfs is not a directory"));
+            }
+            for needed in ["proc", "dev", "tmp"] {
+                if !path.join(needed).is_dir() {
+                    return Err(invalid("template", "the rootfs lacks /proc, /dev or /tmp"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

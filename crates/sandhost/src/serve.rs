@@ -147,7 +147,7 @@ type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let state_dir = StateDir::open(&config.state_dir)?;
-    let NodeParts { node, closers, coordinator, registry } = build_node(&config, &state_dir).await?;
+    let NodeParts { node, runtime, closers, coordinator, registry } = build_node(&config, &state_dir).await?;
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -202,6 +202,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         }
     }
     coordinator.complete_shutdown();
+    // Slow deletes the backend left running in the background end before the state dir closes.
+    if tokio::time::timeout(config.force_shutdown_timeout, runtime.settle()).await.is_err() {
+        outcome.closer_failures.push(format!(
+            "the runtime's background deletes did not finish within {:?}",
+            config.force_shutdown_timeout
+        ));
+    }
     for (name, close) in closers {
         if let Err(error) = close() {
             outcome.closer_failures.push(format!("{name}: {error:#}"));
@@ -223,6 +230,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
 /// The parts of a running node.
 struct NodeParts {
     node: Node,
+    runtime: Arc<dyn sandhost_runtime::Runtime>,
     closers: Vec<Closer>,
     coordinator: DrainCoordinator,
     registry: Arc<Registry>,
@@ -234,7 +242,7 @@ async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Resul
     let (runtime, runtime_closer) = open_runtime(config, state_dir.path())?;
     let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
     let manager = Manager::new(ManagerParts {
-        runtime,
+        runtime: Arc::clone(&runtime),
         config: config.sandbox.clone(),
         templates: config.templates.clone(),
         gate: Gate::new(),
@@ -255,7 +263,7 @@ async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Resul
     }
     coordinator.resume_persisted();
     let node = Node::new(manager, coordinator.clone(), state_dir.node_id().to_owned());
-    Ok(NodeParts { node, closers: vec![runtime_closer], coordinator, registry: Arc::new(registry) })
+    Ok(NodeParts { node, runtime, closers: vec![runtime_closer], coordinator, registry: Arc::new(registry) })
 }
 
 /// A closer that runs after the servers have stopped, in the shutdown's last step.

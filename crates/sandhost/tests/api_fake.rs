@@ -196,14 +196,22 @@ async fn checkpoints_on_a_backend_that_can() {
     let listed = sandboxes.list_snapshots(pb::ListSnapshotsRequest {}).await.unwrap().into_inner().snapshots;
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [snapshot.id.as_str()]);
 
-    let restored = sandboxes
+    // A restore runs the snapshot's command: one given with it is refused, naming the field.
+    let refused = sandboxes
         .create(pb::CreateRequest { restore_from: snapshot.id.clone(), ..create("copy") })
+        .await
+        .expect_err("a command with a restore");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("argv"), "{refused:?}");
+    let restored = sandboxes
+        .create(pb::CreateRequest { restore_from: snapshot.id.clone(), argv: Vec::new(), ..create("copy") })
         .await
         .unwrap()
         .into_inner()
         .sandbox
         .unwrap();
     assert_eq!(restored.restored_from, snapshot.id);
+    assert!(restored.argv.is_empty() && restored.template.is_empty(), "{restored:?}");
 
     sandboxes.delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.id.clone() }).await.unwrap();
     let gone = sandboxes

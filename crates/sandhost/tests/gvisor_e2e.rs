@@ -103,16 +103,32 @@ fn checkpoint_restore_and_evacuation_through_the_cli() {
     assert!(node.snapshot_ids().contains(&snapshot), "{:?}", node.snapshot_ids());
 
     // A new sandbox from the snapshot counts on from where the snapshot was taken.
-    let restored = node.cli(&["create", "--restore-from", &snapshot, "--", "true"]);
+    // A restore names no command: the snapshot's runs, and the sandbox says where it came from.
+    let restored = node.cli(&["create", "--restore-from", &snapshot]);
     node.wait_count(&restored, at + 1);
+    let got = node.json(&["get", &restored, "--json"]);
+    assert_eq!(got["restored_from"], snapshot.as_str(), "{got}");
+    assert_eq!(got["argv"], serde_json::json!([]), "{got}");
     let first: u64 = node.cli(&["logs", &restored]).lines().find_map(|l| l.trim().parse().ok()).unwrap_or(0);
     assert!(first > 1, "the restored sandbox started over");
     node.cli(&["kill", &restored, "--now"]);
     node.cli(&["kill", &id, "--now"]);
 
     // A missing snapshot is a clear error.
-    let refused = node.serve.cli(&["create", "--restore-from", "no-such-snapshot", "--", "true"]);
+    let refused = node.serve.cli(&["create", "--restore-from", "no-such-snapshot"]);
     assert!(!refused.status.success());
+    // A command given with a restore is refused (it would not run), naming the field.
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let status = runtime.block_on(async {
+        let request = sandhost_proto::v1::CreateRequest {
+            argv: vec!["true".into()],
+            restore_from: snapshot.clone(),
+            ..Default::default()
+        };
+        node.serve.sandboxes().await.create(request).await.expect_err("a command with a restore")
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("argv"), "{status:?}");
 
     // A forced drain evacuates the CHECKPOINT sandbox: checkpointed, its snapshot listed.
     let evacuee = node.cli(&["create", "--drain-policy", "checkpoint", "--", "sh", "-c", COUNTER_LOOP]);

@@ -1,116 +1,42 @@
-//! The `gvisor` runtime, for real: runsc (`apt-get install runsc`) as root. Without runsc these
-//! tests fail loudly. Every test ends by checking that no runsc container, process or cgroup of it
-//! is left.
+//! What only the `gvisor` backend has: checkpoint and restore, for real (runsc, as root). The rest
+//! of the runtime suite runs on this backend too (`runtime.rs`). Every test ends by checking that
+//! no runsc container, process or cgroup of it is left.
 
+#[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
-use sandhost_runtime::{
-    Exit, LifecycleId, Limits, RecoveredState, Runtime, SandboxId, SandboxKey, SandboxSpec, SnapshotId,
-    StartError,
-};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+use common::{Backend, TestEnv};
+use sandhost_runtime::{Limits, Runtime, SandboxKey, SandboxSpec, SnapshotId, StartError};
 
 const COUNTER_LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
 
-struct Gv {
-    runtime: GvisorRuntime,
-    state_dir: PathBuf,
-    prefix: String,
-    _tmp: tempfile::TempDir,
+fn gvisor() -> TestEnv {
+    TestEnv::on(Backend::Gvisor)
 }
 
-/// The log bound of these tests: small, so that one test can overflow it cheaply.
-const LOG_LIMIT: u64 = 64 * 1024;
-
-fn open(state_dir: &Path, prefix: &str) -> GvisorRuntime {
-    let mut config = GvisorConfig::new(state_dir);
-    config.cgroup_parent = prefix.to_owned();
-    config.log_limit_bytes = LOG_LIMIT;
-    GvisorRuntime::open(config).expect("open the gvisor runtime: is runsc installed (apt-get install runsc)?")
-}
-
-impl Gv {
-    fn new() -> Self {
-        common::require_root();
-        std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
-        let tmp = tempfile::Builder::new().prefix("sandhost-gv-").tempdir_in("/var/tmp").expect("temp dir");
-        let prefix =
-            format!("sandhost-gv-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let state_dir = tmp.path().join("state");
-        let runtime = open(&state_dir, &prefix);
-        Self { runtime, state_dir, prefix, _tmp: tmp }
-    }
-
-    fn sh(&self, script: &str) -> SandboxSpec {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        SandboxSpec {
-            env: vec![("LANG".into(), "C".into())],
-            limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(1000), pids_max: Some(64) },
-            stop_grace: Duration::from_secs(10),
-            ..SandboxSpec::new(
-                SandboxKey {
-                    id: SandboxId::parse(format!("gv-{n}")).expect("id"),
-                    lifecycle: LifecycleId::parse(format!("{:x}", 0xbee0_0000_u64 + u64::from(n)))
-                        .expect("lifecycle"),
-                },
-                vec!["/bin/sh".into(), "-c".into(), script.into()],
-            )
-        }
-    }
-
-    async fn log(&self, key: &SandboxKey) -> String {
-        log_of(&self.runtime, key).await
-    }
-
-    /// Everything gone: no container in runsc's root, no process naming the state dir, no cgroup.
-    fn assert_clean(&self) {
-        assert_clean(&self.state_dir, &self.prefix);
+/// A counter with limits (a restore may set others).
+fn counter(t: &TestEnv) -> SandboxSpec {
+    SandboxSpec {
+        limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(1000), pids_max: Some(64) },
+        ..t.sh(COUNTER_LOOP)
     }
 }
 
-impl Drop for Gv {
-    fn drop(&mut self) {
-        common::purge(&self.prefix, &self.state_dir);
-    }
-}
-
-async fn log_of(runtime: &GvisorRuntime, key: &SandboxKey) -> String {
+async fn log_of(runtime: &Arc<dyn Runtime>, key: &SandboxKey) -> String {
     let chunk = runtime.read_logs(key, 0, 16 << 20).await.expect("read logs");
     String::from_utf8_lossy(&chunk.data).into_owned()
 }
 
-fn assert_clean(state_dir: &Path, prefix: &str) {
-    let root = state_dir.join("runsc");
-    let containers: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name())
-                .filter(|n| !n.to_string_lossy().starts_with("runsc-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    let listed = std::process::Command::new("runsc")
-        .arg("--root")
-        .arg(&root)
-        .args(["list", "-quiet"])
-        .output()
-        .expect("runsc list");
-    let listed = String::from_utf8_lossy(&listed.stdout).trim().to_owned();
-    assert!(listed.is_empty(), "runsc containers left: {listed:?} (root entries {containers:?})");
-    let procs = common::processes_naming(&state_dir.to_string_lossy());
-    assert!(procs.is_empty(), "processes left behind: {procs:?}");
-    let cgroups = common::leftover_cgroups(prefix);
-    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
-}
-
 /// Waits (hang guard: 60 s) until `f(log)` holds.
-async fn wait_log(runtime: &GvisorRuntime, key: &SandboxKey, what: &str, f: impl Fn(&str) -> bool) -> String {
+async fn wait_log(
+    runtime: &Arc<dyn Runtime>,
+    key: &SandboxKey,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let log = log_of(runtime, key).await;
@@ -136,79 +62,16 @@ fn assert_counts_on(log: &str) {
     assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "the counter restarted or skipped: {log:?}");
 }
 
-async fn finish(runtime: &GvisorRuntime, key: &SandboxKey) {
+async fn finish(runtime: &Arc<dyn Runtime>, key: &SandboxKey) {
     runtime.kill(key).await.expect("kill");
     runtime.cleanup(key).await.expect("cleanup");
     runtime.forget(key).await.expect("forget");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_wait_stop_kill_pause_resume_and_logs() {
-    let t = Gv::new();
-    assert_eq!(t.runtime.name(), "gvisor");
-    assert!(t.runtime.can_checkpoint());
-
-    let exits = t.sh("echo hello from $(id -u); echo oops >&2; exit 3");
-    t.runtime.start(&exits).await.expect("start");
-    assert_eq!(t.runtime.wait(&exits.key).await.expect("wait"), Exit::Code(3));
-    let log = t.log(&exits.key).await;
-    assert!(log.contains("hello from 65534") && log.contains("oops"), "log: {log:?}");
-
-    // SIGTERM ends a plain loop within the grace.
-    let polite = t.sh(COUNTER_LOOP);
-    t.runtime.start(&polite).await.expect("start");
-    wait_log(&t.runtime, &polite.key, "output", |l| last_number(l) >= 1).await;
-    // Pause: the counter stands still; resume: it goes on.
-    t.runtime.pause(&polite.key).await.expect("pause");
-    let frozen = last_number(&t.log(&polite.key).await);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let still = last_number(&t.log(&polite.key).await);
-    assert!(still <= frozen + 1, "a paused sandbox counted on: {frozen} -> {still}");
-    t.runtime.resume(&polite.key).await.expect("resume");
-    wait_log(&t.runtime, &polite.key, "counting after resume", |l| last_number(l) > still + 1).await;
-    t.runtime.stop(&polite.key, Duration::from_secs(30)).await.expect("stop");
-    assert_eq!(t.runtime.wait(&polite.key).await.expect("wait"), Exit::Signal(libc_sigterm()));
-
-    // A sandbox that ignores SIGTERM is killed after its grace.
-    let stubborn = t.sh("trap '' TERM; echo ready; while true; do sleep 0.2; done");
-    t.runtime.start(&stubborn).await.expect("start");
-    wait_log(&t.runtime, &stubborn.key, "ready", |l| l.contains("ready")).await;
-    t.runtime.stop(&stubborn.key, Duration::from_millis(300)).await.expect("stop");
-    assert_eq!(t.runtime.wait(&stubborn.key).await.expect("wait"), Exit::Signal(9));
-    t.runtime.stop(&stubborn.key, Duration::from_millis(300)).await.expect("stop is idempotent");
-
-    // A missing command is a start error that leaves nothing.
-    let missing = Gv::sh(&t, "x");
-    let mut missing = missing;
-    missing.argv = vec!["/no/such/binary".into()];
-    let err = t.runtime.start(&missing).await.expect_err("a missing binary cannot start");
-    assert!(matches!(err, StartError::Host { .. } | StartError::Exec { .. }), "{err}");
-    assert!(!t.state_dir.join("sandboxes").join(missing.key.id.as_str()).exists());
-
-    // The log is bounded: the oldest bytes go, the offsets stay, the newest are kept.
-    let chatty = t.sh("head -c 1000000 /dev/zero | tr '\\0' x; echo; echo the-end");
-    t.runtime.start(&chatty).await.expect("start");
-    assert_eq!(t.runtime.wait(&chatty.key).await.expect("wait"), Exit::Code(0));
-    let chunk = t.runtime.read_logs(&chatty.key, 0, 16 << 20).await.expect("read logs");
-    assert!(chunk.dropped > 0, "nothing was dropped");
-    assert!(chunk.data.len() as u64 <= LOG_LIMIT, "{} bytes kept", chunk.data.len());
-    assert!(String::from_utf8_lossy(&chunk.data).ends_with("the-end\n"));
-    assert_eq!(chunk.next_offset, 1_000_000 + "\nthe-end\n".len() as u64);
-
-    for spec in [&exits, &polite, &stubborn, &chatty] {
-        finish(&t.runtime, &spec.key).await;
-    }
-    t.assert_clean();
-}
-
-fn libc_sigterm() -> i32 {
-    15
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
-    let t = Gv::new();
-    let spec = t.sh(COUNTER_LOOP);
+    let t = gvisor();
+    let spec = counter(&t);
     t.runtime.start(&spec).await.expect("start");
     wait_log(&t.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
     let snapshot = SnapshotId::parse("cont-1").expect("snapshot id");
@@ -255,8 +118,8 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
-    let a = Gv::new();
-    let spec = a.sh(COUNTER_LOOP);
+    let a = gvisor();
+    let spec = counter(&a);
     a.runtime.start(&spec).await.expect("start");
     wait_log(&a.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
     let snapshot = SnapshotId::parse("move-1").expect("snapshot id");
@@ -269,15 +132,15 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
     finish(&a.runtime, &spec.key).await;
 
     // Another "host": a fresh state dir with the snapshot's directory copied in.
-    let b = Gv::new();
+    let b = gvisor();
     let from = a.state_dir.join("snapshots").join(snapshot.as_str());
     let to = b.state_dir.join("snapshots").join(snapshot.as_str());
     let copied = std::process::Command::new("cp").arg("-a").arg(&from).arg(&to).status().expect("cp");
     assert!(copied.success());
     let listed = b.runtime.list_snapshots().await.expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
-    let mut restored = b.sh("true");
-    restored.restore_from = Some(snapshot.clone());
+    // Restored without limits: the new lifecycle's own apply.
+    let restored = b.restore_spec(snapshot.as_str());
     b.runtime.start(&restored).await.expect("restore");
     let log = wait_log(&b.runtime, &restored.key, "counting on", |l| last_number(l) >= at + 2).await;
     let first = numbers(&log).first().copied().unwrap_or(0);
@@ -286,13 +149,11 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
     finish(&b.runtime, &restored.key).await;
 
     // Missing and corrupt snapshots: a clear error, nothing left behind.
-    let mut missing = b.sh("true");
-    missing.restore_from = Some(SnapshotId::parse("nope").expect("id"));
+    let missing = b.restore_spec("nope");
     let err = b.runtime.start(&missing).await.expect_err("missing snapshot");
     assert!(matches!(err, StartError::Snapshot { .. }), "{err}");
     std::fs::write(to.join("checkpoint.img"), b"garbage").expect("corrupt the image");
-    let mut corrupt = b.sh("true");
-    corrupt.restore_from = Some(snapshot.clone());
+    let corrupt = b.restore_spec(snapshot.as_str());
     let err = b.runtime.start(&corrupt).await.expect_err("corrupt snapshot");
     assert!(matches!(err, StartError::Snapshot { .. }), "{err}");
     for spec in [&missing, &corrupt] {
@@ -309,26 +170,34 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_runtime_re_adopts_running_sandboxes() {
-    let t = Gv::new();
-    let running = t.sh(COUNTER_LOOP);
-    let ended = t.sh("exit 7");
-    t.runtime.start(&running).await.expect("start");
-    t.runtime.start(&ended).await.expect("start");
-    assert_eq!(t.runtime.wait(&ended.key).await.expect("wait"), Exit::Code(7));
-    wait_log(&t.runtime, &running.key, "output", |l| last_number(l) >= 1).await;
-
-    let again = open(&t.state_dir, &t.prefix);
-    let found = again.recover().await.expect("recover");
-    let state_of = |key: &SandboxKey| found.iter().find(|r| &r.spec.key == key).map(|r| r.state);
-    assert_eq!(state_of(&running.key), Some(RecoveredState::Running { paused: false }), "{found:?}");
-    assert_eq!(state_of(&ended.key), Some(RecoveredState::Exited(Some(Exit::Code(7)))), "{found:?}");
-    wait_log(&again, &running.key, "counting on", |l| last_number(l) >= 3).await;
-    again.kill(&running.key).await.expect("kill");
-    assert_eq!(again.wait(&running.key).await.expect("wait"), Exit::Signal(9));
-    for key in [&running.key, &ended.key] {
-        again.cleanup(key).await.expect("cleanup");
-        again.forget(key).await.expect("forget");
+async fn a_checkpoint_whose_caller_goes_away_completes_and_the_sandbox_counts_on() {
+    let t = gvisor();
+    let spec = counter(&t);
+    t.runtime.start(&spec).await.expect("start");
+    wait_log(&t.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
+    let mut snapshots = Vec::new();
+    // Dropped at its first step, in the middle of `runsc checkpoint`, and during the restore.
+    for (i, after) in [0, 40, 400].into_iter().enumerate() {
+        let snapshot = SnapshotId::parse(format!("dropped-{i}")).expect("snapshot id");
+        let call = t.runtime.checkpoint(&spec.key, &snapshot, false);
+        let _ = tokio::time::timeout(Duration::from_millis(after), call).await;
+        tokio::time::timeout(Duration::from_secs(120), t.runtime.settle()).await.expect("hang guard");
+        let listed = t.runtime.list_snapshots().await.expect("list");
+        assert!(listed.iter().any(|s| s.id == snapshot), "the checkpoint did not complete: {listed:?}");
+        let partial: Vec<_> = std::fs::read_dir(t.state_dir.join("snapshots"))
+            .expect("snapshots dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(partial.is_empty(), "half-written snapshots left: {partial:?}");
+        let at = last_number(&log_of(&t.runtime, &spec.key).await);
+        let log = wait_log(&t.runtime, &spec.key, "counting on", |l| last_number(l) >= at + 2).await;
+        assert_counts_on(&log);
+        snapshots.push(snapshot);
+    }
+    finish(&t.runtime, &spec.key).await;
+    for snapshot in &snapshots {
+        t.runtime.delete_snapshot(snapshot).await.expect("delete snapshot");
     }
     t.assert_clean();
 }

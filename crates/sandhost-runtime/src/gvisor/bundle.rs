@@ -1,8 +1,10 @@
 //! The OCI bundle of one runsc container: `config.json` generated with `oci-spec` from the
 //! [`SandboxSpec`], next to nothing else (the root is a host path, never copied).
 //!
-//! The `host` template is the host's root read-only with private tmpfs at `/tmp`, `/home` and
-//! `/run`, and a tmpfs over the agent's state dir so no sandbox sees another's logs or snapshots.
+//! The root is read-only with private tmpfs at `/tmp`, and at `/home` and `/run` where the root has
+//! them (the home is `/home`, else `/tmp`), and a tmpfs over the agent's state dir so no sandbox
+//! sees another's logs or snapshots. The `host` template also masks the host's secrets, as the
+//! process backend does (root inside the sandbox owns them). The command has no capability.
 //! Limits become `linux.resources` under the cgroup `<parent>/<container id>`, which runsc creates
 //! and (on a clean delete) removes.
 
@@ -10,17 +12,23 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::{SandboxSpec, Template};
 
-/// The sandbox user's home (a tmpfs).
+/// The sandbox user's home (a tmpfs) where the root has it; else `/tmp`.
 const HOME: &str = "/home";
-/// The private writable places (tmpfs).
+/// The private writable places (tmpfs), where the root has them (`/tmp` always).
 const PRIVATE: [&str; 3] = ["/tmp", HOME, "/run"];
+/// Host files that root inside the sandbox would own, masked with `/dev/null` (as the process
+/// backend masks them).
+const MASKED_FILES: [&str; 5] =
+    ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers"];
+/// Host directories masked with an empty read-only tmpfs.
+const MASKED_DIRS: [&str; 3] = ["/root", "/etc/sudoers.d", "/etc/ssh"];
 /// The CFS period the CPU quota is expressed in.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -49,7 +57,21 @@ fn tmpfs(destination: &str) -> io::Result<Mount> {
         .map_err(other)
 }
 
-fn mounts(ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>> {
+/// The root directory of a spec on the host.
+fn root_of(spec: &SandboxSpec) -> PathBuf {
+    match &spec.template {
+        Template::Host => PathBuf::from("/"),
+        Template::Rootfs { path, .. } => path.clone(),
+    }
+}
+
+/// Whether `dir` (absolute, inside the sandbox) is a directory of the sandbox's root.
+fn root_has_dir(root: &Path, dir: &str) -> bool {
+    root.join(dir.trim_start_matches('/')).is_dir()
+}
+
+fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>> {
+    let root = root_of(spec);
     let mut mounts = vec![
         MountBuilder::default().destination("/proc").typ("proc").source("proc").build().map_err(other)?,
         MountBuilder::default()
@@ -67,21 +89,104 @@ fn mounts(ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>> {
             .build()
             .map_err(other)?,
     ];
-    for dir in PRIVATE {
+    let private: Vec<&str> =
+        PRIVATE.into_iter().filter(|dir| *dir == "/tmp" || root_has_dir(&root, dir)).collect();
+    for dir in &private {
         mounts.push(tmpfs(dir)?);
     }
     // Hide the state dir, unless one of the tmpfs above already does.
-    if !PRIVATE.iter().any(|dir| ctx.state_dir.starts_with(dir)) {
-        let state = ctx.state_dir.to_str().ok_or_else(|| other("state dir is not UTF-8"))?;
+    let state = ctx.state_dir.to_str().ok_or_else(|| other("state dir is not UTF-8"))?;
+    if !private.iter().any(|dir| ctx.state_dir.starts_with(dir)) && root_has_dir(&root, state) {
         mounts.push(tmpfs(state)?);
+    }
+    if spec.template == Template::Host {
+        for file in MASKED_FILES.into_iter().filter(|f| root.join(f.trim_start_matches('/')).is_file()) {
+            let mask = MountBuilder::default()
+                .destination(file)
+                .typ("bind")
+                .source("/dev/null")
+                .options(vec!["bind".to_owned(), "ro".to_owned()])
+                .build()
+                .map_err(other)?;
+            mounts.push(mask);
+        }
+        for dir in MASKED_DIRS.into_iter().filter(|d| root_has_dir(&root, d)) {
+            let mask = MountBuilder::default()
+                .destination(dir)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "ro".to_owned(),
+                    "nosuid".to_owned(),
+                    "nodev".to_owned(),
+                    "mode=755".to_owned(),
+                ])
+                .build()
+                .map_err(other)?;
+            mounts.push(mask);
+        }
     }
     Ok(mounts)
 }
 
+/// Whether the spec's working directory is a directory in the sandbox's view of its root. runsc
+/// makes a missing one on the host, as root, before the root is read-only: so it must never be
+/// asked to. Under a private tmpfs or a mask only the (empty) top exists. On the host template,
+/// whose root is the host's, symlinks resolve as they will inside; in a rootfs none is followed.
+pub(crate) fn cwd_exists(spec: &SandboxSpec, state_dir: &Path) -> bool {
+    use std::path::Component;
+    let Some(cwd) = &spec.cwd else { return true };
+    if !cwd.is_absolute() || cwd.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return false;
+    }
+    let root = root_of(spec);
+    let mut hidden: Vec<PathBuf> =
+        PRIVATE.iter().filter(|d| root_has_dir(&root, d)).map(PathBuf::from).collect();
+    let inside = match &spec.template {
+        Template::Host => {
+            hidden.extend(MASKED_DIRS.iter().map(PathBuf::from));
+            hidden.push(std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf()));
+            match std::fs::canonicalize(cwd) {
+                Ok(path) => path,
+                Err(_) => return false,
+            }
+        }
+        Template::Rootfs { .. } => {
+            let mut at = root.clone();
+            for part in cwd.components().skip(1) {
+                at.push(part);
+                if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+                    return false;
+                }
+            }
+            cwd.clone()
+        }
+    };
+    match hidden.iter().find(|top| inside.starts_with(top)) {
+        Some(top) => inside == *top,
+        None => root.join(inside.strip_prefix("/").unwrap_or(&inside)).is_dir(),
+    }
+}
+
+/// The capability sets of the command: all empty, also for uid 0.
+fn no_capabilities() -> io::Result<oci_spec::runtime::LinuxCapabilities> {
+    let none = Capabilities::new;
+    LinuxCapabilitiesBuilder::default()
+        .bounding(none())
+        .effective(none())
+        .inheritable(none())
+        .permitted(none())
+        .ambient(none())
+        .build()
+        .map_err(other)
+}
+
 /// The OCI spec of a sandbox.
 pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Spec> {
+    let root_path = root_of(spec);
+    let home = if root_has_dir(&root_path, HOME) { HOME } else { "/tmp" };
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    for (name, default) in [("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"), ("HOME", HOME)] {
+    for (name, default) in [("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"), ("HOME", home)] {
         if !spec.env.iter().any(|(k, _)| k == name) {
             env.push(format!("{name}={default}"));
         }
@@ -89,16 +194,13 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
     let process = ProcessBuilder::default()
         .args(spec.argv.clone())
         .env(env)
-        .cwd(spec.cwd.clone().unwrap_or_else(|| PathBuf::from(HOME)))
+        .cwd(spec.cwd.clone().unwrap_or_else(|| PathBuf::from(home)))
+        .capabilities(no_capabilities()?)
         .user(UserBuilder::default().uid(spec.user.uid).gid(spec.user.gid).build().map_err(other)?)
         .no_new_privileges(true)
         .terminal(false)
         .build()
         .map_err(other)?;
-    let root_path = match &spec.template {
-        Template::Host => PathBuf::from("/"),
-        Template::Rootfs { path, .. } => path.clone(),
-    };
     let root = RootBuilder::default().path(root_path).readonly(true).build().map_err(other)?;
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(bytes) = spec.limits.memory_bytes {
@@ -134,7 +236,7 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
         .hostname(spec.key.id.as_str())
         .process(process)
         .root(root)
-        .mounts(mounts(ctx)?)
+        .mounts(mounts(spec, ctx)?)
         .linux(linux)
         .build()
         .map_err(other)
@@ -185,6 +287,31 @@ pub(crate) fn freeze(cgroup_parent: &str, cid: &str, frozen: bool) -> io::Result
         }
     }
     Err(io::Error::new(io::ErrorKind::NotFound, format!("no freezer cgroup for container {cid}")))
+}
+
+/// How long a freeze may take to complete (every task stopped) before pause reports failure.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the kernel reports container `cid`'s cgroup wholly frozen (v1 `FROZEN`, not
+/// `FREEZING`; v2 `frozen 1`). The kernel sends no event for it on v1: checked every millisecond,
+/// within [`FREEZE_TIMEOUT`].
+pub(crate) async fn wait_frozen(cgroup_parent: &str, cid: &str) -> io::Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    let v1 = root.join("freezer").join(cgroup_parent).join(cid).join("freezer.state");
+    let v2 = [root.join("unified"), root.to_path_buf()]
+        .map(|b| b.join(cgroup_parent).join(cid).join("cgroup.events"));
+    let frozen = || {
+        std::fs::read_to_string(&v1).is_ok_and(|s| s.trim() == "FROZEN")
+            || v2.iter().any(|e| std::fs::read_to_string(e).is_ok_and(|t| t.lines().any(|l| l == "frozen 1")))
+    };
+    let deadline = tokio::time::Instant::now() + FREEZE_TIMEOUT;
+    while !frozen() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the cgroup did not freeze"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 /// Whether container `cid`'s cgroup is frozen.

@@ -62,6 +62,13 @@ pub(super) enum Launch<'a> {
 
 /// Starts `spec` (from scratch, or from `spec.restore_from`).
 pub(super) async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
+    if !bundle::cwd_exists(spec, &inner.config.state_dir) {
+        return Err(StartError::Exec {
+            key: spec.key.clone(),
+            command: spec.argv.first().cloned().unwrap_or_default(),
+            reason: "the working directory does not exist in the sandbox".to_owned(),
+        });
+    }
     match &spec.restore_from {
         Some(snapshot) => snapshot::restore(inner, spec, snapshot).await,
         None => launch(inner, spec, Launch::Create).await,
@@ -143,21 +150,12 @@ pub(super) async fn launch(
         return Err(StartError::AlreadyExists(key.clone()));
     }
     let cid = container_id(key, 0);
-    // Undoes the start if this future is dropped half-way (a cancelled start leaves nothing).
-    let mut guard = StartGuard {
-        runsc: inner.runsc.clone(),
-        parent: inner.config.cgroup_parent.clone(),
-        cid: cid.clone(),
-        dir: dir.clone(),
-        armed: true,
-    };
     let result = async {
         std::fs::create_dir_all(&dir)?;
         state::write_json(&dir, state::SPEC, spec)?;
         run_container(inner, spec, &dir, &cid, launch).await
     }
     .await;
-    guard.armed = false;
     match result {
         Ok(launched) => {
             let sandbox = match launched.exited {
@@ -176,6 +174,13 @@ pub(super) async fn launch(
         Err(source) => {
             discard(&inner.runsc, &inner.config.cgroup_parent, &cid, &dir).await;
             Err(match launch {
+                // runsc's only word that the command cannot be run ("creating process: failed to
+                // load /no/such: no such file or directory").
+                Launch::Create if is_exec_failure(&source) => StartError::Exec {
+                    key: key.clone(),
+                    command: spec.argv[0].clone(),
+                    reason: source.to_string(),
+                },
                 Launch::Create => StartError::Host { key: key.clone(), step: "runsc run", source },
                 Launch::Restore { snapshot, .. } => StartError::Snapshot {
                     key: key.clone(),
@@ -187,30 +192,11 @@ pub(super) async fn launch(
     }
 }
 
-/// Discards a start whose future was dropped before it finished.
-#[derive(Debug)]
-struct StartGuard {
-    runsc: Runsc,
-    parent: String,
-    cid: String,
-    dir: PathBuf,
-    armed: bool,
-}
-
-impl Drop for StartGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        let (runsc, parent, cid, dir) = (
-            self.runsc.clone(),
-            std::mem::take(&mut self.parent),
-            std::mem::take(&mut self.cid),
-            std::mem::take(&mut self.dir),
-        );
-        handle.spawn(async move { discard(&runsc, &parent, &cid, &dir).await });
-    }
+/// runsc's only word that the command cannot be run: "creating process: failed to load /no/such: no
+/// such file or directory", or "error finding executable \"x\" in PATH".
+fn is_exec_failure(error: &io::Error) -> bool {
+    let text = error.to_string();
+    text.contains("failed to load") || text.contains("error finding executable")
 }
 
 /// Removes everything of a failed start: the container, its cgroups, the lifecycle's directory.
@@ -237,6 +223,10 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
     let dir = sandbox_dir(&inner.config.state_dir, key);
     let cid = match inner.get(key) {
         Some(sandbox) => {
+            // `runsc delete --force` cannot stop a running sandbox in time: kill it first.
+            sandbox.stop(&inner.runsc, &inner.config.cgroup_parent, None).await.map_err(|e| {
+                CleanupError::Host { key: key.clone(), what: "container", source: io::Error::other(e) }
+            })?;
             sandbox.join_background().await;
             sandbox.cid()
         }

@@ -14,6 +14,11 @@
 //!
 //! # Invariants
 //!
+//! - A start and a checkpoint run to their end in a task of their own once begun: runsc cannot be
+//!   interrupted half way without leaving a container (or a stopped, half-saved sandbox) behind.
+//!   A caller that goes away only stops waiting; a start whose caller went away is undone (killed
+//!   and forgotten), a checkpoint whose caller went away still completes (its snapshot is listed).
+//!   [`Runtime::settle`] waits for both.
 //! - A failed start or restore leaves nothing behind (`runsc delete --force`, cgroups, files).
 //! - The container of a lifecycle is named `<id>.<lifecycle>.<generation>`, so a stale operation
 //!   never touches a later lifecycle, and a checkpoint-and-continue restores into a fresh name
@@ -121,6 +126,64 @@ struct Inner {
     config: GvisorConfig,
     runsc: runsc::Runsc,
     sandboxes: Mutex<HashMap<SandboxKey, Arc<sandbox::Sandbox>>>,
+    background: Background,
+}
+
+/// Work that goes on after the call that caused it returned (slow container deletes), counted so
+/// that [`Runtime::settle`] can wait for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Background {
+    pending: tokio::sync::watch::Sender<usize>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self { pending: tokio::sync::watch::channel(0).0 }
+    }
+
+    /// Runs `work` on the current tokio runtime, counted until it ends (or is dropped).
+    pub(crate) fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        struct Done(tokio::sync::watch::Sender<usize>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n -= 1);
+            }
+        }
+        self.pending.send_modify(|n| *n += 1);
+        let done = Done(self.pending.clone());
+        tokio::spawn(async move {
+            let _done = done;
+            work.await
+        })
+    }
+
+    /// Runs `work` to its end whatever becomes of the caller, and returns its result. If the caller
+    /// has gone away by then, `abandoned` gets the result instead (to undo what it made).
+    async fn detached<T, W, A>(&self, work: W, abandoned: impl FnOnce(T) -> A + Send + 'static) -> Option<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = T> + Send + 'static,
+        A: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn(async move {
+            let result = work.await;
+            if let Err(result) = tx.send(result) {
+                abandoned(result).await;
+            }
+        });
+        // `None` only if the task panicked.
+        rx.await.ok()
+    }
+
+    /// Waits until no counted work is left.
+    async fn settled(&self) {
+        let mut pending = self.pending.subscribe();
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
 }
 
 impl Inner {
@@ -182,7 +245,8 @@ impl GvisorRuntime {
             root: lifecycle::runsc_root(&config.state_dir),
             platform: config.platform.clone(),
         };
-        Ok(Self { inner: Arc::new(Inner { config, runsc, sandboxes: Mutex::new(HashMap::new()) }) })
+        let sandboxes = Mutex::new(HashMap::new());
+        Ok(Self { inner: Arc::new(Inner { config, runsc, sandboxes, background: Background::new() }) })
     }
 
     /// Removes this runtime's parent cgroups if they are empty (call at a clean shutdown).
@@ -206,7 +270,28 @@ impl Runtime for GvisorRuntime {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {
-        lifecycle::start(&self.inner, spec).await
+        spec.validate()?;
+        let (inner, undo) = (Arc::clone(&self.inner), Arc::clone(&self.inner));
+        let owned = spec.clone();
+        let key = spec.key.clone();
+        let started = self.inner.background.detached(
+            async move { lifecycle::start(&inner, &owned).await },
+            move |result| async move {
+                if result.is_ok() {
+                    tracing::info!(sandbox.id = %key.id, "undoing a start whose caller went away");
+                    if let Err(e) = lifecycle::forget(&undo, &key).await {
+                        tracing::warn!(sandbox.id = %key.id, error = %e, "undoing an abandoned start failed");
+                    }
+                }
+            },
+        );
+        started.await.unwrap_or_else(|| {
+            Err(StartError::Host {
+                key: spec.key.clone(),
+                step: "start task",
+                source: std::io::Error::other("the start task panicked"),
+            })
+        })
     }
 
     async fn wait(&self, key: &SandboxKey) -> Result<Exit, WaitError> {
@@ -262,7 +347,24 @@ impl Runtime for GvisorRuntime {
         snapshot: &SnapshotId,
         stop: bool,
     ) -> Result<SnapshotInfo, CheckpointError> {
-        snapshot::checkpoint(&self.inner, key, snapshot, stop).await
+        let inner = Arc::clone(&self.inner);
+        let (owned_key, owned_snapshot) = (key.clone(), snapshot.clone());
+        let work = async move { snapshot::checkpoint(&inner, &owned_key, &owned_snapshot, stop).await };
+        let id = snapshot.clone();
+        let abandoned = move |result: Result<SnapshotInfo, CheckpointError>| async move {
+            match result {
+                Ok(_) => tracing::info!(snapshot = %id, "a checkpoint whose caller went away completed"),
+                Err(e) => {
+                    tracing::warn!(snapshot = %id, error = %e, "a checkpoint whose caller went away failed");
+                }
+            }
+        };
+        self.inner.background.detached(work, abandoned).await.unwrap_or_else(|| {
+            Err(CheckpointError::Host {
+                step: "checkpoint task",
+                source: std::io::Error::other("the checkpoint task panicked"),
+            })
+        })
     }
 
     async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>, CheckpointError> {
@@ -271,5 +373,9 @@ impl Runtime for GvisorRuntime {
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError> {
         snapshot::delete(&self.inner, snapshot).await
+    }
+
+    async fn settle(&self) {
+        self.inner.background.settled().await;
     }
 }

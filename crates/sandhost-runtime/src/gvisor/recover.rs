@@ -34,13 +34,19 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
             else {
                 continue; // cleaned up already: only its log is left
             };
-            let status = inner.runsc.state(&cid).await.ok().flatten().map(|s| s.status);
+            // A frozen sandbox cannot answer `runsc state`: its frozen cgroup says it lives, paused.
+            let frozen = super::bundle::is_frozen(&inner.config.cgroup_parent, &cid);
+            let status = if frozen {
+                Some("paused".to_owned())
+            } else {
+                inner.runsc.state(&cid).await.ok().flatten().map(|s| s.status)
+            };
             let started_at = std::fs::metadata(dir.join(state::SPEC))
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| std::time::SystemTime::now());
             let state = match status.as_deref() {
                 Some(s @ ("running" | "paused" | "created")) => {
-                    let paused = s == "paused" || super::bundle::is_frozen(&inner.config.cgroup_parent, &cid);
+                    let paused = s == "paused" || frozen;
                     adopted.insert(cid.clone());
                     let source = ExitSource::Runsc(inner.runsc.clone());
                     let sandbox = Sandbox::running(key.clone(), dir, cid, source, paused);

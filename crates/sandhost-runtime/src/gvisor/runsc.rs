@@ -18,6 +18,9 @@ use crate::Exit;
 /// The step of [`Runsc::until_running`].
 const READY_STEP: Duration = Duration::from_millis(10);
 
+/// The bound of a runsc client call that only asks the sandbox something (state, kill).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to call runsc.
 #[derive(Debug, Clone)]
 pub(crate) struct Runsc {
@@ -124,7 +127,10 @@ impl Runsc {
     /// run` creates it, its metadata can exist a moment before its state file ("loading container:
     /// ... no such file or directory").
     pub(crate) async fn state(&self, cid: &str) -> io::Result<Option<ContainerState>> {
-        match self.output(&["state".as_ref(), cid.as_ref()]).await {
+        let asked = tokio::time::timeout(CLIENT_TIMEOUT, self.output(&["state".as_ref(), cid.as_ref()]))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "runsc state did not answer")));
+        match asked {
             Ok(out) => serde_json::from_slice(&out).map(Some).map_err(io::Error::other),
             Err(e) if e.to_string().contains("does not exist") => Ok(None),
             Err(e)
@@ -161,7 +167,11 @@ impl Runsc {
             args.push("--all".as_ref());
         }
         args.extend([OsStr::new(cid), OsStr::new(signal)]);
-        self.run(&args).await
+        // A sandbox that cannot answer (frozen, wedged) must not hang a stop: the call is bounded
+        // (runsc is killed when dropped).
+        tokio::time::timeout(CLIENT_TIMEOUT, self.run(&args))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "runsc kill did not answer"))?
     }
 
     /// `runsc delete --force`: slow (over a second); idempotent here (an unknown id is fine).

@@ -213,11 +213,12 @@ impl Sandbox {
         if let Some(grace) = grace {
             let sent = {
                 let _op = self.op.lock().await;
-                self.exit().is_none() && runsc.kill(&self.cid(), "TERM", false).await.is_ok()
+                // A frozen sandbox can neither answer runsc nor act on SIGTERM: thaw it first.
+                self.exit().is_none()
+                    && self.thaw(cgroup_parent)
+                    && runsc.kill(&self.cid(), "TERM", false).await.is_ok()
             };
-            // A paused sandbox cannot act on SIGTERM: go straight to the kill.
-            let paused = *self.paused.lock().unwrap_or_else(PoisonError::into_inner);
-            if sent && !paused && self.wait_exit_for(grace).await {
+            if sent && self.wait_exit_for(grace).await {
                 return Ok(());
             }
         }
@@ -226,11 +227,7 @@ impl Sandbox {
             return Ok(());
         }
         let cid = self.cid();
-        if self.is_paused() {
-            // A frozen sandbox cannot even answer runsc: thaw it, then kill it.
-            let _ = super::bundle::freeze(cgroup_parent, &cid, false);
-            self.set_paused_flag(false);
-        }
+        self.thaw(cgroup_parent);
         // `kill --all` misses the processes of a restored container (runsc 20221219); SIGKILL to
         // its init ends them all (the end of a pid namespace's init).
         let all = runsc.kill(&cid, "KILL", true).await;
@@ -243,17 +240,37 @@ impl Sandbox {
         Err(StopError::Host { key: self.key.clone(), step: "runsc kill", source })
     }
 
+    /// Thaws a paused sandbox (so that runsc can reach it); whether it now runs.
+    fn thaw(&self, cgroup_parent: &str) -> bool {
+        if !self.is_paused() {
+            return true;
+        }
+        match super::bundle::freeze(cgroup_parent, &self.cid(), false) {
+            Ok(()) => {
+                self.set_paused_flag(false);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sandbox.id = %self.key.id, error = %e, "thawing a paused sandbox failed");
+                false
+            }
+        }
+    }
+
     /// Freezes (or thaws) the container's cgroup: see [`super::bundle::freeze`].
     pub(crate) async fn set_paused(&self, cgroup_parent: &str, pause: bool) -> Result<(), ControlError> {
         let _op = self.op.lock().await;
         if self.exit().is_some() {
             return Err(ControlError::NotRunning(self.key.clone()));
         }
-        super::bundle::freeze(cgroup_parent, &self.cid(), pause).map_err(|source| ControlError::Host {
-            key: self.key.clone(),
-            step: if pause { "freeze cgroup" } else { "thaw cgroup" },
-            source,
-        })?;
+        let cid = self.cid();
+        let step = if pause { "freeze cgroup" } else { "thaw cgroup" };
+        let host = |source| ControlError::Host { key: self.key.clone(), step, source };
+        super::bundle::freeze(cgroup_parent, &cid, pause).map_err(host)?;
+        if pause && let Err(e) = super::bundle::wait_frozen(cgroup_parent, &cid).await {
+            let _ = super::bundle::freeze(cgroup_parent, &cid, false);
+            return Err(host(e));
+        }
         *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = pause;
         Ok(())
     }

@@ -162,7 +162,7 @@ pub(super) async fn checkpoint(
             sandbox.publish(exit);
         }
     }
-    sandbox.keep_background(tokio::spawn(async move {
+    sandbox.keep_background(inner.background.spawn(async move {
         for cid in stale {
             if let Err(e) = runsc.delete(&cid).await {
                 tracing::warn!(container = %cid, error = %e, "deleting a replaced container failed");
@@ -179,8 +179,9 @@ pub(super) async fn checkpoint(
     Ok(meta.info(id.clone()))
 }
 
-/// Starts `spec.key` from snapshot `id`: its bundle is the snapshot's spec under the new key (a
-/// restore must see the mounts the checkpoint saw; `spec.argv` is not used).
+/// Starts `spec.key` from snapshot `id`: its bundle is the snapshot's spec (a restore must see the
+/// mounts, command and user the checkpoint saw) under the new key, with the new spec's limits and
+/// stop grace.
 pub(super) async fn restore(
     inner: &Inner,
     spec: &SandboxSpec,
@@ -191,13 +192,14 @@ pub(super) async fn restore(
         |reason: String| StartError::Snapshot { key: spec.key.clone(), snapshot: id.clone(), reason };
     let meta: SnapshotMeta = match state::read_json(&dir, META) {
         Ok(Some(meta)) => meta,
-        Ok(None) => return Err(refuse(format!("no snapshot in {}", dir.display()))),
+        Ok(None) => return Err(refuse("no such snapshot on this node".to_owned())),
         Err(e) => return Err(refuse(format!("unreadable {META}: {e}"))),
     };
     let mut restored = meta.spec;
     restored.key = spec.key.clone();
     restored.restore_from = Some(id.clone());
     restored.stop_grace = spec.stop_grace;
+    restored.limits = spec.limits;
     lifecycle::launch(inner, &restored, Launch::Restore { snapshot: id, image: &dir }).await
 }
 

@@ -8,7 +8,7 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
@@ -22,14 +22,7 @@ use super::control::Sandbox;
 use super::init::{INIT_SUBCOMMAND, InitArgs, SETUP_FAILED};
 use super::spawn::{self, CGROUP_JOIN_FAILED, INIT_EXEC_FAILED, InitPlan};
 use super::{Inner, NAME, state, sys};
-use crate::{SandboxKey, SandboxSpec, StartError, Started, Template};
-
-const MIN_MEMORY: u64 = 4 << 20;
-const MAX_MEMORY: u64 = 1 << 52;
-const MIN_CPU_MILLIS: u32 = 10;
-const MAX_CPU_MILLIS: u32 = 1_000_000;
-const MIN_PIDS: u32 = 2;
-const MAX_PIDS: u32 = 4 << 20;
+use crate::{SandboxKey, SandboxSpec, StartError, Started};
 
 pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Started, StartError> {
     validate(spec)?;
@@ -169,11 +162,6 @@ fn start_failure(spec: &SandboxSpec, report: &[u8]) -> StartError {
 }
 
 fn validate(spec: &SandboxSpec) -> Result<(), StartError> {
-    let invalid = |field: &'static str, reason: &str| StartError::InvalidSpec {
-        key: spec.key.clone(),
-        field,
-        reason: reason.to_owned(),
-    };
     if spec.restore_from.is_some() {
         return Err(StartError::NotSupported {
             key: spec.key.clone(),
@@ -181,42 +169,7 @@ fn validate(spec: &SandboxSpec) -> Result<(), StartError> {
             what: "restoring from a snapshot",
         });
     }
-    if spec.argv.is_empty() || spec.argv[0].is_empty() {
-        return Err(invalid("argv", "must name a command"));
-    }
-    if spec.argv.iter().any(|a| a.contains('\0')) {
-        return Err(invalid("argv", "contains a NUL byte"));
-    }
-    if spec.env.iter().any(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
-        return Err(invalid("env", "names must be non-empty without '=' or NUL; values without NUL"));
-    }
-    if spec.cwd.as_ref().is_some_and(|cwd| !cwd.is_absolute() || cwd.as_os_str().as_bytes().contains(&0)) {
-        return Err(invalid("cwd", "must be an absolute path"));
-    }
-    let limits = &spec.limits;
-    if limits.memory_bytes.is_some_and(|m| !(MIN_MEMORY..=MAX_MEMORY).contains(&m)) {
-        return Err(invalid("limits.memory_bytes", "must be between 4 MiB and 4 PiB"));
-    }
-    if limits.cpu_millis.is_some_and(|c| !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&c)) {
-        return Err(invalid("limits.cpu_millis", "must be between 10 and 1000000"));
-    }
-    if limits.pids_max.is_some_and(|p| !(MIN_PIDS..=MAX_PIDS).contains(&p)) {
-        return Err(invalid("limits.pids_max", "must be between 2 and 4194304"));
-    }
-    if let Template::Rootfs { path, .. } = &spec.template {
-        if !path.is_absolute() || path.as_os_str().as_bytes().contains(&0) {
-            return Err(invalid("template", "the rootfs path must be absolute"));
-        }
-        if !path.is_dir() {
-            return Err(invalid("template", "the rootfs is not a directory"));
-        }
-        for needed in ["proc", "dev", "tmp"] {
-            if !path.join(needed).is_dir() {
-                return Err(invalid("template", "the rootfs lacks /proc, /dev or /tmp"));
-            }
-        }
-    }
-    Ok(())
+    spec.validate()
 }
 
 /// Undoes the completed steps of a start that did not finish (also when its future is dropped).

@@ -250,8 +250,6 @@ mod tests {
             "team=a",
             "--drain-policy",
             "checkpoint",
-            "--restore-from",
-            "snap-1",
             "--json",
             "--",
             "sh",
@@ -273,7 +271,20 @@ mod tests {
         assert_eq!(request.env[1].value, "x=y");
         assert_eq!(request.labels.get("team").map(String::as_str), Some("a"));
         assert_eq!(request.drain_policy(), sandhost_proto::v1::DrainPolicy::Checkpoint);
+        assert_eq!(request.restore_from, "");
+    }
+
+    #[test]
+    fn a_restore_takes_no_command_and_refuses_one() {
+        let ClientCommand::Create(args) = parse(&["create", "--restore-from", "snap-1"]).expect("parses")
+        else {
+            panic!("not create")
+        };
+        let request = args.request().expect("valid");
         assert_eq!(request.restore_from, "snap-1");
+        assert!(request.argv.is_empty());
+        assert!(parse(&["create", "--restore-from", "snap-1", "--", "true"]).is_err());
+        assert!(parse(&["create", "--restore-from", "snap-1", "--env", "A=1"]).is_err());
     }
 
     #[test]

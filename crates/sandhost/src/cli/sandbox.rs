@@ -54,14 +54,14 @@ pub struct CreateArgs {
     /// What the node's drain does with it.
     #[arg(long, value_enum, value_name = "POLICY")]
     drain_policy: Option<DrainPolicyArg>,
-    /// Start from this snapshot.
-    #[arg(long, value_name = "SNAPSHOT")]
+    /// Start from this snapshot (gvisor): it runs the snapshot's command, so give none.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["command", "env", "template"])]
     restore_from: Option<String>,
     /// Print the sandbox as JSON instead of its id.
     #[arg(long)]
     pub(crate) json: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments, after `--` (none with `--restore-from`).
+    #[arg(last = true, required_unless_present = "restore_from", value_name = "CMD")]
     command: Vec<String>,
 }
 

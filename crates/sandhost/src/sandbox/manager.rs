@@ -495,7 +495,28 @@ impl Manager {
             Some(id) if !id.is_empty() => validate::sandbox_id("id", id)?,
             _ => generate_id(),
         };
-        validate::command(&request.argv, &request.env)?;
+        let restore_from = match request.restore_from.as_deref() {
+            None | Some("") => None,
+            Some(snapshot) => {
+                let snapshot = validate::snapshot_id("restore_from", snapshot)?;
+                if !self.runtime.can_checkpoint() {
+                    return Err(CreateError::NotSupported {
+                        backend: self.runtime.name(),
+                        what: "restore from a snapshot",
+                    });
+                }
+                validate::restore_only(
+                    &request.argv,
+                    &request.env,
+                    request.cwd.as_deref(),
+                    request.template.as_deref(),
+                )?;
+                Some(snapshot)
+            }
+        };
+        if restore_from.is_none() {
+            validate::command(&request.argv, &request.env)?;
+        }
         let cwd = validate::cwd(request.cwd.as_deref())?;
         let timeout = validate::timeout("timeout", request.timeout.unwrap_or(self.config.default_timeout))?;
         let stop_grace = validate::stop_grace(request.stop_grace.unwrap_or(self.config.stop_grace))?;
@@ -508,6 +529,8 @@ impl Manager {
         )?;
         validate::labels(&request.labels)?;
         let (template_name, template) = match request.template.as_deref() {
+            // A restored sandbox runs on its snapshot's root.
+            _ if restore_from.is_some() => (String::new(), Template::Host),
             None | Some("" | "host") => ("host".to_owned(), Template::Host),
             Some(name) => {
                 let path = self
@@ -515,19 +538,6 @@ impl Manager {
                     .get(name)
                     .ok_or_else(|| CreateError::TemplateNotFound(name.chars().take(80).collect()))?;
                 (name.to_owned(), Template::Rootfs { name: name.to_owned(), path: path.clone() })
-            }
-        };
-        let restore_from = match request.restore_from.as_deref() {
-            None | Some("") => None,
-            Some(snapshot) => {
-                let snapshot = validate::snapshot_id("restore_from", snapshot)?;
-                if !self.runtime.can_checkpoint() {
-                    return Err(CreateError::NotSupported {
-                        backend: self.runtime.name(),
-                        what: "restore from a snapshot",
-                    });
-                }
-                Some(snapshot)
             }
         };
         let now = SystemTime::now();

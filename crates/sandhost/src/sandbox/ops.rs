@@ -175,7 +175,7 @@ impl Manager {
         // Checkpoint-and-continue keeps a sandbox running across the operation: it holds one
         // admission permit for the whole of it, so a drain waits for it and never rejects its
         // internal restart. Checkpoint-and-stop only ends work, and is allowed while draining.
-        let _permit = if stop {
+        let permit = if stop {
             None
         } else {
             Some(
@@ -184,13 +184,26 @@ impl Manager {
                     .map_err(|_| SandboxError::NotAdmitting { status: crate::drain::NodeStatus::Draining })?,
             )
         };
-        let snapshot = snapshot_id_for(&key);
-        let info = self.runtime.checkpoint(&key, &snapshot, stop).await.map_err(SandboxError::Checkpoint)?;
-        if stop {
-            self.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now).await?;
-            self.wait_exited(&key).await;
-        }
-        Ok(info)
+        // A checkpoint runs to its end in a task of its own, holding the permit, even if the
+        // caller goes away (a half-done checkpoint cannot be undone; the runtime finishes it).
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let snapshot = snapshot_id_for(&key);
+            let info =
+                this.runtime.checkpoint(&key, &snapshot, stop).await.map_err(SandboxError::Checkpoint)?;
+            if stop {
+                this.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now).await?;
+                this.wait_exited(&key).await;
+            }
+            Ok(info)
+        });
+        task.await.map_err(|e| {
+            SandboxError::Checkpoint(sandhost_runtime::CheckpointError::Host {
+                step: "checkpoint task",
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?
     }
 
     /// Checkpoints a sandbox and stops it (the drain's evacuation). Returns the snapshot's id.

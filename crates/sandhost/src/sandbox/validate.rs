@@ -47,6 +47,28 @@ pub(crate) fn snapshot_id(field: &str, value: &str) -> Result<SnapshotId, Invali
     SnapshotId::parse(value).map_err(|e| invalid(field, e.rule))
 }
 
+/// A restore runs the snapshot's command, environment, working directory and root filesystem: a
+/// request that also names one of them is refused, not silently overridden.
+pub(crate) fn restore_only(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    template: Option<&str>,
+) -> Result<(), InvalidArgument> {
+    let given = if !argv.is_empty() {
+        "argv"
+    } else if !env.is_empty() {
+        "env"
+    } else if cwd.is_some_and(|c| !c.is_empty()) {
+        "cwd"
+    } else if template.is_some_and(|t| !t.is_empty()) {
+        "template"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(given, "a sandbox restored from a snapshot runs the snapshot's; leave it empty"))
+}
+
 /// The command: present, bounded, no NUL bytes.
 pub(crate) fn command(argv: &[String], env: &[(String, String)]) -> Result<(), InvalidArgument> {
     if argv.is_empty() || argv[0].is_empty() {
@@ -182,6 +204,15 @@ fn truncate(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_names_no_command_env_cwd_or_template() {
+        assert!(restore_only(&[], &[], None, Some("")).is_ok());
+        assert_eq!(restore_only(&["true".into()], &[], None, None).unwrap_err().field, "argv");
+        assert_eq!(restore_only(&[], &[("A".into(), "1".into())], None, None).unwrap_err().field, "env");
+        assert_eq!(restore_only(&[], &[], Some("/tmp"), None).unwrap_err().field, "cwd");
+        assert_eq!(restore_only(&[], &[], None, Some("host")).unwrap_err().field, "template");
+    }
 
     #[test]
     fn command_needs_argv_and_bounds_it() {

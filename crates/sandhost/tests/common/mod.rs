@@ -1,13 +1,92 @@
-//! Shared helpers of the process runtime tests: a private state dir and cgroup parent per test,
-//! and a guard that kills and removes everything of the test even when it panics.
-#![allow(dead_code, unreachable_pub)]
+//! Shared helpers of the runtime and end-to-end tests: the two backends, a private state dir and
+//! cgroup parent per test, and a guard that kills and removes everything of the test even when it
+//! panics.
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
 use sandhost_runtime::{LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
+
+/// The runtime backends every suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// sandhost's own namespaces, cgroups and init.
+    Process,
+    /// gVisor's runsc (`apt-get install runsc`).
+    Gvisor,
+}
+
+impl Backend {
+    /// The name `serve --runtime` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Gvisor => "gvisor",
+        }
+    }
+
+    /// The backend named `name`.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "process" => Self::Process,
+            "gvisor" => Self::Gvisor,
+            other => panic!("no backend {other:?}"),
+        }
+    }
+
+    /// Opens this backend's runtime over `state_dir` under the cgroup parent `prefix`.
+    pub fn open(self, state_dir: &Path, prefix: &str) -> Arc<dyn Runtime> {
+        match self {
+            Self::Process => Arc::new(open_runtime(state_dir, prefix)),
+            Self::Gvisor => {
+                let mut config = GvisorConfig::new(state_dir);
+                config.cgroup_parent = prefix.to_owned();
+                Arc::new(
+                    GvisorRuntime::open(config)
+                        .expect("open the gvisor runtime: is runsc installed (apt-get install runsc)?"),
+                )
+            }
+        }
+    }
+}
+
+/// Runs each named function (`async fn name(backend: Backend)`, or with `sync`, a plain `fn`) as two
+/// tests, `name::process` and `name::gvisor`: one suite, both backends, nothing copied.
+macro_rules! on_both_backends {
+    (async: $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn process() {
+                    super::$name(crate::common::Backend::Process).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn gvisor() {
+                    super::$name(crate::common::Backend::Gvisor).await;
+                }
+            }
+        )+
+    };
+    (sync: $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn process() {
+                    super::$name(crate::common::Backend::Process);
+                }
+                #[test]
+                fn gvisor() {
+                    super::$name(crate::common::Backend::Gvisor);
+                }
+            }
+        )+
+    };
+}
 
 /// Where the cgroup hierarchies are mounted on these hosts (and on pure v2 hosts).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -26,16 +105,17 @@ pub fn require_root() {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// One test's world: a state dir, a cgroup parent, a runtime.
+/// One test's world: a backend, a state dir, a cgroup parent, a runtime.
 pub struct TestEnv {
-    pub runtime: ProcessRuntime,
+    pub backend: Backend,
+    pub runtime: Arc<dyn Runtime>,
     pub state_dir: PathBuf,
     pub prefix: String,
     _tmp: tempfile::TempDir,
 }
 
 impl TestEnv {
-    pub fn new() -> Self {
+    pub fn on(backend: Backend) -> Self {
         require_root();
         // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
         // must hide it.
@@ -44,13 +124,13 @@ impl TestEnv {
         let prefix =
             format!("sandhost-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
-        let runtime = open_runtime(&state_dir, &prefix);
-        Self { runtime, state_dir, prefix, _tmp: tmp }
+        let runtime = backend.open(&state_dir, &prefix);
+        Self { backend, runtime, state_dir, prefix, _tmp: tmp }
     }
 
     /// A new runtime over the same state dir and cgroup parent (as a restarted agent would open).
-    pub fn reopen(&self) -> ProcessRuntime {
-        open_runtime(&self.state_dir, &self.prefix)
+    pub fn reopen(&self) -> Arc<dyn Runtime> {
+        self.backend.open(&self.state_dir, &self.prefix)
     }
 
     /// A spec running `argv` with a fresh key and the defaults.
@@ -67,6 +147,15 @@ impl TestEnv {
                 },
                 argv.iter().map(|s| (*s).to_owned()).collect(),
             )
+        }
+    }
+
+    /// A spec that restores snapshot `snapshot` (no command, no environment: the snapshot's run).
+    pub fn restore_spec(&self, snapshot: &str) -> SandboxSpec {
+        SandboxSpec {
+            env: Vec::new(),
+            restore_from: Some(sandhost_runtime::SnapshotId::parse(snapshot).expect("snapshot id")),
+            ..self.spec(&[])
         }
     }
 
@@ -100,10 +189,21 @@ impl TestEnv {
         }
     }
 
-    /// The sandbox's cgroup directories in every hierarchy.
+    /// The sandbox's cgroup directories in every hierarchy: `<id>.<lifecycle>` (process), or
+    /// `<id>.<lifecycle>.<generation>` for each runsc container that carried it (gvisor).
     pub fn cgroup_dirs(&self, key: &SandboxKey) -> Vec<PathBuf> {
         let name = format!("{}.{}", key.id, key.lifecycle);
-        hierarchies().into_iter().map(|h| h.join(&self.prefix).join(&name)).filter(|d| d.exists()).collect()
+        let generation = format!("{name}.");
+        hierarchies()
+            .into_iter()
+            .filter_map(|h| std::fs::read_dir(h.join(&self.prefix)).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .filter(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n == name || n.starts_with(&generation))
+            })
+            .collect()
     }
 
     /// The pids in the sandbox's cgroups.
@@ -119,6 +219,18 @@ impl TestEnv {
         pids
     }
 
+    /// What the freezer says of each of the sandbox's cgroups.
+    pub fn freezer_states(&self, key: &SandboxKey) -> Vec<String> {
+        self.cgroup_dirs(key)
+            .iter()
+            .filter_map(|d| {
+                std::fs::read_to_string(d.join("freezer.state"))
+                    .or_else(|_| std::fs::read_to_string(d.join("cgroup.events")))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Whether the kernel reports the sandbox's cgroup frozen (v2 `cgroup.events` or v1 freezer).
     pub fn is_frozen(&self, key: &SandboxKey) -> bool {
         self.cgroup_dirs(key).iter().any(|d| {
@@ -128,8 +240,11 @@ impl TestEnv {
     }
 
     /// Asserts that nothing of this test is left on the host: no sandbox cgroup under the test's
-    /// parent in any hierarchy, no mount naming the state dir, no process naming it.
+    /// parent in any hierarchy, no mount naming the state dir, no process naming it, no runsc
+    /// container.
     pub fn assert_clean(&self) {
+        let containers = runsc_containers(&self.state_dir);
+        assert!(containers.is_empty(), "runsc containers left: {containers:?}");
         let leftovers = leftover_cgroups(&self.prefix);
         assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
         let state = self.state_dir.to_string_lossy().into_owned();
@@ -195,6 +310,22 @@ pub fn open_runtime(state_dir: &Path, prefix: &str) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
     config.cgroup_parent = prefix.to_owned();
     ProcessRuntime::open(config).expect("open the process runtime")
+}
+
+/// The containers runsc lists in the gvisor backend's root under `state_dir` (none if there is no
+/// such root).
+pub fn runsc_containers(state_dir: &Path) -> Vec<String> {
+    let root = state_dir.join("runsc");
+    if !root.is_dir() {
+        return Vec::new();
+    }
+    let listed = std::process::Command::new("runsc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-quiet"])
+        .output()
+        .expect("runsc list");
+    String::from_utf8_lossy(&listed.stdout).split_whitespace().map(str::to_owned).collect()
 }
 
 /// Every cgroup hierarchy mount point (v1 and v2).
