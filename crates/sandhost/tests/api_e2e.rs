@@ -3,12 +3,40 @@
 //! stops it (and so every sandbox) even when the test panics.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
+mod common;
 mod e2e;
 
+use common::Backend;
 use e2e::{Serve, ServeOptions, ok, stderr, stdout};
 use sandhost_proto::v1 as pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
+
+on_both_backends!(sync:
+    create_wait_logs_get_list_through_the_cli,
+    a_generated_id_and_json_output,
+    pause_resume_kill_and_kill_again,
+    an_unknown_sandbox_is_not_found,
+    metrics_are_served_in_the_prometheus_text_format,
+    drain_shows_progress_until_drained_and_exits_0,
+    force_stop_stops_every_sandbox,
+    logs_follow_streams_until_the_sandbox_exits,
+    a_second_serve_on_the_same_state_dir_is_refused,
+    a_restarted_serve_readopts_the_sandboxes_of_a_killed_one,
+);
+
+on_both_backends!(async:
+    update_moves_the_end_time_and_the_timeout_stops_the_sandbox,
+    invalid_requests_name_the_field,
+    node_limits_answer_resource_exhausted,
+    with_a_token_every_call_needs_it,
+    without_a_token_no_header_is_needed,
+    health_follows_the_node_status_and_a_draining_node_refuses_with_75,
+    wait_streams_end_when_the_server_shuts_down,
+    reflection_lists_the_services_for_stock_tools,
+    an_oversized_request_is_refused_and_changes_nothing,
+);
 
 fn sandbox_json(serve: &Serve, id: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&serve.cli(&["get", id, "--json"]))).expect("get --json is JSON")
@@ -20,9 +48,8 @@ fn bad_request_field(status: &tonic::Status) -> String {
     bad.field_violations[0].field.clone()
 }
 
-#[test]
-fn create_wait_logs_get_list_through_the_cli() {
-    let serve = Serve::start();
+fn create_wait_logs_get_list_through_the_cli(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let id = ok(&serve.cli(&[
         "create",
         "--id",
@@ -58,9 +85,8 @@ fn create_wait_logs_get_list_through_the_cli() {
     assert!(human.contains("exited (code 3)"), "{human}");
 }
 
-#[test]
-fn a_generated_id_and_json_output() {
-    let serve = Serve::start();
+fn a_generated_id_and_json_output(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let created: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["create", "--json", "--", "true"])))
             .expect("create --json is JSON");
@@ -70,9 +96,8 @@ fn a_generated_id_and_json_output() {
     assert_eq!(wait.status.code(), Some(0), "{}", stderr(&wait));
 }
 
-#[test]
-fn pause_resume_kill_and_kill_again() {
-    let serve = Serve::start();
+fn pause_resume_kill_and_kill_again(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "sleeper", "--", "sleep", "1000"]));
     assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
 
@@ -97,17 +122,15 @@ fn pause_resume_kill_and_kill_again() {
     assert!(stderr(&pause).contains("FAILED_PRECONDITION"), "{}", stderr(&pause));
 }
 
-#[test]
-fn an_unknown_sandbox_is_not_found() {
-    let serve = Serve::start();
+fn an_unknown_sandbox_is_not_found(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let get = serve.cli(&["get", "nope"]);
     assert_eq!(get.status.code(), Some(1));
     assert!(stderr(&get).contains("NOT_FOUND"), "{}", stderr(&get));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
-    let serve = Serve::start();
+async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let mut sandboxes = serve.sandboxes().await;
     let created = sandboxes
         .create(pb::CreateRequest {
@@ -150,9 +173,8 @@ async fn update_moves_the_end_time_and_the_timeout_stops_the_sandbox() {
     assert_eq!(exit.reason(), pb::ExitReason::Timeout);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_requests_name_the_field() {
-    let serve = Serve::start();
+async fn invalid_requests_name_the_field(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let mut sandboxes = serve.sandboxes().await;
     let base = || pb::CreateRequest { argv: vec!["true".into()], ..Default::default() };
 
@@ -248,12 +270,10 @@ async fn invalid_requests_name_the_field() {
     assert!(list.sandboxes.is_empty(), "a refused create left {:?}", list.sandboxes);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_limits_answer_resource_exhausted() {
-    let serve = Serve::start_with(ServeOptions {
-        env: vec![("SANDHOST_MAX_SANDBOXES".into(), "1".into())],
-        ..Default::default()
-    });
+async fn node_limits_answer_resource_exhausted(backend: Backend) {
+    let mut options = ServeOptions::on(backend.name());
+    options.env.push(("SANDHOST_MAX_SANDBOXES".into(), "1".into()));
+    let serve = Serve::start_with(options);
     ok(&serve.cli(&["create", "--id", "one", "--", "sleep", "1000"]));
     let mut sandboxes = serve.sandboxes().await;
     let status = sandboxes
@@ -271,9 +291,9 @@ async fn node_limits_answer_resource_exhausted() {
     ok(&serve.cli(&["create", "--id", "four", "--", "true"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_token_every_call_needs_it() {
-    let serve = Serve::start_with(ServeOptions { token: Some("s3cret".into()), ..Default::default() });
+async fn with_a_token_every_call_needs_it(backend: Backend) {
+    let serve =
+        Serve::start_with(ServeOptions { token: Some("s3cret".into()), ..ServeOptions::on(backend.name()) });
 
     // The CLI passes SANDHOST_TOKEN.
     ok(&serve.cli(&["list"]));
@@ -308,9 +328,8 @@ async fn with_a_token_every_call_needs_it() {
     nodes.get_info(pb::GetInfoRequest {}).await.expect("with the token");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_no_header_is_needed() {
-    let serve = Serve::start();
+async fn without_a_token_no_header_is_needed(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let mut nodes = pb::node_service_client::NodeServiceClient::new(serve.channel().await);
     nodes.get_info(pb::GetInfoRequest {}).await.expect("no auth configured");
 }
@@ -325,11 +344,10 @@ async fn grpc_health(serve: &Serve, service: &str) -> tonic_health::pb::health_c
         .status()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75() {
+async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75(backend: Backend) {
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let serve = Serve::start();
+    let serve = Serve::start_on(backend.name());
     assert_eq!(serve.http_get("/health/live").map(|r| r.0), Some(200));
     let (code, body) = serve.http_get("/health/ready").expect("ready answers");
     assert_eq!((code, body.trim()), (200, "READY"));
@@ -373,9 +391,8 @@ async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75() {
     ok(&serve.cli(&["create", "--", "true"]));
 }
 
-#[test]
-fn metrics_are_served_in_the_prometheus_text_format() {
-    let serve = Serve::start();
+fn metrics_are_served_in_the_prometheus_text_format(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "m", "--", "true"]));
     let _ = serve.cli(&["wait", "m"]);
     let (code, body) = serve.http_get("/metrics").expect("metrics answers");
@@ -385,9 +402,8 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     assert_eq!(serve.http_get("/nope").map(|r| r.0), Some(404));
 }
 
-#[test]
-fn drain_shows_progress_until_drained_and_exits_0() {
-    let serve = Serve::start();
+fn drain_shows_progress_until_drained_and_exits_0(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "brief", "--", "sleep", "1"]));
     let drain = serve.cli(&["drain", "--timeout", "1m"]);
     assert_eq!(drain.status.code(), Some(0), "{}", stderr(&drain));
@@ -399,9 +415,8 @@ fn drain_shows_progress_until_drained_and_exits_0() {
     assert_eq!(sandbox_json(&serve, "brief")["exit"]["reason"], "exited");
 }
 
-#[test]
-fn force_stop_stops_every_sandbox() {
-    let serve = Serve::start();
+fn force_stop_stops_every_sandbox(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "stuck", "--", "sleep", "1000"]));
     ok(&serve.cli(&["force-stop"]));
     let wait = serve.cli(&["wait", "stuck"]);
@@ -409,29 +424,29 @@ fn force_stop_stops_every_sandbox() {
     assert_eq!(sandbox_json(&serve, "stuck")["exit"]["reason"], "force_stopped");
 }
 
-#[test]
-fn logs_follow_streams_until_the_sandbox_exits() {
-    let serve = Serve::start();
+fn logs_follow_streams_until_the_sandbox_exits(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two"]));
     let logs = serve.cli(&["logs", "talker", "-f"]);
     assert_eq!(ok(&logs), "one\ntwo");
 }
 
-#[test]
-fn a_second_serve_on_the_same_state_dir_is_refused() {
-    let first = Serve::start();
-    let mut second =
-        Serve::spawn(ServeOptions { state_dir: Some(first.state_dir.clone()), ..Default::default() });
+fn a_second_serve_on_the_same_state_dir_is_refused(backend: Backend) {
+    let first = Serve::start_on(backend.name());
+    let mut second = Serve::spawn(ServeOptions {
+        state_dir: Some(first.state_dir.clone()),
+        ..ServeOptions::on(backend.name())
+    });
     let code = second.wait_exit();
     assert!(code.is_some_and(|c| c != 0), "the second serve must refuse: {code:?}");
     // The first one is unharmed.
     ok(&first.cli(&["list"]));
 }
 
-#[test]
-fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
+fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one(backend: Backend) {
     let state = tempfile::tempdir().expect("state dir");
-    let options = ServeOptions { state_dir: Some(state.path().to_path_buf()), ..Default::default() };
+    let options =
+        ServeOptions { state_dir: Some(state.path().to_path_buf()), ..ServeOptions::on(backend.name()) };
     let mut first = Serve::start_with(options.clone());
     ok(&first.cli(&["create", "--id", "survivor", "--", "sleep", "1000"]));
     first.kill();
@@ -453,9 +468,8 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one() {
     assert_eq!(e2e::leftover_cgroups(&parent), Vec::<std::path::PathBuf>::new());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_streams_end_when_the_server_shuts_down() {
-    let mut serve = Serve::start();
+async fn wait_streams_end_when_the_server_shuts_down(backend: Backend) {
+    let mut serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "long", "--", "sleep", "1000"]));
     let mut sandboxes = serve.sandboxes().await;
     let waiter = tokio::spawn(async move { sandboxes.wait(pb::WaitRequest { id: "long".into() }).await });
@@ -491,14 +505,13 @@ async fn wait_streams_end_when_the_server_shuts_down() {
     assert!(ended.is_ok(), "the WatchDrain stream ended");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_services_for_stock_tools() {
+async fn reflection_lists_the_services_for_stock_tools(backend: Backend) {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
-    let serve = Serve::start();
+    let serve = Serve::start_on(backend.name());
     let mut client = ServerReflectionClient::new(serve.channel().await);
     let ask = |request: MessageRequest| {
         tokio_stream::once(ServerReflectionRequest { host: String::new(), message_request: Some(request) })
@@ -536,9 +549,8 @@ async fn reflection_lists_the_services_for_stock_tools() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_request_is_refused_and_changes_nothing() {
-    let serve = Serve::start();
+async fn an_oversized_request_is_refused_and_changes_nothing(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
     let mut sandboxes = serve.sandboxes().await;
     let huge = "x".repeat(sandhost::api::grpc::MAX_REQUEST_BYTES + 1);
     let status = sandboxes

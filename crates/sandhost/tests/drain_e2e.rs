@@ -2,14 +2,31 @@
 //! runs its serve under a cgroup parent of its own and checks at the end that no sandbox process,
 //! cgroup or init of it is left on the host. Run as root.
 
+#[macro_use]
 mod common;
 mod e2e;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::Backend;
 use e2e::{Serve, ServeOptions, ok, stderr, stdout};
 use nix::sys::signal::Signal;
+
+on_both_backends!(sync:
+    sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed,
+    the_drain_deadline_force_stops_the_rest_with_its_own_exit_code,
+    force_stop_true_stops_every_sandbox_at_once,
+    an_empty_node_exits_zero_on_sigterm,
+    a_second_signal_skips_to_the_forced_phase,
+    stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on,
+    the_drain_command_shows_progress_and_exits_zero_once_drained,
+    force_stop_command_empties_the_node,
+    a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors,
+    a_restart_mid_drain_keeps_the_deadline,
+);
+
+on_both_backends!(async: creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc);
 
 /// One serve under a cgroup parent of its own, with a guard that purges everything it started even
 /// when the test fails.
@@ -22,11 +39,11 @@ struct Node {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Node {
-    fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_in(env, None)
+    fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
+        Self::start_in(backend, env, None)
     }
 
-    fn start_in(env: &[(&str, &str)], state_dir: Option<PathBuf>) -> Self {
+    fn start_in(backend: Backend, env: &[(&str, &str)], state_dir: Option<PathBuf>) -> Self {
         common::require_root();
         let prefix = state_dir
             .as_ref()
@@ -37,6 +54,7 @@ impl Node {
         let mut options = ServeOptions { state_dir, ..ServeOptions::default() };
         options.env.push(("SANDHOST_CGROUP_PARENT".into(), prefix.clone()));
         options.env.push(("FORCE_STOP".into(), "false".into()));
+        options.env.push(("SANDHOST_RUNTIME".into(), backend.name().into()));
         options.env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let serve = Serve::start_with(options);
         let state_dir = serve.state_dir.clone();
@@ -72,6 +90,8 @@ impl Node {
 
     /// Asserts that nothing of this node is left on the host.
     fn assert_nothing_left(&self) {
+        let containers = common::runsc_containers(&self.state_dir.join("runtime-gvisor"));
+        assert!(containers.is_empty(), "runsc containers left: {containers:?}");
         let cgroups = common::leftover_cgroups(&self.prefix);
         assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
         let processes: Vec<_> = common::processes_naming(&self.state_dir.to_string_lossy())
@@ -90,9 +110,8 @@ impl Drop for Node {
     }
 }
 
-#[test]
-fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed() {
-    let mut node = Node::start(&[]);
+fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed(backend: Backend) {
+    let mut node = Node::start(backend, &[]);
     // Long enough for the checks below to run while they live.
     for _ in 0..3 {
         node.create(&["--", "sleep", "3"]);
@@ -110,9 +129,8 @@ fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed() {
     node.assert_parent_cgroups_removed();
 }
 
-#[test]
-fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code() {
-    let mut node = Node::start(&[("SHUTDOWN_DRAIN_TIMEOUT", "1s")]);
+fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code(backend: Backend) {
+    let mut node = Node::start(backend, &[("SHUTDOWN_DRAIN_TIMEOUT", "1s")]);
     for _ in 0..3 {
         node.create(&["--", "sleep", "1000"]);
     }
@@ -122,9 +140,8 @@ fn the_drain_deadline_force_stops_the_rest_with_its_own_exit_code() {
     node.assert_parent_cgroups_removed();
 }
 
-#[test]
-fn force_stop_true_stops_every_sandbox_at_once() {
-    let mut node = Node::start(&[("FORCE_STOP", "true"), ("SHUTDOWN_DRAIN_TIMEOUT", "1h")]);
+fn force_stop_true_stops_every_sandbox_at_once(backend: Backend) {
+    let mut node = Node::start(backend, &[("FORCE_STOP", "true"), ("SHUTDOWN_DRAIN_TIMEOUT", "1h")]);
     node.create(&["--", "sleep", "1000"]);
     node.create(&["--", "sh", "-c", "trap '' TERM; sleep 1000"]);
     node.serve.signal(Signal::SIGTERM);
@@ -132,17 +149,15 @@ fn force_stop_true_stops_every_sandbox_at_once() {
     node.assert_nothing_left();
 }
 
-#[test]
-fn an_empty_node_exits_zero_on_sigterm() {
-    let mut node = Node::start(&[]);
+fn an_empty_node_exits_zero_on_sigterm(backend: Backend) {
+    let mut node = Node::start(backend, &[]);
     node.serve.signal(Signal::SIGINT);
     assert_eq!(node.serve.wait_exit(), Some(0));
     node.assert_nothing_left();
 }
 
-#[test]
-fn a_second_signal_skips_to_the_forced_phase() {
-    let mut node = Node::start(&[]);
+fn a_second_signal_skips_to_the_forced_phase(backend: Backend) {
+    let mut node = Node::start(backend, &[]);
     node.create(&["--", "sleep", "1000"]);
     node.serve.signal(Signal::SIGTERM);
     node.wait_status("DRAINING");
@@ -151,9 +166,8 @@ fn a_second_signal_skips_to_the_forced_phase() {
     node.assert_nothing_left();
 }
 
-#[test]
-fn stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on() {
-    let node = Node::start(&[]);
+fn stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on(backend: Backend) {
+    let node = Node::start(backend, &[]);
     let stop = node.create(&["--drain-policy", "stop", "--", "sleep", "1000"]);
     let wait = node.create(&["--drain-policy", "wait", "--", "sleep", "1000"]);
     ok(&node.serve.cli(&["drain", "--detach"]));
@@ -173,9 +187,8 @@ fn stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on() {
     node.create(&["--", "true"]);
 }
 
-#[test]
-fn the_drain_command_shows_progress_and_exits_zero_once_drained() {
-    let node = Node::start(&[]);
+fn the_drain_command_shows_progress_and_exits_zero_once_drained(backend: Backend) {
+    let node = Node::start(backend, &[]);
     node.create(&["--", "sleep", "1"]);
     node.create(&["--", "sleep", "2"]);
     let out = node.serve.cli(&["drain"]);
@@ -185,9 +198,8 @@ fn the_drain_command_shows_progress_and_exits_zero_once_drained() {
     let _ = stdout(&out);
 }
 
-#[test]
-fn force_stop_command_empties_the_node() {
-    let node = Node::start(&[]);
+fn force_stop_command_empties_the_node(backend: Backend) {
+    let node = Node::start(backend, &[]);
     node.create(&["--", "sleep", "1000"]);
     ok(&node.serve.cli(&["force-stop"]));
     node.wait_status("DRAINED");
@@ -196,12 +208,11 @@ fn force_stop_command_empties_the_node() {
     node.assert_nothing_left();
 }
 
-#[test]
-fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors() {
+fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors(backend: Backend) {
     // A sandbox that ignores SIGTERM, with a long grace: the forced phase is still waiting on it
     // when the third signal comes.
     let env = [("SANDHOST_STOP_GRACE", "5m"), ("FORCE_SHUTDOWN_TIMEOUT", "10m")];
-    let mut first = Node::start(&env);
+    let mut first = Node::start(backend, &env);
     let id = first.create(&["--", "sh", "-c", "trap '' TERM; sleep 1000"]);
     first.serve.signal(Signal::SIGTERM);
     first.wait_status("DRAINING");
@@ -213,7 +224,7 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors() {
 
     // The next serve on the same state dir re-adopts it and continues the same (forced) drain.
     let state_dir = first.state_dir.clone();
-    let second = Node::start_in(&env, Some(state_dir));
+    let second = Node::start_in(backend, &env, Some(state_dir));
     let info: serde_json::Value =
         serde_json::from_str(&ok(&second.serve.cli(&["get", &id, "--json"]))).expect("json");
     assert!(matches!(info["state"].as_str(), Some("running" | "stopping")), "{info}");
@@ -224,16 +235,15 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors() {
     second.assert_nothing_left();
 }
 
-#[test]
-fn a_restart_mid_drain_keeps_the_deadline() {
-    let mut first = Node::start(&[]);
+fn a_restart_mid_drain_keeps_the_deadline(backend: Backend) {
+    let mut first = Node::start(backend, &[]);
     first.create(&["--", "sleep", "1000"]);
     ok(&first.serve.cli(&["drain", "--timeout", "1h", "--detach"]));
     let deadline = first.status_json()["drain"]["deadline"].clone();
     assert!(deadline.is_string(), "{deadline}");
     first.serve.kill();
 
-    let second = Node::start_in(&[], Some(first.state_dir.clone()));
+    let second = Node::start_in(backend, &[], Some(first.state_dir.clone()));
     let status = second.status_json();
     assert_eq!(status["status"], "DRAINING");
     assert_eq!(status["drain"]["deadline"], deadline, "the same absolute deadline");
@@ -243,17 +253,20 @@ fn a_restart_mid_drain_keeps_the_deadline() {
     second.assert_nothing_left();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc() {
+async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc(backend: Backend) {
     use sandhost_proto::v1 as pb;
     use tonic_types::StatusExt as _;
 
-    const CREATES: usize = 200;
-    let node = Node::start(&[("SANDHOST_MAX_CONCURRENT_STARTS", "1000")]);
+    // A gVisor sandbox is a kernel of its own: fewer, so that the admitted ones start in time.
+    let creates = match backend {
+        Backend::Process => 200,
+        Backend::Gvisor => 40,
+    };
+    let node = Node::start(backend, &[("SANDHOST_MAX_CONCURRENT_STARTS", "1000")]);
     let client = node.serve.sandboxes().await;
     let mut nodes = node.serve.nodes().await;
     let (results, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-    for i in 0..CREATES {
+    for i in 0..creates {
         let mut client = client.clone();
         let results = results.clone();
         tokio::spawn(async move {
@@ -284,7 +297,7 @@ async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc(
         }
     }
     assert!(drained, "the drain raced the creates");
-    assert_eq!(started + refused, CREATES);
+    assert_eq!(started + refused, creates);
     eprintln!("{started} started, {refused} refused");
     let info = nodes.get_info(pb::GetInfoRequest::default()).await.expect("info").into_inner();
     assert_eq!(info.drain.as_ref().map(|d| d.live), Some(started as u64), "every started sandbox is live");

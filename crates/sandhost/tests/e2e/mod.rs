@@ -53,7 +53,19 @@ pub struct Serve {
     _temp: Option<tempfile::TempDir>,
 }
 
+impl ServeOptions {
+    /// The defaults, on the runtime backend named `runtime` (`process`, `gvisor`).
+    pub fn on(runtime: &str) -> Self {
+        Self { env: vec![("SANDHOST_RUNTIME".into(), runtime.into())], ..Self::default() }
+    }
+}
+
 impl Serve {
+    /// Starts a serve without auth on a fresh state dir, on the runtime backend named `runtime`.
+    pub fn start_on(runtime: &str) -> Self {
+        Self::start_with(ServeOptions::on(runtime))
+    }
+
     /// Starts a serve without auth on a fresh state dir and waits until it answers.
     pub fn start() -> Self {
         Self::start_with(ServeOptions::default())
@@ -170,9 +182,9 @@ impl Serve {
         }
     }
 
-    /// The sandboxes' inits of this serve: processes running `sandhost __init` with this serve's state
-    /// dir on their command line (a sandbox's processes die with its init, its pid 1). Empty once every
-    /// sandbox is gone.
+    /// The sandboxes' processes of this serve: those with its state dir on their command line, the
+    /// serve aside: a sandbox's `sandhost __init` (process: the sandbox's processes die with it, its
+    /// pid 1), or runsc's gofer and sandbox (gvisor). Empty once every sandbox is gone.
     pub fn leftover_processes(&self) -> Vec<String> {
         let needle = self.state_dir.to_string_lossy().into_owned();
         let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -182,8 +194,9 @@ impl Serve {
             .filter_map(|e| {
                 let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
                 let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                let is_init = cmdline.contains("__init") && cmdline.contains(&needle);
-                is_init.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
+                // A sandbox's init (process) or runsc's processes (gvisor); not the serve itself.
+                let ours = cmdline.contains(&needle) && !cmdline.contains(" serve ");
+                ours.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
             })
             .collect()
     }
