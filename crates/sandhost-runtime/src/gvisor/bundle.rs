@@ -213,7 +213,8 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
             .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(other)?);
     }
     if let Some(max) = spec.limits.pids_max {
-        resources = resources.pids(LinuxPidsBuilder::default().limit(i64::from(max)).build().map_err(other)?);
+        let limit = i64::from(max) + gvisor_own_tasks();
+        resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(other)?);
     }
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -240,6 +241,15 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
         .linux(linux)
         .build()
         .map_err(other)
+}
+
+/// The host tasks gVisor's own kernel and gofer use (Go runtime threads, which grow with the CPUs),
+/// added to a sandbox's `pids_max` in its host cgroup: the limit is meant for the command's
+/// processes, and a sandbox whose kernel cannot make its own threads does not even start (below
+/// about 40 tasks on a 2-CPU host, measured with runsc 20221219).
+fn gvisor_own_tasks() -> i64 {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    48 + 4 * i64::try_from(cpus).unwrap_or(64)
 }
 
 /// Writes `<bundle>/config.json` (creating `bundle`).
