@@ -129,6 +129,11 @@ impl fmt::Display for Outcome {
         if self.drain.force_stopped > 0 {
             parts.push(format!("{} sandbox(es) force-stopped", self.drain.force_stopped));
         }
+        if !self.drain.evacuated.is_empty() {
+            let each: Vec<String> =
+                self.drain.evacuated.iter().map(|e| format!("{} -> {}", e.sandbox, e.snapshot)).collect();
+            parts.push(format!("{} sandbox(es) evacuated to snapshots: {}", each.len(), each.join(", ")));
+        }
         for failure in &self.drain.failures {
             parts.push(format!("sandbox {} not stopped: {}", failure.subject, failure.message));
         }
@@ -448,6 +453,21 @@ mod tests {
         assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
         assert!(outcome.to_string().contains("service failed: grpc: the listener broke"));
         shutdown.cancel();
+    }
+
+    #[test]
+    fn the_exit_report_names_each_evacuated_sandbox_and_its_snapshot() {
+        let drain = DrainReport {
+            checkpointed: 2,
+            evacuated: vec![
+                crate::drain::Evacuation { sandbox: "a".into(), snapshot: "a-1".into() },
+                crate::drain::Evacuation { sandbox: "b".into(), snapshot: "b-1".into() },
+            ],
+            ..DrainReport::default()
+        };
+        let outcome = Outcome { drain, ..Outcome::default() };
+        assert_eq!(outcome.exit_code(), 0, "an evacuation is a clean exit");
+        assert_eq!(outcome.to_string(), "2 sandbox(es) evacuated to snapshots: a -> a-1, b -> b-1");
     }
 
     #[tokio::test]

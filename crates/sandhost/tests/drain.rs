@@ -291,12 +291,19 @@ async fn checkpoint_sandboxes_are_evacuated_where_the_backend_can() {
     within("drain", t.coordinator().wait_drained()).await;
     assert_eq!(t.coordinator().report().checkpointed, 1);
     assert_eq!(t.node.get("a").expect("known").exit.expect("exited").reason, ExitReason::Checkpointed);
-    assert!(
-        t.fake
-            .calls()
-            .iter()
-            .any(|c| matches!(c, Call::Checkpoint { key: k, stop: true, .. } if *k == key(&a)))
-    );
+    let snapshot = t
+        .fake
+        .calls()
+        .iter()
+        .find_map(|c| match c {
+            Call::Checkpoint { key: k, snapshot, stop: true } if *k == key(&a) => Some(snapshot.to_string()),
+            _ => None,
+        })
+        .expect("a checkpoint-and-stop of a");
+    // The report and the progress name the sandbox and its snapshot.
+    let named = vec![sandhost::drain::Evacuation { sandbox: "a".into(), snapshot }];
+    assert_eq!(t.coordinator().report().evacuated, named);
+    assert_eq!(t.coordinator().progress().evacuated, named);
 }
 
 #[tokio::test(start_paused = true)]

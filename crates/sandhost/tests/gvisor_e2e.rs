@@ -140,6 +140,11 @@ fn checkpoint_restore_and_evacuation_through_the_cli() {
     assert_eq!(got["exit"]["reason"], "checkpointed", "{got}");
     let after = node.snapshot_ids();
     assert_eq!(after.len(), before.len() + 1, "one new snapshot: {before:?} -> {after:?}");
+    let status = node.json(&["status", "--json"]);
+    let evacuated = &status["drain"]["evacuated"];
+    assert_eq!(evacuated[0]["sandbox"], evacuee.as_str(), "{status}");
+    let snapshot = evacuated[0]["snapshot"].as_str().expect("the snapshot is named").to_owned();
+    assert!(after.contains(&snapshot) && !before.contains(&snapshot), "{status}");
 
     for snapshot in &after {
         node.cli(&["snapshot-rm", snapshot]);

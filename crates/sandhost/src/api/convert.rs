@@ -212,6 +212,11 @@ pub(crate) fn drain_progress(progress: DrainProgress) -> pb::DrainProgress {
         checkpointed: progress.checkpointed,
         deadline: progress.deadline.map(timestamp),
         failures: progress.failures.into_iter().map(failure).collect(),
+        evacuated: progress
+            .evacuated
+            .into_iter()
+            .map(|e| pb::Evacuation { sandbox_id: e.sandbox, snapshot_id: e.snapshot })
+            .collect(),
     }
 }
 
@@ -438,8 +443,16 @@ mod tests {
             checkpointed: 5,
             deadline: Some(now + Duration::from_secs(30)),
             failures: vec![DrainFailure { subject: "sb-1".into(), message: "stuck".into() }],
+            evacuated: vec![crate::drain::Evacuation {
+                sandbox: "sb-2".into(),
+                snapshot: "sb-2-snap".into(),
+            }],
         };
         let proto = drain_progress(progress);
+        assert_eq!(
+            (proto.evacuated[0].sandbox_id.as_str(), proto.evacuated[0].snapshot_id.as_str()),
+            ("sb-2", "sb-2-snap")
+        );
         assert_eq!(proto.status(), pb::NodeStatus::Forcing);
         assert!(proto.shutting_down);
         assert_eq!(

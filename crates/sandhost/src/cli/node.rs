@@ -104,6 +104,9 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
     row("exited since drain", progress.exited.to_string());
     row("force-stopped", progress.force_stopped.to_string());
     row("checkpointed", progress.checkpointed.to_string());
+    for evacuation in &progress.evacuated {
+        row("evacuated", format!("{} -> snapshot {}", evacuation.sandbox_id, evacuation.snapshot_id));
+    }
     let counts = info
         .counts
         .iter()

@@ -211,6 +211,7 @@ pub(crate) fn progress_json(progress: &pb::DrainProgress) -> Value {
         "checkpointed": progress.checkpointed,
         "deadline": rfc3339(progress.deadline.as_ref()),
         "failures": progress.failures.iter().map(|f| json!({"subject": f.subject, "message": f.message})).collect::<Vec<_>>(),
+        "evacuated": progress.evacuated.iter().map(|e| json!({"sandbox": e.sandbox_id, "snapshot": e.snapshot_id})).collect::<Vec<_>>(),
     })
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::intent::{DrainIntent, IntentStore, at_ms_precision};
-use super::{DrainError, DrainFailure, DrainProgress, DrainRequest, NodeStatus};
+use super::{DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, NodeStatus};
 use crate::metrics::Metrics;
 use crate::sandbox::{Counts, DrainPolicy, ExitReason, Manager, SandboxState, StopMode};
 
@@ -39,6 +39,8 @@ pub struct DrainReport {
     pub checkpointed: u64,
     /// Every failure, named.
     pub failures: Vec<DrainFailure>,
+    /// The sandboxes checkpointed, each with its snapshot.
+    pub evacuated: Vec<Evacuation>,
 }
 
 /// Settings of the coordinator.
@@ -283,6 +285,7 @@ impl Inner {
             checkpointed: state.report.checkpointed,
             deadline,
             failures: state.report.failures.clone(),
+            evacuated: state.report.evacuated.clone(),
         };
         self.metrics.set_status(progress.status, progress.status_changed_at);
         self.metrics.set_drain(
@@ -561,6 +564,7 @@ impl Inner {
             StopOutcome::Checkpointed(snapshot) => {
                 state.report.checkpointed += 1;
                 tracing::info!(sandbox.id = %key.id, snapshot = %snapshot, "sandbox evacuated to a snapshot");
+                state.report.evacuated.push(Evacuation { sandbox: key.id.to_string(), snapshot });
             }
             StopOutcome::Failed(message) => {
                 tracing::error!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, error = %message, "forced stop failed");

@@ -5,4 +5,4 @@ mod intent;
 mod model;
 
 pub use coordinator::{DrainCoordinator, DrainReport, DrainSettings};
-pub use model::{DrainError, DrainFailure, DrainProgress, DrainRequest, NodeStatus};
+pub use model::{DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, NodeStatus};

@@ -67,6 +67,15 @@ pub struct DrainFailure {
     pub message: String,
 }
 
+/// A sandbox the drain checkpointed and stopped, and its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evacuation {
+    /// The sandbox id.
+    pub sandbox: String,
+    /// The snapshot id.
+    pub snapshot: String,
+}
+
 /// Where the drain is, as `WatchDrain`, `GetInfo`, the CLI and the metrics report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainProgress {
@@ -91,6 +100,8 @@ pub struct DrainProgress {
     pub deadline: Option<SystemTime>,
     /// Failures of the forced phase, each named.
     pub failures: Vec<DrainFailure>,
+    /// The sandboxes the drain checkpointed, each with its snapshot.
+    pub evacuated: Vec<Evacuation>,
 }
 
 impl DrainProgress {
@@ -108,6 +119,7 @@ impl DrainProgress {
             checkpointed: 0,
             deadline: None,
             failures: Vec::new(),
+            evacuated: Vec::new(),
         }
     }
 }
