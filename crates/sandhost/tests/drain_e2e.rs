@@ -24,6 +24,7 @@ on_both_backends!(sync:
     force_stop_command_empties_the_node,
     a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors,
     a_restart_mid_drain_keeps_the_deadline,
+    a_ctrl_c_at_the_terminal_drains_and_reaches_no_sandbox,
 );
 
 on_both_backends!(async: creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc);
@@ -233,6 +234,37 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors(backe
     ok(&second.serve.cli(&["kill", &id, "--now"]));
     second.wait_status("DRAINED");
     second.assert_nothing_left();
+}
+
+fn a_ctrl_c_at_the_terminal_drains_and_reaches_no_sandbox(backend: Backend) {
+    let mut node = Node::start(backend, &[]);
+    let id = node.create(&[
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done",
+    ]);
+    let started = std::time::Instant::now();
+    while !ok(&node.serve.cli(&["logs", &id])).contains("ready") {
+        assert!(started.elapsed() < e2e::HANG_GUARD, "the sandbox never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // No process of a sandbox (nor runsc) is in the serve's process group, which a terminal signals.
+    let group = node.serve.pid().expect("running").to_string();
+    for process in node.serve.leftover_processes() {
+        let pid = process.split(':').next().expect("pid");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let pgrp = stat.rsplit(") ").next().and_then(|rest| rest.split(' ').nth(2)).unwrap_or_default();
+        assert_ne!(pgrp, group, "in the serve's process group: {process}");
+    }
+    node.serve.signal_group(Signal::SIGINT);
+    node.wait_status("DRAINING");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&node.serve.cli(&["get", &id, "--json"]))).expect("json");
+    assert_eq!(info["state"], "running", "the Ctrl-C reached the sandbox: {info}");
+    ok(&node.serve.cli(&["force-stop"]));
+    assert_eq!(node.serve.wait_exit(), Some(10));
+    node.assert_nothing_left();
 }
 
 fn a_restart_mid_drain_keeps_the_deadline(backend: Backend) {

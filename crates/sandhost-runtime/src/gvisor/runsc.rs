@@ -52,6 +52,9 @@ impl Runsc {
             .arg(format!("--platform={}", self.platform))
             .arg("--network=none")
             .stdin(Stdio::null())
+            // Not in the agent's process group: a terminal's Ctrl-C to the agent must not reach
+            // runsc (which would forward it into the sandbox, or abort a checkpoint half way).
+            .process_group(0)
             .kill_on_drop(true);
         command
     }

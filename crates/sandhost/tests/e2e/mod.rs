@@ -115,6 +115,9 @@ impl Serve {
         for (key, value) in &options.env {
             command.env(key, value);
         }
+        // A process group of its own, led by the serve, as a shell gives a foreground job: a
+        // terminal's Ctrl-C goes to the whole group (see `signal_group`).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("spawn sandhost serve");
         Self { child: Some(child), grpc, http, token: options.token, state_dir, _temp: temp }
     }
@@ -180,6 +183,19 @@ impl Serve {
         if let Some(child) = &self.child {
             self::signal(child, signal);
         }
+    }
+
+    /// Sends `signal` to the serve's whole process group, as a terminal's Ctrl-C does.
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let group = nix::unistd::Pid::from_raw(-i32::try_from(child.id()).expect("pid"));
+            nix::sys::signal::kill(group, signal).expect("signal the process group");
+        }
+    }
+
+    /// The serve's process id (its process group's id too).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The sandboxes' processes of this serve: those with its state dir on their command line, the
