@@ -258,7 +258,9 @@ impl Drop for Serve {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        remove_cgroup_parent(&cgroup_parent_for(&self.state_dir));
+        // Whatever is left of its sandboxes (a test that failed after SIGKILLing its serve, say):
+        // killed, with their cgroups, so that a failing test leaks nothing either.
+        crate::common::purge(&cgroup_parent_for(&self.state_dir), &self.state_dir);
     }
 }
 
@@ -287,17 +289,6 @@ pub fn leftover_cgroups(parent: &str) -> Vec<std::path::PathBuf> {
             dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// Removes the (empty) cgroup parent from every hierarchy. A parent that still holds sandboxes is
-/// left alone: the kernel refuses to remove it.
-pub fn remove_cgroup_parent(parent: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    let mut roots: Vec<std::path::PathBuf> = hierarchies.filter_map(Result::ok).map(|e| e.path()).collect();
-    roots.push("/sys/fs/cgroup".into());
-    for root in roots {
-        let _ = std::fs::remove_dir(root.join(parent));
-    }
 }
 
 fn signal(child: &Child, signal: nix::sys::signal::Signal) {
