@@ -25,8 +25,16 @@ enum Command {
 fn main() -> ExitCode {
     // A sandbox's pid 1 is this binary re-executed with a hidden subcommand: dispatch before the CLI.
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == sandhost_runtime::process::INIT_SUBCOMMAND) {
-        sandhost_runtime::process::init_main(args.collect());
+    // The gvisor backend runs each container's foreground runsc under this binary too, which
+    // records the container's exit even when no agent runs.
+    match args.nth(1) {
+        Some(a) if a == sandhost_runtime::process::INIT_SUBCOMMAND => {
+            sandhost_runtime::process::init_main(args.collect());
+        }
+        Some(a) if a == sandhost_runtime::gvisor::EXIT_RECORDER_SUBCOMMAND => {
+            sandhost_runtime::gvisor::exit_recorder_main(args.collect());
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     match cli.command {

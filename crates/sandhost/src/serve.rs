@@ -299,6 +299,8 @@ fn open_runtime(
             let mut runtime_config =
                 sandhost_runtime::gvisor::GvisorConfig::new(state_dir.join("runtime-gvisor"));
             runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
+            runtime_config.exit_recorder =
+                Some(std::env::current_exe().context("finding the sandhost binary for the exit recorder")?);
             let runtime = sandhost_runtime::gvisor::GvisorRuntime::open(runtime_config)
                 .context("opening the gvisor runtime")?;
             let handle = runtime.clone();

@@ -606,7 +606,9 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted(backend: Back
     let t = TestEnv::on(backend);
     let graceful = t.sh("trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done");
     let sleeper = t.spec(&["sleep", "1000"]);
-    let specs = vec![graceful.clone(), sleeper.clone()];
+    // Ends a while after the agent is gone: its exit must still be known to the next agent.
+    let ending = t.sh("sleep 8; exit 7");
+    let specs = vec![graceful.clone(), sleeper.clone(), ending.clone()];
     let mut agent = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--ignored", "--exact", "agent_helper_process", "--nocapture", "--test-threads", "1"])
         .env(HELPER_STATE, &t.state_dir)
@@ -631,10 +633,27 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted(backend: Back
     for spec in &specs {
         assert!(!t.cgroup_pids(&spec.key).is_empty(), "{} died with its agent", spec.key);
     }
+    // One ends while no agent runs: wait until nothing of it runs any more.
+    let lifecycle_dir = t.state_dir.join("sandboxes").join(ending.key.id.as_str());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !t.cgroup_pids(&ending.key).is_empty()
+        || !common::processes_naming(&lifecycle_dir.to_string_lossy()).is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the sandbox never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let runtime = t.reopen();
     let found = runtime.recover().await.expect("recover");
-    assert_eq!(found.len(), 2, "{found:?}");
-    assert!(found.iter().all(|r| r.state == sandhost_runtime::RecoveredState::Running { paused: false }));
+    assert_eq!(found.len(), 3, "{found:?}");
+    for r in &found {
+        let expected = if r.spec.key == ending.key {
+            sandhost_runtime::RecoveredState::Exited(Some(Exit::Code(7)))
+        } else {
+            sandhost_runtime::RecoveredState::Running { paused: false }
+        };
+        assert_eq!(r.state, expected, "{}", r.spec.key);
+    }
+    assert_eq!(runtime.wait(&ending.key).await.expect("wait"), Exit::Code(7));
     runtime.stop(&graceful.key, Duration::from_secs(60)).await.expect("stop");
     assert_eq!(runtime.wait(&graceful.key).await.expect("wait"), Exit::Code(9));
     runtime.kill(&sleeper.key).await.expect("kill");

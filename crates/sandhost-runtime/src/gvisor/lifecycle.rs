@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::bundle::{self, BundleContext};
 use super::runsc::Runsc;
 use super::sandbox::{ExitSource, Sandbox};
-use super::{Inner, snapshot};
+use super::{Inner, recorder, snapshot};
 use crate::process::state;
 use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
 
@@ -108,7 +108,7 @@ pub(super) async fn run_container(
     let mut child = match launch {
         Launch::Create => {
             let args: [&OsStr; 4] = ["run".as_ref(), "--bundle".as_ref(), bundle_dir.as_ref(), cid.as_ref()];
-            runsc.spawn_foreground(&args, &log)?
+            runsc.spawn_foreground(&args, &log, &recorder::exit_file(dir, cid))?
         }
         Launch::Restore { image, .. } => {
             let args: [&OsStr; 6] = [
@@ -119,7 +119,7 @@ pub(super) async fn run_container(
                 bundle_dir.as_ref(),
                 cid.as_ref(),
             ];
-            runsc.spawn_foreground(&args, &log)?
+            runsc.spawn_foreground(&args, &log, &recorder::exit_file(dir, cid))?
         }
     };
     let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
@@ -242,6 +242,15 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
             _ => {}
+        }
+    }
+    // The recorders' exit files, one per container generation.
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(recorder::is_exit_file) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
+                _ => {}
+            }
         }
     }
     match std::fs::remove_dir_all(dir.join(BUNDLE)) {

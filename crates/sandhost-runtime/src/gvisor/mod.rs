@@ -32,6 +32,7 @@
 mod bundle;
 mod lifecycle;
 mod logs;
+mod recorder;
 mod recover;
 mod runsc;
 mod sandbox;
@@ -48,6 +49,8 @@ use crate::{
     CheckpointError, CleanupError, ControlError, Exit, LogChunk, LogsError, RecoverError, Recovered, Runtime,
     SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError, WaitError,
 };
+
+pub use recorder::{EXIT_RECORDER_SUBCOMMAND, exit_recorder_main};
 
 /// The backend's name.
 pub const NAME: &str = "gvisor";
@@ -73,6 +76,10 @@ pub struct GvisorConfig {
     pub cgroup_parent: String,
     /// The log bound per sandbox.
     pub log_limit_bytes: u64,
+    /// The `sandhost` binary, which runs each container's foreground runsc under
+    /// [`EXIT_RECORDER_SUBCOMMAND`] so that an exit while no agent runs is still recorded. Without
+    /// it, runsc is the agent's child and such an exit is unknown.
+    pub exit_recorder: Option<PathBuf>,
 }
 
 impl GvisorConfig {
@@ -85,6 +92,7 @@ impl GvisorConfig {
             platform: DEFAULT_PLATFORM.to_owned(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
+            exit_recorder: None,
         }
     }
 }
@@ -244,6 +252,7 @@ impl GvisorRuntime {
             bin: config.runsc.clone(),
             root: lifecycle::runsc_root(&config.state_dir),
             platform: config.platform.clone(),
+            recorder: config.exit_recorder.clone(),
         };
         let sandboxes = Mutex::new(HashMap::new());
         Ok(Self { inner: Arc::new(Inner { config, runsc, sandboxes, background: Background::new() }) })

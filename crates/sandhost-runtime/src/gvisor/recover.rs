@@ -55,7 +55,12 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                     RecoveredState::Running { paused }
                 }
                 _ => {
-                    let exit: Option<Exit> = state::read_json(&dir, EXIT).ok().flatten();
+                    // Recorded by the agent, or, if it ended while no agent ran, by its recorder.
+                    let recorded = super::recorder::exit_file(&dir, &cid);
+                    let exit: Option<Exit> = state::read_json(&dir, EXIT).ok().flatten().or_else(|| {
+                        let name = recorded.file_name()?.to_str()?;
+                        state::read_json(&dir, name).ok().flatten()
+                    });
                     inner.insert(Sandbox::exited(
                         key.clone(),
                         dir,

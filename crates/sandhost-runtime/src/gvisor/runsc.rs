@@ -27,6 +27,8 @@ pub(crate) struct Runsc {
     pub(crate) bin: PathBuf,
     pub(crate) root: PathBuf,
     pub(crate) platform: String,
+    /// The `sandhost` binary that runs the foreground runsc under the exit recorder, if any.
+    pub(crate) recorder: Option<PathBuf>,
 }
 
 /// The part of `runsc state` we use.
@@ -44,13 +46,20 @@ struct WaitResult {
 }
 
 impl Runsc {
+    /// The flags every call gives before its verb.
+    fn global_args(&self) -> [std::ffi::OsString; 4] {
+        [
+            "--root".into(),
+            self.root.clone().into_os_string(),
+            format!("--platform={}", self.platform).into(),
+            "--network=none".into(),
+        ]
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.bin);
         command
-            .arg("--root")
-            .arg(&self.root)
-            .arg(format!("--platform={}", self.platform))
-            .arg("--network=none")
+            .args(self.global_args())
             .stdin(Stdio::null())
             // Not in the agent's process group: a terminal's Ctrl-C to the agent must not reach
             // runsc (which would forward it into the sandbox, or abort a checkpoint half way).
@@ -74,9 +83,28 @@ impl Runsc {
     /// Spawns `runsc run` or `runsc restore` in the foreground: the child lives as long as the
     /// container and exits with its status (only the parent of a sandbox can learn it: runsc's own
     /// `wait` cannot once the sandbox is gone). Its stdio, inherited by the sandbox, is the log.
-    /// Not killed when dropped: the sandbox outlives the agent.
-    pub(crate) fn spawn_foreground(&self, args: &[&OsStr], log: &File) -> io::Result<Child> {
-        let mut command = self.command();
+    /// Not killed when dropped: the sandbox outlives the agent. With a recorder, runsc runs as the
+    /// recorder's child, which writes the exit to `exit_file` (see `recorder`) and exits alike.
+    pub(crate) fn spawn_foreground(
+        &self,
+        args: &[&OsStr],
+        log: &File,
+        exit_file: &Path,
+    ) -> io::Result<Child> {
+        let mut command = match &self.recorder {
+            Some(sandhost) => {
+                let mut command = Command::new(sandhost);
+                command
+                    .arg(super::recorder::EXIT_RECORDER_SUBCOMMAND)
+                    .arg(exit_file)
+                    .arg(&self.bin)
+                    .args(self.global_args())
+                    .stdin(Stdio::null())
+                    .process_group(0);
+                command
+            }
+            None => self.command(),
+        };
         command
             .kill_on_drop(false)
             .args(args)

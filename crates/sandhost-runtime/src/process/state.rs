@@ -92,9 +92,20 @@ pub(crate) fn proc_start_time(pid: i32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("malformed stat"))
 }
 
-/// Whether `record` still names a live process: same pid, same start time.
+/// Whether process `pid` has ended and waits to be reaped (state `Z` in `/proc/<pid>/stat`): an
+/// init whose agent died is reaped by whoever inherited it, maybe late.
+pub(crate) fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `record` still names a live process: same pid, same start time, not a zombie.
 pub(crate) fn is_same_process(record: &InitRecord) -> bool {
-    proc_start_time(record.pid).is_ok_and(|t| t == record.start_time)
+    proc_start_time(record.pid).is_ok_and(|t| t == record.start_time) && !is_zombie(record.pid)
 }
 
 /// Removes the state files of a lifecycle except its log segments. Missing files are fine.

@@ -46,6 +46,7 @@ impl Backend {
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
                 config.cgroup_parent = prefix.to_owned();
+                config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
                 Arc::new(
                     GvisorRuntime::open(config)
                         .expect("open the gvisor runtime: is runsc installed (apt-get install runsc)?"),
