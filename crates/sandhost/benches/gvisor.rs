@@ -65,6 +65,8 @@ async fn main() {
     let process = ProcessRuntime::open(pconfig).expect("open the process runtime (run as root)");
     let mut gconfig = GvisorConfig::new(dir.path().join("gvisor"));
     gconfig.cgroup_parent.clone_from(&parent);
+    // As serve runs it: each foreground runsc under the exit recorder.
+    gconfig.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
     let gvisor = GvisorRuntime::open(gconfig).expect("open the gvisor runtime (apt-get install runsc)");
     let mut n = 0;
 
@@ -111,7 +113,8 @@ async fn main() {
             size = info.size_bytes;
             end(&gvisor, &s.key).await;
             n += 1;
-            let mut r = spec(n, &["true"]);
+            // A restore names no command: the snapshot's runs.
+            let mut r = spec(n, &[]);
             r.restore_from = Some(snap.clone());
             let t = Instant::now();
             gvisor.start(&r).await.expect("restore");

@@ -179,3 +179,53 @@ fn a_new_serve_re_adopts_a_running_gvisor_sandbox() {
     let cgroups = common::leftover_cgroups(&second.prefix);
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
 }
+
+#[test]
+fn checkpoint_and_stop_then_restore_on_a_second_serve_with_its_own_state_dir() {
+    let mut a = Node::start();
+    let id = a.cli(&["create", "--", "sh", "-c", COUNTER_LOOP]);
+    a.wait_count(&id, 3);
+    let snapshot = a.cli(&["checkpoint", &id, "--stop"]);
+    let got = a.json(&["get", &id, "--json"]);
+    assert_eq!(
+        (got["state"].as_str(), got["exit"]["reason"].as_str()),
+        (Some("exited"), Some("checkpointed"))
+    );
+    let at = a.count(&id);
+
+    // Another node: its own serve and state dir, the snapshot's directory copied in.
+    let mut b = Node::start();
+    let snapshots = |node: &Node| node.state_dir.join("runtime-gvisor").join("snapshots");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(snapshots(&a).join(&snapshot))
+        .arg(snapshots(&b))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    assert_eq!(b.snapshot_ids(), [snapshot.clone()]);
+    let restored = b.cli(&["create", "--restore-from", &snapshot]);
+    b.wait_count(&restored, at + 2);
+    let first: u64 = b.cli(&["logs", &restored]).lines().find_map(|l| l.trim().parse().ok()).unwrap_or(0);
+    assert!(
+        first > at.saturating_sub(2),
+        "the restored sandbox started over: first {first}, snapshot at {at}"
+    );
+    b.cli(&["kill", &restored, "--now"]);
+
+    // A corrupt copy is a clear error that leaves no sandbox behind.
+    std::fs::write(snapshots(&b).join(&snapshot).join("checkpoint.img"), b"garbage").expect("corrupt it");
+    let refused = b.serve.cli(&["create", "--restore-from", &snapshot]);
+    assert_eq!(refused.status.code(), Some(1), "{}", e2e::stderr(&refused));
+    assert!(e2e::stderr(&refused).contains(&snapshot), "{}", e2e::stderr(&refused));
+    let live = b.json(&["status", "--json"])["drain"]["live"].clone();
+    assert_eq!(live, 0, "a failed restore left a live sandbox");
+
+    for node in [&mut a, &mut b] {
+        assert_eq!(node.serve.stop(), Some(0), "a clean exit");
+        let processes = common::processes_naming(&node.state_dir.to_string_lossy());
+        assert!(processes.is_empty(), "processes left behind: {processes:?}");
+        let cgroups = common::leftover_cgroups(&node.prefix);
+        assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    }
+}
