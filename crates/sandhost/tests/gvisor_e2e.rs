@@ -203,7 +203,7 @@ fn checkpoint_and_stop_then_restore_on_a_second_serve_with_its_own_state_dir() {
         .status()
         .expect("cp");
     assert!(copied.success());
-    assert_eq!(b.snapshot_ids(), [snapshot.clone()]);
+    assert_eq!(b.snapshot_ids(), std::slice::from_ref(&snapshot));
     let restored = b.cli(&["create", "--restore-from", &snapshot]);
     b.wait_count(&restored, at + 2);
     let first: u64 = b.cli(&["logs", &restored]).lines().find_map(|l| l.trim().parse().ok()).unwrap_or(0);
