@@ -137,8 +137,9 @@ struct Inner {
     background: Background,
 }
 
-/// Work that goes on after the call that caused it returned (slow container deletes), counted so
-/// that [`Runtime::settle`] can wait for it.
+/// Work that may go on after the call that caused it returned: starts and checkpoints (which run to
+/// their end even if their caller goes away) and slow container deletes, counted so that
+/// [`Runtime::settle`] can wait for it.
 #[derive(Debug, Clone)]
 pub(crate) struct Background {
     pending: tokio::sync::watch::Sender<usize>,
