@@ -162,11 +162,20 @@ pub(crate) async fn list(client: &mut Client, as_json: bool) -> Result<Outcome, 
             Some(output::labels_text(&sandbox.labels))
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| "-".into()),
-            sandbox.argv.join(" "),
+            command_text(sandbox),
         ]);
     }
     table.print()?;
     Ok(Outcome::Done)
+}
+
+/// The command a sandbox runs, as people read it: a restored one runs its snapshot's.
+fn command_text(sandbox: &pb::Sandbox) -> String {
+    if sandbox.argv.is_empty() && !sandbox.restored_from.is_empty() {
+        format!("(the command of snapshot {})", sandbox.restored_from)
+    } else {
+        sandbox.argv.join(" ")
+    }
 }
 
 /// The key/value view of one sandbox.
@@ -182,7 +191,7 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
     row("id", sandbox.id.clone());
     row("lifecycle", sandbox.lifecycle_id.clone());
     row("state", output::state_name(sandbox.state()));
-    row("command", sandbox.argv.join(" "));
+    row("command", command_text(sandbox));
     row("template", sandbox.template.clone());
     row("memory", resources.memory_bytes.map_or_else(|| "unlimited".into(), output::bytes));
     row("cpu", resources.cpu_millis.map_or_else(|| "unlimited".into(), |m| format!("{m}m")));
@@ -329,5 +338,18 @@ mod tests {
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(256 + 3)))), 3);
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Signal(9)))), 137);
         assert_eq!(exit_code_of(None), 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_sandbox_shows_where_its_command_comes_from() {
+        let restored = pb::Sandbox { restored_from: "snap-1".into(), ..Default::default() };
+        assert_eq!(command_text(&restored), "(the command of snapshot snap-1)");
+        let plain = pb::Sandbox { argv: vec!["sleep".into(), "5".into()], ..Default::default() };
+        assert_eq!(command_text(&plain), "sleep 5");
     }
 }
