@@ -339,11 +339,6 @@ mod tests {
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Signal(9)))), 137);
         assert_eq!(exit_code_of(None), 1);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn a_restored_sandbox_shows_where_its_command_comes_from() {
