@@ -23,6 +23,7 @@
 //! - [`Runtime::wait`] is event-driven (no polling) and cancel-safe.
 
 mod errors;
+mod logwatch;
 mod spec;
 
 #[cfg(feature = "test-util")]
@@ -232,6 +233,21 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// A [`CheckpointError`].
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError>;
+
+    /// Returns once the sandbox's log may hold bytes past `offset` (it was written to, perhaps
+    /// already), so that a follower reads again instead of polling. Spurious returns are allowed;
+    /// a follower also watches for the exit, after which the log no longer grows. The default,
+    /// for backends with no such event, returns after a short interval.
+    ///
+    /// # Errors
+    ///
+    /// [`LogsError::NotFound`] for an unknown sandbox; [`LogsError::Io`] if no watch can be set up
+    /// (the follower may fall back to reading at an interval).
+    async fn log_grown(&self, key: &SandboxKey, offset: u64) -> Result<(), LogsError> {
+        let _ = (key, offset);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
 
     /// Waits until the work the backend does after a call has returned is done: the slow delete
     /// of a container that a cancelled start or a checkpoint-and-continue left (gvisor). The

@@ -27,6 +27,7 @@ on_both_backends!(async:
     pause_freezes_and_resume_thaws,
     exit_codes_and_signals_are_reported,
     logs_capture_stdout_and_stderr_and_are_bounded,
+    a_log_follower_is_woken_by_the_next_write_and_not_before,
     failed_starts_leave_nothing_behind,
     a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones,
     many_concurrent_starts_and_stops_leak_nothing,
@@ -354,6 +355,36 @@ async fn logs_capture_stdout_and_stderr_and_are_bounded(backend: Backend) {
     assert!(chunk.dropped > 0, "the oldest bytes must be dropped");
     assert_eq!(chunk.dropped + chunk.data.len() as u64, total);
     assert!(chunk.data.len() <= (1 << 20) + (64 << 10), "kept {} bytes", chunk.data.len());
+    t.runtime.forget(&spec.key).await.expect("forget");
+    t.assert_clean();
+}
+
+async fn a_log_follower_is_woken_by_the_next_write_and_not_before(backend: Backend) {
+    let t = TestEnv::on(backend);
+    let spec = t.sh("echo one; sleep 3; echo two; sleep 1000");
+    t.runtime.start(&spec).await.expect("start");
+    t.wait_for_log(&spec.key, "one").await;
+    let offset = t.log_chunk(&spec.key, 0).await.next_offset;
+    let runtime = t.runtime.clone();
+    let key = spec.key.clone();
+    let follower = tokio::spawn(async move { runtime.log_grown(&key, offset).await });
+    // Nothing is written for seconds: an event-driven follower sleeps (a polling one would be
+    // back within the runtime's default interval, 200 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!follower.is_finished(), "the follower woke with nothing written");
+    tokio::time::timeout(Duration::from_secs(60), follower)
+        .await
+        .expect("the write never woke the follower")
+        .expect("join")
+        .expect("log_grown");
+    let more = t.runtime.read_logs(&spec.key, offset, 1024).await.expect("read");
+    assert_eq!(String::from_utf8_lossy(&more.data), "two\n");
+    // At the end of a log already past `offset`, it returns at once.
+    tokio::time::timeout(Duration::from_secs(60), t.runtime.log_grown(&spec.key, offset))
+        .await
+        .expect("hang guard")
+        .expect("log_grown");
+    t.runtime.kill(&spec.key).await.expect("kill");
     t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }

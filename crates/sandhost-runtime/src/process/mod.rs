@@ -242,6 +242,11 @@ impl Runtime for ProcessRuntime {
         self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?.resume()
     }
 
+    async fn log_grown(&self, key: &SandboxKey, offset: u64) -> Result<(), LogsError> {
+        let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
+        crate::logwatch::grown(key, &dir, self.read_logs(key, offset, 1)).await
+    }
+
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
         let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
         let key_owned = key.clone();

@@ -14,8 +14,8 @@ use crate::node::LogStream;
 
 /// Bytes per log read.
 const LOG_CHUNK: usize = 64 * 1024;
-/// How often a follower looks for new log bytes while the sandbox runs. The log file is written by
-/// the sandbox's init, which sends no event; the exit, which ends the stream, is an event.
+/// How often a follower looks for new log bytes when the runtime cannot tell it of them (no
+/// inotify instance left, say). Otherwise a write to the log and the exit are events.
 const LOG_FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Manager {
@@ -144,9 +144,15 @@ impl Manager {
                     return (!last.data.is_empty())
                         .then(|| (Ok(last.data), (this, key, last.next_offset, true)));
                 }
+                let grown = async {
+                    if let Err(e) = this.runtime.log_grown(&key, chunk.next_offset).await {
+                        tracing::debug!(sandbox.id = %key.id, error = %e, "no log event; reading at an interval");
+                        tokio::time::sleep(LOG_FOLLOW_INTERVAL).await;
+                    }
+                };
                 tokio::select! {
                     () = this.wait_exited(&key) => {}
-                    () = tokio::time::sleep(LOG_FOLLOW_INTERVAL) => {}
+                    () = grown => {}
                 }
             }
         });
