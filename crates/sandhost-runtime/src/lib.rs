@@ -23,7 +23,7 @@
 //! - [`Runtime::wait`] is event-driven (no polling) and cancel-safe.
 
 mod errors;
-mod logwatch;
+mod fswatch;
 mod spec;
 
 #[cfg(feature = "test-util")]

@@ -303,8 +303,8 @@ pub(crate) fn freeze(cgroup_parent: &str, cid: &str, frozen: bool) -> io::Result
 const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Waits until the kernel reports container `cid`'s cgroup wholly frozen (v1 `FROZEN`, not
-/// `FREEZING`; v2 `frozen 1`). The kernel sends no event for it on v1: checked every millisecond,
-/// within [`FREEZE_TIMEOUT`].
+/// `FREEZING`; v2 `frozen 1`), within [`FREEZE_TIMEOUT`]: woken by v2's `cgroup.events`; the v1
+/// freezer notifies nothing and is checked every millisecond.
 pub(crate) async fn wait_frozen(cgroup_parent: &str, cid: &str) -> io::Result<()> {
     let root = Path::new("/sys/fs/cgroup");
     let v1 = root.join("freezer").join(cgroup_parent).join(cid).join("freezer.state");
@@ -314,6 +314,14 @@ pub(crate) async fn wait_frozen(cgroup_parent: &str, cid: &str) -> io::Result<()
         std::fs::read_to_string(&v1).is_ok_and(|s| s.trim() == "FROZEN")
             || v2.iter().any(|e| std::fs::read_to_string(e).is_ok_and(|t| t.lines().any(|l| l == "frozen 1")))
     };
+    if !v1.exists()
+        && let Some(events) = v2.iter().find(|e| e.exists())
+    {
+        return match crate::fswatch::until(events, FREEZE_TIMEOUT, frozen).await? {
+            true => Ok(()),
+            false => Err(io::Error::new(io::ErrorKind::TimedOut, "the cgroup did not freeze")),
+        };
+    }
     let deadline = tokio::time::Instant::now() + FREEZE_TIMEOUT;
     while !frozen() {
         if tokio::time::Instant::now() >= deadline {

@@ -367,6 +367,20 @@ impl Cgroup {
         }
     }
 
+    /// The v2 `cgroup.events` that says when the freeze is complete (`frozen 1`); `None` with the
+    /// v1 freezer, which notifies nothing.
+    pub(crate) fn freeze_events(&self) -> Option<PathBuf> {
+        match &self.freezer {
+            Some(Freezer::V2(dir)) => Some(dir.join("cgroup.events")),
+            _ => None,
+        }
+    }
+
+    /// The v2 `cgroup.events` that says when the cgroup is empty (`populated 0`); `None` without v2.
+    pub(crate) fn populated_events(&self) -> Option<PathBuf> {
+        self.has_v2.then(|| self.dirs.first().map(|d| d.join("cgroup.events"))).flatten()
+    }
+
     /// Thaws every process.
     pub(crate) fn thaw(&self) -> Result<(), CgroupError> {
         match &self.freezer {

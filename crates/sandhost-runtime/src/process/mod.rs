@@ -244,7 +244,7 @@ impl Runtime for ProcessRuntime {
 
     async fn log_grown(&self, key: &SandboxKey, offset: u64) -> Result<(), LogsError> {
         let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
-        crate::logwatch::grown(key, &dir, self.read_logs(key, offset, 1)).await
+        crate::fswatch::log_grown(key, &dir, self.read_logs(key, offset, 1)).await
     }
 
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {

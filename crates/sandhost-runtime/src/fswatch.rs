@@ -1,10 +1,12 @@
-//! Waiting for a sandbox's log to grow. Its writers (the process backend's init, runsc's processes)
-//! send no event of their own; the kernel's is inotify on the sandbox's directory, which holds the
-//! log files.
+//! Waiting on the file system instead of polling it, with inotify: for a sandbox's log to grow (its
+//! writers, the process backend's init or runsc's processes, send no event of their own; the
+//! sandbox's directory holding the log files does), and for a v2 cgroup's `cgroup.events` to say
+//! what a caller waits for (frozen, empty), which the kernel notifies as a modification.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::Interest;
@@ -14,12 +16,12 @@ use crate::{LogChunk, LogsError, SandboxKey};
 
 /// [`crate::Runtime::log_grown`] for a backend whose logs are files in `dir`: the watch is set up
 /// before the log is read again, so a write in between is not missed.
-pub(crate) async fn grown(
+pub(crate) async fn log_grown(
     key: &SandboxKey,
     dir: &Path,
     read_one_byte: impl Future<Output = Result<LogChunk, LogsError>>,
 ) -> Result<(), LogsError> {
-    let watch = DirWatch::new(dir).map_err(|source| match source.kind() {
+    let watch = FsWatch::new(dir).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => LogsError::NotFound(key.clone()),
         _ => LogsError::Io { key: key.clone(), source },
     })?;
@@ -29,8 +31,23 @@ pub(crate) async fn grown(
     watch.changed().await.map_err(|source| LogsError::Io { key: key.clone(), source })
 }
 
-/// An inotify watch of one directory, readable through tokio.
-pub(crate) struct DirWatch {
+/// Waits, within `limit`, until `done()` holds, checking it again at each modification of `file`
+/// (a v2 `cgroup.events`). `Ok(false)` when the limit passed; an error if `file` cannot be
+/// watched (then the caller must check at an interval).
+pub(crate) async fn until(file: &Path, limit: Duration, done: impl Fn() -> bool) -> io::Result<bool> {
+    let watch = FsWatch::new(file)?;
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(changed) => changed?,
+            Err(_elapsed) => return Ok(done()),
+        }
+    }
+    Ok(true)
+}
+
+/// An inotify watch of one directory or file, readable through tokio.
+pub(crate) struct FsWatch {
     fd: AsyncFd<Watched>,
 }
 
@@ -43,15 +60,15 @@ impl AsRawFd for Watched {
     }
 }
 
-impl DirWatch {
-    /// Watches `dir` for writes to, and new files in, it.
-    pub(crate) fn new(dir: &Path) -> io::Result<Self> {
+impl FsWatch {
+    /// Watches `path`: writes to it (a file) or to its files and new files in it (a directory).
+    pub(crate) fn new(path: &Path) -> io::Result<Self> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let events = AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_DELETE_SELF;
-        inotify.add_watch(dir, events)?;
+        inotify.add_watch(path, events)?;
         // SAFETY: `Watched` owns the inotify descriptor and closes it only when dropped, which the
         // `AsyncFd` does after deregistering it; `as_raw_fd` always returns that same descriptor.
         let fd = unsafe { AsyncFd::register_with_interest(Watched(inotify), Interest::READABLE) };
@@ -72,8 +89,6 @@ impl DirWatch {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]
@@ -81,7 +96,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("log.0");
         std::fs::write(&file, b"a").expect("write");
-        let watch = DirWatch::new(dir.path()).expect("watch");
+        let watch = FsWatch::new(dir.path()).expect("watch");
         let waiter = tokio::spawn(async move { watch.changed().await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "woke without a change");
@@ -95,5 +110,23 @@ mod tests {
             .expect("hang guard")
             .expect("join")
             .expect("event");
+    }
+
+    #[tokio::test]
+    async fn until_checks_again_at_each_change_of_the_file_and_gives_up_at_the_limit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("cgroup.events");
+        std::fs::write(&file, "frozen 0\n").expect("write");
+        let said = |f: &Path| std::fs::read_to_string(f).is_ok_and(|t| t.contains("frozen 1"));
+        let watched = file.clone();
+        let waiter =
+            tokio::spawn(async move { until(&watched, Duration::from_secs(60), || said(&watched)).await });
+        tokio::task::yield_now().await;
+        std::fs::write(&file, "frozen 1\n").expect("write");
+        let done = tokio::time::timeout(Duration::from_secs(60), waiter).await.expect("hang guard");
+        assert!(done.expect("join").expect("watch"));
+        std::fs::write(&file, "frozen 0\n").expect("write");
+        assert!(!until(&file, Duration::from_millis(50), || said(&file)).await.expect("watch"));
+        assert!(until(&dir.path().join("missing"), Duration::from_millis(50), || true).await.is_err());
     }
 }
