@@ -157,8 +157,21 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
                 node.create(request).await.expect("create")
             });
         }
-        while creates.join_next().await.is_some() {}
+        let mut created = Vec::with_capacity(n);
+        while let Some(info) = creates.join_next().await {
+            created.push(info.expect("join"));
+        }
         let start_all = started.elapsed();
+        // A command that announces itself ("ready") has installed what it needs (a trap, say)
+        // only once it said so: the stop must not race its start.
+        if argv.iter().any(|a| a.contains("echo ready")) {
+            for info in &created {
+                let key = SandboxKey { id: info.id.clone(), lifecycle: info.lifecycle.clone() };
+                while cgroups.read_logs(&key, 0, 64).await.map_or(true, |c| c.data.is_empty()) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
 
         let start = Instant::now();
         node.force_stop().expect("force stop");
@@ -212,8 +225,12 @@ fn main() {
             // Sandboxes that exit on SIGTERM: the cost is the teardown itself.
             forced_stop(&[1, 100, 1000], &["sleep", "1000"], Duration::from_secs(10)).await;
             // Sandboxes that ignore SIGTERM: each stop waits its grace, all of them at once.
-            forced_stop(&[1, 100, 1000], &["sh", "-c", "trap '' TERM; sleep 1000"], Duration::from_secs(1))
-                .await;
+            forced_stop(
+                &[1, 100, 1000],
+                &["sh", "-c", "trap '' TERM; echo ready; sleep 1000"],
+                Duration::from_secs(1),
+            )
+            .await;
         }
         if wants("rejection") {
             rejection_latency().await;
