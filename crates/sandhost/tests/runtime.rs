@@ -1,9 +1,9 @@
 //! The runtime suite, for real and on both backends: `process` (as root, with the real `sandhost`
 //! binary as each sandbox's init) and `gvisor` (runsc). Each shared test is an `async fn(Backend)`
 //! run once per backend (`<test>::process`, `<test>::gvisor`); where the backends differ by design
-//! the test says so in a branch on the backend. Tests of what only one backend has (our init, the
-//! seccomp filter) run on that one. Every test ends by checking that nothing of it is left on the
-//! host.
+//! the test says so in a branch on the backend. What only one backend has is tested in
+//! `runtime_process.rs` (our init, the seccomp filter) and `runtime_gvisor.rs` (checkpoint and
+//! restore). Every test ends by checking that nothing of it is left on the host.
 
 #[macro_use]
 mod common;
@@ -209,21 +209,6 @@ async fn the_command_has_no_privileges_even_as_root(backend: Backend) {
         assert_eq!(log.lines().rev().nth(1), Some(uid), "{log}");
         t.runtime.forget(&spec.key).await.expect("forget");
     }
-    t.assert_clean();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_syscalls_are_refused() {
-    let t = TestEnv::on(Backend::Process);
-    let mut spec = t.sh("unshare -U true; echo unshare=$?; mount -t tmpfs none /mnt; echo mount=$?");
-    spec.user = sandhost_runtime::User { uid: 0, gid: 0 };
-    t.runtime.start(&spec).await.expect("start");
-    t.runtime.wait(&spec.key).await.expect("wait");
-    let log = t.log(&spec.key).await;
-    assert!(log.contains("Operation not permitted"), "{log}");
-    assert!(!log.contains("unshare=0"), "{log}");
-    assert!(!log.contains("mount=0"), "{log}");
-    t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
 
@@ -565,26 +550,9 @@ async fn many_concurrent_starts_and_stops_leak_nothing(backend: Backend) {
     assert!(left.is_empty(), "state left: {left:?}");
 }
 
-/// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.
-fn minimal_rootfs() -> tempfile::TempDir {
-    let root = tempfile::Builder::new().prefix("sandhost-rootfs-").tempdir_in("/var/tmp").expect("rootfs");
-    for dir in ["bin", "proc", "dev", "tmp", "etc-not"] {
-        std::fs::create_dir_all(root.path().join(dir)).expect("mkdir");
-    }
-    let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh");
-    std::fs::copy(&sh, root.path().join("bin/sh")).expect("copy sh");
-    let ldd = std::process::Command::new("ldd").arg(&sh).output().expect("ldd");
-    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
-        let dest = root.path().join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir lib");
-        std::fs::copy(lib, &dest).expect("copy lib");
-    }
-    root
-}
-
 async fn a_rootfs_template_is_the_whole_world_and_read_only(backend: Backend) {
     let t = TestEnv::on(backend);
-    let rootfs = minimal_rootfs();
+    let rootfs = common::minimal_rootfs();
     let mut spec = t.spec(&[
         "/bin/sh",
         "-c",
@@ -715,28 +683,6 @@ async fn the_cpu_limit_is_written_to_the_cgroup(backend: Backend) {
     t.assert_clean();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_init_forwards_signals_to_the_command() {
-    let t = TestEnv::on(Backend::Process);
-    let spec = t.sh(
-        "for s in HUP INT USR1 USR2; do trap \"echo got-$s\" $s; done; trap 'echo got-TERM; exit 4' TERM; \
-         echo ready; while :; do sleep 0.05; done",
-    );
-    let started = t.runtime.start(&spec).await.expect("start");
-    t.wait_for_log(&spec.key, "ready").await;
-    for sig in ["HUP", "INT", "USR1", "USR2"] {
-        let sent =
-            std::process::Command::new("kill").arg(format!("-{sig}")).arg(started.pid.to_string()).status();
-        assert!(sent.expect("kill").success());
-        t.wait_for_log(&spec.key, &format!("got-{sig}")).await;
-    }
-    let sent = std::process::Command::new("kill").arg("-TERM").arg(started.pid.to_string()).status();
-    assert!(sent.expect("kill").success());
-    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(4));
-    t.runtime.forget(&spec.key).await.expect("forget");
-    t.assert_clean();
-}
-
 async fn a_cancelled_start_leaves_nothing_behind(backend: Backend) {
     let t = TestEnv::on(backend);
     for micros in [0, 50, 200, 1000, 3000] {
@@ -795,21 +741,6 @@ async fn operations_on_unknown_or_exited_sandboxes_answer_typed_errors(backend: 
     t.runtime.forget(&spec.key).await.expect("forget");
     t.runtime.forget(&spec.key).await.expect("forget again");
     assert!(t.runtime.list_snapshots().await.expect("snapshots").is_empty());
-    t.assert_clean();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_init_reaps_orphans_while_the_command_runs() {
-    let t = TestEnv::on(Backend::Process);
-    // Ten orphans (their parent subshell exits at once) end while the command still runs; the init
-    // must reap them, so no zombie is left in the sandbox.
-    let spec = t.sh("for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 0.05 &); done; sleep 1; \
-         echo zombies=$(cat /proc/[0-9]*/stat 2>/dev/null | grep -c '^[0-9]* ([^)]*) Z')");
-    t.runtime.start(&spec).await.expect("start");
-    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
-    let log = t.log(&spec.key).await;
-    assert!(log.contains("zombies=0"), "{log}");
-    t.runtime.forget(&spec.key).await.expect("forget");
     t.assert_clean();
 }
 

@@ -390,3 +390,20 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     }
     out
 }
+
+/// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.
+pub fn minimal_rootfs() -> tempfile::TempDir {
+    let root = tempfile::Builder::new().prefix("sandhost-rootfs-").tempdir_in("/var/tmp").expect("rootfs");
+    for dir in ["bin", "proc", "dev", "tmp", "etc-not"] {
+        std::fs::create_dir_all(root.path().join(dir)).expect("mkdir");
+    }
+    let sh = std::fs::canonicalize("/bin/sh").expect("/bin/sh");
+    std::fs::copy(&sh, root.path().join("bin/sh")).expect("copy sh");
+    let ldd = std::process::Command::new("ldd").arg(&sh).output().expect("ldd");
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        let dest = root.path().join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir lib");
+        std::fs::copy(lib, &dest).expect("copy lib");
+    }
+    root
+}
