@@ -174,6 +174,12 @@ pub(crate) fn drop_bounding_and_ambient(last_cap: u32) -> io::Result<()> {
 
 /// Empties the permitted, effective and inheritable capability sets of the calling thread.
 pub(crate) fn clear_capabilities() -> io::Result<()> {
+    set_capabilities(0)
+}
+
+/// Sets the calling thread's effective and permitted capability sets to `caps` (bits 0-31, the
+/// first word of the kernel's sets; the second word empty), and nothing inheritable.
+fn set_capabilities(caps: u32) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -188,7 +194,10 @@ pub(crate) fn clear_capabilities() -> io::Result<()> {
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let data = [
+        Data { effective: caps, permitted: caps, inheritable: 0 },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
+    ];
     // SAFETY: header and data (two elements, as version 3 requires) live across the call.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)
 }
@@ -221,27 +230,8 @@ pub(crate) fn close_from(first: u32) {
 /// Keeps only `CAP_KILL` (to signal the command, which runs as another user) in the effective and
 /// permitted sets of the calling thread, and nothing inheritable.
 pub(crate) fn keep_only_cap_kill() -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let kill = 1u32 << 5; // CAP_KILL
-    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [
-        Data { effective: kill, permitted: kill, inheritable: 0 },
-        Data { effective: 0, permitted: 0, inheritable: 0 },
-    ];
-    // SAFETY: header and data (two elements, as version 3 requires) live across the call.
-    cvt(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }).map(drop)
+    const CAP_KILL: u32 = 5;
+    set_capabilities(1 << CAP_KILL)
 }
 
 /// Resets every catchable signal to its default action and unblocks all signals.
