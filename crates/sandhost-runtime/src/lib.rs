@@ -257,3 +257,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
 
 /// The default stop grace: SIGTERM, then this long before the cgroup is killed.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a start may take, from its turn, before it is undone (a hang guard: a process start
+/// takes milliseconds, a gVisor one a fraction of a second).
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -7,8 +7,14 @@
 //! 3. Memory: the serve's RSS idle, and with `SANDHOST_BENCH_SANDBOXES` (default 1000) live
 //!    `sleep` sandboxes: the agent's overhead per sandbox.
 //!
+//! 4. A burst: `SANDHOST_BENCH_BURST` (default 256; 64 on gvisor) Creates of `sleep` sent at once,
+//!    against a serve with the default start parallelism, and (the anchor) one that runs every
+//!    admitted start at once: p50, p99 and the longest Create, the wall time, and how many failed.
+//!    On each backend (gvisor when runsc is installed).
+//!
 //! Run as root: `cargo bench -p sandhost --bench api`. Knobs: `SANDHOST_BENCH_CREATES` (default 400),
-//! `SANDHOST_BENCH_CONCURRENCY` (default 8), `SANDHOST_BENCH_SANDBOXES` (default 1000).
+//! `SANDHOST_BENCH_CONCURRENCY` (default 8), `SANDHOST_BENCH_SANDBOXES` (default 1000),
+//! `SANDHOST_BENCH_BURST`.
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
 
 use std::process::{Child, Command, Stdio};
@@ -126,13 +132,21 @@ struct Serve {
 }
 
 impl Serve {
+    /// A serve with its state in `state`, the process backend and the default settings.
     fn start(state: &std::path::Path) -> Self {
+        Self::with(state, &[])
+    }
+
+    /// A serve with its state in `state` and these environment variables.
+    fn with(state: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &grpc.to_string(), "--http-listen", &http.to_string()])
             .arg("--state-dir")
-            .arg(state.join("serve"))
+            .arg(state)
+            .env_remove("SANDHOST_START_PARALLELISM")
+            .envs(env.iter().copied())
             .env("FORCE_STOP", "true")
             .env("RUST_LOG", "error")
             .env_remove("SANDHOST_TOKEN")
@@ -202,7 +216,7 @@ async fn main() {
     let mut config = ProcessConfig::new(state.path().join("anchor-runtime"), BIN);
     config.cgroup_parent = ANCHOR_CGROUP_PARENT.to_owned();
     let runtime = Arc::new(ProcessRuntime::open(config).expect("open the process runtime"));
-    let serve = Serve::start(state.path());
+    let serve = Serve::start(&state.path().join("serve"));
     let channel = Channel::from_shared(serve.addr.clone()).unwrap().connect().await.unwrap();
     let client = SandboxServiceClient::new(channel);
     let idle_kib = serve.rss_kib();
@@ -252,6 +266,7 @@ async fn main() {
     );
     drop(serve);
     drop(runtime);
+    burst(state.path()).await;
     // The anchor's (now empty) cgroup parent.
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
         for hierarchy in hierarchies.filter_map(Result::ok) {
@@ -259,4 +274,64 @@ async fn main() {
         }
     }
     let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(ANCHOR_CGROUP_PARENT));
+}
+
+/// `total` Creates of `sleep` sent at once; each one's latency, the wall time, and the failures.
+async fn burst_once(serve: &Serve, total: usize) -> (Vec<Duration>, Duration, usize) {
+    let channel = Channel::from_shared(serve.addr.clone()).unwrap().connect().await.unwrap();
+    let client = SandboxServiceClient::new(channel);
+    let started = Instant::now();
+    let creates: Vec<_> = (0..total)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let request = pb::CreateRequest {
+                    id: format!("burst-{i}"),
+                    argv: vec!["sleep".into(), "1000".into()],
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                client.create(request).await.map(|_| t.elapsed())
+            })
+        })
+        .collect();
+    let (mut latencies, mut failures) = (Vec::new(), Vec::new());
+    for create in creates {
+        match create.await.unwrap() {
+            Ok(latency) => latencies.push(latency),
+            Err(status) => failures.push(status),
+        }
+    }
+    if let Some(first) = failures.first() {
+        println!("      first failure: {:?}: {}", first.code(), first.message());
+    }
+    (latencies, started.elapsed(), failures.len())
+}
+
+/// The burst on each backend, with the default start parallelism and with every start at once.
+async fn burst(dir: &std::path::Path) {
+    let gvisor = Command::new("runsc").arg("--version").output().is_ok_and(|o| o.status.success());
+    let backends: &[(&str, usize)] =
+        if gvisor { &[("process", 256), ("gvisor", 64)] } else { &[("process", 256)] };
+    println!("a burst of Creates of `sleep` sent at once:");
+    for &(backend, default_total) in backends {
+        let total = knob("SANDHOST_BENCH_BURST", default_total);
+        let everything = total.to_string();
+        let settings: [(&str, Option<&str>); 2] =
+            [("every start at once (anchor)", Some(&everything)), ("default start parallelism", None)];
+        for (round, (name, parallelism)) in settings.into_iter().enumerate() {
+            let mut env = vec![("SANDHOST_RUNTIME", backend), ("SANDHOST_MAX_CONCURRENT_STARTS", "100000")];
+            env.extend(parallelism.map(|p| ("SANDHOST_START_PARALLELISM", p)));
+            let serve = Serve::with(&dir.join(format!("burst-{backend}-{round}")), &env);
+            let (mut latencies, wall, failed) = burst_once(&serve, total).await;
+            let longest = latencies.iter().max().copied().unwrap_or_default();
+            let (p50, p99) = if latencies.is_empty() { (0.0, 0.0) } else { percentiles(&mut latencies) };
+            println!(
+                "  {backend}, {total} at once, {name}: p50 {p50:.0} ms  p99 {p99:.0} ms  longest {:.0} ms  \
+                 all done in {:.2} s  failed {failed}",
+                longest.as_secs_f64() * 1000.0,
+                wall.as_secs_f64()
+            );
+        }
+    }
 }

@@ -16,7 +16,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sandhost";
 pub const DEFAULT_FORCE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum of live sandboxes.
 pub const DEFAULT_MAX_SANDBOXES: u64 = 4096;
-/// Default maximum of starts in flight at once.
+/// Default maximum of starts in flight at once (running or waiting for their turn).
 pub const DEFAULT_MAX_CONCURRENT_STARTS: u64 = 256;
 /// Default sandbox timeout when a Create names none.
 pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -59,9 +59,14 @@ pub struct ServeArgs {
     /// Maximum of live sandboxes.
     #[arg(long, env = "SANDHOST_MAX_SANDBOXES")]
     pub max_sandboxes: Option<String>,
-    /// Maximum of sandbox starts in flight at once.
+    /// Maximum of sandbox starts in flight at once, running or waiting for their turn; beyond it a
+    /// Create is refused (RESOURCE_EXHAUSTED, retryable) [default: 256].
     #[arg(long, env = "SANDHOST_MAX_CONCURRENT_STARTS")]
     pub max_concurrent_starts: Option<String>,
+    /// Starts that run at once; the other admitted ones wait for their turn, in order
+    /// [default: 16 per CPU on process, 4 per CPU on gvisor].
+    #[arg(long, env = "SANDHOST_START_PARALLELISM")]
+    pub start_parallelism: Option<String>,
     /// Timeout of a sandbox whose Create names none [default: 1h].
     #[arg(long, env = "SANDHOST_DEFAULT_TIMEOUT")]
     pub default_timeout: Option<String>,
@@ -100,6 +105,21 @@ pub enum RuntimeKind {
     Gvisor,
 }
 
+impl RuntimeKind {
+    /// Starts that run at once by default, per CPU the agent may use. A process start mostly waits
+    /// on the kernel (namespaces, cgroups), so many overlap well; a gVisor start boots a kernel of
+    /// its own and is CPU-bound. The `api` bench's burst measured both (BENCHMARKS.md).
+    #[must_use]
+    pub fn default_start_parallelism(self) -> u64 {
+        let per_cpu = match self {
+            Self::Process => 16,
+            Self::Gvisor => 4,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        u64::try_from(cpus).unwrap_or(u64::MAX).saturating_mul(per_cpu)
+    }
+}
+
 /// Validated configuration of `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -134,8 +154,10 @@ pub struct ServeConfig {
 pub struct SandboxConfig {
     /// Maximum of live sandboxes.
     pub max_sandboxes: u64,
-    /// Maximum of starts in flight.
+    /// Maximum of starts in flight (running or waiting for their turn).
     pub max_concurrent_starts: u64,
+    /// Starts that run at once.
+    pub start_parallelism: u64,
     /// Timeout of a sandbox whose Create names none.
     pub default_timeout: Duration,
     /// How long exited sandboxes stay readable.
@@ -149,6 +171,7 @@ impl Default for SandboxConfig {
         Self {
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
             max_concurrent_starts: DEFAULT_MAX_CONCURRENT_STARTS,
+            start_parallelism: RuntimeKind::Process.default_start_parallelism(),
             default_timeout: DEFAULT_SANDBOX_TIMEOUT,
             retention: DEFAULT_RETENTION,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -293,6 +316,11 @@ impl ServeArgs {
                 self.max_concurrent_starts.as_ref(),
                 DEFAULT_MAX_CONCURRENT_STARTS,
             )?,
+            start_parallelism: count(
+                "--start-parallelism / SANDHOST_START_PARALLELISM",
+                self.start_parallelism.as_ref(),
+                runtime.default_start_parallelism(),
+            )?,
             default_timeout: duration(
                 "--default-timeout / SANDHOST_DEFAULT_TIMEOUT",
                 self.default_timeout.as_ref(),
@@ -408,6 +436,19 @@ mod tests {
         assert!(error.to_string().contains("FORCE_STOP"), "{error}");
         let error = args(&["--force-shutdown-timeout", "0"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("FORCE_SHUTDOWN_TIMEOUT"), "{error}");
+    }
+
+    #[test]
+    fn the_start_parallelism_defaults_by_backend_and_is_checked() {
+        let process = args(&[]).validate(None).expect("valid").sandbox.start_parallelism;
+        let gvisor = args(&["--runtime", "gvisor"]).validate(None).expect("valid").sandbox.start_parallelism;
+        assert_eq!(process, RuntimeKind::Process.default_start_parallelism());
+        assert_eq!(gvisor, RuntimeKind::Gvisor.default_start_parallelism());
+        assert!(gvisor >= 4 && process == 4 * gvisor, "{process} {gvisor}");
+        let set = args(&["--start-parallelism", "3"]).validate(None).expect("valid");
+        assert_eq!(set.sandbox.start_parallelism, 3);
+        let error = args(&["--start-parallelism", "0"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("SANDHOST_START_PARALLELISM"), "{error}");
     }
 
     #[test]

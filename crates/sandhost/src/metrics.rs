@@ -53,6 +53,7 @@ pub struct Metrics {
     creates: Family<ResultLabel, Counter>,
     exits: Family<ReasonLabel, Counter>,
     start_seconds: Histogram,
+    starts_waiting: Gauge,
     node_status: Family<StatusLabel, Gauge>,
     status_changed: Gauge<f64, AtomicU64>,
     drain_deadline: Gauge<f64, AtomicU64>,
@@ -70,6 +71,7 @@ impl Metrics {
             creates: Family::default(),
             exits: Family::default(),
             start_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            starts_waiting: Gauge::default(),
             node_status: Family::default(),
             status_changed: Gauge::default(),
             drain_deadline: Gauge::default(),
@@ -86,6 +88,11 @@ impl Metrics {
             "sandbox_start_seconds",
             "Time from admission to a running sandbox",
             metrics.start_seconds.clone(),
+        );
+        r.register(
+            "starts_waiting",
+            "Admitted starts waiting for their turn (beyond the start parallelism)",
+            metrics.starts_waiting.clone(),
         );
         r.register("node_status", "1 for the node's current status", metrics.node_status.clone());
         r.register(
@@ -143,6 +150,11 @@ impl Metrics {
     /// Records one start's latency.
     pub fn observe_start(&self, elapsed: Duration) {
         self.start_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts starts beginning (+1) or ending (-1) their wait for a turn.
+    pub fn add_start_waiting(&self, delta: i64) {
+        self.starts_waiting.inc_by(delta);
     }
 
     /// Publishes the node status.

@@ -398,6 +398,7 @@ fn metrics_are_served_in_the_prometheus_text_format(backend: Backend) {
     let (code, body) = serve.http_get("/metrics").expect("metrics answers");
     assert_eq!(code, 200);
     assert!(body.contains("sandhost_sandboxes"), "{body}");
+    assert!(body.contains("sandhost_starts_waiting 0"), "{body}");
     assert!(body.contains("# EOF"), "{body}");
     assert_eq!(serve.http_get("/nope").map(|r| r.0), Some(404));
 }

@@ -391,3 +391,74 @@ async fn a_thousand_creates_racing_a_drain_are_each_started_or_refused_retryably
     }
     assert_eq!(t.coordinator().report().force_stopped, started.len() as u64);
 }
+
+/// Waits until the sandbox `id` is in the table (its Create was admitted).
+async fn until_admitted(t: &TestNode, id: &str) {
+    within("admitted", async {
+        while t.node.get(id).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// A node that runs one start at once, with `first` held in the runtime and `waiting` behind it.
+async fn one_start_at_a_time_with_one_waiting(
+    t: &TestNode,
+) -> [tokio::task::JoinHandle<Result<sandhost::sandbox::SandboxInfo, CreateError>>; 2] {
+    let node = t.node.clone();
+    let first = tokio::spawn(async move { node.create(request("first", DrainPolicy::Wait)).await });
+    within("first held", t.fake.wait_calls(1, |c| matches!(c, Call::Start(_)))).await;
+    let node = t.node.clone();
+    let waiting = tokio::spawn(async move { node.create(request("waiting", DrainPolicy::Wait)).await });
+    until_admitted(t, "waiting").await;
+    [first, waiting]
+}
+
+fn one_at_a_time() -> TestNode {
+    TestNode::with(
+        FakeRuntime::new(),
+        sandhost::config::SandboxConfig { start_parallelism: 1, ..Default::default() },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_waiting_for_their_turn_when_a_drain_begins_are_still_started() {
+    let t = one_at_a_time();
+    let hold = t.fake.hold_starts();
+    let [first, waiting] = one_start_at_a_time_with_one_waiting(&t).await;
+    t.node.drain(DrainRequest::default()).expect("drain");
+    assert_eq!(t.node.info().drain.in_flight_starts, 2, "a waiting start is in flight");
+    hold.release();
+    for create in [first, waiting] {
+        let info = within("create", create).await.expect("task").expect("an admitted start is never aborted");
+        assert_eq!(info.state, SandboxState::Running);
+        t.fake.exit(&key(&info), Exit::Code(0));
+    }
+    within("drain", t.coordinator().wait_drained()).await;
+    assert_eq!(t.coordinator().report().force_stopped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_waiting_for_its_turn_when_the_forced_phase_begins_is_not_begun() {
+    let t = one_at_a_time();
+    let hold = t.fake.hold_starts();
+    let [first, waiting] = one_start_at_a_time_with_one_waiting(&t).await;
+    let waiting_key = key(&t.node.get("waiting").expect("get"));
+    t.node.force_stop().expect("force");
+    hold.release();
+
+    let started = within("first", first).await.expect("task").expect("a begun start completes");
+    let refused = within("waiting", waiting).await.expect("task");
+    assert!(
+        matches!(&refused, Err(CreateError::StoppedBeforeStart { reason: ExitReason::ForceStopped, .. })),
+        "{refused:?}"
+    );
+    within("drain", t.coordinator().wait_drained()).await;
+    assert!(t.fake.exit_of(&key(&started)).is_some(), "the begun one was stopped after its start");
+    assert!(!t.fake.calls().contains(&Call::Start(waiting_key)), "the waiting one never reached the runtime");
+    let exit = t.node.get("waiting").expect("get").exit.expect("exit");
+    assert_eq!((exit.reason, exit.exit), (ExitReason::ForceStopped, None));
+    let report = t.coordinator().report();
+    assert_eq!((report.force_stopped, report.failures.len()), (2, 0), "{report:?}");
+}

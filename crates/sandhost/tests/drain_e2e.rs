@@ -289,7 +289,8 @@ async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc(
     use sandhost_proto::v1 as pb;
     use tonic_types::StatusExt as _;
 
-    // A gVisor sandbox is a kernel of its own: fewer, so that the admitted ones start in time.
+    // More than the start parallelism on either backend, so that some wait for their turn (a gVisor
+    // sandbox is a kernel of its own: fewer, for the suite's time).
     let creates = match backend {
         Backend::Process => 200,
         Backend::Gvisor => 40,

@@ -315,3 +315,89 @@ async fn metrics_count_sandboxes_by_state_and_creates_by_result() {
     assert!(text.contains("sandhost_sandbox_creates_total{result=\"rejected\"} 1"), "{text}");
     assert!(text.contains("sandhost_node_status{status=\"READY\"} 1"), "{text}");
 }
+
+/// Waits until the sandbox `id` is in the table (its Create was admitted).
+async fn until_admitted(t: &TestNode, id: &str) {
+    within("admitted", async {
+        while t.node.get(id).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+fn metrics_text(t: &TestNode) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &t.registry).expect("encode");
+    text
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_beyond_the_parallelism_wait_their_turn_first_come_first_served() {
+    let config = SandboxConfig { start_parallelism: 2, ..SandboxConfig::default() };
+    let t = TestNode::with(FakeRuntime::new(), config);
+    let hold = t.fake.hold_starts();
+    let ids = ["a", "b", "c", "d", "e"];
+    let mut creates = Vec::new();
+    for id in ids {
+        let node = t.node.clone();
+        creates.push(tokio::spawn(async move { node.create(request(id, DrainPolicy::Wait)).await }));
+        until_admitted(&t, id).await;
+    }
+    within("two held", hold.wait_held(2)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(hold.held(), 2, "no more than the parallelism run at once");
+    for id in ids {
+        assert_eq!(t.node.get(id).expect("get").state, SandboxState::Starting, "{id}");
+    }
+    assert!(metrics_text(&t).contains("sandhost_starts_waiting 3"), "{}", metrics_text(&t));
+
+    hold.release();
+    for create in creates {
+        let info = within("create", create).await.expect("task").expect("every admitted start runs");
+        assert_eq!(info.state, SandboxState::Running);
+    }
+    let started: Vec<_> = t
+        .fake
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Start(key) => Some(key.id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, ids, "started in the order they were admitted");
+    assert!(metrics_text(&t).contains("sandhost_starts_waiting 0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_killed_while_waiting_for_its_turn_is_not_started() {
+    let config = SandboxConfig { start_parallelism: 1, ..SandboxConfig::default() };
+    let t = TestNode::with(FakeRuntime::new(), config);
+    let hold = t.fake.hold_starts();
+    let node = t.node.clone();
+    let first = tokio::spawn(async move { node.create(request("first", DrainPolicy::Wait)).await });
+    within("held", hold.wait_held(1)).await;
+    let node = t.node.clone();
+    let waiting = tokio::spawn(async move { node.create(request("waiting", DrainPolicy::Wait)).await });
+    until_admitted(&t, "waiting").await;
+    let key = key(&t.node.get("waiting").expect("get"));
+
+    // The kill returns at once; the exit is recorded when the start's turn comes.
+    let node = t.node.clone();
+    let delete = tokio::spawn(async move { node.delete("waiting", true).await });
+    hold.release();
+    let refused = within("create", waiting).await.expect("task");
+    assert!(
+        matches!(&refused, Err(CreateError::StoppedBeforeStart { reason: ExitReason::Killed, .. })),
+        "{refused:?}"
+    );
+    let deleted = within("delete", delete).await.expect("task").expect("delete");
+    assert_eq!(deleted.state, SandboxState::Exited);
+    let exit = deleted.exit.expect("exit");
+    assert_eq!((exit.reason, exit.exit), (ExitReason::Killed, None));
+    assert!(exit.message.expect("message").contains("before it started"));
+    assert!(!t.fake.calls().contains(&Call::Start(key.clone())), "the runtime never saw it");
+    assert!(!t.fake.knows(&key));
+    within("first", first).await.expect("task").expect("the running start is untouched");
+}

@@ -29,6 +29,7 @@ on_both_backends!(async:
     logs_capture_stdout_and_stderr_and_are_bounded,
     a_log_follower_is_woken_by_the_next_write_and_not_before,
     failed_starts_leave_nothing_behind,
+    a_start_that_times_out_is_undone_and_leaves_nothing,
     a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones,
     many_concurrent_starts_and_stops_leak_nothing,
     a_rootfs_template_is_the_whole_world_and_read_only,
@@ -381,6 +382,25 @@ async fn assert_nothing_of(t: &TestEnv, key: &sandhost_runtime::SandboxKey) {
     assert!(t.cgroup_dirs(key).is_empty(), "cgroup left: {:?}", t.cgroup_dirs(key));
     let dir = t.state_dir.join("sandboxes").join(key.id.as_str());
     assert!(!dir.exists(), "state left: {}", dir.display());
+}
+
+/// A start past its timeout (here 1 ms: none comes up that fast) is undone whatever step it had
+/// reached. On gvisor this left the foreground runsc and its sandbox running, orphaned, when the
+/// start timed out under load.
+async fn a_start_that_times_out_is_undone_and_leaves_nothing(backend: Backend) {
+    use sandhost_runtime::StartError;
+    let t = TestEnv::with_start_timeout(backend, Duration::from_millis(1));
+    for _ in 0..3 {
+        let spec = t.spec(&["sleep", "1000"]);
+        match t.runtime.start(&spec).await {
+            Err(StartError::Host { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::TimedOut, "{source}");
+            }
+            other => panic!("expected a timed-out start, got {other:?}"),
+        }
+        assert_nothing_of(&t, &spec.key).await;
+    }
+    t.assert_clean();
 }
 
 async fn failed_starts_leave_nothing_behind(backend: Backend) {

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::bundle::{self, BundleContext};
 use super::runsc::Runsc;
@@ -75,9 +75,6 @@ pub(super) async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, 
     }
 }
 
-/// How long a container may take to come up before its start is undone (a hang guard).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A container that came to life.
 #[derive(Debug)]
 pub(super) struct Launched {
@@ -123,9 +120,16 @@ pub(super) async fn run_container(
         }
     };
     let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let exited = match runsc.until_running(cid, &mut child, &log_path, START_TIMEOUT).await {
+    let exited = match runsc.until_running(cid, &mut child, &log_path, inner.config.start_timeout).await {
         Ok(exited) => exited,
         Err(e) => {
+            // The whole foreground group: the recorder, runsc and its gofer. Killing the recorder
+            // alone orphaned a live runsc, whose sandbox `runsc delete` then could not stop. The
+            // sandbox process is `--attached`: it dies with its runsc.
+            if child_pid > 0 {
+                let group = nix::unistd::Pid::from_raw(child_pid);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(e);

@@ -80,6 +80,8 @@ pub struct GvisorConfig {
     /// [`EXIT_RECORDER_SUBCOMMAND`] so that an exit while no agent runs is still recorded. Without
     /// it, runsc is the agent's child and such an exit is unknown.
     pub exit_recorder: Option<PathBuf>,
+    /// How long a container may take to come up before its start is undone (a hang guard).
+    pub start_timeout: Duration,
 }
 
 impl GvisorConfig {
@@ -93,6 +95,7 @@ impl GvisorConfig {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             exit_recorder: None,
+            start_timeout: crate::DEFAULT_START_TIMEOUT,
         }
     }
 }

@@ -53,8 +53,6 @@ pub const NAME: &str = "process";
 pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 1024 * 1024;
 /// The parent cgroup of every sandbox, in each hierarchy.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
-/// How long a start may take before it is undone (a hang guard; starts take milliseconds).
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to open a [`ProcessRuntime`].
 #[derive(Debug, Clone)]
@@ -80,7 +78,7 @@ impl ProcessConfig {
             init_exe: init_exe.into(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
-            start_timeout: DEFAULT_START_TIMEOUT,
+            start_timeout: crate::DEFAULT_START_TIMEOUT,
         }
     }
 }

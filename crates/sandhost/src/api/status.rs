@@ -8,7 +8,8 @@
 //! | `ALREADY_EXISTS` | the id is taken |
 //! | `FAILED_PRECONDITION` | wrong state, or a backend that cannot do it (named) |
 //! | `RESOURCE_EXHAUSTED` | a node limit; a `QuotaFailure` detail names it |
-//! | `UNAVAILABLE` | the node does not admit new work (status in the message); `RetryInfo` |
+//! | `UNAVAILABLE` | the node does not admit new work (status in the message), or its forced phase stopped a Create waiting for its turn; `RetryInfo` |
+//! | `ABORTED` | a Delete killed the sandbox while its Create waited for its turn |
 //! | `UNAUTHENTICATED` | no or a wrong bearer token |
 //! | `INTERNAL` | the runtime failed; the message carries the cause chain |
 
@@ -20,7 +21,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::drain::{DrainError, NodeStatus};
-use crate::sandbox::{CreateError, InvalidArgument, SandboxError};
+use crate::sandbox::{CreateError, ExitReason, InvalidArgument, SandboxError};
 
 /// How long a client refused by a draining node should wait before it retries (here or elsewhere).
 pub const RETRY_WHILE_DRAINING: Duration = Duration::from_secs(5);
@@ -87,6 +88,13 @@ pub(crate) fn create_error(error: &CreateError) -> Status {
         }
         CreateError::TemplateNotFound(name) => not_found("template", name, error.to_string()),
         CreateError::NotSupported { backend, what } => not_supported(backend, what, error.to_string()),
+        CreateError::StoppedBeforeStart { reason, .. } => match reason {
+            // The drain's forced phase: nothing ran, so the caller retries elsewhere.
+            ExitReason::ForceStopped | ExitReason::DrainStopped => {
+                not_admitting(error.to_string(), NodeStatus::Forcing)
+            }
+            _ => Status::aborted(error.to_string()),
+        },
         CreateError::Start(start) => start_error(start),
     }
 }
@@ -213,6 +221,11 @@ mod tests {
             (CreateError::AlreadyExists(key().id), Code::AlreadyExists),
             (CreateError::ResourceExhausted { limit: "max_sandboxes", max: 2 }, Code::ResourceExhausted),
             (CreateError::TemplateNotFound("img".into()), Code::NotFound),
+            (
+                CreateError::StoppedBeforeStart { id: key().id, reason: ExitReason::ForceStopped },
+                Code::Unavailable,
+            ),
+            (CreateError::StoppedBeforeStart { id: key().id, reason: ExitReason::Killed }, Code::Aborted),
             (CreateError::NotSupported { backend: "process", what: "restore" }, Code::FailedPrecondition),
             (
                 CreateError::Start(StartError::InvalidSpec {

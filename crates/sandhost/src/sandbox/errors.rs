@@ -4,7 +4,7 @@
 use sandhost_runtime::{CheckpointError, SandboxId, StartError};
 
 use crate::drain::NodeStatus;
-use crate::sandbox::SandboxState;
+use crate::sandbox::{ExitReason, SandboxState};
 
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +56,15 @@ pub enum CreateError {
         backend: &'static str,
         /// The feature.
         what: &'static str,
+    },
+    /// A kill (Delete, or the drain's forced phase) came while the start waited for its turn, so it
+    /// was not begun.
+    #[error("sandbox {id} was stopped ({}) before it started", reason.as_str())]
+    StoppedBeforeStart {
+        /// The sandbox.
+        id: SandboxId,
+        /// The stop's reason, as its exit records it.
+        reason: ExitReason,
     },
     /// The runtime failed to start it.
     #[error("start failed")]

@@ -155,7 +155,10 @@ pub struct Manager {
     pub(super) config: SandboxConfig,
     templates: HashMap<String, PathBuf>,
     pub(super) gate: Gate,
+    /// Admitted starts not yet finished, running or waiting for their turn.
     starts: Arc<Semaphore>,
+    /// Turns to run a start: the start parallelism.
+    turns: Semaphore,
     table: Mutex<Table>,
     pub(super) counts: watch::Sender<Counts>,
     status: watch::Receiver<NodeStatus>,
@@ -201,15 +204,16 @@ impl Manager {
             memory_bytes: host_memory_bytes(),
             cpu_millis: std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1000,
         };
-        let starts = usize::try_from(parts.config.max_concurrent_starts)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
+        let permits = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).clamp(1, Semaphore::MAX_PERMITS);
+        let starts = permits(parts.config.max_concurrent_starts);
+        let turns = permits(parts.config.start_parallelism);
         Arc::new(Self {
             runtime: parts.runtime,
             config: parts.config,
             templates: parts.templates.into_iter().collect(),
             gate: parts.gate,
             starts: Arc::new(Semaphore::new(starts)),
+            turns: Semaphore::new(turns),
             table: Mutex::new(Table { sandboxes: HashMap::new(), counts: Counts::default() }),
             counts: watch::Sender::new(Counts::default()),
             status: parts.status,
@@ -353,7 +357,25 @@ impl Manager {
         if let Err(error) = self.store.save(&meta) {
             tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
         }
-        let started = self.runtime.start(&spec).await;
+        let started = {
+            // Beyond the start parallelism, admitted starts wait here for their turn, first come
+            // first served: a burst is started at the rate the host can take instead of all at
+            // once, each slower, until they time out together. The semaphore is never closed.
+            self.metrics.add_start_waiting(1);
+            let turn = self.turns.acquire().await.ok();
+            self.metrics.add_start_waiting(-1);
+            if let Some(reason) = self.killed_while_waiting(&key) {
+                let message = "stopped before it started (it was waiting for its turn to start)";
+                tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, reason = reason.as_str(), "{message}");
+                let exit = ExitInfo { exit: None, reason, message: Some(message.to_owned()) };
+                self.finish(&key, exit).await;
+                drop(permit);
+                return Err(CreateError::StoppedBeforeStart { id: key.id, reason });
+            }
+            let started = self.runtime.start(&spec).await;
+            drop(turn);
+            started
+        };
         drop(slot);
         match started {
             Ok(started) => {
@@ -394,6 +416,21 @@ impl Manager {
                     other => CreateError::Start(other),
                 })
             }
+        }
+    }
+
+    /// The reason of a kill (not a graceful stop) asked for while the start waited for its turn:
+    /// such a start is not begun. A graceful stop (the drain's STOP policy) still lets it start
+    /// and then stops it, as for any admitted start.
+    fn killed_while_waiting(&self, key: &SandboxKey) -> Option<ExitReason> {
+        let mut table = self.lock();
+        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        match entry.pending_stop {
+            Some(StopMode::Now | StopMode::Within(_)) => {
+                entry.pending_stop = None;
+                entry.stop_reason
+            }
+            Some(StopMode::Graceful) | None => None,
         }
     }
 

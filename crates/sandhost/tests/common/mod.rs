@@ -41,11 +41,17 @@ impl Backend {
 
     /// Opens this backend's runtime over `state_dir` under the cgroup parent `prefix`.
     pub fn open(self, state_dir: &Path, prefix: &str) -> Arc<dyn Runtime> {
+        self.open_with(state_dir, prefix, sandhost_runtime::DEFAULT_START_TIMEOUT)
+    }
+
+    /// As [`Backend::open`], with this start timeout.
+    pub fn open_with(self, state_dir: &Path, prefix: &str, start_timeout: Duration) -> Arc<dyn Runtime> {
         match self {
-            Self::Process => Arc::new(open_runtime(state_dir, prefix)),
+            Self::Process => Arc::new(open_process_runtime(state_dir, prefix, start_timeout)),
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
                 config.cgroup_parent = prefix.to_owned();
+                config.start_timeout = start_timeout;
                 config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
                 Arc::new(
                     GvisorRuntime::open(config)
@@ -117,6 +123,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn on(backend: Backend) -> Self {
+        Self::with_start_timeout(backend, sandhost_runtime::DEFAULT_START_TIMEOUT)
+    }
+
+    /// As [`TestEnv::on`], with a runtime whose starts time out after `start_timeout`.
+    pub fn with_start_timeout(backend: Backend, start_timeout: Duration) -> Self {
         require_root();
         // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
         // must hide it.
@@ -125,7 +136,7 @@ impl TestEnv {
         let prefix =
             format!("sandhost-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
-        let runtime = backend.open(&state_dir, &prefix);
+        let runtime = backend.open_with(&state_dir, &prefix, start_timeout);
         Self { backend, runtime, state_dir, prefix, _tmp: tmp }
     }
 
@@ -308,8 +319,13 @@ pub fn purge(prefix: &str, state_dir: &Path) {
 }
 
 pub fn open_runtime(state_dir: &Path, prefix: &str) -> ProcessRuntime {
+    open_process_runtime(state_dir, prefix, sandhost_runtime::DEFAULT_START_TIMEOUT)
+}
+
+fn open_process_runtime(state_dir: &Path, prefix: &str, start_timeout: Duration) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
     config.cgroup_parent = prefix.to_owned();
+    config.start_timeout = start_timeout;
     ProcessRuntime::open(config).expect("open the process runtime")
 }
 

@@ -20,10 +20,28 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sandhost");
 /// A bound that only guards against hangs; no test asserts timing.
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// A free loopback port (bound, then released for the server to take).
+/// A free loopback port for a serve to take: bound, then released.
+///
+/// Not one the kernel picks (`:0`): those come from the ephemeral range that every outgoing
+/// connection also draws from, so one of the tests' own client connections could take it before
+/// the serve binds it. Below that range, from a base of this test process's own, each port is
+/// handed out once per process, and only one test binary runs at a time.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1_000));
+    let base = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(low + (base.wrapping_add(n)) % span).unwrap();
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 /// How to start a serve.
