@@ -8,6 +8,8 @@
 //! - A start holds its admission [`Permit`] from admission until the sandbox is `Running` in the table
 //!   (with its supervisor) or has failed; nothing downstream re-checks "is draining". The start runs
 //!   in a task of its own, so a Create whose caller goes away is never aborted half way.
+//! - At most `start_parallelism` starts are in the runtime at once; the other admitted ones wait
+//!   for their turn in admission order, holding their permit. Only a kill skips a waiting start.
 //! - Each live lifecycle has exactly one supervisor task, the only code that moves it to `Exited`:
 //!   after its command has exited and its cleanup has run. So "live = 0" means nothing of ours is
 //!   left on the host.
