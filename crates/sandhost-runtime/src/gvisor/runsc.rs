@@ -141,11 +141,13 @@ impl Runsc {
                 }
                 () = tokio::time::sleep(READY_STEP) => {}
             }
-            if self.state(cid).await?.is_some_and(|s| s.status == "running") {
-                return Ok(None);
-            }
+            // The deadline first: whether a start counts as timed out must not depend on when this
+            // task happened to be polled.
             if tokio::time::Instant::now() >= deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the container did not start in time"));
+            }
+            if self.state(cid).await?.is_some_and(|s| s.status == "running") {
+                return Ok(None);
             }
         }
     }

@@ -25,6 +25,7 @@ use super::{Inner, NAME, state, sys};
 use crate::{SandboxKey, SandboxSpec, StartError, Started};
 
 pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Started, StartError> {
+    let deadline = tokio::time::Instant::now() + inner.config.start_timeout;
     validate(spec)?;
     let key = &spec.key;
     if inner.get(key).is_some() {
@@ -110,13 +111,19 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let mut status =
         tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(host("status pipe"))?;
     let mut report = Vec::new();
-    match tokio::time::timeout(inner.config.start_timeout, status.read_to_end(&mut report)).await {
+    let timed_out = || host("wait for sandbox setup")(io::ErrorKind::TimedOut.into());
+    match tokio::time::timeout_at(deadline, status.read_to_end(&mut report)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(host("read status pipe")(e)),
-        Err(_) => return Err(host("wait for sandbox setup")(io::ErrorKind::TimedOut.into())),
+        Err(_) => return Err(timed_out()),
     }
     if !report.is_empty() {
         return Err(start_failure(spec, &report));
+    }
+    // Past the deadline is a timeout even if the report has just come: whether a start counts as
+    // timed out must not depend on when this task happened to be polled.
+    if tokio::time::Instant::now() >= deadline {
+        return Err(timed_out());
     }
 
     let pidfd = guard.init.as_ref().map(OwnedFd::try_clone).transpose().map_err(host("watch init"))?;
