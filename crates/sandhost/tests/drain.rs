@@ -392,16 +392,6 @@ async fn a_thousand_creates_racing_a_drain_are_each_started_or_refused_retryably
     assert_eq!(t.coordinator().report().force_stopped, started.len() as u64);
 }
 
-/// Waits until the sandbox `id` is in the table (its Create was admitted).
-async fn until_admitted(t: &TestNode, id: &str) {
-    within("admitted", async {
-        while t.node.get(id).is_err() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
 /// A node that runs one start at once, with `first` held in the runtime and `waiting` behind it.
 async fn one_start_at_a_time_with_one_waiting(
     t: &TestNode,
@@ -411,7 +401,7 @@ async fn one_start_at_a_time_with_one_waiting(
     within("first held", t.fake.wait_calls(1, |c| matches!(c, Call::Start(_)))).await;
     let node = t.node.clone();
     let waiting = tokio::spawn(async move { node.create(request("waiting", DrainPolicy::Wait)).await });
-    until_admitted(t, "waiting").await;
+    t.until_admitted("waiting").await;
     [first, waiting]
 }
 

@@ -316,16 +316,6 @@ async fn metrics_count_sandboxes_by_state_and_creates_by_result() {
     assert!(text.contains("sandhost_node_status{status=\"READY\"} 1"), "{text}");
 }
 
-/// Waits until the sandbox `id` is in the table (its Create was admitted).
-async fn until_admitted(t: &TestNode, id: &str) {
-    within("admitted", async {
-        while t.node.get(id).is_err() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
-
 fn metrics_text(t: &TestNode) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &t.registry).expect("encode");
@@ -342,7 +332,7 @@ async fn starts_beyond_the_parallelism_wait_their_turn_first_come_first_served()
     for id in ids {
         let node = t.node.clone();
         creates.push(tokio::spawn(async move { node.create(request(id, DrainPolicy::Wait)).await }));
-        until_admitted(&t, id).await;
+        t.until_admitted(id).await;
     }
     within("two held", hold.wait_held(2)).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -380,7 +370,7 @@ async fn a_sandbox_killed_while_waiting_for_its_turn_is_not_started() {
     within("held", hold.wait_held(1)).await;
     let node = t.node.clone();
     let waiting = tokio::spawn(async move { node.create(request("waiting", DrainPolicy::Wait)).await });
-    until_admitted(&t, "waiting").await;
+    t.until_admitted("waiting").await;
     let key = key(&t.node.get("waiting").expect("get"));
 
     // The kill returns at once; the exit is recorded when the start's turn comes.

@@ -77,6 +77,16 @@ impl TestNode {
     pub fn status(&self) -> NodeStatus {
         self.node.status()
     }
+
+    /// Waits until the sandbox `id` is in the table (its Create was admitted).
+    pub async fn until_admitted(&self, id: &str) {
+        within("admitted", async {
+            while self.node.get(id).is_err() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    }
 }
 
 /// A Create request for a long `sleep`.
