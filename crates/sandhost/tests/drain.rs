@@ -452,3 +452,44 @@ async fn a_start_waiting_for_its_turn_when_the_forced_phase_begins_is_not_begun(
     let report = t.coordinator().report();
     assert_eq!((report.force_stopped, report.failures.len()), (2, 0), "{report:?}");
 }
+
+/// Creates racing a forced drain, on two threads, behind one held start: every Create the gate
+/// admitted is in the table by the time the first force pass looks, so each one that waits for its
+/// turn is stopped before it starts. A Create the pass missed would start once the hold is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_racing_a_forced_drain_are_refused_or_never_begun() {
+    let config = sandhost::config::SandboxConfig {
+        max_concurrent_starts: 2000,
+        start_parallelism: 1,
+        ..Default::default()
+    };
+    let t = TestNode::with(FakeRuntime::new(), config);
+    let hold = t.fake.hold_starts();
+    let node = t.node.clone();
+    let first = tokio::spawn(async move { node.create(request("first", DrainPolicy::Wait)).await });
+    within("first held", hold.wait_held(1)).await;
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let node = t.node.clone();
+        creates.spawn(async move { node.create(request(&format!("r{i}"), DrainPolicy::Wait)).await });
+        if i == 500 {
+            t.node.force_stop().expect("force");
+        }
+    }
+    hold.release();
+    let (mut skipped, mut refused) = (0, 0);
+    while let Some(result) = within("creates", creates.join_next()).await {
+        match result.expect("task") {
+            Err(CreateError::StoppedBeforeStart { reason: ExitReason::ForceStopped, .. }) => skipped += 1,
+            Err(CreateError::NotAdmitting { .. }) => refused += 1,
+            other => panic!("a Create racing a forced drain is refused or never begun: {other:?}"),
+        }
+    }
+    within("first", first).await.expect("task").expect("the begun start completes");
+    within("drain", t.coordinator().wait_drained()).await;
+    assert_eq!(skipped + refused, 1000);
+    let starts = t.fake.calls().iter().filter(|c| matches!(c, Call::Start(_))).count();
+    assert_eq!(starts, 1, "only the start that had begun reached the runtime");
+    let report = t.coordinator().report();
+    assert_eq!((report.force_stopped, report.failures.len()), (1 + skipped as u64, 0), "{report:?}");
+}

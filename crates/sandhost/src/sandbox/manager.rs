@@ -5,6 +5,8 @@
 //! - Every state change goes through [`Table::transition`], which checks
 //!   [`SandboxState::can_become`], publishes the new counts and counts the exit. Nothing else writes a
 //!   state.
+//! - A Create enters the gate and is inserted as `Starting` under one table lock: no drain pass
+//!   that follows the gate's closing can miss an admitted start.
 //! - A start holds its admission [`Permit`] from admission until the sandbox is `Running` in the table
 //!   (with its supervisor) or has failed; nothing downstream re-checks "is draining". The start runs
 //!   in a task of its own, so a Create whose caller goes away is never aborted half way.
@@ -314,18 +316,20 @@ impl Manager {
     ) -> Result<SandboxInfo, CreateError> {
         let admitted_at = Instant::now();
         let prepared = self.prepare(request)?;
-        let permit =
-            self.gate.enter().map_err(|_| CreateError::NotAdmitting { status: self.refusal_status() })?;
-        let slot =
-            Arc::clone(&self.starts).try_acquire_owned().map_err(|_| CreateError::ResourceExhausted {
-                limit: "concurrent starts",
-                max: self.config.max_concurrent_starts,
-            })?;
-        let spec = prepared.spec.clone();
-        let meta = SandboxMeta::from_entry(&prepared.info);
-        let key = spec.key.clone();
-        {
+        let key = prepared.spec.key.clone();
+        let (permit, slot, spec, meta) = {
+            // Admission and the entry under one lock: once the gate has closed, every admitted
+            // Create is in the table, where the drain's passes (`live_keys`) see it.
             let mut table = self.lock();
+            let Ok(permit) = self.gate.enter() else {
+                drop(table);
+                return Err(CreateError::NotAdmitting { status: self.refusal_status() });
+            };
+            let slot =
+                Arc::clone(&self.starts).try_acquire_owned().map_err(|_| CreateError::ResourceExhausted {
+                    limit: "concurrent starts",
+                    max: self.config.max_concurrent_starts,
+                })?;
             if table.counts.live() >= self.config.max_sandboxes {
                 return Err(CreateError::ResourceExhausted {
                     limit: "live sandboxes",
@@ -335,9 +339,10 @@ impl Manager {
             if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
                 return Err(CreateError::AlreadyExists(key.id));
             }
-            let entry = prepared.into_entry();
-            table.insert(entry, &self.counts, &self.metrics);
-        }
+            let (spec, meta) = (prepared.spec.clone(), SandboxMeta::from_entry(&prepared.info));
+            table.insert(prepared.into_entry(), &self.counts, &self.metrics);
+            (permit, slot, spec, meta)
+        };
         // The start runs in its own task: an admitted start finishes even if the caller goes away.
         let this = Arc::clone(self);
         let start = tokio::spawn(async move { this.run_start(spec, meta, permit, slot, admitted_at).await });
@@ -421,19 +426,23 @@ impl Manager {
         }
     }
 
-    /// The reason of a kill (not a graceful stop) asked for while the start waited for its turn:
-    /// such a start is not begun. A graceful stop (the drain's STOP policy) still lets it start
-    /// and then stops it, as for any admitted start.
+    /// The reason of a kill (not a graceful stop) asked for while the start waited for its turn,
+    /// or of the forced phase once it has begun: such a start is not begun. A graceful stop (the
+    /// drain's STOP policy) still lets it start and then stops it, as for any admitted start.
     fn killed_while_waiting(&self, key: &SandboxKey) -> Option<ExitReason> {
         let mut table = self.lock();
         let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let forcing = *self.status.borrow() == NodeStatus::Forcing;
         match entry.pending_stop {
-            Some(StopMode::Now | StopMode::Within(_)) => {
-                entry.pending_stop = None;
-                entry.stop_reason
+            Some(StopMode::Now | StopMode::Within(_)) => {}
+            // The forced phase's stops run in tasks: this one's may not have reached the entry yet.
+            _ if forcing => {
+                entry.stop_reason.get_or_insert(ExitReason::ForceStopped);
             }
-            Some(StopMode::Graceful) | None => None,
+            Some(StopMode::Graceful) | None => return None,
         }
+        entry.pending_stop = None;
+        entry.stop_reason
     }
 
     /// Watches one lifecycle until its command exits, stopping it at its end time; then cleans up
