@@ -73,6 +73,15 @@ impl Node {
         serde_json::from_str(&ok(&self.serve.cli(&["status", "--json"]))).expect("status JSON")
     }
 
+    /// Waits until sandbox `id`'s log holds `needle` (polling the API: the test is a client).
+    fn wait_log(&self, id: &str, needle: &str) {
+        let started = std::time::Instant::now();
+        while !ok(&self.serve.cli(&["logs", id])).contains(needle) {
+            assert!(started.elapsed() < e2e::HANG_GUARD, "{id} never logged {needle:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the node reports `status` (polling the API: the test is a client).
     fn wait_status(&self, status: &str) {
         let started = std::time::Instant::now();
@@ -113,10 +122,9 @@ impl Drop for Node {
 
 fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed(backend: Backend) {
     let mut node = Node::start(backend, &[]);
-    // Long enough for the checks below to run while they live.
-    for _ in 0..3 {
-        node.create(&["--", "sleep", "3"]);
-    }
+    // They live until the checks below are done, however slow the machine; then they are deleted
+    // through the API (not force-stopped by the drain).
+    let ids: Vec<String> = (0..3).map(|_| node.create(&["--", "sleep", "1000"])).collect();
     node.serve.signal(Signal::SIGTERM);
     node.wait_status("DRAINING");
     // Once DRAINING is visible, a Create is refused with the retryable code.
@@ -124,8 +132,12 @@ fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed(backend: Bac
     assert_eq!(refused.status.code(), Some(75), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("UNAVAILABLE") || stderr(&refused).contains("Unavailable"));
     assert_eq!(node.serve.http_get("/health/ready").map(|(code, _)| code), Some(503));
+    assert_eq!(node.status_json()["drain"]["live"], 3, "the drain waits for them");
 
-    assert_eq!(node.serve.wait_exit(), Some(0), "every sandbox left on its own: a clean exit");
+    for id in &ids {
+        ok(&node.serve.cli(&["kill", id]));
+    }
+    assert_eq!(node.serve.wait_exit(), Some(0), "none was force-stopped: a clean exit");
     node.assert_nothing_left();
     node.assert_parent_cgroups_removed();
 }
@@ -214,7 +226,9 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors(backe
     // when the third signal comes.
     let env = [("SANDHOST_STOP_GRACE", "5m"), ("FORCE_SHUTDOWN_TIMEOUT", "10m")];
     let mut first = Node::start(backend, &env);
-    let id = first.create(&["--", "sh", "-c", "trap '' TERM; sleep 1000"]);
+    let id = first.create(&["--", "sh", "-c", "trap '' TERM; echo ready; sleep 1000"]);
+    // Running means the shell was exec'd, not that its trap is set: a SIGTERM before it would end it.
+    first.wait_log(&id, "ready");
     first.serve.signal(Signal::SIGTERM);
     first.wait_status("DRAINING");
     first.serve.signal(Signal::SIGTERM);
@@ -244,11 +258,7 @@ fn a_ctrl_c_at_the_terminal_drains_and_reaches_no_sandbox(backend: Backend) {
         "-c",
         "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done",
     ]);
-    let started = std::time::Instant::now();
-    while !ok(&node.serve.cli(&["logs", &id])).contains("ready") {
-        assert!(started.elapsed() < e2e::HANG_GUARD, "the sandbox never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    node.wait_log(&id, "ready");
     // No process of a sandbox (nor runsc) is in the serve's process group, which a terminal signals.
     let group = node.serve.pid().expect("running").to_string();
     for process in node.serve.leftover_processes() {
