@@ -318,10 +318,7 @@ pub fn purge(prefix: &str, state_dir: &Path) {
     }
 }
 
-pub fn open_runtime(state_dir: &Path, prefix: &str) -> ProcessRuntime {
-    open_process_runtime(state_dir, prefix, sandhost_runtime::DEFAULT_START_TIMEOUT)
-}
-
+/// A process runtime over `state_dir`, under cgroup parent `prefix`.
 fn open_process_runtime(state_dir: &Path, prefix: &str, start_timeout: Duration) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
     config.cgroup_parent = prefix.to_owned();
