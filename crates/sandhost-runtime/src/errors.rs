@@ -151,6 +151,20 @@ pub enum CleanupError {
     },
 }
 
+/// Why the backend could not release what it holds on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// Something could not be released.
+    #[error("releasing {what} failed")]
+    Host {
+        /// What was left (e.g. "the parent cgroups").
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Why the sandboxes of an earlier agent could not be recovered.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {

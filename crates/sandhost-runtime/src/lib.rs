@@ -36,7 +36,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use errors::{
-    CheckpointError, CleanupError, ControlError, LogsError, RecoverError, StartError, StopError, WaitError,
+    CheckpointError, CleanupError, CloseError, ControlError, LogsError, RecoverError, StartError, StopError,
+    WaitError,
 };
 pub use spec::{
     IdError, LifecycleId, Limits, SandboxId, SandboxKey, SandboxSpec, SnapshotId, Template, User,
@@ -253,6 +254,16 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// of a container that a cancelled start or a checkpoint-and-continue left (gvisor). The
     /// shutdown awaits it within its bound. Backends that do everything in the call return at once.
     async fn settle(&self) {}
+
+    /// Releases what the backend holds on the host beyond its sandboxes (its parent cgroups): the
+    /// last step of a shutdown, after every sandbox is gone and [`Runtime::settle`] has returned.
+    ///
+    /// # Errors
+    ///
+    /// [`CloseError`] naming what could not be released (a parent cgroup still busy, say).
+    async fn close(&self) -> Result<(), CloseError> {
+        Ok(())
+    }
 }
 
 /// The default stop grace: SIGTERM, then this long before the cgroup is killed.

@@ -11,38 +11,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use draingate::Gate;
 use prometheus_client::registry::Registry;
 use sandhost::config::SandboxConfig;
-use sandhost::drain::{DrainCoordinator, DrainRequest, DrainSettings, NodeStatus};
-use sandhost::metrics::Metrics;
-use sandhost::node::Node;
-use sandhost::sandbox::{CreateRequest, Manager, ManagerParts, SandboxInfo};
+use sandhost::drain::{DrainRequest, NodeStatus};
+use sandhost::node::{Node, NodeSettings};
+use sandhost::sandbox::{CreateRequest, SandboxInfo};
 use sandhost_runtime::fake::FakeRuntime;
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
 use sandhost_runtime::{Exit, Runtime, SandboxKey};
-use tokio::sync::watch;
 
 /// The origin's drain poll interval.
 const ORIGIN_POLL: Duration = Duration::from_secs(5);
 
 fn node(runtime: Arc<dyn Runtime>, dir: &std::path::Path, config: SandboxConfig) -> Node {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
-    let manager = Manager::new(ManagerParts {
-        runtime,
-        config,
-        templates: Vec::new(),
-        gate: Gate::new(),
-        status: status_rx,
-        metrics: metrics.clone(),
-        meta_dir: dir.join("meta"),
-    });
-    let settings = DrainSettings { force_timeout: Duration::from_secs(120) };
-    let coordinator =
-        DrainCoordinator::new(Arc::clone(&manager), status_tx, settings, dir.join("drain.json"), metrics);
-    Node::new(manager, coordinator, "bench".into())
+    let settings = NodeSettings::new(config, Duration::from_secs(120), "bench");
+    Node::build(runtime, settings, dir, &mut Registry::default())
 }
 
 fn request(argv: &[&str]) -> CreateRequest {
@@ -139,7 +122,7 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
         let runtime = ProcessRuntime::open(config).expect("open the process runtime (run as root)");
         let limits = SandboxConfig {
             max_sandboxes: 10_000,
-            max_concurrent_starts: 64,
+            max_admitted_starts: 64,
             stop_grace: grace,
             ..SandboxConfig::default()
         };

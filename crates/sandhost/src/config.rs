@@ -16,8 +16,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/sandhost";
 pub const DEFAULT_FORCE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default maximum of live sandboxes.
 pub const DEFAULT_MAX_SANDBOXES: u64 = 4096;
-/// Default maximum of starts in flight at once (running or waiting for their turn).
-pub const DEFAULT_MAX_CONCURRENT_STARTS: u64 = 256;
+/// Default maximum of admitted starts not yet finished (running, or waiting for their turn).
+pub const DEFAULT_MAX_ADMITTED_STARTS: u64 = 256;
 /// Default sandbox timeout when a Create names none.
 pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest timeout a Create may ask for.
@@ -59,12 +59,15 @@ pub struct ServeArgs {
     /// Maximum of live sandboxes.
     #[arg(long, env = "SANDHOST_MAX_SANDBOXES")]
     pub max_sandboxes: Option<String>,
-    /// Maximum of sandbox starts in flight at once, running or waiting for their turn; beyond it a
+    /// Maximum of admitted starts not yet finished, running or waiting for their turn; beyond it a
     /// Create is refused (RESOURCE_EXHAUSTED, retryable) [default: 256].
-    #[arg(long, env = "SANDHOST_MAX_CONCURRENT_STARTS")]
+    #[arg(long, env = "SANDHOST_MAX_ADMITTED_STARTS")]
+    pub max_admitted_starts: Option<String>,
+    /// The earlier name of `--max-admitted-starts` and its variable, still read.
+    #[arg(long = "max-concurrent-starts", env = "SANDHOST_MAX_CONCURRENT_STARTS", hide = true)]
     pub max_concurrent_starts: Option<String>,
-    /// Starts that run at once; the other admitted ones wait for their turn, in order
-    /// [default: 16 per CPU on process, 4 per CPU on gvisor].
+    /// Starts that run in the runtime at once; the other admitted ones wait for their turn, in
+    /// order [default: 16 per CPU on process, 4 per CPU on gvisor].
     #[arg(long, env = "SANDHOST_START_PARALLELISM")]
     pub start_parallelism: Option<String>,
     /// Timeout of a sandbox whose Create names none [default: 1h].
@@ -154,9 +157,9 @@ pub struct ServeConfig {
 pub struct SandboxConfig {
     /// Maximum of live sandboxes.
     pub max_sandboxes: u64,
-    /// Maximum of starts in flight (running or waiting for their turn).
-    pub max_concurrent_starts: u64,
-    /// Starts that run at once.
+    /// Maximum of admitted starts not yet finished (running, or waiting for their turn).
+    pub max_admitted_starts: u64,
+    /// Starts that run in the runtime at once (the start parallelism).
     pub start_parallelism: u64,
     /// Timeout of a sandbox whose Create names none.
     pub default_timeout: Duration,
@@ -170,7 +173,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
-            max_concurrent_starts: DEFAULT_MAX_CONCURRENT_STARTS,
+            max_admitted_starts: DEFAULT_MAX_ADMITTED_STARTS,
             start_parallelism: RuntimeKind::Process.default_start_parallelism(),
             default_timeout: DEFAULT_SANDBOX_TIMEOUT,
             retention: DEFAULT_RETENTION,
@@ -311,11 +314,18 @@ impl ServeArgs {
                 self.max_sandboxes.as_ref(),
                 DEFAULT_MAX_SANDBOXES,
             )?,
-            max_concurrent_starts: count(
-                "--max-concurrent-starts / SANDHOST_MAX_CONCURRENT_STARTS",
-                self.max_concurrent_starts.as_ref(),
-                DEFAULT_MAX_CONCURRENT_STARTS,
-            )?,
+            max_admitted_starts: match (&self.max_admitted_starts, &self.max_concurrent_starts) {
+                (None, Some(old)) => count(
+                    "--max-concurrent-starts / SANDHOST_MAX_CONCURRENT_STARTS",
+                    Some(old),
+                    DEFAULT_MAX_ADMITTED_STARTS,
+                )?,
+                (value, _) => count(
+                    "--max-admitted-starts / SANDHOST_MAX_ADMITTED_STARTS",
+                    value.as_ref(),
+                    DEFAULT_MAX_ADMITTED_STARTS,
+                )?,
+            },
             start_parallelism: count(
                 "--start-parallelism / SANDHOST_START_PARALLELISM",
                 self.start_parallelism.as_ref(),
@@ -449,6 +459,18 @@ mod tests {
         assert_eq!(set.sandbox.start_parallelism, 3);
         let error = args(&["--start-parallelism", "0"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("SANDHOST_START_PARALLELISM"), "{error}");
+    }
+
+    #[test]
+    fn the_admitted_starts_bound_takes_its_new_name_first_and_still_reads_the_old_one() {
+        let default = args(&[]).validate(None).expect("valid").sandbox.max_admitted_starts;
+        assert_eq!(default, DEFAULT_MAX_ADMITTED_STARTS);
+        let old = args(&["--max-concurrent-starts", "7"]).validate(None).expect("valid");
+        assert_eq!(old.sandbox.max_admitted_starts, 7);
+        let both = args(&["--max-concurrent-starts", "7", "--max-admitted-starts", "9"]).validate(None);
+        assert_eq!(both.expect("valid").sandbox.max_admitted_starts, 9);
+        let error = args(&["--max-admitted-starts", "0"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("SANDHOST_MAX_ADMITTED_STARTS"), "{error}");
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //!
 //! - [`sandbox`]: the sandbox manager: the live table, the lifecycle state machine, timeouts,
 //!   retention, node limits, events.
-//! - [`drain`]: the drain coordinator: the node status, admission, the graceful and forced phases,
-//!   signals, the persisted drain intent.
-//! - [`node`]: the one handle the API layers use.
+//! - [`admission`]: the admission gate and the node status, with one owner (the drain
+//!   coordinator) and a narrow handle for the manager.
+//! - [`drain`]: the drain coordinator: the node status, the graceful and forced phases, the
+//!   persisted drain intent, the report.
+//! - [`node`]: the one handle the API layers use, and the wiring that builds it.
 //! - `api`: gRPC and HTTP adapters (the only place that knows tonic and axum).
 //! - `cli`: the client subcommands.
 //! - [`config`]: typed configuration of `serve`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -12,7 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::drain::NodeStatus;
+use crate::admission::NodeStatus;
+use crate::drain::DrainProgress;
 use crate::sandbox::{ExitReason, SandboxState};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,7 @@ pub struct Metrics {
     drain_in_flight_starts: Gauge,
     drain_live: Gauge,
     drain_force_stopped: Gauge,
+    drain_policy_stopped: Gauge,
     drain_checkpointed: Gauge,
 }
 
@@ -78,6 +80,7 @@ impl Metrics {
             drain_in_flight_starts: Gauge::default(),
             drain_live: Gauge::default(),
             drain_force_stopped: Gauge::default(),
+            drain_policy_stopped: Gauge::default(),
             drain_checkpointed: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sandhost");
@@ -113,8 +116,13 @@ impl Metrics {
         r.register("drain_live_sandboxes", "Live sandboxes the drain waits for", metrics.drain_live.clone());
         r.register(
             "drain_force_stopped",
-            "Sandboxes the current drain stopped",
+            "Sandboxes the current drain's forced phase stopped",
             metrics.drain_force_stopped.clone(),
+        );
+        r.register(
+            "drain_policy_stopped",
+            "Sandboxes the current drain stopped because their drain policy is STOP",
+            metrics.drain_policy_stopped.clone(),
         );
         r.register(
             "drain_checkpointed",
@@ -158,7 +166,7 @@ impl Metrics {
     }
 
     /// Publishes the node status.
-    pub fn set_status(&self, status: NodeStatus, changed_at: SystemTime) {
+    fn set_status(&self, status: NodeStatus, changed_at: SystemTime) {
         for each in NodeStatus::ALL {
             self.node_status
                 .get_or_create(&StatusLabel { status: each.as_str().into() })
@@ -167,20 +175,15 @@ impl Metrics {
         self.status_changed.set(unix_seconds(Some(changed_at)));
     }
 
-    /// Publishes the drain's counts and deadline.
-    pub fn set_drain(
-        &self,
-        in_flight: u64,
-        live: u64,
-        force_stopped: u64,
-        checkpointed: u64,
-        deadline: Option<SystemTime>,
-    ) {
-        self.drain_in_flight_starts.set(gauge_value(in_flight));
-        self.drain_live.set(gauge_value(live));
-        self.drain_force_stopped.set(gauge_value(force_stopped));
-        self.drain_checkpointed.set(gauge_value(checkpointed));
-        self.drain_deadline.set(unix_seconds(deadline));
+    /// Publishes the drain's status, counts and deadline.
+    pub fn set_drain(&self, progress: &DrainProgress) {
+        self.set_status(progress.status, progress.status_changed_at);
+        self.drain_in_flight_starts.set(gauge_value(progress.in_flight_starts));
+        self.drain_live.set(gauge_value(progress.live));
+        self.drain_force_stopped.set(gauge_value(progress.force_stopped));
+        self.drain_policy_stopped.set(gauge_value(progress.policy_stopped));
+        self.drain_checkpointed.set(gauge_value(progress.checkpointed));
+        self.drain_deadline.set(unix_seconds(progress.deadline));
     }
 }
 

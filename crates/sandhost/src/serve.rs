@@ -11,31 +11,26 @@
 //! | 10 | sandboxes were force-stopped (drain deadline, second signal, `FORCE_STOP`, `ForceStop`) |
 //! | 11 | a sandbox could not be stopped within the forced phase's bound |
 //! | 12 | a service (gRPC or HTTP server) failed on its own |
-//! | 13 | a closer failed during the shutdown |
+//! | 13 | a step of the teardown after the drain failed (servers, runtime, state dir) |
 //! | 14 | a third signal: exited at once, sandboxes left running for the next agent |
 //!
 //! When several apply, the code is the first of 11, 12, 13, 10; the message names every one.
 
 use std::fmt;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use draingate::Gate;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LogFormat, RuntimeKind, ServeArgs, ServeConfig};
-use crate::drain::{DrainCoordinator, DrainReport, DrainSettings, NodeStatus};
-use crate::metrics::Metrics;
-use crate::node::Node;
-use crate::sandbox::{Manager, ManagerParts};
+use crate::config::{LogFormat, ServeArgs, ServeConfig};
+use crate::drain::{DrainCoordinator, DrainReport};
+use crate::node::{Node, NodeSettings, open_runtime, probe_capacity};
 
 mod state_dir;
 
@@ -50,8 +45,8 @@ pub const EXIT_FORCE_STOPPED: u8 = 10;
 pub const EXIT_STOP_FAILED: u8 = 11;
 /// Exit code: a service failed on its own.
 pub const EXIT_SERVICE_FAILED: u8 = 12;
-/// Exit code: a closer failed.
-pub const EXIT_CLOSER_FAILED: u8 = 13;
+/// Exit code: a step of the teardown after the drain failed.
+pub const EXIT_TEARDOWN_FAILED: u8 = 13;
 /// Exit code: a third signal ended the process at once.
 pub const EXIT_ABANDONED: u8 = 14;
 
@@ -103,8 +98,11 @@ fn init_tracing(format: LogFormat) {
 #[derive(Debug, Default)]
 struct Outcome {
     drain: DrainReport,
+    /// Services (gRPC, HTTP) that ended on their own.
     service_failures: Vec<String>,
-    closer_failures: Vec<String>,
+    /// Steps of the teardown after the drain that failed: stopping the servers, settling and
+    /// closing the runtime, marking the state dir cleanly closed.
+    teardown_failures: Vec<String>,
 }
 
 impl Outcome {
@@ -113,8 +111,8 @@ impl Outcome {
             EXIT_STOP_FAILED
         } else if !self.service_failures.is_empty() {
             EXIT_SERVICE_FAILED
-        } else if !self.closer_failures.is_empty() {
-            EXIT_CLOSER_FAILED
+        } else if !self.teardown_failures.is_empty() {
+            EXIT_TEARDOWN_FAILED
         } else if self.drain.force_stopped > 0 {
             EXIT_FORCE_STOPPED
         } else {
@@ -135,13 +133,17 @@ impl fmt::Display for Outcome {
             parts.push(format!("{} sandbox(es) evacuated to snapshots: {}", each.len(), each.join(", ")));
         }
         for failure in &self.drain.failures {
-            parts.push(format!("sandbox {} not stopped: {}", failure.subject, failure.message));
+            parts.push(format!(
+                "sandbox {} not stopped: {}",
+                failure.sandbox,
+                crate::error_chain(&failure.error)
+            ));
         }
         for service in &self.service_failures {
             parts.push(format!("service failed: {service}"));
         }
-        for closer in &self.closer_failures {
-            parts.push(format!("closer failed: {closer}"));
+        for step in &self.teardown_failures {
+            parts.push(format!("teardown failed: {step}"));
         }
         if parts.is_empty() { f.write_str("clean shutdown") } else { f.write_str(&parts.join("; ")) }
     }
@@ -152,7 +154,21 @@ type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let state_dir = StateDir::open(&config.state_dir)?;
-    let NodeParts { node, runtime, closers, coordinator, registry } = build_node(&config, &state_dir).await?;
+    let runtime = open_runtime(config.runtime, state_dir.path(), &config.cgroup_parent)?;
+    let mut registry = Registry::default();
+    let settings = NodeSettings {
+        sandbox: config.sandbox.clone(),
+        templates: config.templates.clone(),
+        force_timeout: config.force_shutdown_timeout,
+        node_id: state_dir.node_id().to_owned(),
+        capacity: probe_capacity(config.sandbox.max_sandboxes),
+    };
+    let node = Node::build(Arc::clone(&runtime), settings, state_dir.path(), &mut registry);
+    let recovery = node.recover().await.context("re-adopting the sandboxes of the previous agent")?;
+    if recovery.adopted > 0 {
+        tracing::info!(adopted = recovery.adopted, "re-adopted running sandboxes");
+    }
+    let coordinator = node.coordinator().clone();
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -177,7 +193,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         (
             "http",
             tokio::spawn({
-                let server = crate::api::http::serve(http_listener, node.clone(), registry, shutdown.clone());
+                let server = crate::api::http::serve(
+                    http_listener,
+                    node.clone(),
+                    Arc::new(registry),
+                    shutdown.clone(),
+                );
                 async move { server.await.context("HTTP server") }
             }),
         ),
@@ -193,34 +214,34 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
 
     let (services, service_failures) = wait_for_shutdown(&config, &coordinator, services).await?;
 
-    // The drain is complete (DRAINED): stop the servers, then the closers.
+    // The drain is complete (DRAINED): stop the servers, settle and close the runtime, close the
+    // state dir.
     shutdown.cancel();
-    let mut outcome = Outcome { drain: coordinator.report(), service_failures, closer_failures: Vec::new() };
+    let mut outcome =
+        Outcome { drain: coordinator.report(), service_failures, teardown_failures: Vec::new() };
     for (name, handle) in services {
         match tokio::time::timeout(SERVER_SHUTDOWN_BOUND, handle).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => outcome.closer_failures.push(format!("{name} server: {error:#}")),
-            Ok(Err(join)) => outcome.closer_failures.push(format!("{name} server: {join}")),
+            Ok(Ok(Err(error))) => outcome.teardown_failures.push(format!("{name} server: {error:#}")),
+            Ok(Err(join)) => outcome.teardown_failures.push(format!("{name} server: {join}")),
             Err(_) => outcome
-                .closer_failures
+                .teardown_failures
                 .push(format!("{name} server did not stop within {SERVER_SHUTDOWN_BOUND:?}")),
         }
     }
     coordinator.complete_shutdown();
     // Slow deletes the backend left running in the background end before the state dir closes.
     if tokio::time::timeout(config.force_shutdown_timeout, runtime.settle()).await.is_err() {
-        outcome.closer_failures.push(format!(
+        outcome.teardown_failures.push(format!(
             "the runtime's background deletes did not finish within {:?}",
             config.force_shutdown_timeout
         ));
     }
-    for (name, close) in closers {
-        if let Err(error) = close() {
-            outcome.closer_failures.push(format!("{name}: {error:#}"));
-        }
+    if let Err(error) = runtime.close().await {
+        outcome.teardown_failures.push(format!("runtime: {}", crate::error_chain(&error)));
     }
     if let Err(error) = state_dir.close_cleanly() {
-        outcome.closer_failures.push(format!("state dir: {error:#}"));
+        outcome.teardown_failures.push(format!("state dir: {error:#}"));
     }
     let code = outcome.exit_code();
     if code == 0 {
@@ -230,87 +251,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         eprintln!("sandhost serve: {outcome}");
     }
     Ok(outcome)
-}
-
-/// The parts of a running node.
-struct NodeParts {
-    node: Node,
-    runtime: Arc<dyn sandhost_runtime::Runtime>,
-    closers: Vec<Closer>,
-    coordinator: DrainCoordinator,
-    registry: Arc<Registry>,
-}
-
-async fn build_node(config: &ServeConfig, state_dir: &StateDir) -> anyhow::Result<NodeParts> {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let (runtime, runtime_closer) = open_runtime(config, state_dir.path())?;
-    let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
-    let manager = Manager::new(ManagerParts {
-        runtime: Arc::clone(&runtime),
-        config: config.sandbox.clone(),
-        templates: config.templates.clone(),
-        gate: Gate::new(),
-        status: status_rx,
-        metrics: metrics.clone(),
-        meta_dir: state_dir.path().join("meta"),
-    });
-    let coordinator = DrainCoordinator::new(
-        Arc::clone(&manager),
-        status_tx,
-        DrainSettings { force_timeout: config.force_shutdown_timeout },
-        state_dir.path().join("drain.json"),
-        metrics,
-    );
-    let adopted = manager.recover().await.context("re-adopting the sandboxes of the previous agent")?;
-    if adopted > 0 {
-        tracing::info!(adopted, "re-adopted running sandboxes");
-    }
-    coordinator.resume_persisted();
-    let node = Node::new(manager, coordinator.clone(), state_dir.node_id().to_owned());
-    Ok(NodeParts { node, runtime, closers: vec![runtime_closer], coordinator, registry: Arc::new(registry) })
-}
-
-/// A closer that runs after the servers have stopped, in the shutdown's last step.
-type Closer = (&'static str, Box<dyn FnOnce() -> anyhow::Result<()> + Send>);
-
-/// Opens the runtime backend; returns it with the closer that releases what it holds on the host.
-fn open_runtime(
-    config: &ServeConfig,
-    state_dir: &Path,
-) -> anyhow::Result<(Arc<dyn sandhost_runtime::Runtime>, Closer)> {
-    match config.runtime {
-        RuntimeKind::Process => {
-            let init_exe =
-                std::env::current_exe().context("finding the sandhost binary for the sandboxes' init")?;
-            let mut runtime_config =
-                sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), init_exe);
-            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
-            let runtime = sandhost_runtime::process::ProcessRuntime::open(runtime_config)
-                .context("opening the process runtime")?;
-            let handle = runtime.clone();
-            let close: Closer = (
-                "runtime cgroups",
-                Box::new(move || handle.remove_cgroup_parents().context("removing the parent cgroups")),
-            );
-            Ok((Arc::new(runtime), close))
-        }
-        RuntimeKind::Gvisor => {
-            let mut runtime_config =
-                sandhost_runtime::gvisor::GvisorConfig::new(state_dir.join("runtime-gvisor"));
-            runtime_config.cgroup_parent.clone_from(&config.cgroup_parent);
-            runtime_config.exit_recorder =
-                Some(std::env::current_exe().context("finding the sandhost binary for the exit recorder")?);
-            let runtime = sandhost_runtime::gvisor::GvisorRuntime::open(runtime_config)
-                .context("opening the gvisor runtime")?;
-            let handle = runtime.clone();
-            let close: Closer = (
-                "runtime cgroups",
-                Box::new(move || handle.remove_cgroup_parents().context("removing the parent cgroups")),
-            );
-            Ok((Arc::new(runtime), close))
-        }
-    }
 }
 
 /// Waits for signals and service exits; drives the shutdown drain; returns once DRAINED.
@@ -395,7 +335,7 @@ mod tests {
     use sandhost_runtime::fake::FakeRuntime;
 
     use super::*;
-    use crate::drain::DrainFailure;
+    use crate::drain::{DrainFailure, StopFailure};
 
     #[derive(Debug, clap::Parser)]
     struct Args {
@@ -407,21 +347,11 @@ mod tests {
         Args::parse_from(["serve", "--state-dir", "/nonexistent"]).serve.validate(None).expect("config")
     }
 
-    fn coordinator(dir: &Path) -> DrainCoordinator {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
-        let manager = Manager::new(ManagerParts {
-            runtime: Arc::new(FakeRuntime::new()),
-            config: crate::config::SandboxConfig::default(),
-            templates: Vec::new(),
-            gate: Gate::new(),
-            status: status_rx,
-            metrics: metrics.clone(),
-            meta_dir: dir.join("meta"),
-        });
-        let settings = DrainSettings { force_timeout: Duration::from_secs(30) };
-        DrainCoordinator::new(manager, status_tx, settings, dir.join("drain.json"), metrics)
+    fn coordinator(dir: &std::path::Path) -> DrainCoordinator {
+        let settings =
+            NodeSettings::new(crate::config::SandboxConfig::default(), Duration::from_secs(30), "test");
+        let node = Node::build(Arc::new(FakeRuntime::new()), settings, dir, &mut Registry::default());
+        node.coordinator().clone()
     }
 
     #[tokio::test]
@@ -450,8 +380,11 @@ mod tests {
         assert_eq!(failures, ["grpc: the listener broke"]);
         assert_eq!(left.len(), 1, "the healthy service is still to be stopped");
         assert!(coordinator.progress().shutting_down, "the failure started a shutdown");
-        let outcome =
-            Outcome { drain: coordinator.report(), service_failures: failures, closer_failures: Vec::new() };
+        let outcome = Outcome {
+            drain: coordinator.report(),
+            service_failures: failures,
+            teardown_failures: Vec::new(),
+        };
         assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
         assert!(outcome.to_string().contains("service failed: grpc: the listener broke"));
         shutdown.cancel();
@@ -489,13 +422,18 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_documented_precedence() {
-        let failure = DrainFailure { subject: "a/1".into(), message: "stuck".into() };
+        let sandbox = sandhost_runtime::SandboxKey {
+            id: sandhost_runtime::SandboxId::parse("a").expect("id"),
+            lifecycle: sandhost_runtime::LifecycleId::parse("1").expect("lifecycle"),
+        };
+        let failure =
+            DrainFailure { sandbox, error: StopFailure::NotStoppedInTime { bound: Duration::from_secs(3) } };
         let mut outcome = Outcome::default();
         assert_eq!(outcome.exit_code(), 0);
         outcome.drain.force_stopped = 2;
         assert_eq!(outcome.exit_code(), EXIT_FORCE_STOPPED);
-        outcome.closer_failures.push("state dir".into());
-        assert_eq!(outcome.exit_code(), EXIT_CLOSER_FAILED);
+        outcome.teardown_failures.push("state dir".into());
+        assert_eq!(outcome.exit_code(), EXIT_TEARDOWN_FAILED);
         outcome.service_failures.push("grpc".into());
         assert_eq!(outcome.exit_code(), EXIT_SERVICE_FAILED);
         outcome.drain.failures.push(failure);
@@ -503,9 +441,9 @@ mod tests {
         let message = outcome.to_string();
         for part in [
             "2 sandbox(es) force-stopped",
-            "sandbox a/1 not stopped: stuck",
+            "sandbox a/1 not stopped: not stopped within FORCE_SHUTDOWN_TIMEOUT (3s)",
             "service failed: grpc",
-            "closer failed: state dir",
+            "teardown failed: state dir",
         ] {
             assert!(message.contains(part), "{message}");
         }

@@ -146,10 +146,12 @@ async fn the_forced_phase_is_bounded_even_when_a_stop_never_returns() {
     );
     let report = t.coordinator().report();
     assert_eq!(report.failures.len(), 1, "{report:?}");
-    assert!(report.failures[0].subject.starts_with("stuck/"), "{report:?}");
-    assert!(report.failures[0].message.contains("FORCE_SHUTDOWN_TIMEOUT"));
+    assert_eq!(report.failures[0].sandbox, key(&stuck), "{report:?}");
+    assert_eq!(
+        report.failures[0].error,
+        sandhost::drain::StopFailure::NotStoppedInTime { bound: FORCE_TIMEOUT }
+    );
     assert_eq!(t.node.get("stuck").expect("known").state, SandboxState::Stopping);
-    let _ = stuck;
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,7 +214,60 @@ async fn stop_sandboxes_get_sigterm_when_the_drain_begins_and_wait_ones_run_to_t
     within("drain", t.coordinator().wait_drained()).await;
     assert!(Instant::now() - start >= Duration::from_secs(119), "the WAIT sandbox ran to its end time");
     assert_eq!(t.node.get("service").expect("known").exit.expect("exited").reason, ExitReason::Timeout);
-    assert_eq!(t.coordinator().report().force_stopped, 0, "nothing was forced");
+    let report = t.coordinator().report();
+    assert_eq!((report.force_stopped, report.policy_stopped), (0, 1), "nothing was forced: {report:?}");
+    let progress = t.coordinator().progress();
+    assert_eq!((progress.force_stopped, progress.policy_stopped), (0, 1), "{progress:?}");
+    let metrics = support::metrics_text(&t);
+    assert!(metrics.contains("sandhost_drain_policy_stopped 1"), "{metrics}");
+    assert!(metrics.contains("sandhost_drain_force_stopped 0"), "{metrics}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_fails_in_the_forced_phase_is_reported_once_with_its_error() {
+    let t = TestNode::new();
+    let a = t.create("a", DrainPolicy::Wait).await;
+    t.fake.script(Op::Stop, Behaviour::Fail);
+    t.node.force_stop().expect("force stop");
+    within("drain", t.coordinator().wait_drained()).await;
+    let report = t.coordinator().report();
+    assert_eq!(report.failures.len(), 1, "reported once, not again at the bound: {report:?}");
+    assert_eq!(report.failures[0].sandbox, key(&a));
+    let sandhost::drain::StopFailure::Stop(error) = &report.failures[0].error else {
+        panic!("the stop's own error: {report:?}");
+    };
+    assert!(matches!(**error, sandhost::sandbox::SandboxError::Runtime { op: "stop", .. }), "{error:?}");
+    assert_eq!(report.force_stopped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_sandbox_whose_checkpoint_and_stop_both_fail_names_both() {
+    let t = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
+    let a = t.create("a", DrainPolicy::Checkpoint).await;
+    t.fake.script(Op::Checkpoint, Behaviour::Fail);
+    t.fake.script(Op::Stop, Behaviour::Fail);
+    t.node.force_stop().expect("force stop");
+    within("drain", t.coordinator().wait_drained()).await;
+    let report = t.coordinator().report();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_eq!(report.failures[0].sandbox, key(&a));
+    assert!(
+        matches!(&report.failures[0].error, sandhost::drain::StopFailure::CheckpointAndStop { .. }),
+        "{report:?}"
+    );
+    assert_eq!((report.checkpointed, report.force_stopped), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_sandbox_whose_checkpoint_fails_is_force_stopped() {
+    let t = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
+    t.create("a", DrainPolicy::Checkpoint).await;
+    t.fake.script(Op::Checkpoint, Behaviour::Fail);
+    t.node.force_stop().expect("force stop");
+    within("drain", t.coordinator().wait_drained()).await;
+    let report = t.coordinator().report();
+    assert_eq!((report.checkpointed, report.force_stopped, report.failures.len()), (0, 1, 0), "{report:?}");
+    assert_eq!(t.node.get("a").expect("known").exit.expect("exited").reason, ExitReason::ForceStopped);
 }
 
 #[tokio::test(start_paused = true)]
@@ -354,7 +409,7 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_creates_racing_a_drain_are_each_started_or_refused_retryably() {
-    let config = sandhost::config::SandboxConfig { max_concurrent_starts: 2000, ..Default::default() };
+    let config = sandhost::config::SandboxConfig { max_admitted_starts: 2000, ..Default::default() };
     let t = TestNode::with(FakeRuntime::new(), config);
     let mut creates = tokio::task::JoinSet::new();
     for i in 0..1000 {
@@ -459,7 +514,7 @@ async fn a_start_waiting_for_its_turn_when_the_forced_phase_begins_is_not_begun(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_racing_a_forced_drain_are_refused_or_never_begun() {
     let config = sandhost::config::SandboxConfig {
-        max_concurrent_starts: 2000,
+        max_admitted_starts: 2000,
         start_parallelism: 1,
         ..Default::default()
     };

@@ -14,7 +14,7 @@ use sandhost::sandbox::{
 };
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
 use sandhost_runtime::{Exit, Recovered, RecoveredState, SandboxSpec};
-use support::{TestNode, key, request, within};
+use support::{TestNode, key, metrics_text, request, within};
 
 #[tokio::test(start_paused = true)]
 async fn create_get_list_and_labels() {
@@ -168,7 +168,7 @@ async fn exited_sandboxes_are_forgotten_after_the_retention_period() {
 
 #[tokio::test(start_paused = true)]
 async fn node_limits_are_resource_exhausted() {
-    let config = SandboxConfig { max_sandboxes: 2, max_concurrent_starts: 1, ..SandboxConfig::default() };
+    let config = SandboxConfig { max_sandboxes: 2, max_admitted_starts: 1, ..SandboxConfig::default() };
     let t = TestNode::with(FakeRuntime::new(), config);
     let hold = t.fake.hold_starts();
     let node = t.node.clone();
@@ -176,7 +176,7 @@ async fn node_limits_are_resource_exhausted() {
     within("held", hold.wait_held(1)).await;
     assert!(matches!(
         t.node.create(request("b", DrainPolicy::Wait)).await,
-        Err(CreateError::ResourceExhausted { limit: "concurrent starts", max: 1 })
+        Err(CreateError::ResourceExhausted { limit: "admitted starts", max: 1 })
     ));
     hold.release();
     within("first", first).await.expect("task").expect("create");
@@ -314,12 +314,6 @@ async fn metrics_count_sandboxes_by_state_and_creates_by_result() {
     assert!(text.contains("sandhost_sandbox_creates_total{result=\"started\"} 1"), "{text}");
     assert!(text.contains("sandhost_sandbox_creates_total{result=\"rejected\"} 1"), "{text}");
     assert!(text.contains("sandhost_node_status{status=\"READY\"} 1"), "{text}");
-}
-
-fn metrics_text(t: &TestNode) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &t.registry).expect("encode");
-    text
 }
 
 #[tokio::test(start_paused = true)]

@@ -396,4 +396,9 @@ impl Runtime for GvisorRuntime {
     async fn settle(&self) {
         self.inner.background.settled().await;
     }
+
+    async fn close(&self) -> Result<(), crate::CloseError> {
+        self.remove_cgroup_parents()
+            .map_err(|source| crate::CloseError::Host { what: "the parent cgroups", source })
+    }
 }

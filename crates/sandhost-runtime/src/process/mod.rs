@@ -240,6 +240,11 @@ impl Runtime for ProcessRuntime {
         self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?.resume()
     }
 
+    async fn close(&self) -> Result<(), crate::CloseError> {
+        self.remove_cgroup_parents()
+            .map_err(|source| crate::CloseError::Host { what: "the parent cgroups", source })
+    }
+
     async fn log_grown(&self, key: &SandboxKey, offset: u64) -> Result<(), LogsError> {
         let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
         crate::fswatch::log_grown(key, &dir, self.read_logs(key, offset, 1)).await

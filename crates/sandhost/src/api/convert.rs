@@ -196,8 +196,8 @@ pub(crate) fn drain_request(request: &pb::DrainRequest) -> Result<DrainRequest, 
     Ok(DrainRequest { timeout: duration("timeout", request.timeout)?, force: request.force })
 }
 
-fn failure(failure: DrainFailure) -> pb::DrainFailure {
-    pb::DrainFailure { subject: failure.subject, message: failure.message }
+fn failure(failure: &DrainFailure) -> pb::DrainFailure {
+    pb::DrainFailure { subject: failure.sandbox.to_string(), message: crate::error_chain(&failure.error) }
 }
 
 pub(crate) fn drain_progress(progress: DrainProgress) -> pb::DrainProgress {
@@ -209,9 +209,10 @@ pub(crate) fn drain_progress(progress: DrainProgress) -> pb::DrainProgress {
         live: progress.live,
         exited: progress.exited,
         force_stopped: progress.force_stopped,
+        policy_stopped: progress.policy_stopped,
         checkpointed: progress.checkpointed,
         deadline: progress.deadline.map(timestamp),
-        failures: progress.failures.into_iter().map(failure).collect(),
+        failures: progress.failures.iter().map(failure).collect(),
         evacuated: progress
             .evacuated
             .into_iter()
@@ -251,7 +252,7 @@ pub(crate) fn node_info(info: NodeInfo) -> pb::GetInfoResponse {
 mod tests {
     use std::collections::BTreeMap;
 
-    use sandhost_runtime::{LifecycleId, SandboxId, SnapshotId};
+    use sandhost_runtime::{LifecycleId, SandboxId, SandboxKey, SnapshotId};
     use tonic::Code;
     use tonic_types::StatusExt as _;
 
@@ -440,9 +441,16 @@ mod tests {
             live: 2,
             exited: 3,
             force_stopped: 4,
+            policy_stopped: 6,
             checkpointed: 5,
             deadline: Some(now + Duration::from_secs(30)),
-            failures: vec![DrainFailure { subject: "sb-1".into(), message: "stuck".into() }],
+            failures: vec![DrainFailure {
+                sandbox: SandboxKey {
+                    id: SandboxId::parse("sb-1").expect("id"),
+                    lifecycle: LifecycleId::parse("ab12").expect("lifecycle"),
+                },
+                error: crate::drain::StopFailure::NotStoppedInTime { bound: Duration::from_secs(30) },
+            }],
             evacuated: vec![crate::drain::Evacuation {
                 sandbox: "sb-2".into(),
                 snapshot: "sb-2-snap".into(),
@@ -456,11 +464,19 @@ mod tests {
         assert_eq!(proto.status(), pb::NodeStatus::Forcing);
         assert!(proto.shutting_down);
         assert_eq!(
-            (proto.in_flight_starts, proto.live, proto.exited, proto.force_stopped, proto.checkpointed),
-            (1, 2, 3, 4, 5)
+            (
+                proto.in_flight_starts,
+                proto.live,
+                proto.exited,
+                proto.force_stopped,
+                proto.checkpointed,
+                proto.policy_stopped
+            ),
+            (1, 2, 3, 4, 5, 6)
         );
         assert_eq!(proto.deadline, Some(timestamp(now + Duration::from_secs(30))));
-        assert_eq!(proto.failures[0].subject, "sb-1");
+        assert_eq!(proto.failures[0].subject, "sb-1/ab12");
+        assert_eq!(proto.failures[0].message, "not stopped within FORCE_SHUTDOWN_TIMEOUT (30s)");
 
         let request = drain_request(&pb::DrainRequest {
             timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),

@@ -8,7 +8,7 @@
 //! | `ALREADY_EXISTS` | the id is taken |
 //! | `FAILED_PRECONDITION` | wrong state, or a backend that cannot do it (named) |
 //! | `RESOURCE_EXHAUSTED` | a node limit; a `QuotaFailure` detail names it |
-//! | `UNAVAILABLE` | the node does not admit new work (status in the message), or its forced phase stopped a Create waiting for its turn; `RetryInfo` |
+//! | `UNAVAILABLE` | the node does not admit new work (status in the message), or its forced phase stopped a Create waiting for its turn, or the agent shut down under a start or checkpoint; `RetryInfo` |
 //! | `ABORTED` | a Delete killed the sandbox while its Create waited for its turn |
 //! | `UNAUTHENTICATED` | no or a wrong bearer token |
 //! | `INTERNAL` | the runtime failed; the message carries the cause chain |
@@ -70,6 +70,15 @@ fn not_supported(backend: &str, what: &str, message: String) -> Status {
     )
 }
 
+/// `UNAVAILABLE` with `RetryInfo`: the work was not done and may be asked again (here or elsewhere).
+fn retry_later(message: String) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(RETRY_WHILE_DRAINING)),
+    )
+}
+
 fn internal(error: &(dyn StdError + 'static)) -> Status {
     Status::internal(crate::error_chain(error))
 }
@@ -96,6 +105,7 @@ pub(crate) fn create_error(error: &CreateError) -> Status {
             _ => Status::aborted(error.to_string()),
         },
         CreateError::Start(start) => start_error(start),
+        CreateError::Interrupted(interrupted) => retry_later(interrupted.to_string()),
     }
 }
 
@@ -139,6 +149,7 @@ pub(crate) fn sandbox_error(error: &SandboxError) -> Status {
         SandboxError::NotSupported { backend, what } => not_supported(backend, what, error.to_string()),
         SandboxError::Checkpoint(checkpoint) => checkpoint_error(checkpoint),
         SandboxError::Runtime { .. } => internal(error),
+        SandboxError::Interrupted(interrupted) => retry_later(interrupted.to_string()),
     }
 }
 

@@ -55,11 +55,12 @@ fn deadline_text(progress: &pb::DrainProgress, now: SystemTime) -> String {
 /// One line for people: `DRAINING: 3 live, 0 starting, 1 exited, 0 force-stopped`.
 fn summary(progress: &pb::DrainProgress) -> String {
     format!(
-        "{}: {} live, {} starting, {} exited, {} force-stopped, {} checkpointed",
+        "{}: {} live, {} starting, {} exited, {} policy-stopped, {} force-stopped, {} checkpointed",
         output::status_name(progress.status()),
         progress.live,
         progress.in_flight_starts,
         progress.exited,
+        progress.policy_stopped,
         progress.force_stopped,
         progress.checkpointed,
     )
@@ -102,6 +103,7 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
     row("in-flight starts", progress.in_flight_starts.to_string());
     row("live", progress.live.to_string());
     row("exited since drain", progress.exited.to_string());
+    row("policy-stopped", progress.policy_stopped.to_string());
     row("force-stopped", progress.force_stopped.to_string());
     row("checkpointed", progress.checkpointed.to_string());
     for evacuation in &progress.evacuated {

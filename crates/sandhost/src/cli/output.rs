@@ -208,6 +208,7 @@ pub(crate) fn progress_json(progress: &pb::DrainProgress) -> Value {
         "live": progress.live,
         "exited": progress.exited,
         "force_stopped": progress.force_stopped,
+        "policy_stopped": progress.policy_stopped,
         "checkpointed": progress.checkpointed,
         "deadline": rfc3339(progress.deadline.as_ref()),
         "failures": progress.failures.iter().map(|f| json!({"subject": f.subject, "message": f.message})).collect::<Vec<_>>(),

@@ -1,8 +1,13 @@
-//! The drain coordinator: the one owner of the node status and of the drain phases.
+//! The drain: the coordinator that owns the node status and drives the graceful and forced phases,
+//! the drain intent a restarted agent continues, and what a drain reports.
 
 mod coordinator;
+mod force;
 mod intent;
 mod model;
+mod report;
+mod status;
 
-pub use coordinator::{DrainCoordinator, DrainReport, DrainSettings};
-pub use model::{DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, NodeStatus};
+pub use coordinator::{DrainCoordinator, DrainSettings};
+pub use model::{DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, NodeStatus, StopFailure};
+pub use report::DrainReport;

@@ -1,53 +1,12 @@
-//! The node status and what the drain reports about itself.
+//! What the drain reports about itself: its progress, its failures, its evacuations.
 
-use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The node's status: whether it admits new sandboxes and where its drain is.
-///
-/// ```text
-/// READY --drain / SIGTERM--> DRAINING --live = 0--> DRAINED --(shutdown)--> exit
-///                               |  ^                   |
-///    deadline, 2nd signal,      |  +----- undrain -----+   (not while shutting down)
-///    ForceStop API              v
-///                           FORCING --all stopped or force deadline--> DRAINED
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeStatus {
-    /// Admitting new sandboxes.
-    Ready,
-    /// Not admitting; waiting for live sandboxes to leave.
-    Draining,
-    /// Not admitting; nothing live is left.
-    Drained,
-    /// Not admitting; stopping every live sandbox.
-    Forcing,
-    /// The agent cannot serve (its runtime failed); not admitting.
-    Unhealthy,
-}
+use sandhost_runtime::SandboxKey;
 
-impl NodeStatus {
-    /// The uppercase name used in the API, health bodies and logs.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "READY",
-            Self::Draining => "DRAINING",
-            Self::Drained => "DRAINED",
-            Self::Forcing => "FORCING",
-            Self::Unhealthy => "UNHEALTHY",
-        }
-    }
-
-    /// Every status, for metrics.
-    pub const ALL: [Self; 5] = [Self::Ready, Self::Draining, Self::Drained, Self::Forcing, Self::Unhealthy];
-}
-
-impl fmt::Display for NodeStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::admission::NodeStatus;
+use crate::sandbox::SandboxError;
 
 /// A request to drain the node without shutting it down.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,14 +17,54 @@ pub struct DrainRequest {
     pub force: bool,
 }
 
-/// One sandbox the forced phase could not stop, or a step that failed.
+/// One sandbox the forced phase could not stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainFailure {
-    /// The sandbox (or the step) that failed.
-    pub subject: String,
-    /// What went wrong.
-    pub message: String,
+    /// The sandbox's lifecycle.
+    pub sandbox: SandboxKey,
+    /// Why it is still live.
+    pub error: StopFailure,
 }
+
+/// Why the forced phase could not stop a sandbox. Errors compare by identity: a failure equals its
+/// clones (what the published progress needs), never another failure with the same text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StopFailure {
+    /// It was still live when the forced phase's bound passed.
+    #[error("not stopped within FORCE_SHUTDOWN_TIMEOUT ({})", humantime::format_duration(*bound))]
+    NotStoppedInTime {
+        /// The forced phase's bound.
+        bound: Duration,
+    },
+    /// The runtime could not stop it.
+    #[error("stop failed")]
+    Stop(#[source] Arc<SandboxError>),
+    /// Its drain policy is CHECKPOINT: the checkpoint failed, and then the stop failed too.
+    #[error("checkpoint failed ({}); stop failed", crate::error_chain(checkpoint.as_ref()))]
+    CheckpointAndStop {
+        /// The checkpoint's error.
+        checkpoint: Arc<SandboxError>,
+        /// The stop's error.
+        #[source]
+        stop: Arc<SandboxError>,
+    },
+}
+
+impl PartialEq for StopFailure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotStoppedInTime { bound: a }, Self::NotStoppedInTime { bound: b }) => a == b,
+            (Self::Stop(a), Self::Stop(b)) => Arc::ptr_eq(a, b),
+            (
+                Self::CheckpointAndStop { checkpoint: a, stop: b },
+                Self::CheckpointAndStop { checkpoint: c, stop: d },
+            ) => Arc::ptr_eq(a, c) && Arc::ptr_eq(b, d),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StopFailure {}
 
 /// A sandbox the drain checkpointed and stopped, and its snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +90,11 @@ pub struct DrainProgress {
     pub live: u64,
     /// Sandboxes that left since the drain began.
     pub exited: u64,
-    /// Sandboxes the drain stopped (deadline, force, or drain policy STOP).
+    /// Sandboxes the forced phase stopped (deadline, second signal, `ForceStop`), checkpoint-policy
+    /// sandboxes it had to stop without a snapshot included.
     pub force_stopped: u64,
+    /// Sandboxes stopped because their drain policy is STOP.
+    pub policy_stopped: u64,
     /// Sandboxes the drain checkpointed before stopping them.
     pub checkpointed: u64,
     /// The end of the current phase: the graceful deadline while draining, the forced phase's
@@ -116,6 +118,7 @@ impl DrainProgress {
             live: 0,
             exited: 0,
             force_stopped: 0,
+            policy_stopped: 0,
             checkpointed: 0,
             deadline: None,
             failures: Vec::new(),

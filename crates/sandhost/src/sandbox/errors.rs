@@ -3,7 +3,7 @@
 
 use sandhost_runtime::{CheckpointError, SandboxId, StartError};
 
-use crate::drain::NodeStatus;
+use crate::admission::NodeStatus;
 use crate::sandbox::{ExitReason, SandboxState};
 
 /// A request field that failed validation.
@@ -22,6 +22,12 @@ impl InvalidArgument {
         Self { field: field.into(), reason: reason.into() }
     }
 }
+
+/// A start or a checkpoint runs in a task of its own; the async runtime cancelled that task (the
+/// agent is going away). Retryable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted: the agent is shutting down")]
+pub struct Interrupted;
 
 /// Why `Create` failed. Nothing is left behind on the host.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,9 @@ pub enum CreateError {
     /// The runtime failed to start it.
     #[error("start failed")]
     Start(#[source] StartError),
+    /// The start's task was cancelled.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
 }
 
 /// Why an operation on an existing sandbox failed.
@@ -118,4 +127,7 @@ pub enum SandboxError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The checkpoint's task was cancelled.
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
 }

@@ -1,7 +1,9 @@
-//! The sandbox manager: the live table keyed by sandbox id, with lifecycle ids; the state machine of
-//! [`SandboxState`], enforced in one place; end times; retention of exited sandboxes; node limits;
-//! and one event per transition.
+//! The sandbox manager: the table keyed by sandbox id, with lifecycle ids; the state machine of
+//! [`SandboxState`], enforced in one place; creating, supervising and stopping; end times;
+//! retention of exited sandboxes; node limits; and one event per transition. It depends on
+//! neither the drain nor the node: admission reaches it as an [`crate::admission::Admission`].
 
+mod create;
 mod errors;
 mod manager;
 mod model;
@@ -9,10 +11,15 @@ mod ops;
 mod recover;
 mod stop;
 mod store;
+mod supervise;
+mod table;
 mod validate;
 
-pub use errors::{CreateError, InvalidArgument, SandboxError};
-pub use manager::{Counts, Manager, ManagerParts, StopMode};
+pub use errors::{CreateError, Interrupted, InvalidArgument, SandboxError};
+pub use manager::{Manager, ManagerParts};
 pub use model::{
-    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, SandboxInfo, SandboxState, UpdateRequest,
+    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, LogStream, Resources, SandboxInfo,
+    SandboxState, UpdateRequest,
 };
+pub use stop::StopMode;
+pub use table::Counts;

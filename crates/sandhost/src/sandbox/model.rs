@@ -1,9 +1,28 @@
 //! The sandbox as the rest of sandhost sees it: states, exit reasons, requests and the read model.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
+use futures::Stream;
+
 use sandhost_runtime::{Exit, LifecycleId, Limits, SandboxId, SnapshotId};
+
+use super::SandboxError;
+
+/// A stream of log bytes, from the start of the log (see `Logs`).
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, SandboxError>> + Send>>;
+
+/// An amount of node resources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Sandboxes (live).
+    pub sandboxes: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// CPU, in millicores.
+    pub cpu_millis: u64,
+}
 
 /// Where a sandbox is in its life. The allowed transitions are in [`SandboxState::can_become`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

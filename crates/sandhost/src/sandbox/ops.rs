@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use futures::stream;
 use sandhost_runtime::{SandboxKey, SnapshotId, SnapshotInfo};
 
-use super::manager::{Manager, StopMode};
+use super::LogStream;
+use super::manager::{Manager, run_to_end};
+use super::stop::StopMode;
 use super::store::SandboxMeta;
 use super::{ExitReason, ListFilter, SandboxError, SandboxInfo, SandboxState, UpdateRequest, validate};
-use crate::node::LogStream;
 
 /// Bytes per log read.
 const LOG_CHUNK: usize = 64 * 1024;
@@ -52,18 +53,18 @@ impl Manager {
     }
 
     pub(crate) async fn pause(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        self.freeze(id, true).await
+        self.change_freezing(id, Freezing::Pause).await
     }
 
     pub(crate) async fn resume(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
-        self.freeze(id, false).await
+        self.change_freezing(id, Freezing::Resume).await
     }
 
-    async fn freeze(&self, id: &str, pause: bool) -> Result<SandboxInfo, SandboxError> {
-        let (from, to, op) = if pause {
-            (SandboxState::Running, SandboxState::Paused, "pause")
-        } else {
-            (SandboxState::Paused, SandboxState::Running, "resume")
+    /// Pauses or resumes: idempotent when the sandbox is already where the change leads.
+    async fn change_freezing(&self, id: &str, change: Freezing) -> Result<SandboxInfo, SandboxError> {
+        let (from, to, op) = match change {
+            Freezing::Pause => (SandboxState::Running, SandboxState::Paused, "pause"),
+            Freezing::Resume => (SandboxState::Paused, SandboxState::Running, "resume"),
         };
         let (key, state) = self.key_of(id)?;
         if state == to {
@@ -72,11 +73,14 @@ impl Manager {
         if state != from {
             return Err(SandboxError::WrongState { id: key.id, state, op });
         }
-        let done = if pause { self.runtime.pause(&key).await } else { self.runtime.resume(&key).await };
+        let done = match change {
+            Freezing::Pause => self.runtime.pause(&key).await,
+            Freezing::Resume => self.runtime.resume(&key).await,
+        };
         done.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op, source: Box::new(e) })?;
         let mut table = self.lock();
         // A stop that began meanwhile wins; the sandbox is then Stopping, which is what we report.
-        let _ = table.transition(&key, to, &self.counts, &self.metrics);
+        let _ = table.transition(&key, to);
         Ok(table.find(id)?.info.clone())
     }
 
@@ -160,10 +164,7 @@ impl Manager {
     }
 
     fn is_exited(&self, key: &SandboxKey) -> bool {
-        self.lock()
-            .sandboxes
-            .get(&key.id)
-            .is_none_or(|e| e.info.lifecycle != key.lifecycle || e.info.state == SandboxState::Exited)
+        self.lock().entry(key).is_none_or(|e| e.info.state == SandboxState::Exited)
     }
 
     pub(crate) async fn checkpoint(
@@ -184,16 +185,16 @@ impl Manager {
         let permit = if stop {
             None
         } else {
-            Some(
-                self.gate
-                    .enter()
-                    .map_err(|_| SandboxError::NotAdmitting { status: crate::drain::NodeStatus::Draining })?,
-            )
+            let permit = self
+                .admission
+                .enter()
+                .map_err(|refused| SandboxError::NotAdmitting { status: refused.status })?;
+            Some(permit)
         };
         // A checkpoint runs to its end in a task of its own, holding the permit, even if the
         // caller goes away (a half-done checkpoint cannot be undone; the runtime finishes it).
         let this = Arc::clone(self);
-        let task = tokio::spawn(async move {
+        run_to_end(async move {
             let _permit = permit;
             let snapshot = snapshot_id_for(&key);
             let info =
@@ -203,13 +204,8 @@ impl Manager {
                 this.wait_exited(&key).await;
             }
             Ok(info)
-        });
-        task.await.map_err(|e| {
-            SandboxError::Checkpoint(sandhost_runtime::CheckpointError::Host {
-                step: "checkpoint task",
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?
+        })
+        .await?
     }
 
     /// Checkpoints a sandbox and stops it (the drain's evacuation). Returns the snapshot's id.
@@ -238,6 +234,15 @@ impl Manager {
         }
         self.runtime.delete_snapshot(&snapshot).await.map_err(SandboxError::Checkpoint)
     }
+}
+
+/// What [`Manager::change_freezing`] does.
+#[derive(Debug, Clone, Copy)]
+enum Freezing {
+    /// Freeze a running sandbox.
+    Pause,
+    /// Thaw a paused one.
+    Resume,
 }
 
 /// `<sandbox id>-<lifecycle id prefix>-<unix millis>`, cut to a valid id.

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use sandhost_runtime::{RecoverError, RecoveredState, SandboxKey};
-use tokio::sync::{Notify, watch};
-
-use super::manager::{Entry, Manager, template_name};
+use super::create::template_name;
+use super::manager::Manager;
+use super::table::Entry;
 use super::{DrainPolicy, ExitInfo, ExitReason, SandboxInfo, SandboxState};
+use sandhost_runtime::{RecoverError, RecoveredState, SandboxKey};
 
 impl Manager {
     /// Adopts the sandboxes an earlier agent left (see [`Runtime::recover`]).
@@ -49,16 +49,9 @@ impl Manager {
                 exit: None,
                 restored_from: sandbox.spec.restore_from.clone(),
             };
-            let entry = Entry {
-                info,
-                spec: sandbox.spec,
-                stop_reason: None,
-                pending_stop: None,
-                state_tx: watch::Sender::new(state),
-                end_changed: Arc::new(Notify::new()),
-            };
+            let entry = Entry::new(info, sandbox.spec);
             let end_changed = Arc::clone(&entry.end_changed);
-            self.lock().insert(entry, &self.counts, &self.metrics);
+            self.lock().insert(entry);
             match sandbox.state {
                 RecoveredState::Running { .. } => {
                     tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "re-adopted a running sandbox");

@@ -7,8 +7,19 @@ use std::time::Duration;
 
 use sandhost_runtime::SandboxKey;
 
-use super::manager::{Manager, StopMode};
+use super::manager::Manager;
 use super::{ExitReason, SandboxError, SandboxState};
+
+/// How a stop ends the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM, then the sandbox's grace, then kill.
+    Graceful,
+    /// SIGTERM, then the sandbox's grace or this bound, whichever is shorter, then kill.
+    Within(Duration),
+    /// Kill at once.
+    Now,
+}
 
 /// A stop whose bookkeeping is done and whose signals are still to be sent.
 pub(super) struct PendingStop {
@@ -46,7 +57,7 @@ impl Manager {
         mode: StopMode,
     ) -> Option<PendingStop> {
         let mut table = self.lock();
-        let entry = table.sandboxes.get_mut(&key.id).filter(|e| e.info.lifecycle == key.lifecycle)?;
+        let entry = table.entry_mut(key)?;
         let state = entry.info.state;
         let grace = entry.spec.stop_grace;
         match state {
@@ -69,7 +80,7 @@ impl Manager {
             SandboxState::Running | SandboxState::Paused => {
                 entry.stop_reason.get_or_insert(reason);
                 entry.end_changed.notify_one();
-                let _ = table.transition(key, SandboxState::Stopping, &self.counts, &self.metrics);
+                let _ = table.transition(key, SandboxState::Stopping);
                 Some(PendingStop { key: key.clone(), mode, grace, thaw: state == SandboxState::Paused })
             }
         }

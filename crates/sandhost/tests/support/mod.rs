@@ -5,16 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use draingate::Gate;
 use prometheus_client::registry::Registry;
 use sandhost::config::SandboxConfig;
-use sandhost::drain::{DrainCoordinator, DrainSettings, NodeStatus};
-use sandhost::metrics::Metrics;
-use sandhost::node::Node;
-use sandhost::sandbox::{CreateRequest, DrainPolicy, Manager, ManagerParts, SandboxInfo};
+use sandhost::drain::{DrainCoordinator, NodeStatus};
+use sandhost::node::{Node, NodeSettings};
+use sandhost::sandbox::{CreateRequest, DrainPolicy, Manager, SandboxInfo};
 use sandhost_runtime::SandboxKey;
 use sandhost_runtime::fake::FakeRuntime;
-use tokio::sync::watch;
 
 /// The forced phase's bound in these tests.
 pub const FORCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,25 +40,9 @@ impl TestNode {
     /// A node over `fake` with `config`, in `dir` (a restarted agent reuses the dir).
     pub fn in_dir(fake: FakeRuntime, config: SandboxConfig, dir: tempfile::TempDir) -> Self {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let (status_tx, status_rx) = watch::channel(NodeStatus::Ready);
-        let manager = Manager::new(ManagerParts {
-            runtime: Arc::new(fake.clone()),
-            config,
-            templates: Vec::new(),
-            gate: Gate::new(),
-            status: status_rx,
-            metrics: metrics.clone(),
-            meta_dir: dir.path().join("meta"),
-        });
-        let coordinator = DrainCoordinator::new(
-            Arc::clone(&manager),
-            status_tx,
-            DrainSettings { force_timeout: FORCE_TIMEOUT },
-            dir.path().join("drain.json"),
-            metrics,
-        );
-        let node = Node::new(Arc::clone(&manager), coordinator, "test-node".into());
+        let settings = NodeSettings::new(config, FORCE_TIMEOUT, "test-node");
+        let node = Node::build(Arc::new(fake.clone()), settings, dir.path(), &mut registry);
+        let manager = Arc::clone(node.manager());
         Self { node, fake, manager, registry, dir }
     }
 
@@ -109,4 +90,11 @@ pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output 
     tokio::time::timeout(Duration::from_secs(3600), future)
         .await
         .unwrap_or_else(|_| panic!("hang guard: {what} did not finish"))
+}
+
+/// The node's metrics, in the text format.
+pub fn metrics_text(t: &TestNode) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &t.registry).expect("encode");
+    text
 }

@@ -1,21 +1,21 @@
 //! The node: the one handle the API layers (gRPC, HTTP, signals) use. It ties the sandbox manager
-//! to the drain coordinator; it knows nothing of tonic or axum.
+//! to the drain coordinator; it knows nothing of tonic or axum. `wiring.rs` builds it, once, for
+//! `serve`, the tests and the benches.
 
-use std::pin::Pin;
+mod wiring;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures::Stream;
 use sandhost_runtime::SnapshotInfo;
 use tokio::sync::watch;
 
+pub use self::wiring::{NodeSettings, Recovery, open_runtime, probe_capacity};
 use crate::drain::{DrainCoordinator, DrainError, DrainProgress, DrainRequest, NodeStatus};
 use crate::sandbox::{
     CreateError, CreateRequest, ListFilter, Manager, SandboxError, SandboxInfo, SandboxState, UpdateRequest,
 };
-
-/// A stream of log bytes (see [`Node::logs`]).
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, SandboxError>> + Send>>;
+pub use crate::sandbox::{LogStream, Resources};
 
 /// What `GetInfo` reports about the node.
 #[derive(Debug, Clone)]
@@ -38,37 +38,26 @@ pub struct NodeInfo {
     pub drain: DrainProgress,
 }
 
-/// An amount of node resources.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resources {
-    /// Sandboxes (live).
-    pub sandboxes: u64,
-    /// Memory, in bytes.
-    pub memory_bytes: u64,
-    /// CPU, in millicores.
-    pub cpu_millis: u64,
-}
-
-/// The node handle. Cheap to clone.
+/// The node handle. Cheap to clone. Built by [`Node::build`].
 #[derive(Debug, Clone)]
 pub struct Node {
-    pub(crate) manager: Arc<Manager>,
-    pub(crate) drain: DrainCoordinator,
-    pub(crate) node_id: String,
-    pub(crate) started_at: SystemTime,
+    manager: Arc<Manager>,
+    drain: DrainCoordinator,
+    node_id: String,
+    started_at: SystemTime,
 }
 
 impl Node {
-    /// A node over a manager and the coordinator that drains it.
-    #[must_use]
-    pub fn new(manager: Arc<Manager>, drain: DrainCoordinator, node_id: String) -> Self {
-        Self { manager, drain, node_id, started_at: SystemTime::now() }
-    }
-
     /// The drain coordinator.
     #[must_use]
     pub fn coordinator(&self) -> &DrainCoordinator {
         &self.drain
+    }
+
+    /// The sandbox manager.
+    #[must_use]
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
     }
 
     /// Creates a sandbox: admission, validation, start. Returns once it runs.
