@@ -220,7 +220,7 @@ fn bench_command(n: usize, argv: &[String]) -> Option<Results> {
     Some(Results { running: Vec::new(), exit, sequential_rate, concurrent_rate })
 }
 
-/// Mounts hugetlb on v1 for crun (reference/runtime.md §3) and undoes it when dropped.
+/// Mounts hugetlb on v1 for crun (it refuses a v2 hierarchy with a controller) and undoes it when dropped.
 struct HugetlbRemount {
     mounted: bool,
 }

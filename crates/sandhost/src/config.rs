@@ -1,5 +1,5 @@
 //! Typed configuration of `sandhost serve`: flags and environment variables with the names pinned in
-//! DESIGN.md, parsed and validated as separate steps. A malformed value is a [`ConfigError`] that
+//! docs/design.md, parsed and validated as separate steps. A malformed value is a [`ConfigError`] that
 //! names the flag and the variable.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! The client subcommands of the `sandhost` binary (every one of DESIGN.md's "Pinned CLI" but `serve`).
+//! The client subcommands of the `sandhost` binary (all of docs/design.md's pinned CLI but `serve`).
 //!
 //! Each talks to a node over gRPC (`--addr` / `SANDHOST_ADDR`, default `http://127.0.0.1:5008`; the
 //! bearer token from `SANDHOST_TOKEN`). People get readable tables; `--json` prints one JSON document
