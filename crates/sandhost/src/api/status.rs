@@ -70,7 +70,7 @@ fn not_supported(backend: &str, what: &str, message: String) -> Status {
     )
 }
 
-/// `UNAVAILABLE` with `RetryInfo`: the work was not done and may be asked again (here or elsewhere).
+/// `UNAVAILABLE` with `RetryInfo`: the agent went away under the call; ask again (here or elsewhere).
 fn retry_later(message: String) -> Status {
     Status::with_error_details(
         Code::Unavailable,
@@ -187,11 +187,7 @@ pub(crate) fn unauthenticated(reason: &str) -> Status {
 
 /// `UNAVAILABLE` for a long call cut short because the server shuts down.
 pub(crate) fn shutting_down() -> Status {
-    Status::with_error_details(
-        Code::Unavailable,
-        "the server is shutting down",
-        ErrorDetails::with_retry_info(Some(RETRY_WHILE_DRAINING)),
-    )
+    retry_later("the server is shutting down".to_owned())
 }
 
 #[cfg(test)]
@@ -275,6 +271,7 @@ mod tests {
                 CreateError::Start(StartError::Host { key: key(), step: "clone", source: io_error() }),
                 Code::Internal,
             ),
+            (CreateError::Interrupted(crate::sandbox::Interrupted), Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(create_error(&error).code(), code, "{error}");
@@ -342,6 +339,7 @@ mod tests {
                 SandboxError::Runtime { id: key().id, op: "pause", source: Box::new(io_error()) },
                 Code::Internal,
             ),
+            (SandboxError::Interrupted(crate::sandbox::Interrupted), Code::Unavailable),
         ];
         for (error, code) in cases {
             assert_eq!(sandbox_error(&error).code(), code, "{error}");

@@ -168,3 +168,32 @@ pub(super) async fn run_to_end<T: Send + 'static>(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_cancelled_by_the_runtime_shutting_down_is_interrupted_not_a_panic() {
+        let other = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let mut work = Box::pin(run_to_end(std::future::pending::<()>()));
+        {
+            // The task is spawned on `other`, which never runs it, and is cancelled by its shutdown.
+            let _context = other.enter();
+            assert!(futures::poll!(&mut work).is_pending());
+        }
+        other.shutdown_background();
+        assert_eq!(work.await, Err(Interrupted));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the work panicked")]
+    async fn a_panic_in_the_task_is_resumed_in_the_caller() {
+        let _ = run_to_end(async { panic!("the work panicked") }).await;
+    }
+
+    #[tokio::test]
+    async fn the_work_s_value_is_returned() {
+        assert_eq!(run_to_end(async { 7 }).await, Ok(7));
+    }
+}
