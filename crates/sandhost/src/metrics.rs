@@ -63,6 +63,7 @@ pub struct Metrics {
     drain_force_stopped: Gauge,
     drain_policy_stopped: Gauge,
     drain_checkpointed: Gauge,
+    interrupted_shutdown: Gauge,
 }
 
 impl Metrics {
@@ -82,6 +83,7 @@ impl Metrics {
             drain_force_stopped: Gauge::default(),
             drain_policy_stopped: Gauge::default(),
             drain_checkpointed: Gauge::default(),
+            interrupted_shutdown: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sandhost");
         r.register("sandboxes", "Sandboxes by state", metrics.sandboxes.clone());
@@ -129,6 +131,11 @@ impl Metrics {
             "Sandboxes the current drain checkpointed",
             metrics.drain_checkpointed.clone(),
         );
+        r.register(
+            "previous_shutdown_interrupted",
+            "1 when the previous agent's shutdown was cut short before its drain ended",
+            metrics.interrupted_shutdown.clone(),
+        );
         for state in SandboxState::ALL {
             metrics.sandboxes.get_or_create(&StateLabel { state: state.as_str().into() }).set(0);
         }
@@ -173,6 +180,11 @@ impl Metrics {
                 .set(i64::from(each == status));
         }
         self.status_changed.set(unix_seconds(Some(changed_at)));
+    }
+
+    /// Says whether the previous agent's shutdown was cut short before its drain ended.
+    pub fn set_interrupted_shutdown(&self, interrupted: bool) {
+        self.interrupted_shutdown.set(i64::from(interrupted));
     }
 
     /// Publishes the drain's status, counts and deadline.

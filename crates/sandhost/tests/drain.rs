@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use sandhost::drain::{DrainRequest, NodeStatus};
-use sandhost::sandbox::{CreateError, DrainPolicy, ExitReason, SandboxState};
+use sandhost::drain::{DrainRequest, NodeStatus, Resumed};
+use sandhost::sandbox::{CreateError, DrainPolicy, ExitReason, SandboxInfo, SandboxState};
 use sandhost_runtime::Exit;
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
 use support::{FORCE_TIMEOUT, TestNode, key, request, within};
@@ -394,7 +394,7 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
     }]);
     let second = TestNode::in_dir(fake, sandhost::config::SandboxConfig::default(), dir);
     assert_eq!(second.manager.recover().await.expect("recover"), 1);
-    assert!(second.coordinator().resume_persisted());
+    assert_eq!(second.coordinator().resume_persisted(), Resumed::Drain);
     assert_eq!(second.status(), NodeStatus::Draining);
     let resumed = second.node.watch_drain().borrow().deadline.expect("deadline");
     let skew = resumed.duration_since(deadline).unwrap_or_else(|e| e.duration());
@@ -405,6 +405,99 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
     ));
     within("drain", second.coordinator().wait_drained()).await;
     assert_eq!(second.coordinator().report().force_stopped, 1);
+}
+
+/// A new agent over `dir` whose runtime reports `survivors` still running, re-adopted.
+async fn restart_with(dir: tempfile::TempDir, survivors: &[&SandboxInfo]) -> TestNode {
+    let fake = FakeRuntime::new();
+    fake.seed_recovered(
+        survivors
+            .iter()
+            .map(|info| sandhost_runtime::Recovered {
+                spec: sandhost_runtime::SandboxSpec::new(key(info), info.argv.clone()),
+                started_at: std::time::SystemTime::now(),
+                state: sandhost_runtime::RecoveredState::Running { paused: false },
+            })
+            .collect(),
+    );
+    let node = TestNode::in_dir(fake, sandhost::config::SandboxConfig::default(), dir);
+    assert_eq!(node.manager.recover().await.expect("recover"), survivors.len());
+    node
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_cut_short_is_not_continued_the_next_agent_admits_and_reports_it() {
+    let first = TestNode::new();
+    let a = first.create("a", DrainPolicy::Wait).await;
+    first.coordinator().begin_shutdown(None, false);
+    let began = first.node.watch_drain().borrow().status_changed_at;
+    // The supervisor's stop timeout kills the agent in the middle of its drain (its drain, waiting
+    // with no deadline, writes nothing more).
+    let TestNode { dir, .. } = first;
+
+    let second = restart_with(dir, &[&a]).await;
+    let Resumed::InterruptedShutdown(interrupted) = second.coordinator().resume_persisted() else {
+        panic!("a cut-short shutdown is reported, not continued");
+    };
+    assert_eq!(interrupted.live_at_restart, 1);
+    assert!(interrupted.began_at <= began, "{interrupted:?}");
+    assert_eq!(second.status(), NodeStatus::Ready);
+    assert_eq!(second.node.info().interrupted_shutdown, Some(interrupted));
+    assert!(support::metrics_text(&second).contains("sandhost_previous_shutdown_interrupted 1"));
+    assert_eq!(second.node.get("a").expect("re-adopted").state, SandboxState::Running);
+    second.create("b", DrainPolicy::Wait).await;
+
+    // Reported once: the agent after it finds nothing to report.
+    let TestNode { dir, .. } = second;
+    let third = restart_with(dir, &[]).await;
+    assert_eq!(third.coordinator().resume_persisted(), Resumed::Nothing);
+    assert_eq!(third.node.info().interrupted_shutdown, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_s_drain_outlives_a_shutdown_cut_short_and_a_completed_one() {
+    let first = TestNode::new();
+    let a = first.create("a", DrainPolicy::Wait).await;
+    first.node.drain(DrainRequest::default()).expect("drain");
+    // A shutdown signal comes during the operator's drain, and the agent is killed.
+    first.coordinator().begin_shutdown(None, false);
+    let TestNode { dir, .. } = first;
+
+    let second = restart_with(dir, &[&a]).await;
+    assert_eq!(second.coordinator().resume_persisted(), Resumed::Drain, "the operator's drain goes on");
+    assert_eq!(second.status(), NodeStatus::Draining);
+    // This time the shutdown completes: the node is empty, the process ends.
+    second.coordinator().begin_shutdown(None, false);
+    second.fake.exit(&key(&a), Exit::Code(0));
+    within("drain", second.coordinator().wait_drained()).await;
+    second.coordinator().complete_shutdown();
+    let TestNode { dir, .. } = second;
+
+    let third = restart_with(dir, &[]).await;
+    assert_eq!(
+        third.coordinator().resume_persisted(),
+        Resumed::Drain,
+        "the node stays closed, like a cordon"
+    );
+    within("drain", third.coordinator().wait_drained()).await;
+    assert!(matches!(
+        third.node.create(request("new", DrainPolicy::Wait)).await,
+        Err(CreateError::NotAdmitting { status: NodeStatus::Drained })
+    ));
+    third.node.undrain().expect("undrain");
+    third.create("new", DrainPolicy::Wait).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_shutdown_drain_leaves_the_next_agent_ready_with_nothing_to_report() {
+    let first = TestNode::new();
+    first.coordinator().begin_shutdown(None, false);
+    within("drain", first.coordinator().wait_drained()).await;
+    first.coordinator().complete_shutdown();
+    let TestNode { dir, .. } = first;
+    let second = restart_with(dir, &[]).await;
+    assert_eq!(second.coordinator().resume_persisted(), Resumed::Nothing);
+    assert_eq!(second.status(), NodeStatus::Ready);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,6 +245,10 @@ pub(crate) fn node_info(info: NodeInfo) -> pb::GetInfoResponse {
         allocated: Some(node_resources(info.allocated)),
         capacity: Some(node_resources(info.capacity)),
         drain: Some(drain_progress(info.drain)),
+        interrupted_shutdown: info.interrupted_shutdown.map(|interrupted| pb::InterruptedShutdown {
+            began_at: Some(timestamp(interrupted.began_at)),
+            live_at_restart: interrupted.live_at_restart,
+        }),
     }
 }
 

@@ -121,6 +121,17 @@ fn status_table(info: &pb::GetInfoResponse, now: SystemTime) -> Table {
     for failure in &progress.failures {
         row("failure", format!("{}: {}", failure.subject, failure.message));
     }
+    if let Some(interrupted) = &info.interrupted_shutdown {
+        let began = output::system_time(interrupted.began_at.as_ref())
+            .map_or_else(|| "-".into(), |t| output::relative(t, now));
+        row(
+            "last shutdown",
+            format!(
+                "cut short before its drain ended (began {began}); {} sandbox(es) re-adopted",
+                interrupted.live_at_restart
+            ),
+        );
+    }
     table
 }
 

@@ -239,6 +239,10 @@ pub(crate) fn info_json(info: &pb::GetInfoResponse) -> Value {
         "allocated": resources_json(info.allocated.as_ref()),
         "capacity": resources_json(info.capacity.as_ref()),
         "drain": info.drain.as_ref().map(progress_json),
+        "interrupted_shutdown": info.interrupted_shutdown.as_ref().map(|i| json!({
+            "began_at": rfc3339(i.began_at.as_ref()),
+            "live_at_restart": i.live_at_restart,
+        })),
     })
 }
 

@@ -24,12 +24,23 @@ use sandhost_runtime::SandboxKey;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::intent::{DrainIntent, IntentStore, at_ms_precision};
+use super::intent::{DrainIntent, DrainOrigin, IntentStore, at_ms_precision};
 use super::status::{Run, State, republish_on_count_changes};
-use super::{DrainError, DrainProgress, DrainReport, DrainRequest, NodeStatus};
+use super::{DrainError, DrainProgress, DrainReport, DrainRequest, InterruptedShutdown, NodeStatus};
 use crate::admission::AdmissionControl;
 use crate::metrics::Metrics;
 use crate::sandbox::{DrainPolicy, ExitReason, Manager, SandboxState, StopMode};
+
+/// What [`DrainCoordinator::resume_persisted`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// No persisted drain.
+    Nothing,
+    /// An operator's drain, continued with its deadlines.
+    Drain,
+    /// A shutdown's drain that the previous process did not finish: not continued.
+    InterruptedShutdown(InterruptedShutdown),
+}
 
 /// Settings of the coordinator.
 #[derive(Debug, Clone)]
@@ -120,7 +131,7 @@ impl DrainCoordinator {
     /// None today; the signature leaves room for refusing a drain.
     pub fn drain(&self, request: DrainRequest) -> Result<DrainProgress, DrainError> {
         let deadline = request.timeout.map(|t| at_ms_precision(SystemTime::now() + t));
-        self.inner.begin(deadline, request.force, None);
+        self.inner.begin(deadline, request.force, DrainOrigin::Operator, None);
         Ok(self.progress())
     }
 
@@ -162,28 +173,56 @@ impl DrainCoordinator {
     pub fn begin_shutdown(&self, timeout: Option<Duration>, force: bool) {
         self.inner.lock().shutting_down = true;
         let deadline = timeout.map(|t| at_ms_precision(SystemTime::now() + t));
-        self.inner.begin(deadline, force, None);
+        self.inner.begin(deadline, force, DrainOrigin::Shutdown, None);
     }
 
-    /// Forgets the persisted intent of a shutdown drain that completed: the next agent starts READY.
+    /// Ends a shutdown whose drain completed. A shutdown's own drain is forgotten: the next agent
+    /// starts READY. An operator's drain stays persisted: the node stays closed until undrain.
     pub fn complete_shutdown(&self) {
-        self.inner.intent.clear();
+        let state = self.inner.lock();
+        if state.run.as_ref().is_none_or(|run| run.origin == DrainOrigin::Shutdown) {
+            self.inner.intent.clear();
+        }
     }
 
     /// Skips to the forced phase (a second signal).
     pub fn escalate(&self) {
-        self.inner.begin(None, true, None);
+        self.inner.begin(None, true, DrainOrigin::Shutdown, None);
     }
 
-    /// Continues a drain that an earlier agent persisted, with its deadlines. Returns whether there
-    /// was one.
-    pub fn resume_persisted(&self) -> bool {
-        let Some(intent) = self.inner.intent.load() else {
-            return false;
+    /// Picks up the drain an earlier agent persisted. An operator's drain is continued with its
+    /// deadlines. A shutdown's drain that the earlier process did not finish is not: the node stays
+    /// READY, and the cut-short shutdown is reported (log, [`DrainCoordinator::interrupted_shutdown`],
+    /// metric). Call it after the sandboxes were re-adopted: the report counts them.
+    pub fn resume_persisted(&self) -> Resumed {
+        let inner = &self.inner;
+        let Some(intent) = inner.intent.load() else {
+            return Resumed::Nothing;
         };
-        tracing::info!(?intent, "continuing the drain of the previous agent");
-        self.inner.begin(intent.graceful_deadline(), intent.force, Some(&intent));
-        true
+        if intent.origin == DrainOrigin::Operator {
+            tracing::info!(?intent, "continuing the drain of the previous agent");
+            inner.begin(intent.graceful_deadline(), intent.force, intent.origin, Some(&intent));
+            return Resumed::Drain;
+        }
+        let interrupted = InterruptedShutdown {
+            began_at: intent.started_at(),
+            live_at_restart: inner.manager.watch_counts().borrow().live(),
+        };
+        tracing::warn!(
+            began_at = %humantime::format_rfc3339_millis(interrupted.began_at),
+            live = interrupted.live_at_restart,
+            "the previous agent's shutdown was cut short before its drain ended; its sandboxes were re-adopted and this node admits again"
+        );
+        inner.intent.clear();
+        inner.metrics.set_interrupted_shutdown(true);
+        inner.lock().interrupted_shutdown = Some(interrupted);
+        Resumed::InterruptedShutdown(interrupted)
+    }
+
+    /// The previous agent's shutdown, if it was cut short before its drain ended.
+    #[must_use]
+    pub fn interrupted_shutdown(&self) -> Option<InterruptedShutdown> {
+        self.inner.lock().interrupted_shutdown
     }
 
     /// Completes once the node is DRAINED.
@@ -195,10 +234,18 @@ impl DrainCoordinator {
 }
 
 impl Inner {
-    /// Starts a drain, or tightens / escalates the running one.
-    fn begin(self: &Arc<Self>, deadline: Option<SystemTime>, force: bool, persisted: Option<&DrainIntent>) {
+    /// Starts a drain, or tightens / escalates the running one (whose origin becomes the
+    /// operator's if either is).
+    fn begin(
+        self: &Arc<Self>,
+        deadline: Option<SystemTime>,
+        force: bool,
+        origin: DrainOrigin,
+        persisted: Option<&DrainIntent>,
+    ) {
         let mut state = self.lock();
-        if let Some(run) = &state.run {
+        if let Some(run) = &mut state.run {
+            run.origin = run.origin.and(origin);
             run.graceful_deadline.send_if_modified(|current| match (deadline, *current) {
                 (Some(new), Some(old)) if new < old => {
                     *current = Some(new);
@@ -218,6 +265,7 @@ impl Inner {
                 graceful_deadline: watch::Sender::new(deadline),
                 force_deadline: persisted.and_then(DrainIntent::force_deadline),
                 started_at: persisted.map_or_else(SystemTime::now, DrainIntent::started_at),
+                origin,
             };
             let force_rx = run.force.subscribe();
             let deadline_rx = run.graceful_deadline.subscribe();

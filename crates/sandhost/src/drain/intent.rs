@@ -1,11 +1,36 @@
-//! The drain intent, persisted in the state dir: a restarted agent continues the same drain with the
-//! same absolute deadlines. Written atomically (temp file + rename); a missing or unreadable file
-//! means "no drain".
+//! The drain intent, persisted in the state dir. Written atomically (temp file + rename); a missing
+//! or unreadable file means "no drain".
+//!
+//! Its [`DrainOrigin`] says whose drain it is. An operator's drain (the API) is about the node: a
+//! restarted agent continues it with the same absolute deadlines, and the node stays closed until
+//! undrain, like a cordon. A shutdown's drain (a signal) is about the process: if the process dies
+//! before it ends, the next agent does not continue it; it re-adopts what still runs, comes up READY
+//! and reports the cut-short shutdown.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+/// Who asked for a drain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainOrigin {
+    /// The API (`Drain`, `ForceStop`): about the node; it outlives the process. An intent written
+    /// before origins were recorded reads as this one, as it behaved then.
+    #[default]
+    Operator,
+    /// A shutdown signal: about the process; it ends with it.
+    Shutdown,
+}
+
+impl DrainOrigin {
+    /// The origin of a drain that both asked for: the operator's outlives the process, so it wins.
+    #[must_use]
+    pub fn and(self, other: Self) -> Self {
+        if self == Self::Operator || other == Self::Operator { Self::Operator } else { Self::Shutdown }
+    }
+}
 
 /// What a drain was asked to do, in absolute times (unix milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +39,8 @@ pub(crate) struct DrainIntent {
     graceful_deadline_ms: Option<u64>,
     pub(crate) force: bool,
     force_deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub(crate) origin: DrainOrigin,
 }
 
 fn to_ms(time: SystemTime) -> u64 {
@@ -36,12 +63,14 @@ impl DrainIntent {
         graceful_deadline: Option<SystemTime>,
         force: bool,
         force_deadline: Option<SystemTime>,
+        origin: DrainOrigin,
     ) -> Self {
         Self {
             started_at_ms: to_ms(started_at),
             graceful_deadline_ms: graceful_deadline.map(to_ms),
             force,
             force_deadline_ms: force_deadline.map(to_ms),
+            origin,
         }
     }
 
@@ -112,12 +141,41 @@ mod tests {
         let store = IntentStore::new(dir.path().join("drain.json"));
         assert_eq!(store.load(), None);
         let start = UNIX_EPOCH + Duration::from_secs(1_000);
-        let intent = DrainIntent::new(start, Some(start + Duration::from_secs(60)), false, None);
+        let intent = DrainIntent::new(
+            start,
+            Some(start + Duration::from_secs(60)),
+            false,
+            None,
+            DrainOrigin::Shutdown,
+        );
         store.save(&intent);
         let loaded = store.load().expect("saved");
         assert_eq!(loaded.graceful_deadline(), Some(start + Duration::from_secs(60)));
         assert_eq!(loaded.started_at(), start);
+        assert_eq!(loaded.origin, DrainOrigin::Shutdown);
         store.clear();
         assert_eq!(store.load(), None);
+    }
+
+    #[test]
+    fn an_intent_written_before_origins_reads_as_the_operator_s() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("drain.json");
+        std::fs::write(
+            &path,
+            br#"{"started_at_ms":1000,"graceful_deadline_ms":null,"force":true,"force_deadline_ms":null}"#,
+        )
+        .expect("write");
+        let loaded = IntentStore::new(path).load().expect("readable");
+        assert_eq!((loaded.origin, loaded.force), (DrainOrigin::Operator, true));
+    }
+
+    #[test]
+    fn the_operator_s_origin_wins() {
+        use DrainOrigin::{Operator, Shutdown};
+        assert_eq!(Shutdown.and(Shutdown), Shutdown);
+        assert_eq!(Shutdown.and(Operator), Operator);
+        assert_eq!(Operator.and(Shutdown), Operator);
+        assert_eq!(Operator.and(Operator), Operator);
     }
 }

@@ -8,6 +8,10 @@ mod model;
 mod report;
 mod status;
 
-pub use coordinator::{DrainCoordinator, DrainSettings};
-pub use model::{DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, NodeStatus, StopFailure};
+pub use coordinator::{DrainCoordinator, DrainSettings, Resumed};
+pub use intent::DrainOrigin;
+pub use model::{
+    DrainError, DrainFailure, DrainProgress, DrainRequest, Evacuation, InterruptedShutdown, NodeStatus,
+    StopFailure,
+};
 pub use report::DrainReport;

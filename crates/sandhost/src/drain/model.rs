@@ -127,6 +127,16 @@ impl DrainProgress {
     }
 }
 
+/// A shutdown drain of the previous agent that did not end: the process died first (a third
+/// signal, a supervisor's kill, a crash). Its drain was not continued; this agent came up READY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptedShutdown {
+    /// When that shutdown's drain began.
+    pub began_at: SystemTime,
+    /// Sandboxes still running that this agent re-adopted.
+    pub live_at_restart: u64,
+}
+
 /// Why a drain request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DrainError {

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::coordinator::Inner;
-use super::intent::{DrainIntent, at_ms_precision};
-use super::{DrainProgress, DrainReport, NodeStatus};
+use super::intent::{DrainIntent, DrainOrigin, at_ms_precision};
+use super::{DrainProgress, DrainReport, InterruptedShutdown, NodeStatus};
 use crate::sandbox::{Counts, SandboxState};
 
 /// What the coordinator's lock guards.
@@ -21,6 +21,8 @@ pub(super) struct State {
     pub(super) run: Option<Run>,
     pub(super) exits_at_start: u64,
     pub(super) report: DrainReport,
+    /// The previous agent's shutdown, if it was cut short.
+    pub(super) interrupted_shutdown: Option<InterruptedShutdown>,
 }
 
 impl State {
@@ -31,6 +33,7 @@ impl State {
             run: None,
             exits_at_start: 0,
             report: DrainReport::default(),
+            interrupted_shutdown: None,
         }
     }
 }
@@ -43,6 +46,7 @@ pub(super) struct Run {
     pub(super) graceful_deadline: watch::Sender<Option<SystemTime>>,
     pub(super) force_deadline: Option<SystemTime>,
     pub(super) started_at: SystemTime,
+    pub(super) origin: DrainOrigin,
 }
 
 impl Inner {
@@ -118,6 +122,7 @@ impl Inner {
                 *run.graceful_deadline.borrow(),
                 *run.force.borrow(),
                 run.force_deadline,
+                run.origin,
             ));
         }
     }

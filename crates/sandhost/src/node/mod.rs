@@ -11,7 +11,9 @@ use sandhost_runtime::SnapshotInfo;
 use tokio::sync::watch;
 
 pub use self::wiring::{NodeSettings, Recovery, open_runtime, probe_capacity};
-use crate::drain::{DrainCoordinator, DrainError, DrainProgress, DrainRequest, NodeStatus};
+use crate::drain::{
+    DrainCoordinator, DrainError, DrainProgress, DrainRequest, InterruptedShutdown, NodeStatus,
+};
 use crate::sandbox::{
     CreateError, CreateRequest, ListFilter, Manager, SandboxError, SandboxInfo, SandboxState, UpdateRequest,
 };
@@ -36,6 +38,8 @@ pub struct NodeInfo {
     pub capacity: Resources,
     /// The drain's view: status, counts, deadline.
     pub drain: DrainProgress,
+    /// The previous agent's shutdown, if it was cut short before its drain ended.
+    pub interrupted_shutdown: Option<InterruptedShutdown>,
 }
 
 /// The node handle. Cheap to clone. Built by [`Node::build`].
@@ -182,6 +186,7 @@ impl Node {
             allocated: self.manager.allocated(),
             capacity: self.manager.capacity(),
             drain: self.drain.progress(),
+            interrupted_shutdown: self.drain.interrupted_shutdown(),
         }
     }
 

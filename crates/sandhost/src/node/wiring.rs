@@ -17,7 +17,7 @@ use sandhost_runtime::{RecoverError, Runtime};
 use super::Node;
 use crate::admission;
 use crate::config::{RuntimeKind, SandboxConfig};
-use crate::drain::{DrainCoordinator, DrainSettings};
+use crate::drain::{DrainCoordinator, DrainSettings, Resumed};
 use crate::metrics::Metrics;
 use crate::sandbox::{Manager, ManagerParts, Resources};
 
@@ -51,8 +51,8 @@ impl NodeSettings {
 pub struct Recovery {
     /// Running sandboxes re-adopted.
     pub adopted: usize,
-    /// Whether a persisted drain was continued (with its deadlines).
-    pub drain_resumed: bool,
+    /// The persisted drain: continued, or a cut-short shutdown reported, or none.
+    pub drain: Resumed,
 }
 
 impl Node {
@@ -94,8 +94,8 @@ impl Node {
     /// The runtime's error when its state cannot be read.
     pub async fn recover(&self) -> Result<Recovery, RecoverError> {
         let adopted = self.manager.recover().await?;
-        let drain_resumed = self.drain.resume_persisted();
-        Ok(Recovery { adopted, drain_resumed })
+        let drain = self.drain.resume_persisted();
+        Ok(Recovery { adopted, drain })
     }
 }
 
