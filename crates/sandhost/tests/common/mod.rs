@@ -411,6 +411,16 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     out
 }
 
+/// The numbers a counting sandbox printed, one a line, in order.
+pub fn numbers(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The last number a counting sandbox printed (0 before the first).
+pub fn last_number(log: &str) -> u64 {
+    numbers(log).last().copied().unwrap_or(0)
+}
+
 /// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.
 pub fn minimal_rootfs() -> tempfile::TempDir {
     let root = tempfile::Builder::new().prefix("sandhost-rootfs-").tempdir_in("/var/tmp").expect("rootfs");
