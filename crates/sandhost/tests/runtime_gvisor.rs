@@ -13,6 +13,10 @@ use sandhost_runtime::{Limits, Runtime, SandboxKey, SandboxSpec, SnapshotId, Sta
 
 const COUNTER_LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
 
+/// How far an unpaused twin counts while a paused sandbox must not (a second of `COUNTER_LOOP`):
+/// what a sandbox that runs when it should not would show, well past one stray tick.
+const WITNESS_TICKS: u64 = 5;
+
 fn gvisor() -> TestEnv {
     TestEnv::on(Backend::Gvisor)
 }
@@ -61,13 +65,27 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
         .wait_for_log_where(&spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
         .await;
     assert_counts_on(&log);
-    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed.
+    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed. The
+    // witness that it had time to run: an unpaused twin, the same counter, counts on meanwhile.
+    let twin = counter(&t);
+    t.runtime.start(&twin).await.expect("start the twin");
     t.runtime.pause(&spec.key).await.expect("pause");
     let third = SnapshotId::parse("cont-3").expect("snapshot id");
     t.runtime.checkpoint(&spec.key, &third, false).await.expect("checkpoint while paused");
     let frozen = last_number(&t.log(&spec.key).await);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(last_number(&t.log(&spec.key).await) <= frozen + 1, "it runs after a paused checkpoint");
+    let from = last_number(&t.log(&twin.key).await);
+    t.wait_for_log_where(&twin.key, "the unpaused twin to count on", |l| {
+        last_number(l) >= from + WITNESS_TICKS
+    })
+    .await;
+    // One tick may land between the restore and the freeze that follows it; a sandbox left running
+    // would have counted about as many as the twin.
+    let after = last_number(&t.log(&spec.key).await);
+    assert!(
+        after <= frozen + 1,
+        "it runs after a paused checkpoint: {frozen} -> {after} while the twin counted {WITNESS_TICKS}"
+    );
+    finish(&t.runtime, &twin.key).await;
     t.runtime.resume(&spec.key).await.expect("resume");
     let log =
         t.wait_for_log_where(&spec.key, "counting after resume", |l| last_number(l) >= frozen + 2).await;
