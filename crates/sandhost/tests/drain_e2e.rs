@@ -75,20 +75,19 @@ impl Node {
 
     /// Waits until sandbox `id`'s log holds `needle` (polling the API: the test is a client).
     fn wait_log(&self, id: &str, needle: &str) {
-        let started = std::time::Instant::now();
-        while !ok(&self.serve.cli(&["logs", id])).contains(needle) {
-            assert!(started.elapsed() < e2e::HANG_GUARD, "{id} never logged {needle:?}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let what = format!("{id} to log {needle:?}");
+        common::poll_until(
+            &what,
+            e2e::HANG_GUARD,
+            || ok(&self.serve.cli(&["logs", id])),
+            |log| log.contains(needle),
+        );
     }
 
     /// Waits until the node reports `status` (polling the API: the test is a client).
     fn wait_status(&self, status: &str) {
-        let started = std::time::Instant::now();
-        while self.status_json()["status"] != status {
-            assert!(started.elapsed() < e2e::HANG_GUARD, "the node never became {status}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let what = format!("the node to be {status}");
+        common::poll_until(&what, e2e::HANG_GUARD, || self.status_json(), |json| json["status"] == status);
     }
 
     /// Asserts that a serve that exited left not even its parent cgroups.

@@ -7,9 +7,9 @@ mod e2e;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
-use e2e::{Serve, ServeOptions, ok};
+use common::poll_until;
+use e2e::{HANG_GUARD, Serve, ServeOptions, ok};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -54,19 +54,12 @@ impl Node {
 
     /// Waits (hang guard) until the sandbox has counted to at least `n`.
     fn wait_count(&self, id: &str, n: u64) {
-        let started = Instant::now();
-        while self.count(id) < n {
-            assert!(started.elapsed() < e2e::HANG_GUARD, "{id} never counted to {n}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(&format!("{id} to count to {n}"), HANG_GUARD, || self.count(id), |&count| count >= n);
     }
 
     fn wait_status(&self, status: &str) {
-        let started = Instant::now();
-        while self.json(&["status", "--json"])["status"] != status {
-            assert!(started.elapsed() < e2e::HANG_GUARD, "the node never became {status}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("the node to be {status}");
+        poll_until(&what, HANG_GUARD, || self.json(&["status", "--json"]), |json| json["status"] == status);
     }
 
     fn snapshot_ids(&self) -> Vec<String> {
@@ -168,11 +161,12 @@ fn a_new_serve_re_adopts_a_running_gvisor_sandbox() {
     let at = second.count(&id);
     second.wait_count(&id, at + 2);
     second.cli(&["kill", &id, "--now"]);
-    let started = Instant::now();
-    while second.json(&["get", &id, "--json"])["state"] != "exited" {
-        assert!(started.elapsed() < e2e::HANG_GUARD, "the re-adopted sandbox never exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(
+        "the re-adopted sandbox to exit",
+        HANG_GUARD,
+        || second.json(&["get", &id, "--json"]),
+        |sandbox| sandbox["state"] == "exited",
+    );
     assert_eq!(second.serve.stop(), Some(0), "a clean exit");
     let processes = common::processes_naming(&second.state_dir.to_string_lossy());
     assert!(processes.is_empty(), "processes left behind: {processes:?}");

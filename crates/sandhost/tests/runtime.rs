@@ -11,8 +11,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestEnv};
+use common::{Backend, HANG_GUARD, TestEnv, last_number};
 use sandhost_runtime::Exit;
+
+/// Counts up, a number a line, every 10 ms.
+const FAST_COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done";
+
+/// How far an unpaused twin of `FAST_COUNTER` counts while its paused sibling must not.
+const WITNESS_TICKS: u64 = 20;
+
+/// How often a follower that cannot watch the log looks again: `Runtime::log_grown`'s default.
+const DEFAULT_POLL: Duration = Duration::from_millis(200);
+
+/// How many of those rounds pass while a follower with nothing to read must stay asleep.
+const POLLS_WITNESSED: u32 = 5;
 
 on_both_backends!(async:
     the_command_sees_no_host_process,
@@ -265,9 +277,13 @@ async fn kill_reaches_processes_of_the_cgroup(backend: Backend) {
 
 async fn pause_freezes_and_resume_thaws(backend: Backend) {
     let t = TestEnv::on(backend);
-    let spec = t.sh("i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done");
-    t.runtime.start(&spec).await.expect("start");
-    t.wait_for_log(&spec.key, "\n3\n").await;
+    // Two sandboxes count alike; only the first is paused. The second is the witness that there was
+    // time to count: a pause that left the first running would show about as many ticks.
+    let (spec, twin) = (t.sh(FAST_COUNTER), t.sh(FAST_COUNTER));
+    for s in [&spec, &twin] {
+        t.runtime.start(s).await.expect("start");
+        t.wait_for_log(&s.key, "\n3\n").await;
+    }
     t.runtime.pause(&spec.key).await.expect("pause");
     assert!(
         t.is_frozen(&spec.key),
@@ -275,16 +291,23 @@ async fn pause_freezes_and_resume_thaws(backend: Backend) {
         t.freezer_states(&spec.key)
     );
     let before = t.log_chunk(&spec.key, 0).await.next_offset;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = last_number(&t.log(&twin.key).await);
+    t.wait_for_log_where(&twin.key, "the unpaused twin to count on", |log| {
+        last_number(log) >= from + WITNESS_TICKS
+    })
+    .await;
+    assert_eq!(
+        t.log_chunk(&spec.key, 0).await.next_offset,
+        before,
+        "a frozen sandbox's counter advanced while its twin counted {WITNESS_TICKS}"
+    );
     assert!(t.is_frozen(&spec.key));
-    assert_eq!(t.log_chunk(&spec.key, 0).await.next_offset, before, "a frozen sandbox's counter advanced");
+    t.runtime.kill(&twin.key).await.expect("kill the twin");
+    t.runtime.forget(&twin.key).await.expect("forget the twin");
+    let frozen = last_number(&t.log(&spec.key).await);
     t.runtime.resume(&spec.key).await.expect("resume");
     assert!(!t.is_frozen(&spec.key));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while t.log_chunk(&spec.key, 0).await.next_offset == before {
-        assert!(tokio::time::Instant::now() < deadline, "the counter never resumed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    t.wait_for_log_where(&spec.key, "the counter to resume", |log| last_number(log) > frozen).await;
     // A paused sandbox can be stopped.
     t.runtime.pause(&spec.key).await.expect("pause again");
     t.runtime.stop(&spec.key, Duration::from_secs(30)).await.expect("stop while paused");
@@ -345,31 +368,48 @@ async fn logs_capture_stdout_and_stderr_and_are_bounded(backend: Backend) {
 
 async fn a_log_follower_is_woken_by_the_next_write_and_not_before(backend: Backend) {
     let t = TestEnv::on(backend);
-    let spec = t.sh("echo one; sleep 3; echo two; sleep 1000");
-    t.runtime.start(&spec).await.expect("start");
-    t.wait_for_log(&spec.key, "one").await;
-    let offset = t.log_chunk(&spec.key, 0).await.next_offset;
+    // One sandbox writes a line and then nothing; the other writes a line every tenth of a second.
+    let quiet = t.sh("echo one; sleep 1000");
+    let talker = t.sh("while :; do echo tick; sleep 0.1; done");
+    for (spec, first) in [(&quiet, "one"), (&talker, "tick")] {
+        t.runtime.start(spec).await.expect("start");
+        t.wait_for_log(&spec.key, first).await;
+    }
+    let offset = t.log_chunk(&quiet.key, 0).await.next_offset;
     let runtime = t.runtime.clone();
-    let key = spec.key.clone();
+    let key = quiet.key.clone();
     let follower = tokio::spawn(async move { runtime.log_grown(&key, offset).await });
-    // Nothing is written for seconds: an event-driven follower sleeps (a polling one would be
-    // back within the runtime's default interval, 200 ms).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!follower.is_finished(), "the follower woke with nothing written");
-    tokio::time::timeout(Duration::from_secs(60), follower)
+    // Witnesses that it had every chance to wake: on this runtime, as many rounds of a polling
+    // follower as `POLLS_WITNESSED` pass (one would have woken it) ...
+    tokio::spawn(async {
+        for _ in 0..POLLS_WITNESSED {
+            tokio::time::sleep(DEFAULT_POLL).await;
+        }
+    })
+    .await
+    .expect("join the polls");
+    // ... and then a follower of the talker is woken by its next write (a follower woken by any
+    // sandbox's write would be woken with it).
+    let end = t.log_chunk(&talker.key, 0).await.next_offset;
+    tokio::time::timeout(HANG_GUARD, t.runtime.log_grown(&talker.key, end))
         .await
-        .expect("the write never woke the follower")
-        .expect("join")
+        .expect("the talker's write never woke its follower")
         .expect("log_grown");
-    let more = t.runtime.read_logs(&spec.key, offset, 1024).await.expect("read");
-    assert_eq!(String::from_utf8_lossy(&more.data), "two\n");
+    let more = t.runtime.read_logs(&talker.key, end, 1024).await.expect("read");
+    assert!(more.data.starts_with(b"tick"), "woken with nothing written: {more:?}");
+    if follower.is_finished() {
+        panic!("the quiet sandbox's follower woke with nothing written: {:?}", follower.await);
+    }
     // At the end of a log already past `offset`, it returns at once.
-    tokio::time::timeout(Duration::from_secs(60), t.runtime.log_grown(&spec.key, offset))
+    tokio::time::timeout(HANG_GUARD, t.runtime.log_grown(&talker.key, end))
         .await
         .expect("hang guard")
         .expect("log_grown");
-    t.runtime.kill(&spec.key).await.expect("kill");
-    t.runtime.forget(&spec.key).await.expect("forget");
+    follower.abort();
+    for spec in [&quiet, &talker] {
+        t.runtime.kill(&spec.key).await.expect("kill");
+        t.runtime.forget(&spec.key).await.expect("forget");
+    }
     t.assert_clean();
 }
 

@@ -8,10 +8,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, TestEnv};
+use common::{Backend, TestEnv, last_number, numbers};
 use sandhost_runtime::{Limits, Runtime, SandboxKey, SandboxSpec, SnapshotId, StartError};
 
 const COUNTER_LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done";
+
+/// How far an unpaused twin counts while a paused sandbox must not (a second of `COUNTER_LOOP`):
+/// what a sandbox that runs when it should not would show, well past one stray tick.
+const WITNESS_TICKS: u64 = 5;
 
 fn gvisor() -> TestEnv {
     TestEnv::on(Backend::Gvisor)
@@ -23,37 +27,6 @@ fn counter(t: &TestEnv) -> SandboxSpec {
         limits: Limits { memory_bytes: Some(256 << 20), cpu_millis: Some(1000), pids_max: Some(64) },
         ..t.sh(COUNTER_LOOP)
     }
-}
-
-async fn log_of(runtime: &Arc<dyn Runtime>, key: &SandboxKey) -> String {
-    let chunk = runtime.read_logs(key, 0, 16 << 20).await.expect("read logs");
-    String::from_utf8_lossy(&chunk.data).into_owned()
-}
-
-/// Waits (hang guard: 60 s) until `f(log)` holds.
-async fn wait_log(
-    runtime: &Arc<dyn Runtime>,
-    key: &SandboxKey,
-    what: &str,
-    f: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = log_of(runtime, key).await;
-        if f(&log) {
-            return log;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {log:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn numbers(log: &str) -> Vec<u64> {
-    log.lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
-fn last_number(log: &str) -> u64 {
-    numbers(log).last().copied().unwrap_or(0)
 }
 
 /// The counter never restarted: every line is the one before plus one.
@@ -73,14 +46,14 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
     let t = gvisor();
     let spec = counter(&t);
     t.runtime.start(&spec).await.expect("start");
-    wait_log(&t.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
+    t.wait_for_log_where(&spec.key, "a few counts", |l| last_number(l) >= 3).await;
     let snapshot = SnapshotId::parse("cont-1").expect("snapshot id");
     let info = t.runtime.checkpoint(&spec.key, &snapshot, false).await.expect("checkpoint");
     assert_eq!(info.source, spec.key.id);
     assert!(info.size_bytes > 0);
     let at = last_number(&t.log(&spec.key).await);
     let log =
-        wait_log(&t.runtime, &spec.key, "counting after the checkpoint", |l| last_number(l) >= at + 3).await;
+        t.wait_for_log_where(&spec.key, "counting after the checkpoint", |l| last_number(l) >= at + 3).await;
     assert_counts_on(&log);
     let listed = t.runtime.list_snapshots().await.expect("list");
     assert!(listed.iter().any(|s| s.id == snapshot), "{listed:?}");
@@ -88,20 +61,34 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
     let second = SnapshotId::parse("cont-2").expect("snapshot id");
     t.runtime.checkpoint(&spec.key, &second, false).await.expect("second checkpoint");
     let at = last_number(&t.log(&spec.key).await);
-    let log =
-        wait_log(&t.runtime, &spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
-            .await;
+    let log = t
+        .wait_for_log_where(&spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
+        .await;
     assert_counts_on(&log);
-    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed.
+    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed. The
+    // witness that it had time to run: an unpaused twin, the same counter, counts on meanwhile.
+    let twin = counter(&t);
+    t.runtime.start(&twin).await.expect("start the twin");
     t.runtime.pause(&spec.key).await.expect("pause");
     let third = SnapshotId::parse("cont-3").expect("snapshot id");
     t.runtime.checkpoint(&spec.key, &third, false).await.expect("checkpoint while paused");
     let frozen = last_number(&t.log(&spec.key).await);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(last_number(&t.log(&spec.key).await) <= frozen + 1, "it runs after a paused checkpoint");
+    let from = last_number(&t.log(&twin.key).await);
+    t.wait_for_log_where(&twin.key, "the unpaused twin to count on", |l| {
+        last_number(l) >= from + WITNESS_TICKS
+    })
+    .await;
+    // One tick may land between the restore and the freeze that follows it; a sandbox left running
+    // would have counted about as many as the twin.
+    let after = last_number(&t.log(&spec.key).await);
+    assert!(
+        after <= frozen + 1,
+        "it runs after a paused checkpoint: {frozen} -> {after} while the twin counted {WITNESS_TICKS}"
+    );
+    finish(&t.runtime, &twin.key).await;
     t.runtime.resume(&spec.key).await.expect("resume");
     let log =
-        wait_log(&t.runtime, &spec.key, "counting after resume", |l| last_number(l) >= frozen + 2).await;
+        t.wait_for_log_where(&spec.key, "counting after resume", |l| last_number(l) >= frozen + 2).await;
     assert_counts_on(&log);
     t.runtime.delete_snapshot(&third).await.expect("delete snapshot");
     assert!(matches!(
@@ -121,7 +108,7 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
     let a = gvisor();
     let spec = counter(&a);
     a.runtime.start(&spec).await.expect("start");
-    wait_log(&a.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
+    a.wait_for_log_where(&spec.key, "a few counts", |l| last_number(l) >= 3).await;
     let snapshot = SnapshotId::parse("move-1").expect("snapshot id");
     a.runtime.checkpoint(&spec.key, &snapshot, true).await.expect("checkpoint and stop");
     tokio::time::timeout(Duration::from_secs(30), a.runtime.wait(&spec.key))
@@ -142,7 +129,7 @@ async fn checkpoint_and_stop_then_restore_on_another_state_dir() {
     // Restored without limits: the new lifecycle's own apply.
     let restored = b.restore_spec(snapshot.as_str());
     b.runtime.start(&restored).await.expect("restore");
-    let log = wait_log(&b.runtime, &restored.key, "counting on", |l| last_number(l) >= at + 2).await;
+    let log = b.wait_for_log_where(&restored.key, "counting on", |l| last_number(l) >= at + 2).await;
     let first = numbers(&log).first().copied().unwrap_or(0);
     assert!(first > 1, "the restored sandbox started over: {log:?}");
     assert_counts_on(&log);
@@ -174,7 +161,7 @@ async fn a_checkpoint_whose_caller_goes_away_completes_and_the_sandbox_counts_on
     let t = gvisor();
     let spec = counter(&t);
     t.runtime.start(&spec).await.expect("start");
-    wait_log(&t.runtime, &spec.key, "a few counts", |l| last_number(l) >= 3).await;
+    t.wait_for_log_where(&spec.key, "a few counts", |l| last_number(l) >= 3).await;
     let mut snapshots = Vec::new();
     // Dropped at its first step, in the middle of `runsc checkpoint`, and during the restore.
     for (i, after) in [0, 40, 400].into_iter().enumerate() {
@@ -190,8 +177,8 @@ async fn a_checkpoint_whose_caller_goes_away_completes_and_the_sandbox_counts_on
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(partial.is_empty(), "half-written snapshots left: {partial:?}");
-        let at = last_number(&log_of(&t.runtime, &spec.key).await);
-        let log = wait_log(&t.runtime, &spec.key, "counting on", |l| last_number(l) >= at + 2).await;
+        let at = last_number(&t.log(&spec.key).await);
+        let log = t.wait_for_log_where(&spec.key, "counting on", |l| last_number(l) >= at + 2).await;
         assert_counts_on(&log);
         snapshots.push(snapshot);
     }

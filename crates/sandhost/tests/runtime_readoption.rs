@@ -116,13 +116,16 @@ async fn sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted(backend: Back
     }
     // One ends while no agent runs: wait until nothing of it runs any more.
     let lifecycle_dir = t.state_dir.join("sandboxes").join(ending.key.id.as_str());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !t.cgroup_pids(&ending.key).is_empty()
-        || !common::processes_naming(&lifecycle_dir.to_string_lossy()).is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "the sandbox never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::poll_until_async(
+        "the sandbox to end (its pids, its processes)",
+        Duration::from_secs(120),
+        || {
+            let processes = common::processes_naming(&lifecycle_dir.to_string_lossy());
+            std::future::ready((t.cgroup_pids(&ending.key), processes))
+        },
+        |(pids, processes)| pids.is_empty() && processes.is_empty(),
+    )
+    .await;
     let runtime = t.reopen();
     let found = runtime.recover().await.expect("recover");
     assert_eq!(found.len(), 3, "{found:?}");

@@ -3,6 +3,8 @@
 //! panics.
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+mod poll;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,6 +13,10 @@ use std::time::Duration;
 use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
 use sandhost_runtime::{LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
+
+// Each test binary uses its own share of these.
+#[allow(unused_imports)]
+pub use self::poll::{HANG_GUARD, poll_until, poll_until_async, try_poll_until};
 
 /// The runtime backends every suite runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,20 +191,19 @@ impl TestEnv {
         self.runtime.read_logs(key, offset, 16 << 20).await.expect("read logs")
     }
 
-    /// Waits (hang guard: 60 s) until the log contains `needle`.
+    /// Waits (within the hang guard) until the log contains `needle`.
     pub async fn wait_for_log(&self, key: &SandboxKey, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log(key).await;
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {needle:?} in the log: {log:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.wait_for_log_where(key, &format!("{needle:?} in the log"), |log| log.contains(needle)).await
+    }
+
+    /// Waits (within the hang guard) until the log is `done`; `what` names that for the panic.
+    pub async fn wait_for_log_where(
+        &self,
+        key: &SandboxKey,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        poll_until_async(what, HANG_GUARD, || self.log(key), |log| done(log)).await
     }
 
     /// The sandbox's cgroup directories in every hierarchy: `<id>.<lifecycle>` (process), or
@@ -293,21 +298,23 @@ pub fn purge(prefix: &str, state_dir: &Path) {
     for (pid, _) in processes_naming(&state) {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
-    for _ in 0..200 {
-        let mut all_gone = true;
-        for dir in all_cgroups_under(prefix).into_iter().rev() {
-            if std::fs::remove_dir(&dir).is_err() {
-                all_gone = false;
+    // Best effort (this runs in `Drop`s): what will not go within the bound stays, and the test's
+    // own checks name it.
+    let _ = try_poll_until(
+        Duration::from_secs(5),
+        || {
+            let left: Vec<PathBuf> = all_cgroups_under(prefix)
+                .into_iter()
+                .rev()
+                .filter(|dir| std::fs::remove_dir(dir).is_err())
+                .collect();
+            for h in hierarchies() {
+                let _ = std::fs::remove_dir(h.join(prefix));
             }
-        }
-        for h in hierarchies() {
-            let _ = std::fs::remove_dir(h.join(prefix));
-        }
-        if all_gone {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            left
+        },
+        Vec::is_empty,
+    );
     // Never delete through a mount point: if anything is mounted under the state dir in our
     // namespace (a bug), detach it first.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -402,6 +409,16 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// The numbers a counting sandbox printed, one a line, in order.
+pub fn numbers(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The last number a counting sandbox printed (0 before the first).
+pub fn last_number(log: &str) -> u64 {
+    numbers(log).last().copied().unwrap_or(0)
 }
 
 /// Builds a minimal rootfs holding `/bin/sh` and the libraries it links.

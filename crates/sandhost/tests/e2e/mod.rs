@@ -6,7 +6,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sandhost_proto::v1::node_service_client::NodeServiceClient;
 use sandhost_proto::v1::sandbox_service_client::SandboxServiceClient;
@@ -14,11 +14,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+pub use crate::common::HANG_GUARD;
+use crate::common::{poll_until, try_poll_until};
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sandhost");
-
-/// A bound that only guards against hangs; no test asserts timing.
-pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// A free loopback port for a serve to take: bound, then released.
 ///
@@ -142,17 +142,17 @@ impl Serve {
 
     /// Waits until `/health/live` answers 200 (or panics if serve exits or the hang guard passes).
     pub fn wait_live(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                panic!("sandhost serve exited early: {status}");
-            }
-            if matches!(self.http_get("/health/live"), Some((200, _))) {
-                return;
-            }
-            assert!(started.elapsed() < HANG_GUARD, "serve did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(
+            "serve to answer /health/live",
+            HANG_GUARD,
+            || {
+                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                    panic!("sandhost serve exited early: {status}");
+                }
+                self.http_get("/health/live")
+            },
+            |answer| matches!(answer, Some((200, _))),
+        );
     }
 
     /// The gRPC URL for clients.
@@ -246,17 +246,13 @@ impl Serve {
     /// Waits for the serve to exit on its own (it was refused, say), returning its output status.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if started.elapsed() > HANG_GUARD {
+        match try_poll_until(HANG_GUARD, || child.try_wait().expect("try_wait"), Option::is_some) {
+            Ok(status) => status.and_then(|s| s.code()),
+            Err(_still_running) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("sandhost serve did not exit within the hang guard");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -266,14 +262,11 @@ impl Drop for Serve {
         if let Some(mut child) = self.child.take() {
             // FORCE_STOP=true: SIGTERM stops every sandbox at once, then serve exits.
             signal(&child, nix::sys::signal::Signal::SIGTERM);
-            let started = Instant::now();
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if started.elapsed() > HANG_GUARD {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if try_poll_until(HANG_GUARD, || child.try_wait(), |exited| matches!(exited, Ok(Some(_))))
+                .is_err()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         // Whatever is left of its sandboxes (a test that failed after SIGKILLing its serve, say):
@@ -318,18 +311,12 @@ fn signal(child: &Child, signal: nix::sys::signal::Signal) {
 pub fn run_bounded(mut command: Command) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn the CLI");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if started.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if try_poll_until(HANG_GUARD, || child.try_wait().expect("try_wait"), Option::is_some).is_err() {
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("output");
+        panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
     }
+    child.wait_with_output().expect("output")
 }
 
 /// stdout as text, trimmed.
