@@ -22,7 +22,7 @@ on_both_backends!(sync:
     stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on,
     the_drain_command_shows_progress_and_exits_zero_once_drained,
     force_stop_command_empties_the_node,
-    a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors,
+    a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors_and_admits,
     a_restart_mid_drain_keeps_the_deadline,
     a_ctrl_c_at_the_terminal_drains_and_reaches_no_sandbox,
 );
@@ -220,7 +220,7 @@ fn force_stop_command_empties_the_node(backend: Backend) {
     node.assert_nothing_left();
 }
 
-fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors(backend: Backend) {
+fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors_and_admits(backend: Backend) {
     // A sandbox that ignores SIGTERM, with a long grace: the forced phase is still waiting on it
     // when the third signal comes.
     let env = [("SANDHOST_STOP_GRACE", "5m"), ("FORCE_SHUTDOWN_TIMEOUT", "10m")];
@@ -236,16 +236,23 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors(backe
     assert_eq!(first.serve.wait_exit(), Some(14), "the abandoned exit code");
     assert!(!common::leftover_cgroups(&first.prefix).is_empty(), "the sandbox survived the agent");
 
-    // The next serve on the same state dir re-adopts it and continues the same (forced) drain.
+    // The next serve on the same state dir re-adopts it. That drain was the shutdown's, about the
+    // process that died: the new serve does not continue it, admits again, and reports it.
     let state_dir = first.state_dir.clone();
-    let second = Node::start_in(backend, &env, Some(state_dir));
+    let mut second = Node::start_in(backend, &env, Some(state_dir));
     let info: serde_json::Value =
         serde_json::from_str(&ok(&second.serve.cli(&["get", &id, "--json"]))).expect("json");
     assert!(matches!(info["state"].as_str(), Some("running" | "stopping")), "{info}");
-    let status = second.status_json()["status"].clone();
-    assert!(status == "FORCING" || status == "DRAINING", "the drain goes on: {status}");
+    let status = second.status_json();
+    assert_eq!(status["status"], "READY", "the cut-short shutdown's drain is not continued: {status}");
+    assert_eq!(status["interrupted_shutdown"]["live_at_restart"], 1, "{status}");
+    let table = ok(&second.serve.cli(&["status"]));
+    assert!(table.contains("last shutdown:") && table.contains("cut short"), "{table}");
+    let fresh = second.create(&["--", "true"]);
+    ok(&second.serve.cli(&["wait", &fresh]));
     ok(&second.serve.cli(&["kill", &id, "--now"]));
-    second.wait_status("DRAINED");
+    second.serve.signal(Signal::SIGTERM);
+    assert_eq!(second.serve.wait_exit(), Some(0), "nothing was left to force");
     second.assert_nothing_left();
 }
 

@@ -69,6 +69,9 @@ pub struct Serve {
     /// The state dir (removed on drop when it is ours).
     pub state_dir: std::path::PathBuf,
     _temp: Option<tempfile::TempDir>,
+    /// Where the serve's log (its stderr) goes: a passing test prints nothing; a failing one prints
+    /// the log's tail when the serve is dropped.
+    log: tempfile::NamedTempFile,
 }
 
 impl ServeOptions {
@@ -108,6 +111,7 @@ impl Serve {
         };
         let grpc = free_addr();
         let http = free_addr();
+        let log = tempfile::NamedTempFile::new().expect("serve log file");
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -124,7 +128,7 @@ impl Serve {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log.reopen().expect("serve log file"));
         // A cgroup parent of its own (unless the test names one), so what it leaves is attributable.
         command.env("SANDHOST_CGROUP_PARENT", cgroup_parent_for(&state_dir));
         if let Some(token) = &options.token {
@@ -137,7 +141,7 @@ impl Serve {
         // terminal's Ctrl-C goes to the whole group (see `signal_group`).
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("spawn sandhost serve");
-        Self { child: Some(child), grpc, http, token: options.token, state_dir, _temp: temp }
+        Self { child: Some(child), grpc, http, token: options.token, state_dir, _temp: temp, log }
     }
 
     /// Waits until `/health/live` answers 200 (or panics if serve exits or the hang guard passes).
@@ -257,8 +261,29 @@ impl Serve {
     }
 }
 
+impl Serve {
+    /// What the serve has logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+/// How many lines of a serve's log a failing test prints.
+const LOG_TAIL_LINES: usize = 200;
+
 impl Drop for Serve {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- the serve on {} logged (last {} lines):\n{}",
+                self.grpc,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         if let Some(mut child) = self.child.take() {
             // FORCE_STOP=true: SIGTERM stops every sandbox at once, then serve exits.
             signal(&child, nix::sys::signal::Signal::SIGTERM);
