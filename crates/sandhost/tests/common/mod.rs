@@ -279,6 +279,11 @@ impl Drop for TestEnv {
     }
 }
 
+/// SIGKILL to `pid`; one that has already gone (ESRCH) is what was wanted.
+fn sigkill(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+}
+
 /// Kills and removes everything of one test, whatever state it left: every process in the cgroups
 /// under `prefix` and every process naming `state_dir`, the cgroups themselves, and any mount under
 /// the state dir in our namespace.
@@ -287,8 +292,8 @@ pub fn purge(prefix: &str, state_dir: &Path) {
     for dir in all_cgroups_under(prefix) {
         let _ = std::fs::write(dir.join("cgroup.kill"), "1");
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+            for pid in procs.lines().filter_map(|pid| pid.trim().parse::<i32>().ok()) {
+                sigkill(pid);
             }
         }
         let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
@@ -296,7 +301,7 @@ pub fn purge(prefix: &str, state_dir: &Path) {
     }
     let state = state_dir.to_string_lossy().into_owned();
     for (pid, _) in processes_naming(&state) {
-        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        sigkill(pid);
     }
     // Best effort (this runs in `Drop`s): what will not go within the bound stays, and the test's
     // own checks name it.
