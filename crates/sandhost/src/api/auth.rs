@@ -33,6 +33,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credentials of `Bearer <token>`: the scheme is case-insensitive and followed by one or more
+/// spaces (RFC 7235); `None` for any other scheme.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii_start())
+}
+
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(token) = &self.token else {
@@ -41,8 +49,7 @@ impl Interceptor for AuthInterceptor {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(unauthenticated("missing authorization"));
         };
-        let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
-        if constant_time_eq(presented, token.as_bytes()) {
+        if constant_time_eq(bearer_credentials(value.as_bytes()).unwrap_or_default(), token.as_bytes()) {
             Ok(request)
         } else {
             Err(unauthenticated("wrong token"))
@@ -75,9 +82,19 @@ mod tests {
     #[test]
     fn with_a_token_only_the_right_bearer_passes() {
         let mut auth = AuthInterceptor::new(Some("s3cret".into()));
-        assert!(auth.call(request_with(Some("Bearer s3cret"))).is_ok());
-        for bad in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("s3cret"), Some("Basic s3cret")]
-        {
+        for good in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer   s3cret"] {
+            assert!(auth.call(request_with(Some(good))).is_ok(), "{good}: the scheme is case-insensitive");
+        }
+        for bad in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("Bearers3cret"),
+            Some("Bearer"),
+            Some("Bearer "),
+        ] {
             let error = auth.call(request_with(bad)).expect_err("refused");
             assert_eq!(error.code(), Code::Unauthenticated, "{bad:?}");
         }

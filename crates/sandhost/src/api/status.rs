@@ -11,7 +11,7 @@
 //! | `UNAVAILABLE` | the node does not admit new work (status in the message), or its forced phase stopped a Create waiting for its turn, or the agent shut down under a start or checkpoint; `RetryInfo` |
 //! | `ABORTED` | a Delete killed the sandbox while its Create waited for its turn |
 //! | `UNAUTHENTICATED` | no or a wrong bearer token |
-//! | `INTERNAL` | the runtime failed; the message carries the cause chain |
+//! | `INTERNAL` | the runtime failed; a short message and an error id (an `ErrorInfo` detail too): the log has the cause chain under that id |
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -79,8 +79,33 @@ fn retry_later(message: String) -> Status {
     )
 }
 
+/// Longest message of an `INTERNAL` answer.
+const MAX_INTERNAL_MESSAGE: usize = 200;
+
+/// `INTERNAL`: a short message (the error itself, its first line, bounded) and an error id; the
+/// whole cause chain (which may hold a runtime's diagnostics, such as runsc's stack traces) goes to
+/// the log under that id, never to the client.
 fn internal(error: &(dyn StdError + 'static)) -> Status {
-    Status::internal(crate::error_chain(error))
+    let id = error_id();
+    tracing::error!(error_id = %id, error = %crate::error_chain(error), "internal error");
+    let summary: String =
+        error.to_string().lines().next().unwrap_or_default().chars().take(MAX_INTERNAL_MESSAGE).collect();
+    let details = ErrorDetails::with_error_info(
+        "INTERNAL",
+        "sandhost",
+        [("error_id".to_owned(), id.clone())].into_iter().collect::<std::collections::HashMap<_, _>>(),
+    );
+    Status::with_error_details(
+        Code::Internal,
+        format!("{summary} (error id {id}; the agent's log has the cause)"),
+        details,
+    )
+}
+
+/// A random id that ties an `INTERNAL` answer to its log line.
+fn error_id() -> String {
+    use rand::RngCore as _;
+    format!("{:016x}", rand::rng().next_u64())
 }
 
 /// The status of a failed `Create`.
@@ -354,10 +379,31 @@ mod tests {
     }
 
     #[test]
-    fn internal_errors_carry_the_cause_chain() {
+    fn internal_errors_carry_a_short_message_and_an_error_id_not_the_cause() {
+        let source = io::Error::other("boom\ngoroutine 1 [running]:\nmain.main()");
         let mapped =
+            sandbox_error(&SandboxError::Runtime { id: key().id, op: "pause", source: Box::new(source) });
+        let message = mapped.message();
+        assert!(message.starts_with(&format!("sandbox {}: pause failed (error id ", key().id)), "{message}");
+        assert!(!message.contains("boom") && !message.contains("goroutine"), "{message}");
+        let info = mapped.get_error_details().error_info().cloned().expect("ErrorInfo");
+        let id = info.metadata.get("error_id").expect("error id");
+        assert!(message.contains(id.as_str()), "{message}");
+        let other =
             sandbox_error(&SandboxError::Runtime { id: key().id, op: "pause", source: Box::new(io_error()) });
-        assert!(mapped.message().contains("pause failed: boom"), "{}", mapped.message());
+        assert_ne!(
+            other.get_error_details().error_info().expect("ErrorInfo").metadata.get("error_id"),
+            Some(id)
+        );
+    }
+
+    #[test]
+    fn an_internal_message_is_bounded_to_its_first_line() {
+        let long = format!("{}\nsecond line", "x".repeat(500));
+        let mapped = internal(&io::Error::other(long));
+        assert!(mapped.message().starts_with(&"x".repeat(MAX_INTERNAL_MESSAGE)), "{}", mapped.message());
+        assert!(!mapped.message().contains(&"x".repeat(MAX_INTERNAL_MESSAGE + 1)));
+        assert!(!mapped.message().contains("second line"));
     }
 
     #[test]
