@@ -146,6 +146,8 @@ impl Serve {
             .arg("--state-dir")
             .arg(state)
             .env_remove("SANDHOST_START_PARALLELISM")
+            // A thousand live sandboxes of the default size are more than this host's memory.
+            .env("SANDHOST_MEMORY_OVERCOMMIT", "1000")
             .envs(env.iter().copied())
             .env("FORCE_STOP", "true")
             .env("RUST_LOG", "error")
@@ -320,7 +322,7 @@ async fn burst(dir: &std::path::Path) {
         let settings: [(&str, Option<&str>); 2] =
             [("every start at once (anchor)", Some(&everything)), ("default start parallelism", None)];
         for (round, (name, parallelism)) in settings.into_iter().enumerate() {
-            let mut env = vec![("SANDHOST_RUNTIME", backend), ("SANDHOST_MAX_CONCURRENT_STARTS", "100000")];
+            let mut env = vec![("SANDHOST_RUNTIME", backend), ("SANDHOST_MAX_ADMITTED_STARTS", "100000")];
             env.extend(parallelism.map(|p| ("SANDHOST_START_PARALLELISM", p)));
             let serve = Serve::with(&dir.join(format!("burst-{backend}-{round}")), &env);
             let (mut latencies, wall, failed) = burst_once(&serve, total).await;

@@ -124,6 +124,8 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
             max_sandboxes: 10_000,
             max_admitted_starts: 64,
             stop_grace: grace,
+            // A thousand sandboxes of the default size are more than this host's memory.
+            memory_overcommit: 1000.0,
             ..SandboxConfig::default()
         };
         let cgroups = runtime.clone();

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sandhost_runtime::Limits;
+
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5008";
 /// Default HTTP (health, metrics) listen address.
@@ -26,6 +28,19 @@ pub const MAX_SANDBOX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
 /// Default parent cgroup of the sandboxes.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
+/// Memory limit of a sandbox whose Create names none: its processes and its private tmpfs mounts
+/// together (tmpfs pages are charged to the sandbox's memory cgroup).
+pub const DEFAULT_SANDBOX_MEMORY: u64 = 512 << 20;
+/// Pids limit of a sandbox whose Create names none.
+pub const DEFAULT_SANDBOX_PIDS: u32 = 1024;
+/// CPU limit, in millicores, of a sandbox whose Create names none: one core.
+pub const DEFAULT_SANDBOX_CPU_MILLIS: u32 = 1000;
+/// Host memory kept out of the sandboxes' allocation, for the agent and the host.
+pub const DEFAULT_MEMORY_RESERVE: u64 = 1 << 30;
+/// How many times the allocatable memory the sandboxes' limits may add up to. 1: a limit is a
+/// reservation; above 1: sandboxes are expected to stay below their limits.
+pub const DEFAULT_MEMORY_OVERCOMMIT: f64 = 1.0;
+
 /// Default SIGTERM-to-kill grace of a stop.
 pub const DEFAULT_STOP_GRACE: Duration = sandhost_runtime::DEFAULT_STOP_GRACE;
 
@@ -85,6 +100,22 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Memory limit of a sandbox whose Create names none (e.g. 512m, 2g) [default: 512m].
+    #[arg(long, env = "SANDHOST_DEFAULT_MEMORY")]
+    pub default_memory: Option<String>,
+    /// Pids limit of a sandbox whose Create names none [default: 1024].
+    #[arg(long, env = "SANDHOST_DEFAULT_PIDS")]
+    pub default_pids: Option<String>,
+    /// CPUs of a sandbox whose Create names none (e.g. 1, 0.5) [default: 1].
+    #[arg(long, env = "SANDHOST_DEFAULT_CPUS")]
+    pub default_cpus: Option<String>,
+    /// Host memory kept out of the sandboxes' allocation [default: 1g].
+    #[arg(long, env = "SANDHOST_MEMORY_RESERVE")]
+    pub memory_reserve: Option<String>,
+    /// How many times the allocatable memory (host memory minus the reserve) the sandboxes' memory
+    /// limits may add up to; beyond it a Create is RESOURCE_EXHAUSTED [default: 1].
+    #[arg(long, env = "SANDHOST_MEMORY_OVERCOMMIT")]
+    pub memory_overcommit: Option<String>,
     /// The cgroup (in every hierarchy) under which sandboxes get their own.
     #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
@@ -167,6 +198,23 @@ pub struct SandboxConfig {
     pub retention: Duration,
     /// SIGTERM-to-kill grace of a stop.
     pub stop_grace: Duration,
+    /// The limits of a sandbox whose Create names none, field by field.
+    pub default_limits: Limits,
+    /// Host memory kept out of the sandboxes' allocation.
+    pub memory_reserve: u64,
+    /// How many times the allocatable memory the sandboxes' memory limits may add up to.
+    pub memory_overcommit: f64,
+}
+
+impl SandboxConfig {
+    /// The memory the sandboxes' limits may add up to on a host of `host_memory` bytes.
+    #[must_use]
+    pub fn allocatable_memory(&self, host_memory: u64) -> u64 {
+        let allocatable = host_memory.saturating_sub(self.memory_reserve) as f64 * self.memory_overcommit;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // finite and >= 0; saturates
+        let bytes = allocatable as u64;
+        bytes
+    }
 }
 
 impl Default for SandboxConfig {
@@ -178,6 +226,13 @@ impl Default for SandboxConfig {
             default_timeout: DEFAULT_SANDBOX_TIMEOUT,
             retention: DEFAULT_RETENTION,
             stop_grace: DEFAULT_STOP_GRACE,
+            default_limits: Limits {
+                memory_bytes: Some(DEFAULT_SANDBOX_MEMORY),
+                cpu_millis: Some(DEFAULT_SANDBOX_CPU_MILLIS),
+                pids_max: Some(DEFAULT_SANDBOX_PIDS),
+            },
+            memory_reserve: DEFAULT_MEMORY_RESERVE,
+            memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
         }
     }
 }
@@ -218,6 +273,18 @@ fn duration(name: &'static str, value: Option<&String>, default: Duration) -> Re
     match value {
         None => Ok(default),
         Some(value) => parse_duration(value).map_err(|reason| ConfigError::new(name, value, reason)),
+    }
+}
+
+fn parsed<T>(
+    name: &'static str,
+    value: Option<&String>,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(value) => parse(value).map_err(|reason| ConfigError::new(name, value, reason)),
     }
 }
 
@@ -346,7 +413,60 @@ impl ServeArgs {
                 self.stop_grace.as_ref(),
                 DEFAULT_STOP_GRACE,
             )?,
+            default_limits: Limits {
+                memory_bytes: Some(parsed(
+                    "--default-memory / SANDHOST_DEFAULT_MEMORY",
+                    self.default_memory.as_ref(),
+                    DEFAULT_SANDBOX_MEMORY,
+                    crate::cli::parse::size,
+                )?),
+                cpu_millis: Some(parsed(
+                    "--default-cpus / SANDHOST_DEFAULT_CPUS",
+                    self.default_cpus.as_ref(),
+                    DEFAULT_SANDBOX_CPU_MILLIS,
+                    crate::cli::parse::cpus,
+                )?),
+                pids_max: Some(parsed(
+                    "--default-pids / SANDHOST_DEFAULT_PIDS",
+                    self.default_pids.as_ref(),
+                    DEFAULT_SANDBOX_PIDS,
+                    |text| text.trim().parse::<u32>().map_err(|e| e.to_string()),
+                )?),
+            },
+            memory_reserve: parsed(
+                "--memory-reserve / SANDHOST_MEMORY_RESERVE",
+                self.memory_reserve.as_ref(),
+                DEFAULT_MEMORY_RESERVE,
+                crate::cli::parse::size,
+            )?,
+            memory_overcommit: parsed(
+                "--memory-overcommit / SANDHOST_MEMORY_OVERCOMMIT",
+                self.memory_overcommit.as_ref(),
+                DEFAULT_MEMORY_OVERCOMMIT,
+                |text| match text.trim().parse::<f64>() {
+                    Ok(ratio) if ratio.is_finite() && ratio > 0.0 && ratio <= 1000.0 => Ok(ratio),
+                    _ => Err("expected a ratio above 0 and at most 1000, such as 1 or 1.5".to_owned()),
+                },
+            )?,
         };
+        // The defaults are checked as a request's limits are, so a node never applies one it
+        // would refuse.
+        let defaults = sandbox.default_limits;
+        crate::sandbox::check_limits(
+            defaults.memory_bytes,
+            defaults.cpu_millis,
+            defaults.pids_max,
+            u64::MAX,
+            u64::MAX,
+        )
+        .map_err(|invalid| {
+            let name = match invalid.field.as_str() {
+                "resources.memory_bytes" => "--default-memory / SANDHOST_DEFAULT_MEMORY",
+                "resources.cpu_millis" => "--default-cpus / SANDHOST_DEFAULT_CPUS",
+                _ => "--default-pids / SANDHOST_DEFAULT_PIDS",
+            };
+            ConfigError::new(name, &invalid.field, invalid.reason)
+        })?;
         let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
@@ -471,6 +591,42 @@ mod tests {
         assert_eq!(both.expect("valid").sandbox.max_admitted_starts, 9);
         let error = args(&["--max-admitted-starts", "0"]).validate(None).expect_err("invalid");
         assert!(error.to_string().contains("SANDHOST_MAX_ADMITTED_STARTS"), "{error}");
+    }
+
+    #[test]
+    fn sandboxes_are_bounded_by_default_and_the_defaults_are_checked() {
+        let config = args(&[]).validate(None).expect("valid").sandbox;
+        assert_eq!(config.default_limits.memory_bytes, Some(DEFAULT_SANDBOX_MEMORY));
+        assert_eq!(config.default_limits.cpu_millis, Some(DEFAULT_SANDBOX_CPU_MILLIS));
+        assert_eq!(config.default_limits.pids_max, Some(DEFAULT_SANDBOX_PIDS));
+        let set = args(&["--default-memory", "1g", "--default-cpus", "0.5", "--default-pids", "64"])
+            .validate(None)
+            .expect("valid")
+            .sandbox;
+        assert_eq!(
+            (set.default_limits.memory_bytes, set.default_limits.cpu_millis, set.default_limits.pids_max),
+            (Some(1 << 30), Some(500), Some(64))
+        );
+        for (flag, value, variable) in [
+            ("--default-memory", "lots", "SANDHOST_DEFAULT_MEMORY"),
+            ("--default-memory", "1k", "SANDHOST_DEFAULT_MEMORY"),
+            ("--default-cpus", "0", "SANDHOST_DEFAULT_CPUS"),
+            ("--default-pids", "1", "SANDHOST_DEFAULT_PIDS"),
+            ("--memory-reserve", "some", "SANDHOST_MEMORY_RESERVE"),
+            ("--memory-overcommit", "0", "SANDHOST_MEMORY_OVERCOMMIT"),
+            ("--memory-overcommit", "NaN", "SANDHOST_MEMORY_OVERCOMMIT"),
+        ] {
+            let error = args(&[flag, value]).validate(None).expect_err("invalid");
+            assert!(error.to_string().contains(variable), "{flag} {value}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_allocatable_memory_is_the_host_less_the_reserve_times_the_overcommit() {
+        let config =
+            SandboxConfig { memory_reserve: 1 << 30, memory_overcommit: 1.5, ..SandboxConfig::default() };
+        assert_eq!(config.allocatable_memory(9 << 30), 12 << 30);
+        assert_eq!(config.allocatable_memory(1 << 29), 0, "a host smaller than the reserve");
     }
 
     #[test]

@@ -36,6 +36,7 @@ on_both_backends!(async:
     wait_streams_end_when_the_server_shuts_down,
     reflection_lists_the_services_for_stock_tools,
     an_oversized_request_is_refused_and_changes_nothing,
+    a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included,
 );
 
 fn sandbox_json(serve: &Serve, id: &str) -> serde_json::Value {
@@ -289,6 +290,36 @@ async fn node_limits_answer_resource_exhausted(backend: Backend) {
     // Once the first leaves, there is room again.
     ok(&serve.cli(&["kill", "one", "--now"]));
     ok(&serve.cli(&["create", "--id", "four", "--", "true"]));
+}
+
+async fn a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included(backend: Backend) {
+    let mut options = ServeOptions::on(backend.name());
+    options.env.push(("SANDHOST_DEFAULT_MEMORY".into(), "64m".into()));
+    options.env.push(("SANDHOST_DEFAULT_PIDS".into(), "128".into()));
+    let serve = Serve::start_with(options);
+    let mut sandboxes = serve.sandboxes().await;
+    // 256 MiB into /tmp: the private tmpfs is charged to the sandbox's 64 MiB, not to the host.
+    let script = "dd if=/dev/zero of=/tmp/big bs=1M count=256 2>/dev/null; echo rc=$?";
+    let created = sandboxes
+        .create(pb::CreateRequest {
+            id: "filler".into(),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let applied = created.sandbox.and_then(|s| s.resources).expect("resources");
+    assert_eq!(
+        (applied.memory_bytes, applied.pids_max, applied.cpu_millis),
+        (Some(64 << 20), Some(128), Some(1000)),
+        "Get shows the limits as applied"
+    );
+    // Its memory limit ends it (the kernel's OOM killer) or its /tmp is full (dd fails): either
+    // way dd does not succeed.
+    let done = serve.cli(&["wait", "filler"]);
+    let log = ok(&serve.cli(&["logs", "filler"]));
+    assert!(!log.contains("rc=0"), "256 MiB went into a sandbox of 64 MiB: {log} / {:?}", done.status);
 }
 
 async fn with_a_token_every_call_needs_it(backend: Backend) {

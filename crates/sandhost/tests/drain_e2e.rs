@@ -311,7 +311,11 @@ async fn creates_racing_a_drain_either_start_or_are_refused_retryably_over_grpc(
         Backend::Process => 200,
         Backend::Gvisor => 40,
     };
-    let node = Node::start(backend, &[("SANDHOST_MAX_CONCURRENT_STARTS", "1000")]);
+    // A race, not a capacity test: the memory of 200 default sandboxes is let past the host's.
+    let node = Node::start(
+        backend,
+        &[("SANDHOST_MAX_ADMITTED_STARTS", "1000"), ("SANDHOST_MEMORY_OVERCOMMIT", "100")],
+    );
     let client = node.serve.sandboxes().await;
     let mut nodes = node.serve.nodes().await;
     let (results, mut outcomes) = tokio::sync::mpsc::unbounded_channel();

@@ -167,6 +167,54 @@ async fn exited_sandboxes_are_forgotten_after_the_retention_period() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_create_that_names_no_limits_gets_the_node_s_defaults_shown_as_applied() {
+    let t = TestNode::new();
+    let defaults = SandboxConfig::default().default_limits;
+    let plain = t.create("plain", DrainPolicy::Wait).await;
+    assert_eq!(plain.limits, defaults);
+    assert!(defaults.memory_bytes.is_some() && defaults.cpu_millis.is_some() && defaults.pids_max.is_some());
+    let mut some = request("some", DrainPolicy::Wait);
+    some.memory_bytes = Some(64 << 20);
+    let some = t.node.create(some).await.expect("create");
+    assert_eq!(
+        (some.limits.memory_bytes, some.limits.cpu_millis, some.limits.pids_max),
+        (Some(64 << 20), defaults.cpu_millis, defaults.pids_max),
+        "a field the request names wins; the others are the defaults"
+    );
+    assert_eq!(t.node.get("some").expect("get").limits, some.limits);
+    let allocated = t.node.info().allocated;
+    assert_eq!(allocated.memory_bytes, defaults.memory_bytes.unwrap_or(0) + (64 << 20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_past_the_allocatable_memory_is_resource_exhausted_until_memory_is_freed() {
+    // 23.5 GiB of host, 1 GiB reserved, no overcommit: 22.5 GiB allocatable.
+    let host = 47 << 29;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = TestNode::on_host(FakeRuntime::new(), SandboxConfig::default(), dir, host);
+    let twenty = |id: &str| CreateRequest { memory_bytes: Some(20 << 30), ..request(id, DrainPolicy::Wait) };
+    let a = t.node.create(twenty("a")).await.expect("the first fits");
+    let allocatable = (47u64 << 29) - (1 << 30);
+    assert!(matches!(
+        t.node.create(twenty("b")).await,
+        Err(CreateError::ResourceExhausted { limit: "allocatable memory", max }) if max == allocatable
+    ));
+    assert!(t.node.get("b").is_err(), "a refused Create leaves nothing behind");
+    t.create("small", DrainPolicy::Wait).await;
+    t.fake.exit(&key(&a), Exit::Code(0));
+    within("wait", t.node.wait("a")).await.expect("wait");
+    t.node.create(twenty("b")).await.expect("admitted once a's memory is freed");
+
+    // With an overcommit of 3, three fit and a fourth does not.
+    let config = SandboxConfig { memory_overcommit: 3.0, ..SandboxConfig::default() };
+    let t = TestNode::on_host(FakeRuntime::new(), config, tempfile::tempdir().expect("temp dir"), host);
+    for id in ["x", "y", "z"] {
+        t.node.create(twenty(id)).await.expect("within the overcommitted allocation");
+    }
+    assert!(matches!(t.node.create(twenty("w")).await, Err(CreateError::ResourceExhausted { .. })));
+}
+
+#[tokio::test(start_paused = true)]
 async fn node_limits_are_resource_exhausted() {
     let config = SandboxConfig { max_sandboxes: 2, max_admitted_starts: 1, ..SandboxConfig::default() };
     let t = TestNode::with(FakeRuntime::new(), config);

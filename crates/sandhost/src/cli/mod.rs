@@ -9,7 +9,7 @@
 mod client;
 mod node;
 mod output;
-mod parse;
+pub(crate) mod parse;
 mod sandbox;
 
 use std::process::ExitCode;

@@ -58,6 +58,11 @@ impl Manager {
                     max: self.config.max_admitted_starts,
                 }
             })?;
+            let allocatable = self.allocatable_memory();
+            let memory = prepared.info.limits.memory_bytes.unwrap_or(0);
+            if table.allocated().memory_bytes.saturating_add(memory) > allocatable {
+                return Err(CreateError::ResourceExhausted { limit: "allocatable memory", max: allocatable });
+            }
             if table.counts().live() >= self.config.max_sandboxes {
                 return Err(CreateError::ResourceExhausted {
                     limit: "live sandboxes",
@@ -198,10 +203,11 @@ impl Manager {
         let cwd = validate::cwd(request.cwd.as_deref())?;
         let timeout = validate::timeout("timeout", request.timeout.unwrap_or(self.config.default_timeout))?;
         let stop_grace = validate::stop_grace(request.stop_grace.unwrap_or(self.config.stop_grace))?;
+        let defaults = self.config.default_limits;
         let limits = validate::limits(
-            request.memory_bytes,
-            request.cpu_millis,
-            request.pids_max,
+            request.memory_bytes.or(defaults.memory_bytes),
+            request.cpu_millis.or(defaults.cpu_millis),
+            request.pids_max.or(defaults.pids_max),
             self.capacity.memory_bytes,
             self.capacity.cpu_millis,
         )?;

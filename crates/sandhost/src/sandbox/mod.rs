@@ -23,3 +23,4 @@ pub use model::{
 };
 pub use stop::StopMode;
 pub use table::Counts;
+pub(crate) use validate::limits as check_limits;

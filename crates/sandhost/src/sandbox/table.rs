@@ -7,7 +7,8 @@
 //!   a state.
 //! - An operation on a lifecycle finds its entry through [`Table::entry`] or [`Table::entry_mut`],
 //!   which match the lifecycle id too: a stale stop never touches a later sandbox with the same id.
-//! - `counts` always equals the states of the entries.
+//! - `counts` always equals the states of the entries, and `allocated` the limits of the live ones
+//!   (what a Create's memory is checked against, without walking the table).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use sandhost_runtime::{SandboxId, SandboxKey, SandboxSpec};
 use tokio::sync::{Notify, watch};
 
 use super::stop::StopMode;
-use super::{ExitReason, SandboxError, SandboxInfo, SandboxState, validate};
+use super::{ExitReason, Resources, SandboxError, SandboxInfo, SandboxState, validate};
 use crate::metrics::Metrics;
 
 /// Sandboxes per state, and exits so far: published on every transition.
@@ -81,17 +82,45 @@ impl Entry {
 pub(super) struct Table {
     pub(super) sandboxes: HashMap<SandboxId, Entry>,
     counts: Counts,
+    allocated: Resources,
     publish: watch::Sender<Counts>,
     metrics: Metrics,
 }
 
 impl Table {
     pub(super) fn new(publish: watch::Sender<Counts>, metrics: Metrics) -> Self {
-        Self { sandboxes: HashMap::new(), counts: Counts::default(), publish, metrics }
+        Self {
+            sandboxes: HashMap::new(),
+            counts: Counts::default(),
+            allocated: Resources::default(),
+            publish,
+            metrics,
+        }
     }
 
     pub(super) fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// What the live sandboxes were given.
+    pub(super) fn allocated(&self) -> Resources {
+        self.allocated
+    }
+
+    /// Adds (`live`) or removes a sandbox's limits from the allocation.
+    fn account(&mut self, info: &SandboxInfo, live: bool) {
+        let memory = info.limits.memory_bytes.unwrap_or(0);
+        let cpu = u64::from(info.limits.cpu_millis.unwrap_or(0));
+        let total = &mut self.allocated;
+        if live {
+            total.sandboxes += 1;
+            total.memory_bytes = total.memory_bytes.saturating_add(memory);
+            total.cpu_millis = total.cpu_millis.saturating_add(cpu);
+        } else {
+            total.sandboxes = total.sandboxes.saturating_sub(1);
+            total.memory_bytes = total.memory_bytes.saturating_sub(memory);
+            total.cpu_millis = total.cpu_millis.saturating_sub(cpu);
+        }
     }
 
     /// The entry of this lifecycle, if it is still the one under its id.
@@ -127,6 +156,10 @@ impl Table {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         entry.info.state = next;
         entry.state_tx.send_replace(next);
+        if next == SandboxState::Exited {
+            let info = entry.info.clone();
+            self.account(&info, false);
+        }
         *self.counts.slot(previous) -= 1;
         *self.counts.slot(next) += 1;
         if next == SandboxState::Exited {
@@ -140,9 +173,15 @@ impl Table {
     pub(super) fn insert(&mut self, entry: Entry) {
         let state = entry.info.state;
         let mut changed = vec![state];
+        if state.is_live() {
+            self.account(&entry.info, true);
+        }
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             *self.counts.slot(old.info.state) -= 1;
             changed.push(old.info.state);
+            if old.info.state.is_live() {
+                self.account(&old.info, false);
+            }
         }
         *self.counts.slot(state) += 1;
         self.publish_counts(&changed);

@@ -28,8 +28,8 @@ pub(crate) const MAX_PATH: usize = 4096;
 pub(crate) const MIN_MEMORY: u64 = 4 * 1024 * 1024;
 /// Smallest CPU limit, in millicores.
 pub(crate) const MIN_CPU_MILLIS: u32 = 10;
-/// Largest pids limit.
-pub(crate) const MAX_PIDS: u32 = 32_768;
+/// The pids limits a sandbox may have: its init and its command need two.
+pub(crate) const PIDS: std::ops::RangeInclusive<u32> = 2..=32_768;
 /// Longest stop grace.
 pub(crate) const MAX_STOP_GRACE: Duration = Duration::from_secs(300);
 
@@ -169,9 +169,12 @@ pub(crate) fn limits(
         ));
     }
     if let Some(pids) = pids_max
-        && !(1..=MAX_PIDS).contains(&pids)
+        && !PIDS.contains(&pids)
     {
-        return Err(invalid("resources.pids_max", format!("must be from 1 to {MAX_PIDS}")));
+        return Err(invalid(
+            "resources.pids_max",
+            format!("must be from {} to {}", PIDS.start(), PIDS.end()),
+        ));
     }
     Ok(Limits { memory_bytes, cpu_millis, pids_max })
 }
@@ -253,6 +256,15 @@ mod tests {
         assert_eq!(limits(None, Some(1), None, gib, 2000).unwrap_err().field, "resources.cpu_millis");
         assert_eq!(limits(None, Some(1_000_000), None, gib, 2000).unwrap_err().field, "resources.cpu_millis");
         assert_eq!(limits(None, None, Some(0), gib, 2000).unwrap_err().field, "resources.pids_max");
+        // The init and the command need two; the message states the one range that is checked.
+        let one = limits(None, None, Some(1), gib, 2000).unwrap_err();
+        assert_eq!(
+            (one.field.as_str(), one.reason.as_str()),
+            ("resources.pids_max", "must be from 2 to 32768")
+        );
+        assert!(limits(None, None, Some(2), gib, 2000).is_ok());
+        assert!(limits(None, None, Some(32_768), gib, 2000).is_ok());
+        assert!(limits(None, None, Some(32_769), gib, 2000).is_err());
     }
 
     #[test]

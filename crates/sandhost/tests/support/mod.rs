@@ -13,6 +13,9 @@ use sandhost::sandbox::{CreateRequest, DrainPolicy, Manager, SandboxInfo};
 use sandhost_runtime::SandboxKey;
 use sandhost_runtime::fake::FakeRuntime;
 
+/// The memory of the fake host the tests' nodes run on.
+pub const TEST_HOST_MEMORY: u64 = 1 << 40;
+
 /// The forced phase's bound in these tests.
 pub const FORCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,8 +42,16 @@ impl TestNode {
 
     /// A node over `fake` with `config`, in `dir` (a restarted agent reuses the dir).
     pub fn in_dir(fake: FakeRuntime, config: SandboxConfig, dir: tempfile::TempDir) -> Self {
+        // A host of 1 TiB, whatever this one has: the tests' own sandboxes never fill it, and a test
+        // of the capacity sets its own.
+        Self::on_host(fake, config, dir, TEST_HOST_MEMORY)
+    }
+
+    /// A node over `fake` with `config`, in `dir`, on a host of `memory` bytes.
+    pub fn on_host(fake: FakeRuntime, config: SandboxConfig, dir: tempfile::TempDir, memory: u64) -> Self {
         let mut registry = Registry::default();
-        let settings = NodeSettings::new(config, FORCE_TIMEOUT, "test-node");
+        let mut settings = NodeSettings::new(config, FORCE_TIMEOUT, "test-node");
+        settings.capacity.memory_bytes = memory;
         let node = Node::build(Arc::new(fake.clone()), settings, dir.path(), &mut registry);
         let manager = Arc::clone(node.manager());
         Self { node, fake, manager, registry, dir }
