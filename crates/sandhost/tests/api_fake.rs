@@ -270,3 +270,69 @@ async fn with_a_token_health_and_reflection_need_it_too() {
     let refused = server.sandboxes().list(pb::ListRequest::default()).await.expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
+
+/// Every page of `List`, followed through its tokens; each page's size checked against `page_size`.
+async fn all_pages(server: &Server, page_size: u32) -> (Vec<String>, usize) {
+    let mut client = server.sandboxes().max_decoding_message_size(4 << 20);
+    let (mut ids, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let request = pb::ListRequest { page_size, page_token: token.clone(), ..Default::default() };
+        let reply = client.list(request).await.unwrap().into_inner();
+        let most = if page_size == 0 { 100 } else { page_size.min(1000) as usize };
+        assert!(
+            reply.sandboxes.len() <= most,
+            "a page of {} for a size of {page_size}",
+            reply.sandboxes.len()
+        );
+        ids.extend(reply.sandboxes.into_iter().map(|s| s.id));
+        pages += 1;
+        if reply.next_page_token.is_empty() {
+            return (ids, pages);
+        }
+        token = reply.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_through_every_sandbox_once_in_order() {
+    let t = TestNode::new();
+    for n in 0..250 {
+        t.create(&format!("s{n:03}"), DrainPolicy::Wait).await;
+    }
+    let mut server = Server::start(&t, None).await;
+    let mut expected: Vec<String> = (0..250).map(|n| format!("s{n:03}")).collect();
+    expected.sort();
+    for (page_size, pages) in [(0, 3), (100, 3), (7, 36), (5000, 1)] {
+        let (ids, got) = all_pages(&server, page_size).await;
+        assert_eq!(ids, expected, "page size {page_size}");
+        assert_eq!(got, pages, "page size {page_size}");
+    }
+    let status = server
+        .sandboxes()
+        .list(pb::ListRequest { page_token: "../../etc".into(), ..Default::default() })
+        .await
+        .expect_err("a token this node never gave");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.get_error_details().bad_request().unwrap().field_violations[0].field, "page_token");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_reply_fits_a_stock_client_however_large_the_sandboxes() {
+    let t = TestNode::new();
+    // Seventy sandboxes of 250 KB of argv each: 17 MB in all, more than the 4 MiB a stock client takes.
+    let big = "x".repeat(250 * 1024);
+    for n in 0..70 {
+        let request = sandhost::sandbox::CreateRequest {
+            id: Some(format!("big{n:02}")),
+            argv: vec!["echo".into(), big.clone()],
+            ..sandhost::sandbox::CreateRequest::default()
+        };
+        t.node.create(request).await.expect("create");
+    }
+    let mut server = Server::start(&t, None).await;
+    let (ids, pages) = all_pages(&server, 1000).await;
+    assert_eq!(ids.len(), 70, "every sandbox, once");
+    assert!(pages >= 6, "the replies were cut by their size: {pages} pages");
+    server.stop().await;
+}

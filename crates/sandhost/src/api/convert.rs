@@ -139,8 +139,26 @@ pub(crate) fn update_request(request: pb::UpdateRequest, now: SystemTime) -> Res
     Ok(UpdateRequest { timeout, labels: request.labels.map(|labels| labels.labels) })
 }
 
+/// Sandboxes in a `List` reply when the request names no page size.
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most sandboxes in a `List` reply.
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
+
+/// The filter of a `List` request, for one page; the page may end earlier (see
+/// [`super::sandbox_service`]). The page token is the last id of the previous page.
 pub(crate) fn list_filter(request: pb::ListRequest) -> Result<ListFilter, Status> {
-    Ok(ListFilter { state: state_from_proto("state", request.state)?, labels: request.labels })
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => Some(
+            sandhost_runtime::SandboxId::parse(token)
+                .map_err(|_| invalid_argument("page_token", "not a token this node gave"))?,
+        ),
+    };
+    let limit = match usize::try_from(request.page_size).unwrap_or(usize::MAX) {
+        0 => DEFAULT_PAGE_SIZE,
+        size => size.min(MAX_PAGE_SIZE),
+    };
+    Ok(ListFilter { state: state_from_proto("state", request.state)?, labels: request.labels, after, limit })
 }
 
 fn resources(limits: Limits) -> pb::Resources {
@@ -335,7 +353,7 @@ mod tests {
         assert_eq!(field_of(&create_request(request).expect_err("unknown policy")), "drain_policy");
 
         let error =
-            list_filter(pb::ListRequest { state: 99, labels: BTreeMap::new() }).expect_err("unknown state");
+            list_filter(pb::ListRequest { state: 99, ..Default::default() }).expect_err("unknown state");
         assert_eq!(field_of(&error), "state");
     }
 

@@ -14,6 +14,11 @@ use super::status::{create_error, sandbox_error, shutting_down};
 use super::{convert, until_shutdown};
 use crate::node::Node;
 
+/// Most bytes of sandboxes in one `List` reply: below the 4 MiB a stock gRPC client accepts.
+const MAX_LIST_REPLY_BYTES: usize = 3 << 20;
+/// The bytes a repeated field adds around each entry (its tag and length).
+const LIST_ENTRY_OVERHEAD: usize = 8;
+
 /// The stream of a `Logs` call.
 pub(crate) type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
 
@@ -61,9 +66,30 @@ impl SandboxService for SandboxApi {
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let filter = convert::list_filter(request.into_inner())?;
-        let sandboxes = self.node.list(&filter).into_iter().map(convert::sandbox).collect();
-        Ok(Response::new(pb::ListResponse { sandboxes }))
+        let mut filter = convert::list_filter(request.into_inner())?;
+        let page_size = filter.limit;
+        // One more than the page, to know whether another page follows.
+        filter.limit = page_size.saturating_add(1);
+        let mut found = self.node.list(&filter).into_iter();
+        let mut sandboxes = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for info in found.by_ref() {
+            let sandbox = convert::sandbox(info);
+            let len = prost::Message::encoded_len(&sandbox) + LIST_ENTRY_OVERHEAD;
+            if sandboxes.len() == page_size || (bytes + len > MAX_LIST_REPLY_BYTES && !sandboxes.is_empty()) {
+                more = true;
+                break;
+            }
+            bytes += len;
+            sandboxes.push(sandbox);
+        }
+        let next_page_token = if more {
+            sandboxes.last().map(|s: &pb::Sandbox| s.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListResponse { sandboxes, next_page_token }))
     }
 
     async fn delete(

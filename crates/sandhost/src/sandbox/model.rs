@@ -189,12 +189,22 @@ pub struct UpdateRequest {
 }
 
 /// Which sandboxes `List` returns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListFilter {
     /// Only sandboxes in this state.
     pub state: Option<SandboxState>,
     /// Only sandboxes carrying all of these labels.
     pub labels: BTreeMap<String, String>,
+    /// Only sandboxes whose id sorts after this one (the previous page's last).
+    pub after: Option<SandboxId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        Self { state: None, labels: BTreeMap::new(), after: None, limit: usize::MAX }
+    }
 }
 
 /// A sandbox as `Get` and `List` report it.

@@ -32,16 +32,16 @@ impl Manager {
 
     pub(crate) fn list(&self, filter: &ListFilter) -> Vec<SandboxInfo> {
         let table = self.lock();
-        let mut list: Vec<SandboxInfo> = table
+        let mut list: Vec<&SandboxInfo> = table
             .sandboxes
             .values()
             .map(|e| &e.info)
+            .filter(|info| filter.after.as_ref().is_none_or(|after| info.id > *after))
             .filter(|info| filter.state.is_none_or(|s| s == info.state))
             .filter(|info| filter.labels.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
-            .cloned()
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
-        list
+        list.into_iter().take(filter.limit).cloned().collect()
     }
 
     pub(crate) async fn delete(self: &Arc<Self>, id: &str, now: bool) -> Result<SandboxInfo, SandboxError> {
