@@ -6,6 +6,7 @@
 //!   the exit record);
 //! - `cgroup`: limits, freeze and kill-all on cgroup v2, v1 or the hybrid of both;
 //! - `seccomp`, `logs`, `state`: the filter, the bounded log, the state dir;
+//! - `status_pipe`: how a starting sandbox tells the agent that its command runs, or what failed;
 //! - `start`, `control`, `recover`: the [`Runtime`] operations.
 //!
 //! # Invariants
@@ -27,6 +28,7 @@ mod seccomp;
 mod spawn;
 mod start;
 pub(crate) mod state;
+mod status_pipe;
 mod sys;
 
 use std::collections::HashMap;

@@ -1,9 +1,7 @@
 //! `start`: validate the spec, create the state dir and the cgroup, clone the init, and return
 //! once the command has exec'd, or with the error the init reported, having undone every step.
 //!
-//! The status pipe: the agent keeps its read end; the init gets the write end as fd 3
-//! (close-on-exec in the init, and in the command up to its `execve`). EOF with nothing read means
-//! the command runs; anything else is the failure of a step (see `spawn` and `init`).
+//! Whether the command runs, or which step failed, comes over the status pipe (`status_pipe`).
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -14,13 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
-use nix::fcntl::OFlag;
-use tokio::io::AsyncReadExt;
-
 use super::cgroup::{Cgroup, CgroupError};
 use super::control::Sandbox;
-use super::init::{INIT_SUBCOMMAND, InitArgs, SETUP_FAILED};
-use super::spawn::{self, CGROUP_JOIN_FAILED, INIT_EXEC_FAILED, InitPlan};
+use super::init::{INIT_SUBCOMMAND, InitArgs};
+use super::spawn::{self, InitPlan};
+use super::status_pipe::{self, Report};
 use super::{Inner, NAME, state, sys};
 use crate::{SandboxKey, SandboxSpec, StartError, Started};
 
@@ -74,8 +70,7 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     for arg in args.to_args() {
         argv.push(c_string(key, arg)?);
     }
-    let (status_r, status_w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| host("status pipe")(e.into()))?;
+    let (status, status_w) = status_pipe::pipe().map_err(host("status pipe"))?;
     let open = |path: PathBuf, write: bool| -> io::Result<OwnedFd> {
         let mut options = std::fs::OpenOptions::new();
         if write {
@@ -108,17 +103,12 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     };
     state::write_json(&dir, state::INIT, &record).map_err(host("write init record"))?;
 
-    let mut status =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(host("status pipe"))?;
-    let mut report = Vec::new();
     let timed_out = || host("wait for sandbox setup")(io::ErrorKind::TimedOut.into());
-    match tokio::time::timeout_at(deadline, status.read_to_end(&mut report)).await {
-        Ok(Ok(_)) => {}
+    match tokio::time::timeout_at(deadline, status.outcome()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(report))) => return Err(start_failure(spec, report)),
         Ok(Err(e)) => return Err(host("read status pipe")(e)),
         Err(_) => return Err(timed_out()),
-    }
-    if !report.is_empty() {
-        return Err(start_failure(spec, &report));
     }
     // Past the deadline is a timeout even if the report has just come: whether a start counts as
     // timed out must not depend on when this task happened to be polled.
@@ -151,20 +141,20 @@ fn cgroup_error(key: &SandboxKey, e: CgroupError) -> StartError {
     StartError::Host { key: key.clone(), step: e.step, source: e.source }
 }
 
-/// Turns what the init (or the clone child) wrote on the status pipe into an error.
-fn start_failure(spec: &SandboxSpec, report: &[u8]) -> StartError {
+/// The error of the step the status pipe reported failed.
+fn start_failure(spec: &SandboxSpec, report: Report) -> StartError {
     let key = spec.key.clone();
-    let errno = || {
-        let bytes: [u8; 4] = report.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
-        io::Error::from_raw_os_error(i32::from_le_bytes(bytes))
-    };
-    let text = || String::from_utf8_lossy(&report[1..]).into_owned();
-    match report[0] {
-        INIT_EXEC_FAILED => StartError::Host { key, step: "exec init", source: errno() },
-        CGROUP_JOIN_FAILED => StartError::Host { key, step: "join cgroup", source: errno() },
-        SETUP_FAILED => StartError::Host { key, step: "sandbox setup", source: io::Error::other(text()) },
-        b'X' => StartError::Exec { key, command: spec.argv[0].clone(), reason: text() },
-        _ => StartError::Host { key, step: "sandbox setup", source: io::Error::other(text()) },
+    match report {
+        Report::InitExec(errno) => {
+            StartError::Host { key, step: "exec init", source: io::Error::from_raw_os_error(errno) }
+        }
+        Report::CgroupJoin(errno) => {
+            StartError::Host { key, step: "join cgroup", source: io::Error::from_raw_os_error(errno) }
+        }
+        Report::Setup(text) => {
+            StartError::Host { key, step: "sandbox setup", source: io::Error::other(text) }
+        }
+        Report::Exec(reason) => StartError::Exec { key, command: spec.argv[0].clone(), reason },
     }
 }
 

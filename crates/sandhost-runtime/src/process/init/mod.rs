@@ -28,15 +28,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
 
 use super::logs::LogWriter;
-use super::spawn::{STATE_DIR_FD, STATUS_FD};
+use super::spawn::STATE_DIR_FD;
+use super::status_pipe::{Report, STATUS_FD};
 use super::{state, sys};
 use crate::{Exit, SandboxSpec};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost __init ...`.
 pub const INIT_SUBCOMMAND: &str = "__init";
-
-/// Prefix byte of a setup failure on the status pipe (followed by text).
-pub(crate) const SETUP_FAILED: u8 = b'S';
 
 const FORWARDED: [Signal; 5] =
     [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
@@ -96,10 +94,9 @@ pub fn init_main(args: Vec<OsString>) -> ! {
     let code = match run(args, status, &dir) {
         Ok(code) => code,
         Err((status, e)) => {
-            let text = format!("{}{}: {}", char::from(SETUP_FAILED), e.step, e.message);
             eprintln!("sandhost init: {}: {}", e.step, e.message);
             if let Some(status) = status {
-                let _ = nix::unistd::write(&status, text.as_bytes());
+                let _ = Report::Setup(format!("{}: {}", e.step, e.message)).send(status.as_fd());
             }
             125
         }
