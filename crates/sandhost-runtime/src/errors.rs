@@ -193,3 +193,18 @@ pub enum CheckpointError {
         source: io::Error,
     },
 }
+
+/// Why [`Runtime::close`](crate::Runtime::close) left something of the backend on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// A parent cgroup of the backend's sandboxes could not be removed: a sandbox still has a
+    /// cgroup under it, or the host refused.
+    #[error("removing the parent cgroup {path} failed")]
+    CgroupParent {
+        /// The parent cgroup's directory.
+        path: std::path::PathBuf,
+        /// The OS error (`EBUSY` while a sandbox's cgroup is under it).
+        #[source]
+        source: io::Error,
+    },
+}

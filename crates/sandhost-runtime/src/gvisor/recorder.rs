@@ -13,7 +13,6 @@ use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 
-use super::runsc::exit_from_status;
 use crate::Exit;
 
 /// The hidden subcommand of the `sandhost` binary that runs [`exit_recorder_main`].
@@ -49,7 +48,7 @@ pub fn exit_recorder_main(args: Vec<OsString>) -> ! {
         }
     };
     let (exit, code) = match (status.code(), status.signal()) {
-        (Some(code), _) => (exit_from_status(code), code),
+        (Some(code), _) => (Exit::from_shell_code(code), code),
         (None, Some(signal)) => (Exit::Signal(signal), 128 + signal),
         (None, None) => (Exit::Signal(libc::SIGKILL), 128 + libc::SIGKILL),
     };
