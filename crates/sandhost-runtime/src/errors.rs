@@ -1,4 +1,4 @@
-//! Typed errors, one per operation. Each names the sandbox (or snapshot) it is about.
+//! Typed errors, one per operation. Each names the sandbox (or snapshot, or host path) it is about.
 
 use std::io;
 

@@ -13,6 +13,11 @@
 //! - the fake ([`fake::FakeRuntime`], feature `test-util`): records every call and can be told to
 //!   hang or fail any operation.
 //!
+//! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
+//! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
+//! directories and atomic JSON files), `fswatch` (inotify, for logs and `cgroup.events`) and
+//! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
+//!
 //! # Invariants every backend keeps
 //!
 //! - A failed [`Runtime::start`] leaves nothing behind: no process, cgroup, mount or state file.
@@ -21,6 +26,8 @@
 //! - [`Runtime::stop`] and [`Runtime::kill`] are idempotent, and return only once no process of the
 //!   sandbox is left.
 //! - [`Runtime::wait`] is event-driven (no polling) and cancel-safe.
+//! - What a backend holds for all its sandboxes (parent cgroups) goes with [`Runtime::close`], never
+//!   while a sandbox is under it.
 
 mod background;
 mod cgroup;

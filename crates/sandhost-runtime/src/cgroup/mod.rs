@@ -34,9 +34,9 @@ use tokio::time::Instant;
 pub(crate) use layout::Layout;
 
 /// How often what notifies nothing (the v1 freezer, a v1-only cgroup) is checked again.
-pub(crate) const POLL_STEP: Duration = Duration::from_millis(1);
+const POLL_STEP: Duration = Duration::from_millis(1);
 /// How long a freeze may take to reach every task before it is given up (and thawed).
-pub(crate) const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long exiting tasks may hold a cgroup that is being removed.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 

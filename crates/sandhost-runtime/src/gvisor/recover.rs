@@ -107,3 +107,21 @@ fn adopt_legacy_log(dir: &std::path::Path) {
         tracing::warn!(dir = %dir.display(), error = %e, "renaming a log an earlier agent named failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_an_earlier_agent_named_is_adopted_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(paths::LEGACY_LOG), b"old").expect("write");
+        adopt_legacy_log(dir.path());
+        assert_eq!(std::fs::read(paths::log_path(dir.path())).expect("renamed"), b"old");
+        assert!(!dir.path().join(paths::LEGACY_LOG).exists());
+        // A log under the new name is never replaced.
+        std::fs::write(dir.path().join(paths::LEGACY_LOG), b"stale").expect("write");
+        adopt_legacy_log(dir.path());
+        assert_eq!(std::fs::read(paths::log_path(dir.path())).expect("kept"), b"old");
+    }
+}

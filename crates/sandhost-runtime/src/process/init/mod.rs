@@ -8,8 +8,8 @@
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
 //!    reaps every orphan, copies the command's output into the bounded log, and when the command
-//!    exits writes `exit.json` atomically (temp file plus rename, through the dir fd) and exits,
-//!    which makes the kernel kill whatever is left in the pid namespace.
+//!    exits writes `exit.json` atomically (`crate::state::write_json_at`, through the dir fd) and
+//!    exits, which makes the kernel kill whatever is left in the pid namespace.
 
 mod command;
 mod mounts;
