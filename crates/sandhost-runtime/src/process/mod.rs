@@ -34,6 +34,7 @@ mod sys;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -207,8 +208,6 @@ impl ProcessRuntime {
         self.inner.layout.remove_parents()
     }
 }
-
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 /// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
 fn is_valid_cgroup_parent(parent: &str) -> bool {
