@@ -1,4 +1,4 @@
-//! Typed errors, one per operation. Each names the sandbox (or snapshot) it is about.
+//! Typed errors, one per operation. Each names the sandbox (or snapshot, or host path) it is about.
 
 use std::io;
 
@@ -151,20 +151,6 @@ pub enum CleanupError {
     },
 }
 
-/// Why the backend could not release what it holds on the host.
-#[derive(Debug, thiserror::Error)]
-pub enum CloseError {
-    /// Something could not be released.
-    #[error("releasing {what} failed")]
-    Host {
-        /// What was left (e.g. "the parent cgroups").
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// Why the sandboxes of an earlier agent could not be recovered.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
@@ -203,6 +189,21 @@ pub enum CheckpointError {
         /// The step.
         step: &'static str,
         /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why [`Runtime::close`](crate::Runtime::close) left something of the backend on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// A parent cgroup of the backend's sandboxes could not be removed: a sandbox still has a
+    /// cgroup under it, or the host refused.
+    #[error("removing the parent cgroup {path} failed")]
+    CgroupParent {
+        /// The parent cgroup's directory.
+        path: std::path::PathBuf,
+        /// The OS error (`EBUSY` while a sandbox's cgroup is under it).
         #[source]
         source: io::Error,
     },

@@ -87,6 +87,8 @@ pub enum Call {
     ListSnapshots,
     /// [`Runtime::delete_snapshot`].
     DeleteSnapshot(SnapshotId),
+    /// [`Runtime::close`].
+    Close,
 }
 
 impl Call {
@@ -106,7 +108,8 @@ impl Call {
             | Self::Forget(_)
             | Self::Recover
             | Self::ListSnapshots
-            | Self::DeleteSnapshot(_) => None,
+            | Self::DeleteSnapshot(_)
+            | Self::Close => None,
         }
     }
 }

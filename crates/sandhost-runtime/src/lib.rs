@@ -13,6 +13,11 @@
 //! - the fake ([`fake::FakeRuntime`], feature `test-util`): records every call and can be told to
 //!   hang or fail any operation.
 //!
+//! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
+//! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
+//! directories and atomic JSON files), `fswatch` (inotify, for logs and `cgroup.events`) and
+//! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
+//!
 //! # Invariants every backend keeps
 //!
 //! - A failed [`Runtime::start`] leaves nothing behind: no process, cgroup, mount or state file.
@@ -21,10 +26,15 @@
 //! - [`Runtime::stop`] and [`Runtime::kill`] are idempotent, and return only once no process of the
 //!   sandbox is left.
 //! - [`Runtime::wait`] is event-driven (no polling) and cancel-safe.
+//! - What a backend holds for all its sandboxes (parent cgroups) goes with [`Runtime::close`], never
+//!   while a sandbox is under it.
 
+mod background;
+mod cgroup;
 mod errors;
 mod fswatch;
 mod spec;
+mod state;
 
 #[cfg(feature = "test-util")]
 pub mod fake;
@@ -60,6 +70,12 @@ impl Exit {
             Self::Code(code) => code,
             Self::Signal(signal) => 128 + signal,
         }
+    }
+
+    /// The exit a shell-style status stands for (how runsc reports one): 129 to 192 is
+    /// 128 + a signal, anything else a code.
+    pub(crate) fn from_shell_code(status: i32) -> Self {
+        if (129..=128 + 64).contains(&status) { Self::Signal(status - 128) } else { Self::Code(status) }
     }
 }
 
@@ -250,20 +266,25 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Waits until the work the backend does after a call has returned is done: the slow delete
-    /// of a container that a cancelled start or a checkpoint-and-continue left (gvisor). The
-    /// shutdown awaits it within its bound. Backends that do everything in the call return at once.
+    /// Waits until the work the backend does after a call has returned is done: the undoing of a
+    /// start whose caller went away, and the slow delete of a container that a checkpoint-and-
+    /// continue left (gvisor). The shutdown awaits it within its bound. Backends that do everything
+    /// in the call return at once.
     async fn settle(&self) {}
 
-    /// Releases what the backend holds on the host beyond its sandboxes (its parent cgroups): the
-    /// last step of a shutdown, after every sandbox is gone and [`Runtime::settle`] has returned.
+    /// Releases what the backend holds on the host for all its sandboxes (the parent cgroups of
+    /// the process and gvisor backends), once every sandbox is gone.
+    ///
+    /// Call it last, at a clean shutdown: after every sandbox has been stopped and forgotten (or
+    /// was handed over to the next agent) and after [`Runtime::settle`]. It does not stop or touch
+    /// any sandbox: a parent that still holds one stays, and is reported. The runtime must not
+    /// start sandboxes afterwards. Idempotent.
     ///
     /// # Errors
     ///
-    /// [`CloseError`] naming what could not be released (a parent cgroup still busy, say).
-    async fn close(&self) -> Result<(), CloseError> {
-        Ok(())
-    }
+    /// A [`CloseError`] naming the first thing that stayed (everything else is still released),
+    /// for example the parent cgroup of a sandbox that still runs.
+    async fn close(&self) -> Result<(), CloseError>;
 }
 
 /// The default stop grace: SIGTERM, then this long before the cgroup is killed.
@@ -272,3 +293,19 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a start may take, from its turn, before it is undone (a hang guard: a process start
 /// takes milliseconds, a gVisor one a fraction of a second).
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_codes_above_128_are_signals() {
+        assert_eq!(Exit::from_shell_code(0), Exit::Code(0));
+        assert_eq!(Exit::from_shell_code(3), Exit::Code(3));
+        assert_eq!(Exit::from_shell_code(143), Exit::Signal(15));
+        assert_eq!(Exit::from_shell_code(137), Exit::Signal(9));
+        for exit in [Exit::Code(1), Exit::Code(127), Exit::Signal(9), Exit::Signal(64)] {
+            assert_eq!(Exit::from_shell_code(exit.as_shell_code()), exit);
+        }
+    }
+}

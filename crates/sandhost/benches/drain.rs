@@ -165,7 +165,7 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
         let report = node.coordinator().report();
         assert_eq!(report.force_stopped, n as u64, "{report:?}");
         assert!(report.failures.is_empty(), "{report:?}");
-        cgroups.remove_cgroup_parents().expect("the parent cgroups are empty after the drain");
+        cgroups.close().await.expect("the parent cgroups are empty after the drain");
         let base = *base.get_or_insert(took);
         println!("| {n} | {start_all:?} | {took:?} | {:.1}x |", took.as_secs_f64() / base.as_secs_f64());
     }

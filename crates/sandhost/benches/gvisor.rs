@@ -133,6 +133,6 @@ async fn main() {
             size as f64 / f64::from(1 << 20)
         );
     }
-    let _ = gvisor.remove_cgroup_parents();
-    let _ = process.remove_cgroup_parents();
+    let _ = gvisor.close().await;
+    let _ = process.close().await;
 }

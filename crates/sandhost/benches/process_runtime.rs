@@ -152,7 +152,7 @@ async fn bench_ours(tmp: &Path, n: usize) -> Results {
     }
     while workers.join_next().await.is_some() {}
     let concurrent_rate = n as f64 / t0.elapsed().as_secs_f64();
-    let _ = runtime.remove_cgroup_parents();
+    let _ = runtime.close().await;
     Results { running, exit, sequential_rate, concurrent_rate }
 }
 

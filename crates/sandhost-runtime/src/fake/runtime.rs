@@ -8,9 +8,9 @@ use async_trait::async_trait;
 
 use super::{Call, FAKE_BACKEND, FakeRuntime, Op, Sandbox, StopBehaviour};
 use crate::{
-    CheckpointError, CleanupError, ControlError, Exit, LogChunk, LogsError, RecoverError, Recovered,
-    RecoveredState, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started,
-    StopError, WaitError,
+    CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
+    Recovered, RecoveredState, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError,
+    Started, StopError, WaitError,
 };
 
 /// The error a real backend gives when a cgroup still has processes.
@@ -227,6 +227,11 @@ impl Runtime for FakeRuntime {
         if state.snapshots.len() == before {
             return Err(CheckpointError::SnapshotNotFound(snapshot.clone()));
         }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        self.record(Call::Close);
         Ok(())
     }
 }

@@ -196,6 +196,16 @@ async fn cleanup_and_forget_remove_an_exited_sandbox() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn close_is_recorded_and_idempotent() {
+    let fake = FakeRuntime::new();
+    fake.settle().await;
+    fake.close().await.expect("closes");
+    fake.close().await.expect("idempotent");
+    assert_eq!(fake.calls(), vec![Call::Close, Call::Close]);
+    assert_eq!(Call::Close.op(), None, "close is not scriptable");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_wait_pending_when_the_sandbox_is_forgotten_ends() {
     let fake = FakeRuntime::new();
     let key = started(&fake, "a").await;

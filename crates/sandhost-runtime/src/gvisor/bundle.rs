@@ -6,7 +6,7 @@
 //! sees another's logs or snapshots. The `host` template also masks the host's secrets, as the
 //! process backend does (root inside the sandbox owns them). The command has no capability.
 //! Limits become `linux.resources` under the cgroup `<parent>/<container id>`, which runsc creates
-//! and (on a clean delete) removes.
+//! and (on a clean delete) removes; the backend reaches it through `crate::cgroup::Layout::find`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -258,89 +258,4 @@ pub(crate) fn write(bundle: &Path, spec: &SandboxSpec, ctx: &BundleContext<'_>) 
     let config = oci_spec(spec, ctx)?;
     let bytes = serde_json::to_vec_pretty(&config).map_err(other)?;
     std::fs::write(bundle.join("config.json"), bytes)
-}
-
-/// Removes the cgroup `<parent>/<cid>` from every hierarchy (runsc leaves it behind when a
-/// container dies abnormally). Missing directories are fine.
-pub(crate) fn remove_cgroups(cgroup_parent: &str, cid: &str) -> io::Result<()> {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut dirs = vec![root.join(cgroup_parent).join(cid)];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for entry in entries.flatten() {
-            dirs.push(entry.path().join(cgroup_parent).join(cid));
-        }
-    }
-    for dir in dirs {
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTDIR) => {
-                return Err(e);
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Freezes (or thaws) every process of container `cid` through its cgroup: the v1 freezer where
-/// it is there, else v2 `cgroup.freeze`. Used for pause because `runsc pause` does not stop a
-/// restored container in runsc 20221219 (it reports it paused while it runs on).
-pub(crate) fn freeze(cgroup_parent: &str, cid: &str, frozen: bool) -> io::Result<()> {
-    let root = Path::new("/sys/fs/cgroup");
-    let v1 = root.join("freezer").join(cgroup_parent).join(cid).join("freezer.state");
-    if v1.exists() {
-        return std::fs::write(v1, if frozen { "FROZEN" } else { "THAWED" });
-    }
-    for base in [root.join("unified"), root.to_path_buf()] {
-        let v2 = base.join(cgroup_parent).join(cid).join("cgroup.freeze");
-        if v2.exists() {
-            return std::fs::write(v2, if frozen { "1" } else { "0" });
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::NotFound, format!("no freezer cgroup for container {cid}")))
-}
-
-/// How long a freeze may take to complete (every task stopped) before pause reports failure.
-const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Waits until the kernel reports container `cid`'s cgroup wholly frozen (v1 `FROZEN`, not
-/// `FREEZING`; v2 `frozen 1`), within [`FREEZE_TIMEOUT`]: woken by v2's `cgroup.events`; the v1
-/// freezer notifies nothing and is checked every millisecond.
-pub(crate) async fn wait_frozen(cgroup_parent: &str, cid: &str) -> io::Result<()> {
-    let root = Path::new("/sys/fs/cgroup");
-    let v1 = root.join("freezer").join(cgroup_parent).join(cid).join("freezer.state");
-    let v2 = [root.join("unified"), root.to_path_buf()]
-        .map(|b| b.join(cgroup_parent).join(cid).join("cgroup.events"));
-    let frozen = || {
-        std::fs::read_to_string(&v1).is_ok_and(|s| s.trim() == "FROZEN")
-            || v2.iter().any(|e| std::fs::read_to_string(e).is_ok_and(|t| t.lines().any(|l| l == "frozen 1")))
-    };
-    if !v1.exists()
-        && let Some(events) = v2.iter().find(|e| e.exists())
-    {
-        return match crate::fswatch::until(events, FREEZE_TIMEOUT, frozen).await? {
-            true => Ok(()),
-            false => Err(io::Error::new(io::ErrorKind::TimedOut, "the cgroup did not freeze")),
-        };
-    }
-    let deadline = tokio::time::Instant::now() + FREEZE_TIMEOUT;
-    while !frozen() {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the cgroup did not freeze"));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    Ok(())
-}
-
-/// Whether container `cid`'s cgroup is frozen.
-pub(crate) fn is_frozen(cgroup_parent: &str, cid: &str) -> bool {
-    let root = Path::new("/sys/fs/cgroup");
-    let v1 = root.join("freezer").join(cgroup_parent).join(cid).join("freezer.state");
-    if let Ok(state) = std::fs::read_to_string(v1) {
-        return state.trim() != "THAWED";
-    }
-    [root.join("unified"), root.to_path_buf()].iter().any(|base| {
-        std::fs::read_to_string(base.join(cgroup_parent).join(cid).join("cgroup.freeze"))
-            .is_ok_and(|v| v.trim() == "1")
-    })
 }

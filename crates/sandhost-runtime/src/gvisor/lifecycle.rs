@@ -1,55 +1,20 @@
-//! Start (create or restore) and the end of a lifecycle (cleanup, forget), plus the state-dir paths.
+//! A lifecycle's container: bringing one to life (a new lifecycle, or a restore into a checkpointed
+//! one), deleting it, and the end of a lifecycle (cleanup, forget), which removes this backend's
+//! files (`paths`) by name.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use super::bundle::{self, BundleContext};
-use super::runsc::Runsc;
+use super::inner::Inner;
+use super::paths::{self, BUNDLE, CONTAINER, LEGACY_LOG, LOG, read_container};
+use super::recorder;
 use super::sandbox::{ExitSource, Sandbox};
-use super::{Inner, recorder, snapshot};
-use crate::process::state;
+use crate::state;
 use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
-
-/// The file naming the runsc container that currently carries a lifecycle.
-const CONTAINER: &str = "container.json";
-/// The OCI bundle directory of a lifecycle.
-const BUNDLE: &str = "bundle";
-/// The one log file, named like the process backend's first segment so that its state-dir removal
-/// (`process::state::remove_dir`) takes it too.
-const LOG: &str = "log.0000000000000000";
-
-pub(super) fn log_path(dir: &Path) -> PathBuf {
-    dir.join(LOG)
-}
-
-pub(super) fn runsc_root(state_dir: &Path) -> PathBuf {
-    state_dir.join("runsc")
-}
-
-pub(super) fn sandboxes_dir(state_dir: &Path) -> PathBuf {
-    state::sandboxes_dir(state_dir)
-}
-
-pub(super) fn sandbox_dir(state_dir: &Path, key: &SandboxKey) -> PathBuf {
-    state::sandbox_dir(state_dir, key)
-}
-
-/// The runsc container id of generation `generation` of a lifecycle.
-pub(super) fn container_id(key: &SandboxKey, generation: u32) -> String {
-    format!("{}.{}.{generation}", key.id, key.lifecycle)
-}
-
-/// The generation of a container id made by [`container_id`].
-pub(super) fn generation_of(cid: &str) -> u32 {
-    cid.rsplit_once('.').and_then(|(_, g)| g.parse().ok()).unwrap_or(0)
-}
-
-pub(super) fn read_container(dir: &Path) -> io::Result<Option<String>> {
-    state::read_json(dir, CONTAINER)
-}
 
 /// How a container comes to life.
 #[derive(Debug, Clone, Copy)]
@@ -58,21 +23,6 @@ pub(super) enum Launch<'a> {
     Create,
     /// `runsc restore --detach` from a snapshot's image.
     Restore { snapshot: &'a SnapshotId, image: &'a Path },
-}
-
-/// Starts `spec` (from scratch, or from `spec.restore_from`).
-pub(super) async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
-    if !bundle::cwd_exists(spec, &inner.config.state_dir) {
-        return Err(StartError::Exec {
-            key: spec.key.clone(),
-            command: spec.argv.first().cloned().unwrap_or_default(),
-            reason: "the working directory does not exist in the sandbox".to_owned(),
-        });
-    }
-    match &spec.restore_from {
-        Some(snapshot) => snapshot::restore(inner, spec, snapshot).await,
-        None => launch(inner, spec, Launch::Create).await,
-    }
 }
 
 /// A container that came to life.
@@ -99,7 +49,7 @@ pub(super) async fn run_container(
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
     state::write_json(dir, CONTAINER, &cid)?;
-    let log_path = dir.join(LOG);
+    let log_path = paths::log_path(dir);
     let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
     let runsc = &inner.runsc;
     let mut child = match launch {
@@ -149,11 +99,11 @@ pub(super) async fn launch(
     launch: Launch<'_>,
 ) -> Result<Started, StartError> {
     let key = &spec.key;
-    let dir = sandbox_dir(&inner.config.state_dir, key);
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
     if inner.get(key).is_some() || dir.exists() {
         return Err(StartError::AlreadyExists(key.clone()));
     }
-    let cid = container_id(key, 0);
+    let cid = paths::container_id(key, 0);
     let result = async {
         std::fs::create_dir_all(&dir)?;
         state::write_json(&dir, state::SPEC, spec)?;
@@ -176,7 +126,7 @@ pub(super) async fn launch(
             Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
         }
         Err(source) => {
-            discard(&inner.runsc, &inner.config.cgroup_parent, &cid, &dir).await;
+            discard(inner, &cid, &dir).await;
             Err(match launch {
                 // runsc's only word that the command cannot be run ("creating process: failed to
                 // load /no/such: no such file or directory").
@@ -203,33 +153,37 @@ fn is_exec_failure(error: &io::Error) -> bool {
     text.contains("failed to load") || text.contains("error finding executable")
 }
 
-/// Removes everything of a failed start: the container, its cgroups, the lifecycle's directory.
-async fn discard(runsc: &Runsc, cgroup_parent: &str, cid: &str, dir: &Path) {
-    if let Err(e) = runsc.delete(cid).await {
+/// Removes everything of a failed start: the container, its cgroups, the lifecycle's files.
+async fn discard(inner: &Inner, cid: &str, dir: &Path) {
+    if let Err(e) = inner.runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
-    let _ = bundle::remove_cgroups(cgroup_parent, cid);
-    let _ = std::fs::remove_dir_all(dir);
-    if let Some(parent) = dir.parent() {
-        let _ = std::fs::remove_dir(parent);
+    if let Err(e) = inner.container_cgroup(cid).remove().await {
+        tracing::warn!(container = %cid, step = e.step, error = %e.source, "the cgroup of a failed start was left");
+    }
+    if let Err((what, e)) = remove_state_files(dir).and_then(|()| remove_log_and_dir(dir)) {
+        tracing::warn!(dir = %dir.display(), what, error = %e, "removing the files of a failed start failed");
     }
 }
 
-/// Deletes container `cid` (slow) and its cgroups.
+/// Deletes container `cid` (slow) and the cgroup runsc leaves behind when a container died
+/// abnormally.
 pub(super) async fn delete_container(inner: &Inner, cid: &str) -> io::Result<()> {
     inner.runsc.delete(cid).await?;
-    bundle::remove_cgroups(&inner.config.cgroup_parent, cid)
+    inner.container_cgroup(cid).remove().await.map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 /// Deletes the container (waiting for the deletes of earlier generations) and the state files; keeps
 /// the log.
 pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), CleanupError> {
-    let dir = sandbox_dir(&inner.config.state_dir, key);
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
     let cid = match inner.get(key) {
         Some(sandbox) => {
             // `runsc delete --force` cannot stop a running sandbox in time: kill it first.
-            sandbox.stop(&inner.runsc, &inner.config.cgroup_parent, None).await.map_err(|e| {
-                CleanupError::Host { key: key.clone(), what: "container", source: io::Error::other(e) }
+            sandbox.stop(&inner.runsc, &inner.cgroups, None).await.map_err(|e| CleanupError::Host {
+                key: key.clone(),
+                what: "container",
+                source: io::Error::other(e),
             })?;
             sandbox.join_background().await;
             sandbox.cid()
@@ -241,51 +195,42 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
     };
     let host = |what, source| CleanupError::Host { key: key.clone(), what, source };
     delete_container(inner, &cid).await.map_err(|e| host("container", e))?;
-    for name in [state::SPEC, CONTAINER, state::EXIT, "container.json.tmp", "spec.json.tmp", "exit.json.tmp"]
-    {
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
-            _ => {}
-        }
-    }
-    // The recorders' exit files, one per container generation.
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_str().is_some_and(recorder::is_exit_file) {
-            match std::fs::remove_file(entry.path()) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(host("state", e)),
-                _ => {}
-            }
-        }
-    }
-    match std::fs::remove_dir_all(dir.join(BUNDLE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(host("bundle", e)),
-        _ => Ok(()),
-    }
+    remove_state_files(&dir).map_err(|(what, e)| host(what, e))
 }
 
 /// Cleans up, then removes the log and the directory, and forgets the sandbox.
 pub(super) async fn forget(inner: &Inner, key: &SandboxKey) -> Result<(), CleanupError> {
     cleanup(inner, key).await?;
-    let dir = sandbox_dir(&inner.config.state_dir, key);
-    state::remove_dir(&dir).map_err(|source| CleanupError::Host {
+    let dir = state::sandbox_dir(&inner.config.state_dir, key);
+    remove_log_and_dir(&dir).map_err(|(what, source)| CleanupError::Host {
         key: key.clone(),
-        what: "state dir",
+        what,
         source,
     })?;
     inner.remove(key);
     Ok(())
 }
 
-/// Removes `<hierarchy>/<parent>` everywhere it is empty.
-pub(super) fn remove_cgroup_parents(parent: &str) -> io::Result<()> {
-    let mut first_error = None;
-    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        match std::fs::remove_dir(entry.path().join(parent)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTDIR) => {
-                first_error.get_or_insert(e);
-            }
-            _ => {}
+/// Removes this backend's files of a lifecycle but its log: the spec, the container's name, the
+/// exits and the bundle. On failure, what was left ("state", "bundle") and why.
+fn remove_state_files(dir: &Path) -> Result<(), (&'static str, io::Error)> {
+    state::remove_files(dir, &[state::SPEC, CONTAINER, state::EXIT]).map_err(|e| ("state", e))?;
+    // The recorders' exit files, one per container generation.
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(recorder::is_exit_file) {
+            state::remove_file_if_exists(&entry.path()).map_err(|e| ("state", e))?;
         }
     }
-    first_error.map_or(Ok(()), Err)
+    match std::fs::remove_dir_all(dir.join(BUNDLE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(("bundle", e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the log (under its name and under the one an earlier agent gave it) and the lifecycle's
+/// directory, once [`remove_state_files`] has emptied it.
+fn remove_log_and_dir(dir: &Path) -> Result<(), (&'static str, io::Error)> {
+    state::remove_files(dir, &[LOG, LEGACY_LOG])
+        .and_then(|()| state::remove_lifecycle_dir(dir))
+        .map_err(|e| ("state dir", e))
 }

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FallocateFlags, fallocate};
 use nix::unistd::{Whence, lseek};
@@ -53,7 +53,7 @@ fn first_data(file: &File, len: u64) -> io::Result<u64> {
 }
 
 /// Reads up to `max` bytes from logical `offset`; `Ok(None)` if there is no log.
-pub(super) fn read(path: &Path, offset: u64, max: usize) -> io::Result<Option<LogChunk>> {
+fn read(path: &Path, offset: u64, max: usize) -> io::Result<Option<LogChunk>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -68,16 +68,16 @@ pub(super) fn read(path: &Path, offset: u64, max: usize) -> io::Result<Option<Lo
     Ok(Some(LogChunk { next_offset: pos + data.len() as u64, data, dropped }))
 }
 
-/// Trims the log to its bound, then reads `max` bytes from `offset`.
+/// [`Runtime::read_logs`](crate::Runtime::read_logs) of sandbox `key`, whose log is `path`: trims
+/// the log to `limit`, then reads `max` bytes from `offset`, on a blocking thread.
 pub(super) async fn read_logs(
-    inner: &super::Inner,
     key: &SandboxKey,
+    path: PathBuf,
+    limit: u64,
     offset: u64,
     max: usize,
 ) -> Result<LogChunk, LogsError> {
-    let path = super::lifecycle::log_path(&super::lifecycle::sandbox_dir(&inner.config.state_dir, key));
     let owned = key.clone();
-    let limit = inner.config.log_limit_bytes;
     let job = move || {
         trim(&path, limit)?;
         read(&path, offset, max)

@@ -9,11 +9,9 @@
 //! container on purpose, and only the current container's exit is the sandbox's.
 
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 
-use super::runsc::exit_from_status;
 use crate::Exit;
 
 /// The hidden subcommand of the `sandhost` binary that runs [`exit_recorder_main`].
@@ -49,7 +47,7 @@ pub fn exit_recorder_main(args: Vec<OsString>) -> ! {
         }
     };
     let (exit, code) = match (status.code(), status.signal()) {
-        (Some(code), _) => (exit_from_status(code), code),
+        (Some(code), _) => (Exit::from_shell_code(code), code),
         (None, Some(signal)) => (Exit::Signal(signal), 128 + signal),
         (None, None) => (Exit::Signal(libc::SIGKILL), 128 + libc::SIGKILL),
     };
@@ -61,14 +59,11 @@ pub fn exit_recorder_main(args: Vec<OsString>) -> ! {
     std::process::exit(code);
 }
 
-/// Writes `exit` to `file` atomically, into a directory that must exist (a discarded lifecycle's
-/// does not, and is not made again).
+/// Writes `exit` to `file` atomically (`crate::state`), into a directory that must exist (a
+/// discarded lifecycle's does not, and is not made again).
 fn record(file: &Path, exit: Exit) -> std::io::Result<()> {
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let bytes = serde_json::to_vec(&exit).map_err(std::io::Error::other)?;
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    out.write_all(&bytes)?;
-    drop(out);
-    std::fs::rename(&tmp, file)
+    match (file.parent(), file.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => crate::state::write_json(dir, name, &exit),
+        _ => Err(std::io::ErrorKind::InvalidInput.into()),
+    }
 }

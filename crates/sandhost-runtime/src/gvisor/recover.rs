@@ -4,14 +4,17 @@
 
 use std::collections::HashSet;
 
-use super::Inner;
-use super::lifecycle::{self, read_container, sandboxes_dir};
-use super::sandbox::{EXIT, ExitSource, Sandbox};
-use crate::process::state;
+use super::inner::Inner;
+use super::lifecycle;
+use super::paths::{self, read_container};
+use super::recorder;
+use super::sandbox::{ExitSource, Sandbox};
+use crate::cgroup::FreezerState;
+use crate::state;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
 
 pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverError> {
-    let root = sandboxes_dir(&inner.config.state_dir);
+    let root = state::sandboxes_dir(&inner.config.state_dir);
     let read_err = |source| RecoverError::StateDir { path: root.clone(), source };
     let mut found = Vec::new();
     let mut adopted = HashSet::new();
@@ -29,13 +32,15 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                 continue;
             }
             let dir = entry.path();
+            adopt_legacy_log(&dir);
             let (Ok(Some(spec)), Ok(Some(cid))) =
                 (state::read_json::<SandboxSpec>(&dir, state::SPEC), read_container(&dir))
             else {
                 continue; // cleaned up already: only its log is left
             };
-            // A frozen sandbox cannot answer `runsc state`: its frozen cgroup says it lives, paused.
-            let frozen = super::bundle::is_frozen(&inner.config.cgroup_parent, &cid);
+            // A frozen (or freezing) sandbox cannot answer `runsc state`: its cgroup says it lives,
+            // paused.
+            let frozen = inner.container_cgroup(&cid).freezer_state() != FreezerState::Thawed;
             let status = if frozen {
                 Some("paused".to_owned())
             } else {
@@ -56,11 +61,12 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                 }
                 _ => {
                     // Recorded by the agent, or, if it ended while no agent ran, by its recorder.
-                    let recorded = super::recorder::exit_file(&dir, &cid);
-                    let exit: Option<Exit> = state::read_json(&dir, EXIT).ok().flatten().or_else(|| {
-                        let name = recorded.file_name()?.to_str()?;
-                        state::read_json(&dir, name).ok().flatten()
-                    });
+                    let recorded = recorder::exit_file(&dir, &cid);
+                    let exit: Option<Exit> =
+                        state::read_json(&dir, state::EXIT).ok().flatten().or_else(|| {
+                            let name = recorded.file_name()?.to_str()?;
+                            state::read_json(&dir, name).ok().flatten()
+                        });
                     inner.insert(Sandbox::exited(
                         key.clone(),
                         dir,
@@ -88,4 +94,34 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
         Err(e) => tracing::warn!(error = %e, "listing runsc containers failed"),
     }
     Ok(found)
+}
+
+/// Gives the log of a lifecycle an earlier agent started the name this one reads
+/// ([`paths::LOG`]): runsc's processes keep writing to the renamed file.
+fn adopt_legacy_log(dir: &std::path::Path) {
+    let (legacy, log) = (dir.join(paths::LEGACY_LOG), paths::log_path(dir));
+    if legacy.exists()
+        && !log.exists()
+        && let Err(e) = std::fs::rename(&legacy, &log)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "renaming a log an earlier agent named failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_an_earlier_agent_named_is_adopted_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(paths::LEGACY_LOG), b"old").expect("write");
+        adopt_legacy_log(dir.path());
+        assert_eq!(std::fs::read(paths::log_path(dir.path())).expect("renamed"), b"old");
+        assert!(!dir.path().join(paths::LEGACY_LOG).exists());
+        // A log under the new name is never replaced.
+        std::fs::write(dir.path().join(paths::LEGACY_LOG), b"stale").expect("write");
+        adopt_legacy_log(dir.path());
+        assert_eq!(std::fs::read(paths::log_path(dir.path())).expect("kept"), b"old");
+    }
 }

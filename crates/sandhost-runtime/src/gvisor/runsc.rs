@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::process::{Child, Command};
 
+use super::recorder::EXIT_RECORDER_SUBCOMMAND;
 use crate::Exit;
 
 /// The step of [`Runsc::until_running`].
@@ -95,7 +96,7 @@ impl Runsc {
             Some(sandhost) => {
                 let mut command = Command::new(sandhost);
                 command
-                    .arg(super::recorder::EXIT_RECORDER_SUBCOMMAND)
+                    .arg(EXIT_RECORDER_SUBCOMMAND)
                     .arg(exit_file)
                     .arg(&self.bin)
                     .args(self.global_args())
@@ -131,7 +132,7 @@ impl Runsc {
                 status = child.wait() => {
                     let status = status?;
                     return match status.code() {
-                        Some(code) if code != 128 => Ok(Some(exit_from_status(code))),
+                        Some(code) if code != 128 => Ok(Some(Exit::from_shell_code(code))),
                         _ => {
                             let text = std::fs::read(log_path).unwrap_or_default();
                             let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(400)..]).trim().to_owned();
@@ -190,7 +191,7 @@ impl Runsc {
     pub(crate) async fn wait_attached(&self, cid: &str) -> io::Result<Exit> {
         let out = self.output(&["wait".as_ref(), cid.as_ref()]).await?;
         let result: WaitResult = serde_json::from_slice(&out).map_err(io::Error::other)?;
-        Ok(exit_from_status(result.exit_status))
+        Ok(Exit::from_shell_code(result.exit_status))
     }
 
     /// `runsc kill [--all] CID SIGNAL`.
@@ -213,23 +214,5 @@ impl Runsc {
             Err(e) if e.to_string().contains("does not exist") => Ok(()),
             other => other,
         }
-    }
-}
-
-/// runsc reports a shell-style status: the code, or 128 + the signal.
-pub(crate) fn exit_from_status(status: i32) -> Exit {
-    if (129..=128 + 64).contains(&status) { Exit::Signal(status - 128) } else { Exit::Code(status) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_above_128_are_signals() {
-        assert_eq!(exit_from_status(0), Exit::Code(0));
-        assert_eq!(exit_from_status(3), Exit::Code(3));
-        assert_eq!(exit_from_status(143), Exit::Signal(15));
-        assert_eq!(exit_from_status(137), Exit::Signal(9));
     }
 }

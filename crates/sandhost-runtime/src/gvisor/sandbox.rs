@@ -15,16 +15,16 @@ use tokio::task::JoinHandle;
 
 use tokio::process::Child;
 
-use super::runsc::{Runsc, exit_from_status};
-use crate::process::state;
+use super::paths;
+use super::runsc::Runsc;
+use crate::cgroup::Layout;
+use crate::state;
 use crate::{ControlError, Exit, SandboxKey, StopError};
 
 /// How long a killed sandbox may take to stop before stop reports failure.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the log of a running sandbox is trimmed to its bound.
 const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
-/// The exit file, as in the process backend.
-pub(crate) const EXIT: &str = state::EXIT;
 
 /// Where a container's exit comes from.
 #[derive(Debug)]
@@ -108,7 +108,7 @@ impl Sandbox {
         tokio::spawn(async move {
             let exit = match source {
                 ExitSource::Child(mut child) => child.wait().await.map(|status| match status.code() {
-                    Some(code) => exit_from_status(code),
+                    Some(code) => Exit::from_shell_code(code),
                     None => Exit::Signal(
                         std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(libc::SIGKILL),
                     ),
@@ -134,7 +134,7 @@ impl Sandbox {
     pub(crate) fn keep_log_bounded(self: &Arc<Self>, limit: u64) {
         let sandbox = Arc::clone(self);
         tokio::spawn(async move {
-            let path = super::lifecycle::log_path(&sandbox.dir);
+            let path = paths::log_path(&sandbox.dir);
             loop {
                 tokio::select! {
                     _ = sandbox.wait_exit() => return,
@@ -154,7 +154,7 @@ impl Sandbox {
         if self.exit().is_some() {
             return;
         }
-        if let Err(e) = state::write_json(&self.dir, EXIT, &exit) {
+        if let Err(e) = state::write_json(&self.dir, state::EXIT, &exit) {
             tracing::warn!(sandbox.id = %self.key.id, error = %e, "recording the exit failed");
         }
         self.exit_tx.send_replace(Some(exit));
@@ -204,7 +204,7 @@ impl Sandbox {
     pub(crate) async fn stop(
         &self,
         runsc: &Runsc,
-        cgroup_parent: &str,
+        cgroups: &Layout,
         grace: Option<Duration>,
     ) -> Result<(), StopError> {
         if self.exit().is_some() {
@@ -215,7 +215,7 @@ impl Sandbox {
                 let _op = self.op.lock().await;
                 // A frozen sandbox can neither answer runsc nor act on SIGTERM: thaw it first.
                 self.exit().is_none()
-                    && self.thaw(cgroup_parent)
+                    && self.thaw(cgroups)
                     && runsc.kill(&self.cid(), "TERM", false).await.is_ok()
             };
             if sent && self.wait_exit_for(grace).await {
@@ -227,7 +227,7 @@ impl Sandbox {
             return Ok(());
         }
         let cid = self.cid();
-        self.thaw(cgroup_parent);
+        self.thaw(cgroups);
         // `kill --all` misses the processes of a restored container (runsc 20221219); SIGKILL to
         // its init ends them all (the end of a pid namespace's init).
         let all = runsc.kill(&cid, "KILL", true).await;
@@ -241,37 +241,34 @@ impl Sandbox {
     }
 
     /// Thaws a paused sandbox (so that runsc can reach it); whether it now runs.
-    fn thaw(&self, cgroup_parent: &str) -> bool {
+    fn thaw(&self, cgroups: &Layout) -> bool {
         if !self.is_paused() {
             return true;
         }
-        match super::bundle::freeze(cgroup_parent, &self.cid(), false) {
+        match cgroups.find(&self.cid()).thaw() {
             Ok(()) => {
                 self.set_paused_flag(false);
                 true
             }
             Err(e) => {
-                tracing::warn!(sandbox.id = %self.key.id, error = %e, "thawing a paused sandbox failed");
+                tracing::warn!(sandbox.id = %self.key.id, error = %e.source, "thawing a paused sandbox failed");
                 false
             }
         }
     }
 
-    /// Freezes (or thaws) the container's cgroup: see [`super::bundle::freeze`].
-    pub(crate) async fn set_paused(&self, cgroup_parent: &str, pause: bool) -> Result<(), ControlError> {
+    /// Freezes (returning once every task has stopped) or thaws the container's cgroup. Through the
+    /// cgroup rather than `runsc pause`, which does not stop a restored container in runsc 20221219
+    /// (it reports it paused while it runs on).
+    pub(crate) async fn set_paused(&self, cgroups: &Layout, pause: bool) -> Result<(), ControlError> {
         let _op = self.op.lock().await;
         if self.exit().is_some() {
             return Err(ControlError::NotRunning(self.key.clone()));
         }
-        let cid = self.cid();
-        let step = if pause { "freeze cgroup" } else { "thaw cgroup" };
-        let host = |source| ControlError::Host { key: self.key.clone(), step, source };
-        super::bundle::freeze(cgroup_parent, &cid, pause).map_err(host)?;
-        if pause && let Err(e) = super::bundle::wait_frozen(cgroup_parent, &cid).await {
-            let _ = super::bundle::freeze(cgroup_parent, &cid, false);
-            return Err(host(e));
-        }
-        *self.paused.lock().unwrap_or_else(PoisonError::into_inner) = pause;
+        let cgroup = cgroups.find(&self.cid());
+        let changed = if pause { cgroup.freeze().await } else { cgroup.thaw() };
+        changed.map_err(|e| ControlError::Host { key: self.key.clone(), step: e.step, source: e.source })?;
+        self.set_paused_flag(pause);
         Ok(())
     }
 

@@ -7,15 +7,15 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::Inner;
-use super::bundle;
+use super::inner::Inner;
 use super::lifecycle::{self, Launch};
-use crate::process::state;
+use super::paths::{self, snapshot_dir, snapshots_dir};
+use crate::state;
 use crate::{
     CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started,
 };
@@ -39,14 +39,6 @@ impl SnapshotMeta {
             size_bytes: self.size_bytes,
         }
     }
-}
-
-pub(super) fn snapshots_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("snapshots")
-}
-
-fn snapshot_dir(state_dir: &Path, id: &SnapshotId) -> PathBuf {
-    snapshots_dir(state_dir).join(id.as_str())
 }
 
 fn dir_size(dir: &Path) -> io::Result<u64> {
@@ -90,14 +82,14 @@ pub(super) async fn checkpoint(
     // A frozen sandbox cannot be checkpointed: thaw it for the checkpoint, freeze it again after.
     let was_paused = sandbox.is_paused();
     if was_paused {
-        bundle::freeze(&inner.config.cgroup_parent, &old, false).map_err(host("thaw cgroup"))?;
+        inner.container_cgroup(&old).thaw().map_err(|e| host("thaw cgroup")(e.source))?;
         sandbox.set_paused_flag(false);
     }
     sandbox.suspend();
     let args: [&OsStr; 4] = ["checkpoint".as_ref(), "--image-path".as_ref(), partial.as_ref(), old.as_ref()];
     if let Err(e) = inner.runsc.run(&args).await {
         let _ = std::fs::remove_dir_all(&partial);
-        if was_paused && bundle::freeze(&inner.config.cgroup_parent, &old, true).is_ok() {
+        if was_paused && inner.container_cgroup(&old).freeze().await.is_ok() {
             sandbox.set_paused_flag(true);
         }
         if let Some(exit) = sandbox.unsuspend() {
@@ -124,7 +116,7 @@ pub(super) async fn checkpoint(
         return Ok(meta.info(id.clone()));
     }
     let saved = saved.map_err(host("write snapshot"));
-    let new = lifecycle::container_id(key, lifecycle::generation_of(&old) + 1);
+    let new = paths::container_id(key, paths::generation_of(&old) + 1);
     let image = if saved.is_ok() { target.clone() } else { partial.clone() };
     let restored = lifecycle::run_container(
         inner,
@@ -144,13 +136,13 @@ pub(super) async fn checkpoint(
         }
     });
     let runsc = inner.runsc.clone();
-    let parent = inner.config.cgroup_parent.clone();
+    let cgroups = inner.cgroups.clone();
     let mut stale = vec![old];
     match &restored {
         Ok(()) => {
             // A paused sandbox stays paused across checkpoint-and-continue (the restore runs it).
             let cid = sandbox.cid();
-            let paused = was_paused && bundle::freeze(&inner.config.cgroup_parent, &cid, true).is_ok();
+            let paused = was_paused && inner.container_cgroup(&cid).freeze().await.is_ok();
             if was_paused && !paused {
                 tracing::warn!(sandbox.id = %key.id, "re-pausing after the checkpoint failed; it runs");
             }
@@ -167,7 +159,9 @@ pub(super) async fn checkpoint(
             if let Err(e) = runsc.delete(&cid).await {
                 tracing::warn!(container = %cid, error = %e, "deleting a replaced container failed");
             }
-            let _ = bundle::remove_cgroups(&parent, &cid);
+            if let Err(e) = cgroups.find(&cid).remove().await {
+                tracing::warn!(container = %cid, step = e.step, error = %e.source, "removing a replaced container's cgroup failed");
+            }
         }
     }));
     if saved.is_err() {

@@ -9,19 +9,19 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use super::cgroup::Cgroup;
 use super::sys::{self, ChildStatus};
-use super::{Inner, state};
-use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError};
+use super::{Inner, files};
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError, state};
 
 /// How long the processes of a killed sandbox may take to disappear before stop reports failure.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A sandbox this runtime knows.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ impl Sandbox {
             let _ = tokio::time::timeout(grace, self.wait_exit()).await;
         }
         let _op = self.op.lock().await;
-        self.kill_until_empty().await?;
+        self.cgroup.kill_until_empty(KILL_TIMEOUT).await.map_err(|e| self.host(e.step)(e.source))?;
         if self.pidfd.is_some() {
             tokio::time::timeout(KILL_TIMEOUT, self.wait_exit())
                 .await
@@ -96,57 +96,16 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Kills everything in the cgroup until it is empty: woken by v2's `populated 0` where there is
-    /// v2, else checking every millisecond (v1 notifies nothing).
-    async fn kill_until_empty(&self) -> Result<(), StopError> {
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        let empty = || self.cgroup.pids().is_ok_and(|p| p.is_empty());
-        loop {
-            if self.cgroup.pids().map_err(self.host("list cgroup"))?.is_empty() {
-                return Ok(());
-            }
-            self.cgroup.kill_all().map_err(|e| self.host(e.step)(e.source))?;
-            if Instant::now() > deadline {
-                return Err(self.host("kill cgroup")(io::ErrorKind::TimedOut.into()));
-            }
-            let watched = match self.cgroup.populated_events() {
-                Some(events) => {
-                    crate::fswatch::until(&events, deadline.saturating_duration_since(Instant::now()), empty)
-                        .await
-                        .ok()
-                }
-                None => None,
-            };
-            if watched.is_none() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-
-    fn control(&self, e: super::cgroup::CgroupError) -> ControlError {
+    fn control(&self, e: CgroupError) -> ControlError {
         ControlError::Host { key: self.key.clone(), step: e.step, source: e.source }
     }
 
-    /// Freezes the sandbox; returns once the kernel reports it frozen.
+    /// Freezes the sandbox; returns once the kernel reports it frozen (see `crate::cgroup`).
     pub(crate) async fn pause(&self) -> Result<(), ControlError> {
         if self.has_exited() {
             return Err(ControlError::NotRunning(self.key.clone()));
         }
-        self.cgroup.freeze().map_err(|e| self.control(e))?;
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        // v2 says `frozen 1` in cgroup.events, a notified change; the v1 freezer is checked.
-        if let Some(events) = self.cgroup.freeze_events() {
-            let _ = crate::fswatch::until(&events, KILL_TIMEOUT, || self.cgroup.is_frozen()).await;
-        }
-        while !self.cgroup.is_frozen() {
-            if Instant::now() > deadline {
-                let _ = self.cgroup.thaw();
-                let source = io::ErrorKind::TimedOut.into();
-                return Err(ControlError::Host { key: self.key.clone(), step: "freeze", source });
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
+        self.cgroup.freeze().await.map_err(|e| self.control(e))
     }
 
     /// Thaws the sandbox.
@@ -158,43 +117,54 @@ impl Sandbox {
     }
 }
 
-/// The watcher: waits for the init's exit, reaps it if it is ours, publishes the exit.
-async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>>) {
+/// Waits until the process behind `pidfd` has exited (its pidfd turns readable; no polling), and
+/// gives the pidfd back, for reaping.
+///
+/// # Errors
+///
+/// When neither tokio nor a blocking thread can wait on it.
+pub(crate) async fn until_exited(pidfd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: an OwnedFd keeps its fd open and unchanged for as long as it lives, and the AsyncFd
     // owns it until `into_inner`.
-    let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+    match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
         Ok(afd) => {
             let _ = afd.readable().await;
-            afd.into_inner()
+            Ok(afd.into_inner())
         }
         Err(e) => {
             tracing::warn!(error = %e, "pidfd not pollable through tokio; waiting on a blocking thread");
             let (fd, _) = e.into_parts();
-            let waited = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 let mut fds = [libc::pollfd {
                     fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
                     events: libc::POLLIN,
                     revents: 0,
                 }];
-                // SAFETY: one valid pollfd for the duration of the call.
+                // SAFETY: `fds` is one valid pollfd that lives across the call, and its fd is
+                // owned by `fd`, which outlives it; poll only writes `revents`.
                 while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
                 fd
             })
-            .await;
-            match waited {
-                Ok(fd) => fd,
-                Err(e) => {
-                    tracing::error!(error = %e, "waiting for an init failed; reporting it killed");
-                    let _ = tx.send(Some(Exit::Signal(libc::SIGKILL)));
-                    return;
-                }
-            }
+            .await
+            .map_err(io::Error::other)
+        }
+    }
+}
+
+/// The watcher: waits for the init's exit, reaps it if it is ours, publishes the exit.
+async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>>) {
+    let pidfd = match until_exited(pidfd).await {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            tracing::error!(error = %e, "waiting for an init failed; reporting it killed");
+            let _ = tx.send(Some(Exit::Signal(libc::SIGKILL)));
+            return;
         }
     };
     // Readable means exited (a zombie if it is our child): WNOHANG finds it. A re-adopted init is
     // not our child (ECHILD: someone else reaps it).
     let status = sys::waitid_pidfd(pidfd.as_fd(), false).ok().flatten();
-    let recorded = tokio::task::spawn_blocking(move || state::read_json::<Exit>(&dir, state::EXIT))
+    let recorded = tokio::task::spawn_blocking(move || state::read_json::<Exit>(&dir, files::EXIT))
         .await
         .ok()
         .and_then(Result::ok)
@@ -217,23 +187,21 @@ pub(crate) async fn cleanup(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), 
             }
             sandbox.cgroup.clone()
         }
-        None => inner.layout.cgroup(key),
+        None => inner.cgroup(key),
     };
+    cgroup.remove().await.map_err(|e| fail("cgroup", e.source))?;
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
-    tokio::task::spawn_blocking(move || {
-        cgroup.remove().map_err(|e| ("cgroup", e.source))?;
-        state::remove_state_files(&dir).map_err(|e| ("state", e))
-    })
-    .await
-    .map_err(|e| fail("state", io::Error::other(e.to_string())))?
-    .map_err(|(what, e)| fail(what, e))
+    tokio::task::spawn_blocking(move || files::remove_state_files(&dir))
+        .await
+        .map_err(|e| fail("state", io::Error::other(e.to_string())))?
+        .map_err(|e| fail("state", e))
 }
 
 /// Cleans up, then removes the log and the sandbox's directory, and forgets it.
 pub(crate) async fn forget(inner: &Arc<Inner>, key: &SandboxKey) -> Result<(), CleanupError> {
     cleanup(inner, key).await?;
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
-    state::remove_dir(&dir).map_err(|source| CleanupError::Host {
+    files::remove_all(&dir).map_err(|source| CleanupError::Host {
         key: key.clone(),
         what: "state",
         source,

@@ -19,7 +19,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 use crate::LogChunk;
 
 /// The file name prefix of log segments.
-pub(crate) const SEGMENT_PREFIX: &str = "log.";
+const SEGMENT_PREFIX: &str = "log.";
 
 fn segment_name(start: u64) -> String {
     format!("{SEGMENT_PREFIX}{start:016x}")
@@ -100,6 +100,23 @@ fn list_segments(dir: &Path) -> io::Result<Option<Vec<u64>>> {
     }
     starts.sort_unstable();
     Ok(if starts.is_empty() { None } else { Some(starts) })
+}
+
+/// Removes every segment in `dir`. A missing dir is fine.
+pub(crate) fn remove_segments(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let is_segment = entry.file_name().to_str().is_some_and(|n| n.starts_with(SEGMENT_PREFIX));
+        if is_segment && entry.file_type()?.is_file() {
+            crate::state::remove_file_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads up to `max` bytes from logical `offset`; `Ok(None)` if the sandbox has no log.

@@ -4,8 +4,9 @@
 //! - `spawn`: one `clone3` into new pid, mount, ipc, uts and net namespaces that execs the init;
 //! - `init`: the in-sandbox pid 1 (mounts, `pivot_root`, the command, signals, reaping, the log,
 //!   the exit record);
-//! - `cgroup`: limits, freeze and kill-all on cgroup v2, v1 or the hybrid of both;
-//! - `seccomp`, `logs`, `state`: the filter, the bounded log, the state dir;
+//! - `seccomp`, `logs`, `files`: the filter, the bounded log, this backend's files in the state dir
+//!   (the cgroups and the state dir themselves are `crate::cgroup` and `crate::state`);
+//! - `status_pipe`: how a starting sandbox tells the agent that its command runs, or what failed;
 //! - `start`, `control`, `recover`: the [`Runtime`] operations.
 //!
 //! # Invariants
@@ -13,25 +14,27 @@
 //! - The agent learns of each exit through a pidfd (no polling, no parent-child tie): sandboxes
 //!   survive the agent, and a new agent re-adopts them from the state dir, checking that each pid
 //!   still names the same process (its start time).
-//! - A failed start leaves nothing behind (`start::StartGuard` undoes each completed step, also
-//!   when the start future is dropped).
+//! - A failed start leaves nothing behind (`start::StartGuard` undoes each completed step before
+//!   the start returns; when the start future is dropped, in the background, which
+//!   [`Runtime::settle`] awaits).
 //! - Nothing is mounted in the host's mount namespace; the state dir is only ever changed through
 //!   paths built from validated ids.
 
-mod cgroup;
 mod control;
+mod files;
 mod init;
 pub(crate) mod logs;
 mod recover;
 mod seccomp;
 mod spawn;
 mod start;
-pub(crate) mod state;
+mod status_pipe;
 mod sys;
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -41,9 +44,13 @@ use tracing::Instrument;
 
 pub use init::{INIT_SUBCOMMAND, init_main};
 
+use crate::background::Background;
+use crate::cgroup::{Cgroup, Layout};
+use crate::state;
 use crate::{
-    CheckpointError, CleanupError, ControlError, Exit, LogChunk, LogsError, RecoverError, Recovered, Runtime,
-    SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError, WaitError,
+    CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
+    Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError,
+    WaitError,
 };
 
 /// The backend's name.
@@ -122,14 +129,26 @@ pub struct ProcessRuntime {
 struct Inner {
     config: ProcessConfig,
     init_exe: CString,
-    layout: cgroup::Layout,
+    layout: Layout,
     sandboxes: Mutex<HashMap<SandboxKey, Arc<control::Sandbox>>>,
+    /// The undoing of starts whose callers went away.
+    background: Background,
 }
 
 impl Inner {
     fn get(&self, key: &SandboxKey) -> Option<Arc<control::Sandbox>> {
         self.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
     }
+
+    /// The cgroup of `key` under this runtime's parent (made by its start).
+    fn cgroup(&self, key: &SandboxKey) -> Cgroup {
+        self.layout.cgroup(&cgroup_name(key))
+    }
+}
+
+/// A sandbox's cgroup, `<id>.<lifecycle>` ('.' occurs in neither id, so names never collide).
+fn cgroup_name(key: &SandboxKey) -> String {
+    format!("{}.{}", key.id.as_str(), key.lifecycle.as_str())
 }
 
 impl ProcessRuntime {
@@ -164,24 +183,20 @@ impl ProcessRuntime {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sandboxes).map_err(state_err)?;
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(state_err)?;
-        let layout = cgroup::Layout::detect(parent).map_err(OpenError::Cgroup)?;
+        let mut layout = Layout::detect(parent).map_err(OpenError::Cgroup)?;
+        layout.create_parents().map_err(OpenError::Cgroup)?;
         tracing::info!(cgroups = %layout.describe(), state_dir = %config.state_dir.display(), "process runtime opened");
         Ok(Self {
-            inner: Arc::new(Inner { config, init_exe, layout, sandboxes: Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner {
+                config,
+                init_exe,
+                layout,
+                sandboxes: Mutex::new(HashMap::new()),
+                background: Background::new(),
+            }),
         })
     }
-
-    /// Removes this runtime's parent cgroups if they are empty (call at a clean shutdown).
-    ///
-    /// # Errors
-    ///
-    /// The first directory that could not be removed (for example because a sandbox still runs).
-    pub fn remove_cgroup_parents(&self) -> std::io::Result<()> {
-        self.inner.layout.remove_parents()
-    }
 }
-
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 /// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
 fn is_valid_cgroup_parent(parent: &str) -> bool {
@@ -240,11 +255,6 @@ impl Runtime for ProcessRuntime {
         self.inner.get(key).ok_or_else(|| ControlError::NotFound(key.clone()))?.resume()
     }
 
-    async fn close(&self) -> Result<(), crate::CloseError> {
-        self.remove_cgroup_parents()
-            .map_err(|source| crate::CloseError::Host { what: "the parent cgroups", source })
-    }
-
     async fn log_grown(&self, key: &SandboxKey, offset: u64) -> Result<(), LogsError> {
         let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
         crate::fswatch::log_grown(key, &dir, self.read_logs(key, offset, 1)).await
@@ -291,5 +301,13 @@ impl Runtime for ProcessRuntime {
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<(), CheckpointError> {
         Err(CheckpointError::SnapshotNotFound(snapshot.clone()))
+    }
+
+    async fn settle(&self) {
+        self.inner.background.settled().await;
+    }
+
+    async fn close(&self) -> Result<(), CloseError> {
+        self.inner.layout.remove_parents()
     }
 }

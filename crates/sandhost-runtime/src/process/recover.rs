@@ -11,11 +11,12 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
 
-use super::control::Sandbox;
-use super::state::{self, InitRecord};
+use super::control::{KILL_TIMEOUT, Sandbox};
+use super::files::{self, InitRecord};
 use super::{Inner, sys};
+use crate::cgroup::Cgroup;
+use crate::state;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
 
 pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, RecoverError> {
@@ -52,7 +53,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
 
 async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
     let dir = state::sandbox_dir(&inner.config.state_dir, &key);
-    let spec = match state::read_json::<SandboxSpec>(&dir, state::SPEC) {
+    let spec = match state::read_json::<SandboxSpec>(&dir, files::SPEC) {
         Ok(Some(spec)) if spec.key == key => spec,
         Ok(_) => return None,
         Err(e) => {
@@ -60,17 +61,17 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             return None;
         }
     };
-    let record = state::read_json::<InitRecord>(&dir, state::INIT).ok().flatten();
+    let record = state::read_json::<InitRecord>(&dir, files::INIT).ok().flatten();
     let cgroup = match record.as_ref().and_then(|r| r.cgroup_parent.as_deref()) {
         Some(parent) if parent != inner.layout.parent() && super::is_valid_cgroup_parent(parent) => {
-            inner.layout.with_parent(parent).cgroup(&key)
+            inner.layout.with_parent(parent).cgroup(&super::cgroup_name(&key))
         }
-        _ => inner.layout.cgroup(&key),
+        _ => inner.cgroup(&key),
     };
     let Some(record) = record else {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "undoing a start the earlier agent did not finish");
         kill_and_remove(&cgroup).await;
-        let _ = state::remove_dir(&dir);
+        let _ = files::remove_all(&dir);
         return None;
     };
     if let Some(pidfd) = open_same_process(&record) {
@@ -88,9 +89,9 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             Err(e) => tracing::warn!(error = %e, "cannot watch a re-adopted init; treating it as gone"),
         }
     }
-    let exit = state::read_json::<Exit>(&dir, state::EXIT).ok().flatten();
+    let exit = state::read_json::<Exit>(&dir, files::EXIT).ok().flatten();
     kill_and_remove(&cgroup).await;
-    if let Err(e) = state::remove_state_files(&dir) {
+    if let Err(e) = files::remove_state_files(&dir) {
         tracing::warn!(sandbox.id = %key.id, error = %e, "cleanup of an exited sandbox's state failed");
     }
     let sandbox = Sandbox::exited(key.clone(), cgroup, exit.unwrap_or(Exit::Signal(libc::SIGKILL)));
@@ -100,23 +101,19 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
 
 /// A pidfd for the recorded init if the pid still names the same process.
 fn open_same_process(record: &InitRecord) -> Option<OwnedFd> {
-    if !state::is_same_process(record) {
+    if !files::is_same_process(record) {
         return None;
     }
     let pidfd = sys::pidfd_open(record.pid).ok()?;
     // Checked again after opening: the pidfd names whatever had the pid at open time.
-    state::is_same_process(record).then_some(pidfd)
+    files::is_same_process(record).then_some(pidfd)
 }
 
-async fn kill_and_remove(cgroup: &super::cgroup::Cgroup) {
-    for _ in 0..1000 {
-        if cgroup.pids().map_or(true, |p| p.is_empty()) {
-            break;
-        }
-        let _ = cgroup.kill_all();
-        tokio::time::sleep(Duration::from_millis(1)).await;
+async fn kill_and_remove(cgroup: &Cgroup) {
+    if let Err(e) = cgroup.kill_until_empty(KILL_TIMEOUT).await {
+        tracing::warn!(step = e.step, error = %e.source, "processes of an exited sandbox left behind");
     }
-    if let Err(e) = cgroup.remove() {
+    if let Err(e) = cgroup.remove().await {
         tracing::warn!(step = e.step, error = %e.source, "cgroup of an exited sandbox left behind");
     }
 }

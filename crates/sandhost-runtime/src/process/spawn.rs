@@ -3,24 +3,18 @@
 //! calls (write, setsid, dup2, execve) on values prepared before the clone, then execs the init.
 //!
 //! Fds handed to the init: 0 and 1 are `/dev/null`, 2 its diagnostics file, 3 the status pipe
-//! ([`STATUS_FD`]), 4 the sandbox's state dir ([`STATE_DIR_FD`]). Everything else the agent holds is
-//! close-on-exec.
+//! ([`STATUS_FD`], see `status_pipe`), 4 the sandbox's state dir ([`STATE_DIR_FD`]). Everything else
+//! the agent holds is close-on-exec.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::status_pipe::{self, STATUS_FD, Tag};
 use super::sys;
 
-/// The init's end of the status pipe.
-pub(crate) const STATUS_FD: RawFd = 3;
 /// The init's fd of the sandbox's state dir.
 pub(crate) const STATE_DIR_FD: RawFd = 4;
-/// Prefix byte of the message a failed `execve` of the init writes on the status pipe (followed by
-/// the errno, 4 bytes little-endian).
-pub(crate) const INIT_EXEC_FAILED: u8 = b'I';
-/// Prefix byte of a failed write to `cgroup.procs` (followed by the errno).
-pub(crate) const CGROUP_JOIN_FAILED: u8 = b'C';
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7; libc's constant has the wrong width).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -140,17 +134,15 @@ struct ChildFds<'a> {
     state_dir: RawFd,
 }
 
-/// Reports `errno` on the status pipe after `tag`, then `_exit`s.
+/// Reports the failed step (`tag`) and `errno` on the status pipe, then `_exit`s.
 ///
 /// # Safety
 ///
 /// Only in the cloned child: async-signal-safe calls only.
-unsafe fn child_fail(status: RawFd, tag: u8) -> ! {
+unsafe fn child_fail(status: RawFd, tag: Tag) -> ! {
     // SAFETY: errno location is thread-local and valid in the child's (copied) thread.
     let errno = unsafe { *libc::__errno_location() };
-    let mut msg = [0u8; 5];
-    msg[0] = tag;
-    msg[1..].copy_from_slice(&errno.to_le_bytes());
+    let msg = status_pipe::errno_report(tag, errno);
     // SAFETY: write from a stack buffer; _exit never returns.
     unsafe {
         libc::write(status, msg.as_ptr().cast(), msg.len());
@@ -174,7 +166,7 @@ unsafe fn child_exec(
     unsafe {
         for &fd in fds.procs {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                child_fail(fds.status, CGROUP_JOIN_FAILED);
+                child_fail(fds.status, Tag::CgroupJoin);
             }
         }
         libc::setsid();
@@ -188,13 +180,13 @@ unsafe fn child_exec(
         ];
         for (from, to) in pairs {
             if libc::dup2(from, to) < 0 {
-                child_fail(fds.status, INIT_EXEC_FAILED);
+                child_fail(fds.status, Tag::InitExec);
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
         libc::execve(exe, argv, envp);
-        child_fail(STATUS_FD, INIT_EXEC_FAILED)
+        child_fail(STATUS_FD, Tag::InitExec)
     }
 }

@@ -1,8 +1,9 @@
 //! Thin wrappers over the Linux system calls the process backend needs and that neither `std` nor
 //! `nix` offers in the form we need (pidfds, `waitid(P_PIDFD)`, `mount_setattr`, capabilities),
 //! each `unsafe` block with the reason it is sound. The other `unsafe` of the backend is the `clone3`
-//! and its child (`spawn`), the command's last steps before `execve` (`init::command`), and two
-//! one-line calls (`kill` in `cgroup`, `poll` in `control`).
+//! and its child (`spawn`), the command's last steps before `execve` (`init::command`), adopting
+//! fds 3 and 4 and forking the command in the init (`init`), and waiting on a pidfd (`control`).
+//! Outside the backend, `fswatch` registers its inotify fd with tokio.
 
 use std::ffi::CStr;
 use std::io;

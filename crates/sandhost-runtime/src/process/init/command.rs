@@ -12,6 +12,7 @@ use seccompiler::BpfProgram;
 
 use super::SetupError;
 use crate::SandboxSpec;
+use crate::process::status_pipe::Report;
 use crate::process::sys;
 
 /// The PATH used to find the command when its environment has none.
@@ -62,12 +63,11 @@ impl CommandPlan {
     }
 }
 
-/// The forked command process: never returns. On failure reports `X<step>: <error>` on `status`.
+/// The forked command process: never returns. On failure reports the step and its error on
+/// `status` ([`Report::Exec`]).
 pub(super) fn exec_command(plan: &CommandPlan, stdin: &OwnedFd, log: &OwnedFd, status: BorrowedFd<'_>) -> ! {
     let Err((what, e)) = prepare_and_exec(plan, stdin, log);
-    let err = format!("X{what}: {e}");
-    // SAFETY: write from a live buffer to an fd we hold.
-    unsafe { libc::write(status.as_raw_fd(), err.as_ptr().cast(), err.len()) };
+    let _ = Report::Exec(format!("{what}: {e}")).send(status);
     sys::exit_now(127)
 }
 

@@ -8,8 +8,8 @@
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
 //!    reaps every orphan, copies the command's output into the bounded log, and when the command
-//!    exits writes `exit.json` atomically (temp file plus rename, through the dir fd) and exits,
-//!    which makes the kernel kill whatever is left in the pid namespace.
+//!    exits writes `exit.json` atomically (`crate::state::write_json_at`, through the dir fd) and
+//!    exits, which makes the kernel kill whatever is left in the pid namespace.
 
 mod command;
 mod mounts;
@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use nix::fcntl::{OFlag, openat, renameat};
+use nix::fcntl::{OFlag, openat};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -28,15 +28,14 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
 
 use super::logs::LogWriter;
-use super::spawn::{STATE_DIR_FD, STATUS_FD};
-use super::{state, sys};
+use super::spawn::STATE_DIR_FD;
+use super::status_pipe::{Report, STATUS_FD};
+use super::{files, sys};
+use crate::state;
 use crate::{Exit, SandboxSpec};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost __init ...`.
 pub const INIT_SUBCOMMAND: &str = "__init";
-
-/// Prefix byte of a setup failure on the status pipe (followed by text).
-pub(crate) const SETUP_FAILED: u8 = b'S';
 
 const FORWARDED: [Signal; 5] =
     [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
@@ -96,10 +95,9 @@ pub fn init_main(args: Vec<OsString>) -> ! {
     let code = match run(args, status, &dir) {
         Ok(code) => code,
         Err((status, e)) => {
-            let text = format!("{}{}: {}", char::from(SETUP_FAILED), e.step, e.message);
             eprintln!("sandhost init: {}: {}", e.step, e.message);
             if let Some(status) = status {
-                let _ = nix::unistd::write(&status, text.as_bytes());
+                let _ = Report::Setup(format!("{}: {}", e.step, e.message)).send(status.as_fd());
             }
             125
         }
@@ -129,7 +127,7 @@ fn run(args: Vec<OsString>, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunEr
 
 fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf), SetupError> {
     let spec_fd =
-        openat(dir, state::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
+        openat(dir, files::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(|e| SetupError::new("read spec", e.into()))?;
     let mut bytes = Vec::with_capacity(4096);
     std::io::Read::read_to_end(&mut std::fs::File::from(spec_fd), &mut bytes)
@@ -276,15 +274,5 @@ fn drain(log_r: &OwnedFd, log: &mut LogWriter<'_>, buf: &mut [u8]) {
 }
 
 fn record_exit(dir: BorrowedFd<'_>, exit: Exit) -> io::Result<()> {
-    let bytes = serde_json::to_vec(&exit).map_err(io::Error::other)?;
-    let fd = openat(
-        dir,
-        state::EXIT_TMP,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::from_bits_truncate(0o600),
-    )?;
-    nix::unistd::write(&fd, &bytes)?;
-    drop(fd);
-    renameat(dir, state::EXIT_TMP, dir, state::EXIT)?;
-    Ok(())
+    state::write_json_at(dir, files::EXIT, &exit)
 }
