@@ -40,7 +40,15 @@ pub enum StartError {
         /// The feature.
         what: &'static str,
     },
-    /// The snapshot to restore from does not exist or is unusable.
+    /// No snapshot with this id.
+    #[error("sandbox {key}: no snapshot {snapshot}")]
+    SnapshotNotFound {
+        /// The sandbox.
+        key: SandboxKey,
+        /// The snapshot.
+        snapshot: SnapshotId,
+    },
+    /// The snapshot to restore from is unusable.
     #[error("sandbox {key}: cannot restore from snapshot {snapshot}: {reason}")]
     Snapshot {
         /// The sandbox.

@@ -35,6 +35,7 @@ mod errors;
 mod fswatch;
 mod spec;
 mod state;
+mod view;
 
 #[cfg(feature = "test-util")]
 pub mod fake;
@@ -271,6 +272,19 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// continue left (gvisor). The shutdown awaits it within its bound. Backends that do everything
     /// in the call return at once.
     async fn settle(&self) {}
+
+    /// Refuses, before anything is made, a spec that could never start: a working directory that
+    /// is not a directory of the sandbox's view of its root, a command that is not an executable
+    /// file there. Cheap (a few `openat2` and `stat` calls); the caller admits the sandbox only
+    /// after it. A backend with nothing to check accepts everything.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::InvalidSpec`] naming the field.
+    fn check(&self, spec: &SandboxSpec) -> Result<(), StartError> {
+        let _ = spec;
+        Ok(())
+    }
 
     /// Releases what the backend holds on the host for all its sandboxes (the parent cgroups of
     /// the process and gvisor backends), once every sandbox is gone.

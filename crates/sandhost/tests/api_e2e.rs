@@ -222,6 +222,15 @@ async fn invalid_requests_name_the_field(backend: Backend) {
         ),
         (pb::CreateRequest { labels: [("k".to_owned(), "v".repeat(10_000))].into(), ..base() }, "labels"),
         (pb::CreateRequest { restore_from: "../../etc".into(), ..base() }, "restore_from"),
+        // What the runtime tells before anything is made: the command and the working directory
+        // must exist in the sandbox's view of its root.
+        (pb::CreateRequest { argv: vec!["/no/such/binary".into()], ..base() }, "argv"),
+        (pb::CreateRequest { argv: vec!["no-such-command-anywhere".into()], ..base() }, "argv"),
+        (pb::CreateRequest { argv: vec!["/etc/shadow".into()], ..base() }, "argv"),
+        (pb::CreateRequest { argv: vec!["/etc/ssh".into()], ..base() }, "argv"),
+        (pb::CreateRequest { cwd: "/no/such/dir".into(), ..base() }, "cwd"),
+        (pb::CreateRequest { cwd: "/tmp/made-later".into(), ..base() }, "cwd"),
+        (pb::CreateRequest { cwd: "/etc/hostname".into(), ..base() }, "cwd"),
     ];
     for (request, field) in cases {
         let status = sandboxes.create(request.clone()).await.expect_err("refused");
@@ -230,6 +239,9 @@ async fn invalid_requests_name_the_field(backend: Backend) {
         assert!(named.starts_with(field), "{request:?}: field {named:?}, expected {field:?}");
         assert!(status.message().contains(field), "{status:?}");
     }
+    // Nothing of a refused Create is left, not even a start_failed record.
+    let listed = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
+    assert!(listed.sandboxes.is_empty(), "{listed:?}");
 
     let status = sandboxes
         .create(pb::CreateRequest { template: "no-such-template".into(), ..base() })

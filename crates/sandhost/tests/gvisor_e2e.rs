@@ -110,6 +110,7 @@ fn checkpoint_restore_and_evacuation_through_the_cli() {
     // A missing snapshot is a clear error.
     let refused = node.serve.cli(&["create", "--restore-from", "no-such-snapshot"]);
     assert!(!refused.status.success());
+    assert!(e2e::stderr(&refused).contains("NOT_FOUND"), "{}", e2e::stderr(&refused));
     // A command given with a restore is refused (it would not run), naming the field.
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let status = runtime.block_on(async {

@@ -17,18 +17,11 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use crate::view::{MASKED_DIRS, MASKED_FILES, PRIVATE};
 use crate::{SandboxSpec, Template};
 
 /// The sandbox user's home (a tmpfs) where the root has it; else `/tmp`.
 const HOME: &str = "/home";
-/// The private writable places (tmpfs), where the root has them (`/tmp` always).
-const PRIVATE: [&str; 3] = ["/tmp", HOME, "/run"];
-/// Host files that root inside the sandbox would own, masked with `/dev/null` (as the process
-/// backend masks them).
-const MASKED_FILES: [&str; 5] =
-    ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers"];
-/// Host directories masked with an empty read-only tmpfs.
-const MASKED_DIRS: [&str; 3] = ["/root", "/etc/sudoers.d", "/etc/ssh"];
 /// The CFS period the CPU quota is expressed in.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -127,45 +120,6 @@ fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>>
         }
     }
     Ok(mounts)
-}
-
-/// Whether the spec's working directory is a directory in the sandbox's view of its root. runsc
-/// makes a missing one on the host, as root, before the root is read-only: so it must never be
-/// asked to. Under a private tmpfs or a mask only the (empty) top exists. On the host template,
-/// whose root is the host's, symlinks resolve as they will inside; in a rootfs none is followed.
-pub(crate) fn cwd_exists(spec: &SandboxSpec, state_dir: &Path) -> bool {
-    use std::path::Component;
-    let Some(cwd) = &spec.cwd else { return true };
-    if !cwd.is_absolute() || cwd.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return false;
-    }
-    let root = root_of(spec);
-    let mut hidden: Vec<PathBuf> =
-        PRIVATE.iter().filter(|d| root_has_dir(&root, d)).map(PathBuf::from).collect();
-    let inside = match &spec.template {
-        Template::Host => {
-            hidden.extend(MASKED_DIRS.iter().map(PathBuf::from));
-            hidden.push(std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf()));
-            match std::fs::canonicalize(cwd) {
-                Ok(path) => path,
-                Err(_) => return false,
-            }
-        }
-        Template::Rootfs { .. } => {
-            let mut at = root.clone();
-            for part in cwd.components().skip(1) {
-                at.push(part);
-                if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
-                    return false;
-                }
-            }
-            cwd.clone()
-        }
-    };
-    match hidden.iter().find(|top| inside.starts_with(top)) {
-        Some(top) => inside == *top,
-        None => root.join(inside.strip_prefix("/").unwrap_or(&inside)).is_dir(),
-    }
 }
 
 /// The capability sets of the command: all empty, also for uid 0.

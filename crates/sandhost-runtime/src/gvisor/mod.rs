@@ -82,13 +82,9 @@ impl GvisorRuntime {
 
 /// Starts `spec`: from scratch, or from `spec.restore_from`.
 async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
-    if !bundle::cwd_exists(spec, &inner.config.state_dir) {
-        return Err(StartError::Exec {
-            key: spec.key.clone(),
-            command: spec.argv.first().cloned().unwrap_or_default(),
-            reason: "the working directory does not exist in the sandbox".to_owned(),
-        });
-    }
+    // runsc makes a missing working directory on the host, as root, before the root is read-only:
+    // it must never be asked to. Checked again here: the directory may have gone since admission.
+    crate::view::View::of(spec, &inner.config.state_dir, &[]).check(spec)?;
     match &spec.restore_from {
         Some(snapshot) => snapshot::restore(inner, spec, snapshot).await,
         None => lifecycle::launch(inner, spec, Launch::Create).await,
@@ -103,6 +99,15 @@ impl Runtime for GvisorRuntime {
 
     fn can_checkpoint(&self) -> bool {
         true
+    }
+
+    fn check(&self, spec: &SandboxSpec) -> Result<(), StartError> {
+        if let Some(snapshot) = &spec.restore_from
+            && !paths::snapshot_dir(&self.inner.config.state_dir, snapshot).join(snapshot::META).is_file()
+        {
+            return Err(StartError::SnapshotNotFound { key: spec.key.clone(), snapshot: snapshot.clone() });
+        }
+        crate::view::View::of(spec, &self.inner.config.state_dir, &[]).check(spec)
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {

@@ -20,7 +20,7 @@ use crate::{
     CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started,
 };
 
-const META: &str = "snapshot.json";
+pub(super) const META: &str = "snapshot.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotMeta {

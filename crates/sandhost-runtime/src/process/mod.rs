@@ -215,6 +215,10 @@ impl Runtime for ProcessRuntime {
         false
     }
 
+    fn check(&self, spec: &SandboxSpec) -> Result<(), StartError> {
+        crate::view::View::of(spec, &self.inner.config.state_dir, &[init::HOME]).check(spec)
+    }
+
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {
         let span = tracing::info_span!("sandbox.start", sandbox.id = %spec.key.id, lifecycle.id = %spec.key.lifecycle);
         start::start(&self.inner, spec).instrument(span).await

@@ -147,6 +147,9 @@ fn start_error(error: &StartError) -> Status {
         StartError::NotSupported { backend, what, .. } => {
             not_supported(backend, what, format!("the {backend} backend does not support {what}"))
         }
+        StartError::SnapshotNotFound { snapshot, .. } => {
+            not_found("snapshot", snapshot.as_str(), format!("no snapshot {snapshot}"))
+        }
         StartError::Snapshot { snapshot, reason, .. } => Status::with_error_details(
             Code::FailedPrecondition,
             format!("cannot restore from snapshot {snapshot}: {reason}"),

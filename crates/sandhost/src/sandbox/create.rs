@@ -24,7 +24,9 @@ use super::manager::{Manager, run_to_end};
 use super::stop::StopMode;
 use super::store::SandboxMeta;
 use super::table::Entry;
-use super::{CreateError, CreateRequest, ExitInfo, ExitReason, SandboxInfo, SandboxState, validate};
+use super::{
+    CreateError, CreateRequest, ExitInfo, ExitReason, InvalidArgument, SandboxInfo, SandboxState, validate,
+};
 use crate::metrics::CreateResult;
 
 impl Manager {
@@ -43,6 +45,14 @@ impl Manager {
     async fn admit_and_start(self: &Arc<Self>, request: CreateRequest) -> Result<SandboxInfo, CreateError> {
         let admitted_at = Instant::now();
         let prepared = self.prepare(request)?;
+        // What the runtime can tell before anything is made (the command, the working directory,
+        // the snapshot): a Create that could never start is refused and leaves nothing behind.
+        self.runtime.check(&prepared.spec).map_err(|error| match error {
+            sandhost_runtime::StartError::InvalidSpec { field, reason, .. } => {
+                CreateError::Invalid(InvalidArgument::new(field, reason))
+            }
+            other => CreateError::Start(other),
+        })?;
         let key = prepared.spec.key.clone();
         let (permit, slot, spec, meta) = {
             // Admission and the entry under one lock: once the gate has closed, every admitted

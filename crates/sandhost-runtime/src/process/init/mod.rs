@@ -14,6 +14,8 @@
 mod command;
 mod mounts;
 
+pub(crate) use mounts::HOME;
+
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

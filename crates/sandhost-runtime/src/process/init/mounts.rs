@@ -23,10 +23,11 @@ use nix::unistd::{Gid, Uid, chdir, chown, pivot_root};
 
 use super::SetupError;
 use crate::process::sys;
+use crate::view::{MASKED_DIRS, MASKED_FILES};
 use crate::{SandboxSpec, Template};
 
 /// The home of the sandbox's user when the root has a `/home`.
-const HOME: &str = "/home/sandbox";
+pub(crate) const HOME: &str = "/home/sandbox";
 
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -105,22 +106,20 @@ pub(super) fn build_root(
     Ok(home)
 }
 
-/// Host files that even a capability-less root inside the sandbox could read (it owns them): the
-/// password hashes and root's home. Masked with `/dev/null` and an empty read-only tmpfs.
-const MASKED_FILES: [&str; 5] = ["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-", "etc/sudoers"];
-const MASKED_DIRS: [&str; 3] = ["root", "etc/sudoers.d", "etc/ssh"];
-
+/// Masks the host files that even a capability-less root inside the sandbox could read (it owns
+/// them), `crate::view`'s list: the password hashes and root's home, with `/dev/null` and an empty
+/// read-only tmpfs.
 fn mask_host_secrets(new_root: &Path, ro: MsFlags) -> Result<(), SetupError> {
     let none: Option<&str> = None;
     for file in MASKED_FILES {
-        let path = new_root.join(file);
+        let path = new_root.join(file.trim_start_matches('/'));
         if path.is_file() {
             mount(Some("/dev/null"), &path, none, MsFlags::MS_BIND, none)
                 .map_err(step("mask host secrets"))?;
         }
     }
     for dir in MASKED_DIRS {
-        let path = new_root.join(dir);
+        let path = new_root.join(dir.trim_start_matches('/'));
         if path.is_dir() {
             tmpfs(&path, ro, "size=4k,mode=755", "mask host secrets")?;
         }
