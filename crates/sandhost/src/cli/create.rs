@@ -4,6 +4,7 @@ use sandhost_proto::v1 as pb;
 
 use super::client::{Client, ClientError};
 use super::exit::Outcome;
+use super::sandbox::print_sandbox;
 use super::{Target, output, parse};
 
 /// `--drain-policy`.
@@ -114,9 +115,5 @@ pub(crate) async fn create(
     as_json: bool,
 ) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.create(request).await?.into_inner();
-    if as_json {
-        return output::print_reply(&reply);
-    }
-    let sandbox = output::sandbox_of(reply.sandbox)?;
-    output::println(&sandbox.id)
+    print_sandbox(reply, as_json, |sandbox| output::println(&sandbox.id))
 }

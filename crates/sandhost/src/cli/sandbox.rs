@@ -7,8 +7,51 @@ use sandhost_proto::v1 as pb;
 
 use super::client::{Client, ClientError};
 use super::exit::{self, Outcome};
+use super::json::Reply;
 use super::output::{self, Table, print_reply, println, sandbox_of};
 use super::{Target, parse};
+
+/// A reply that carries one sandbox.
+pub(crate) trait SandboxReply: Reply {
+    /// The sandbox, which the node always sends.
+    fn into_sandbox(self) -> Option<pb::Sandbox>;
+}
+
+macro_rules! sandbox_replies {
+    ($($message:ident),+ $(,)?) => {
+        $(impl SandboxReply for pb::$message {
+            fn into_sandbox(self) -> Option<pb::Sandbox> {
+                self.sandbox
+            }
+        })+
+    };
+}
+
+sandbox_replies!(CreateResponse, GetResponse, DeleteResponse, PauseResponse, ResumeResponse, UpdateResponse);
+
+/// Prints a reply that carries a sandbox: the whole reply as JSON, else what `show` makes of the
+/// sandbox.
+pub(crate) fn print_sandbox<M: SandboxReply>(
+    reply: M,
+    as_json: bool,
+    show: impl FnOnce(&pb::Sandbox) -> Result<Outcome, ClientError>,
+) -> Result<Outcome, ClientError> {
+    if as_json {
+        return print_reply(&reply);
+    }
+    show(&sandbox_of(reply.into_sandbox())?)
+}
+
+/// `ID STATE`, the line pause and resume print.
+fn state_line(sandbox: &pb::Sandbox) -> Result<Outcome, ClientError> {
+    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+}
+
+/// The key/value view of a sandbox, printed.
+fn print_described(sandbox: &pb::Sandbox) -> Result<Outcome, ClientError> {
+    describe(sandbox).print()?;
+    Ok(Outcome::Done)
+}
 
 /// `list --state`: the sandbox states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -207,11 +250,7 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
 
 pub(crate) async fn get(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.get(pb::GetRequest { id }).await?.into_inner();
-    if as_json {
-        return print_reply(&reply);
-    }
-    describe(&sandbox_of(reply.sandbox)?).print()?;
-    Ok(Outcome::Done)
+    print_sandbox(reply, as_json, print_described)
 }
 
 pub(crate) async fn kill(
@@ -221,31 +260,21 @@ pub(crate) async fn kill(
     as_json: bool,
 ) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.delete(pb::DeleteRequest { id, now }).await?.into_inner();
-    if as_json {
-        return print_reply(&reply);
-    }
-    let sandbox = sandbox_of(reply.sandbox)?;
-    let exit =
-        sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
-    println(&format!("{} {exit}", sandbox.id))
+    print_sandbox(reply, as_json, |sandbox| {
+        let exit =
+            sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
+        println(&format!("{} {exit}", sandbox.id))
+    })
 }
 
 pub(crate) async fn pause(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.pause(pb::PauseRequest { id }).await?.into_inner();
-    if as_json {
-        return print_reply(&reply);
-    }
-    let sandbox = sandbox_of(reply.sandbox)?;
-    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+    print_sandbox(reply, as_json, state_line)
 }
 
 pub(crate) async fn resume(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.resume(pb::ResumeRequest { id }).await?.into_inner();
-    if as_json {
-        return print_reply(&reply);
-    }
-    let sandbox = sandbox_of(reply.sandbox)?;
-    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+    print_sandbox(reply, as_json, state_line)
 }
 
 pub(crate) async fn update(
@@ -254,11 +283,7 @@ pub(crate) async fn update(
     as_json: bool,
 ) -> Result<Outcome, ClientError> {
     let reply = client.sandboxes.update(request).await?.into_inner();
-    if as_json {
-        return print_reply(&reply);
-    }
-    describe(&sandbox_of(reply.sandbox)?).print()?;
-    Ok(Outcome::Done)
+    print_sandbox(reply, as_json, print_described)
 }
 
 pub(crate) async fn wait(
