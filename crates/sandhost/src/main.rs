@@ -3,13 +3,18 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sandhost::{cli, config};
 
 /// sandhost: a node agent that runs isolated sandboxes and drains without losing any.
 #[derive(Debug, Parser)]
-#[command(name = "sandhost", version, propagate_version = true)]
+#[command(name = "sandhost", version, propagate_version = true, after_long_help = cli::exit::help_text())]
 struct Cli {
+    /// The node the client subcommands talk to: HOST:PORT, or http://HOST:PORT (also accepted after
+    /// the subcommand, where it wins). Not for `serve`, which takes --listen.
+    #[arg(long, env = "SANDHOST_ADDR", default_value = cli::DEFAULT_ADDR, value_name = "HOST:PORT")]
+    addr: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,8 +41,15 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
+        Command::Serve(_) if matches.value_source("addr") == Some(ValueSource::CommandLine) => Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--addr is for the client subcommands; serve takes --listen",
+            )
+            .exit(),
         Command::Serve(args) => sandhost::serve::run(&args),
         Command::Client(command) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -47,7 +59,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(cli::run(command))
+            runtime.block_on(cli::run(command, &cli.addr, Cli::command))
         }
     }
 }

@@ -39,8 +39,11 @@ on_both_backends!(async:
     a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included,
 );
 
+/// The sandbox of `get --json` (the Get reply, in the proto3 JSON mapping).
 fn sandbox_json(serve: &Serve, id: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(&serve.cli(&["get", id, "--json"]))).expect("get --json is JSON")
+    let reply: serde_json::Value =
+        serde_json::from_str(&ok(&serve.cli(&["get", id, "--json"]))).expect("get --json is JSON");
+    reply["sandbox"].clone()
 }
 
 fn bad_request_field(status: &tonic::Status) -> String {
@@ -64,20 +67,20 @@ fn create_wait_logs_get_list_through_the_cli(backend: Backend) {
     ]));
     assert_eq!(id, "hello");
 
-    let wait = serve.cli(&["wait", "hello"]);
+    let wait = serve.cli(&["wait", "hello", "--exit-code"]);
     assert_eq!(wait.status.code(), Some(3), "wait exits with the sandbox's code: {}", stderr(&wait));
 
     assert_eq!(ok(&serve.cli(&["logs", "hello"])), "hello");
 
     let sandbox = sandbox_json(&serve, "hello");
-    assert_eq!(sandbox["state"], "exited");
+    assert_eq!(sandbox["state"], "SANDBOX_STATE_EXITED");
     assert_eq!(sandbox["exit"]["code"], 3);
-    assert_eq!(sandbox["exit"]["reason"], "exited");
+    assert_eq!(sandbox["exit"]["reason"], "EXIT_REASON_EXITED");
     assert_eq!(sandbox["labels"]["team"], "a");
     assert_eq!(sandbox["argv"], serde_json::json!(["sh", "-c", "echo hello; exit 3"]));
 
     let list: serde_json::Value = serde_json::from_str(&ok(&serve.cli(&["list", "--json"]))).expect("JSON");
-    assert!(list.as_array().expect("array").iter().any(|s| s["id"] == "hello"), "{list}");
+    assert!(list["sandboxes"].as_array().expect("array").iter().any(|s| s["id"] == "hello"), "{list}");
     let table = ok(&serve.cli(&["list"]));
     assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("hello"), "{table}");
@@ -91,7 +94,7 @@ fn a_generated_id_and_json_output(backend: Backend) {
     let created: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["create", "--json", "--", "true"])))
             .expect("create --json is JSON");
-    let id = created["id"].as_str().expect("an id").to_owned();
+    let id = created["sandbox"]["id"].as_str().expect("an id").to_owned();
     assert!(!id.is_empty());
     let wait = serve.cli(&["wait", &id]);
     assert_eq!(wait.status.code(), Some(0), "{}", stderr(&wait));
@@ -100,19 +103,19 @@ fn a_generated_id_and_json_output(backend: Backend) {
 fn pause_resume_kill_and_kill_again(backend: Backend) {
     let serve = Serve::start_on(backend.name());
     ok(&serve.cli(&["create", "--id", "sleeper", "--", "sleep", "1000"]));
-    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "SANDBOX_STATE_RUNNING");
 
     ok(&serve.cli(&["pause", "sleeper"]));
-    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "paused");
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "SANDBOX_STATE_PAUSED");
     ok(&serve.cli(&["resume", "sleeper"]));
-    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "running");
+    assert_eq!(sandbox_json(&serve, "sleeper")["state"], "SANDBOX_STATE_RUNNING");
 
     assert!(!serve.leftover_processes().is_empty(), "the sandbox's init is found by its state dir");
     let killed = ok(&serve.cli(&["kill", "sleeper", "--now"]));
     assert!(killed.contains("killed"), "{killed}");
     let sandbox = sandbox_json(&serve, "sleeper");
-    assert_eq!(sandbox["state"], "exited");
-    assert_eq!(sandbox["exit"]["reason"], "killed");
+    assert_eq!(sandbox["state"], "SANDBOX_STATE_EXITED");
+    assert_eq!(sandbox["exit"]["reason"], "EXIT_REASON_KILLED");
     assert_eq!(serve.leftover_processes(), Vec::<String>::new(), "a killed sandbox leaves no process");
     // Idempotent.
     ok(&serve.cli(&["kill", "sleeper"]));
@@ -399,8 +402,8 @@ async fn health_follows_the_node_status_and_a_draining_node_refuses_with_75(back
 
     let status: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["status", "--json"]))).expect("JSON");
-    assert_eq!(status["status"], "READY");
-    assert!(status["node_id"].as_str().is_some_and(|id| !id.is_empty()), "{status}");
+    assert_eq!(status["status"], "NODE_STATUS_READY");
+    assert!(status["nodeId"].as_str().is_some_and(|id| !id.is_empty()), "{status}");
     let table = ok(&serve.cli(&["status"]));
     assert!(table.contains("READY"), "{table}");
 
@@ -454,9 +457,9 @@ fn drain_shows_progress_until_drained_and_exits_0(backend: Backend) {
     assert!(stdout(&drain).contains("DRAINED"), "{}", stdout(&drain));
     let status: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["status", "--json"]))).expect("JSON");
-    assert_eq!(status["status"], "DRAINED");
+    assert_eq!(status["status"], "NODE_STATUS_DRAINED");
     // The sandbox left on its own: not force-stopped.
-    assert_eq!(sandbox_json(&serve, "brief")["exit"]["reason"], "exited");
+    assert_eq!(sandbox_json(&serve, "brief")["exit"]["reason"], "EXIT_REASON_EXITED");
 }
 
 fn force_stop_stops_every_sandbox(backend: Backend) {
@@ -465,7 +468,7 @@ fn force_stop_stops_every_sandbox(backend: Backend) {
     ok(&serve.cli(&["force-stop"]));
     let wait = serve.cli(&["wait", "stuck"]);
     assert_ne!(wait.status.code(), Some(0), "a killed sandbox does not exit 0");
-    assert_eq!(sandbox_json(&serve, "stuck")["exit"]["reason"], "force_stopped");
+    assert_eq!(sandbox_json(&serve, "stuck")["exit"]["reason"], "EXIT_REASON_FORCE_STOPPED");
 }
 
 fn logs_follow_streams_until_the_sandbox_exits(backend: Backend) {
@@ -499,10 +502,10 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one(backend: Backend) {
     assert!(!first.leftover_processes().is_empty(), "the sandbox died with its agent");
 
     let mut second = Serve::start_with(options);
-    assert_eq!(sandbox_json(&second, "survivor")["state"], "running");
+    assert_eq!(sandbox_json(&second, "survivor")["state"], "SANDBOX_STATE_RUNNING");
     ok(&second.cli(&["create", "--id", "another", "--", "sleep", "1000"]));
     ok(&second.cli(&["kill", "survivor", "--now"]));
-    assert_eq!(sandbox_json(&second, "survivor")["state"], "exited");
+    assert_eq!(sandbox_json(&second, "survivor")["state"], "SANDBOX_STATE_EXITED");
 
     // A stop (FORCE_STOP) leaves nothing running, and no cgroup.
     let parent = e2e::cgroup_parent_for(&second.state_dir);
@@ -619,11 +622,11 @@ fn the_process_backend_refuses_checkpoints_naming_itself() {
     let text = stderr(&checkpoint);
     assert!(text.contains("FAILED_PRECONDITION") && text.contains("process"), "{text}");
     // The sandbox is unharmed.
-    assert_eq!(sandbox_json(&serve, "cp")["state"], "running");
+    assert_eq!(sandbox_json(&serve, "cp")["state"], "SANDBOX_STATE_RUNNING");
 
     let snapshots: serde_json::Value =
         serde_json::from_str(&ok(&serve.cli(&["snapshots", "--json"]))).expect("JSON");
-    assert_eq!(snapshots, serde_json::json!([]));
+    assert_eq!(snapshots, serde_json::json!({}), "no snapshots: an empty reply");
     let table = ok(&serve.cli(&["snapshots"]));
     assert!(table.starts_with("ID"), "{table}");
     let rm = serve.cli(&["snapshot-rm", "no-such-snapshot"]);

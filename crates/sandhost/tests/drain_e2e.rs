@@ -87,7 +87,12 @@ impl Node {
     /// Waits until the node reports `status` (polling the API: the test is a client).
     fn wait_status(&self, status: &str) {
         let what = format!("the node to be {status}");
-        common::poll_until(&what, e2e::HANG_GUARD, || self.status_json(), |json| json["status"] == status);
+        common::poll_until(
+            &what,
+            e2e::HANG_GUARD,
+            || self.status_json(),
+            |json| json["status"] == format!("NODE_STATUS_{status}"),
+        );
     }
 
     /// Asserts that a serve that exited left not even its parent cgroups.
@@ -131,7 +136,7 @@ fn sigterm_waits_for_live_sandboxes_and_exits_zero_with_none_killed(backend: Bac
     assert_eq!(refused.status.code(), Some(75), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("UNAVAILABLE") || stderr(&refused).contains("Unavailable"));
     assert_eq!(node.serve.http_get("/health/ready").map(|(code, _)| code), Some(503));
-    assert_eq!(node.status_json()["drain"]["live"], 3, "the drain waits for them");
+    assert_eq!(node.status_json()["drain"]["live"], "3", "the drain waits for them");
 
     for id in &ids {
         ok(&node.serve.cli(&["kill", id]));
@@ -183,19 +188,19 @@ fn stop_sandboxes_get_sigterm_at_the_drain_and_wait_ones_run_on(backend: Backend
     let stop = node.create(&["--drain-policy", "stop", "--", "sleep", "1000"]);
     let wait = node.create(&["--drain-policy", "wait", "--", "sleep", "1000"]);
     ok(&node.serve.cli(&["drain", "--detach"]));
-    let waited = node.serve.cli(&["wait", &stop]);
+    let waited = node.serve.cli(&["wait", &stop, "--exit-code"]);
     assert_eq!(waited.status.code(), Some(128 + 15), "wait exits with the sandbox's code: SIGTERM");
     let info: serde_json::Value =
         serde_json::from_str(&ok(&node.serve.cli(&["get", &stop, "--json"]))).expect("json");
-    assert_eq!(info["exit"]["reason"], "drain_stopped", "{info}");
+    assert_eq!(info["sandbox"]["exit"]["reason"], "EXIT_REASON_DRAIN_STOPPED", "{info}");
     let info: serde_json::Value =
         serde_json::from_str(&ok(&node.serve.cli(&["get", &wait, "--json"]))).expect("json");
-    assert_eq!(info["state"], "running", "{info}");
-    assert_eq!(node.status_json()["status"], "DRAINING");
+    assert_eq!(info["sandbox"]["state"], "SANDBOX_STATE_RUNNING", "{info}");
+    assert_eq!(node.status_json()["status"], "NODE_STATUS_DRAINING");
 
     // Undrain: admission reopens, the WAIT sandbox keeps running.
     ok(&node.serve.cli(&["undrain"]));
-    assert_eq!(node.status_json()["status"], "READY");
+    assert_eq!(node.status_json()["status"], "NODE_STATUS_READY");
     node.create(&["--", "true"]);
 }
 
@@ -205,8 +210,8 @@ fn the_drain_command_shows_progress_and_exits_zero_once_drained(backend: Backend
     node.create(&["--", "sleep", "2"]);
     let out = node.serve.cli(&["drain"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(node.status_json()["status"], "DRAINED");
-    assert_eq!(node.status_json()["drain"]["live"], 0);
+    assert_eq!(node.status_json()["status"], "NODE_STATUS_DRAINED");
+    assert_eq!(node.status_json()["drain"].get("live"), None, "0 live: a default, left out");
     let _ = stdout(&out);
 }
 
@@ -216,7 +221,7 @@ fn force_stop_command_empties_the_node(backend: Backend) {
     ok(&node.serve.cli(&["force-stop"]));
     node.wait_status("DRAINED");
     let status = node.status_json();
-    assert_eq!(status["drain"]["force_stopped"], 1, "{status}");
+    assert_eq!(status["drain"]["forceStopped"], "1", "{status}");
     node.assert_nothing_left();
 }
 
@@ -242,10 +247,16 @@ fn a_third_signal_exits_at_once_and_the_next_serve_re_adopts_the_survivors_and_a
     let mut second = Node::start_in(backend, &env, Some(state_dir));
     let info: serde_json::Value =
         serde_json::from_str(&ok(&second.serve.cli(&["get", &id, "--json"]))).expect("json");
-    assert!(matches!(info["state"].as_str(), Some("running" | "stopping")), "{info}");
+    assert!(
+        matches!(info["sandbox"]["state"].as_str(), Some("SANDBOX_STATE_RUNNING" | "SANDBOX_STATE_STOPPING")),
+        "{info}"
+    );
     let status = second.status_json();
-    assert_eq!(status["status"], "READY", "the cut-short shutdown's drain is not continued: {status}");
-    assert_eq!(status["interrupted_shutdown"]["live_at_restart"], 1, "{status}");
+    assert_eq!(
+        status["status"], "NODE_STATUS_READY",
+        "the cut-short shutdown's drain is not continued: {status}"
+    );
+    assert_eq!(status["interruptedShutdown"]["liveAtRestart"], "1", "{status}");
     let table = ok(&second.serve.cli(&["status"]));
     assert!(table.contains("last shutdown:") && table.contains("cut short"), "{table}");
     let fresh = second.create(&["--", "true"]);
@@ -277,7 +288,7 @@ fn a_ctrl_c_at_the_terminal_drains_and_reaches_no_sandbox(backend: Backend) {
     node.wait_status("DRAINING");
     let info: serde_json::Value =
         serde_json::from_str(&ok(&node.serve.cli(&["get", &id, "--json"]))).expect("json");
-    assert_eq!(info["state"], "running", "the Ctrl-C reached the sandbox: {info}");
+    assert_eq!(info["sandbox"]["state"], "SANDBOX_STATE_RUNNING", "the Ctrl-C reached the sandbox: {info}");
     ok(&node.serve.cli(&["force-stop"]));
     assert_eq!(node.serve.wait_exit(), Some(10));
     node.assert_nothing_left();
@@ -293,9 +304,9 @@ fn a_restart_mid_drain_keeps_the_deadline(backend: Backend) {
 
     let second = Node::start_in(backend, &[], Some(first.state_dir.clone()));
     let status = second.status_json();
-    assert_eq!(status["status"], "DRAINING");
+    assert_eq!(status["status"], "NODE_STATUS_DRAINING");
     assert_eq!(status["drain"]["deadline"], deadline, "the same absolute deadline");
-    assert_eq!(status["drain"]["live"], 1, "the sandbox was re-adopted");
+    assert_eq!(status["drain"]["live"], "1", "the sandbox was re-adopted");
     ok(&second.serve.cli(&["force-stop"]));
     second.wait_status("DRAINED");
     second.assert_nothing_left();

@@ -11,7 +11,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use super::{EXIT_UNAVAILABLE, Target};
+use super::exit::{EXIT_ERROR, EXIT_UNAVAILABLE};
+use super::json::JsonError;
 
 /// How long connecting to the node may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -25,7 +26,8 @@ pub(crate) enum ClientError {
     /// The node answered with an error.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(Status),
-    /// The node could not be reached.
+    /// The node could not be reached (refused, unreachable, timed out): retryable, like
+    /// `UNAVAILABLE`.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
         /// The address tried.
@@ -47,6 +49,18 @@ pub(crate) enum ClientError {
     /// Writing the output failed.
     #[error("writing the output failed")]
     Output(#[from] io::Error),
+    /// A file could not be written (`man --dir`).
+    #[error("cannot write {}", .path.display())]
+    WriteFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A reply could not be printed as JSON.
+    #[error("cannot print the reply as JSON")]
+    Json(#[from] JsonError),
 }
 
 impl From<Status> for ClientError {
@@ -56,11 +70,18 @@ impl From<Status> for ClientError {
 }
 
 impl ClientError {
-    /// 75 when the node answered `UNAVAILABLE`; 1 otherwise.
+    /// 75 when the node answered `UNAVAILABLE` or could not be reached (a retry loop keyed on 75
+    /// retries an agent that drains or restarts); 1 otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Self::Rpc(status) if status.code() == Code::Unavailable => EXIT_UNAVAILABLE,
-            _ => 1,
+            Self::Connect { .. } => EXIT_UNAVAILABLE,
+            Self::Rpc(_)
+            | Self::Usage { .. }
+            | Self::Ended(_)
+            | Self::Output(_)
+            | Self::WriteFile { .. }
+            | Self::Json(_) => EXIT_ERROR,
         }
     }
 
@@ -136,14 +157,22 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Connects to `target` with the token of `SANDHOST_TOKEN`.
-    pub(crate) async fn connect(target: &Target) -> Result<Self, ClientError> {
+    /// Connects to `addr` (as [`endpoint`] reads it) with the token of `SANDHOST_TOKEN`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Usage`] for an address or token that cannot be used; [`ClientError::Connect`]
+    /// when the node cannot be reached.
+    pub(crate) async fn connect(addr: &str) -> Result<Self, ClientError> {
         let token = BearerToken::new(std::env::var("SANDHOST_TOKEN").ok().as_deref())?;
-        let endpoint = Endpoint::from_shared(target.addr.clone())
-            .map_err(|e| ClientError::usage("--addr / SANDHOST_ADDR", format!("{:?}: {e}", target.addr)))?;
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| {
-            ClientError::Connect { addr: target.addr.clone(), reason: crate::error_chain(&e) }
-        })?;
+        let uri = endpoint(addr).map_err(|e| ClientError::usage("--addr / SANDHOST_ADDR", e))?;
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| ClientError::usage("--addr / SANDHOST_ADDR", format!("{addr:?}: {e}")))?;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect { addr: uri, reason: crate::error_chain(&e) })?;
         Ok(Self {
             sandboxes: SandboxServiceClient::with_interceptor(channel.clone(), token.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
@@ -153,18 +182,92 @@ impl Client {
     }
 }
 
+/// The node's address as the CLI takes it, `HOST:PORT` (`127.0.0.1:5008`, `node-7:5008`,
+/// `[::1]:5008`), `HOST` (port 5008), or either with `http://` before it, as the URI to dial.
+/// `https://` is refused: TLS is planned, not built.
+pub(crate) fn endpoint(addr: &str) -> Result<String, String> {
+    let text = addr.trim();
+    let authority = match text.split_once("://") {
+        None => text,
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(format!("{addr:?}: TLS is not supported yet; give HOST:PORT or http://HOST:PORT"));
+        }
+        Some((scheme, _)) => return Err(format!("{addr:?}: unknown scheme {scheme:?}; give HOST:PORT")),
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let invalid = || format!("{addr:?}: expected HOST:PORT, such as 127.0.0.1:5008 or [::1]:5008");
+    if authority.is_empty()
+        || authority.contains(['/', '?', '#', '@'])
+        || authority.contains(char::is_whitespace)
+    {
+        return Err(invalid());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inside, after) = v6.split_once(']').ok_or_else(invalid)?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(invalid)?),
+        };
+        (format!("[{inside}]"), port)
+    } else {
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err(format!("{addr:?}: write an IPv6 address in brackets, as [::1]:5008"));
+            }
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(port) => port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(invalid)?,
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(invalid());
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// The port of `serve`'s default `--listen`.
+const DEFAULT_PORT: u16 = 5008;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn unavailable_exits_75_and_everything_else_1() {
+    fn unavailable_and_unreachable_exit_75_and_everything_else_1() {
         assert_eq!(ClientError::Rpc(Status::unavailable("draining")).exit_code(), 75);
+        // A refused or unreachable node is retried like a draining one: it may be restarting.
+        assert_eq!(ClientError::Connect { addr: "a".into(), reason: "refused".into() }.exit_code(), 75);
         for code in [Code::InvalidArgument, Code::NotFound, Code::Unauthenticated, Code::Internal] {
             assert_eq!(ClientError::Rpc(Status::new(code, "x")).exit_code(), 1, "{code:?}");
         }
-        assert_eq!(ClientError::Connect { addr: "a".into(), reason: "refused".into() }.exit_code(), 1);
         assert_eq!(ClientError::usage("--x", "bad").exit_code(), 1);
+        assert_eq!(ClientError::Ended("gone".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn an_address_needs_no_scheme() {
+        for (text, uri) in [
+            ("127.0.0.1:5008", "http://127.0.0.1:5008"),
+            ("http://127.0.0.1:5008", "http://127.0.0.1:5008"),
+            ("http://127.0.0.1:5008/", "http://127.0.0.1:5008"),
+            ("node-7:6000", "http://node-7:6000"),
+            ("node-7", "http://node-7:5008"),
+            ("[::1]:5008", "http://[::1]:5008"),
+            ("[::1]", "http://[::1]:5008"),
+            (" localhost:1 ", "http://localhost:1"),
+        ] {
+            assert_eq!(endpoint(text).as_deref(), Ok(uri), "{text}");
+        }
+        for bad in
+            ["", "https://a:1", "unix:///run/x", "::1", "a:b", "a:0", "a:70000", "a:1/path", ":5008", "[::1"]
+        {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+        assert!(endpoint("https://a:1").is_err_and(|e| e.contains("TLS")));
     }
 
     #[test]

@@ -1,12 +1,22 @@
 //! The client subcommands of the `sandhost` binary (all of docs/design.md's pinned CLI but `serve`).
 //!
-//! Each talks to a node over gRPC (`--addr` / `SANDHOST_ADDR`, default `http://127.0.0.1:5008`; the
-//! bearer token from `SANDHOST_TOKEN`). People get readable tables; `--json` prints one JSON document
-//! on stdout. Exit codes: 0 ok; 75 when the node answered `UNAVAILABLE` (retry later, e.g. it drains);
-//! 1 for any other error, with the gRPC code and message on stderr. `wait` exits with the sandbox's
-//! own exit code.
+//! Each talks to a node over gRPC: the address from `--addr` (before or after the subcommand; the one
+//! after wins), else `SANDHOST_ADDR`, else `http://127.0.0.1:5008`, written `HOST:PORT` with or
+//! without `http://`; the bearer token from `SANDHOST_TOKEN`. People get readable tables; `--json`
+//! prints the reply of the RPC the subcommand makes, in the proto3 JSON mapping (as grpcurl prints
+//! it; `json.rs`). `completion` and `man` describe the CLI itself and call nothing.
+//!
+//! Exit codes (`exit.rs`, the one table): 0 done; 1 any other error; 2 a command line clap cannot
+//! parse; 3 and 4 a drain that had to force, or failed to stop, sandboxes; 5, 6, 7 `wait` on a
+//! sandbox that did not exit 0; 75 a node that answered `UNAVAILABLE` or could not be reached.
 
 mod client;
+mod create;
+mod docs;
+mod drain;
+pub mod exit;
+mod json;
+mod logs;
 mod node;
 mod output;
 pub(crate) mod parse;
@@ -15,53 +25,46 @@ mod sandbox;
 use std::process::ExitCode;
 
 use client::{Client, ClientError};
+use exit::Outcome;
 
 /// The default node address.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:5008";
-/// The exit code when the node answered `UNAVAILABLE` (`EX_TEMPFAIL`).
-pub const EXIT_UNAVAILABLE: u8 = 75;
 
-/// Which node to talk to.
+/// Which node to talk to, given after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// The node's gRPC address. A node with a token needs it in SANDHOST_TOKEN.
-    #[arg(long, env = "SANDHOST_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: String,
+    /// The node's gRPC address, HOST:PORT (default: the --addr before the subcommand, else
+    /// SANDHOST_ADDR, else 127.0.0.1:5008). A node with a token needs it in SANDHOST_TOKEN.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+}
+
+impl Target {
+    /// This address, or `global` (the `--addr` before the subcommand, or its environment or default).
+    fn or<'a>(&'a self, global: &'a str) -> &'a str {
+        self.addr.as_deref().unwrap_or(global)
+    }
 }
 
 /// The client subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
     /// Start a sandbox running CMD; prints its id.
-    Create(Box<sandbox::CreateArgs>),
-    /// List the sandboxes.
-    List {
-        #[command(flatten)]
-        target: Target,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Create(Box<create::CreateArgs>),
+    /// List the sandboxes (ordered by id).
+    List(sandbox::ListArgs),
     /// Show one sandbox.
     Get {
         #[command(flatten)]
         target: Target,
         /// The sandbox.
         id: String,
-        /// Print JSON.
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Print a sandbox's output (stdout and stderr).
-    Logs {
-        #[command(flatten)]
-        target: Target,
-        /// The sandbox.
-        id: String,
-        /// Keep printing as it is written, until the sandbox exits.
-        #[arg(short, long)]
-        follow: bool,
-    },
+    /// Print a sandbox's output (stdout and stderr, as written).
+    Logs(logs::LogsArgs),
     /// Stop a sandbox: SIGTERM, its grace, then kill.
     Kill {
         #[command(flatten)]
@@ -71,6 +74,9 @@ pub enum ClientCommand {
         /// Kill at once, without the grace.
         #[arg(long)]
         now: bool,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Freeze a running sandbox.
     Pause {
@@ -78,6 +84,9 @@ pub enum ClientCommand {
         target: Target,
         /// The sandbox.
         id: String,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Thaw a paused sandbox.
     Resume {
@@ -85,15 +94,30 @@ pub enum ClientCommand {
         target: Target,
         /// The sandbox.
         id: String,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Wait until a sandbox exits; exits with its exit code (128 + N for signal N).
+    /// Change a live sandbox: move its end time, replace its labels.
+    Update(sandbox::UpdateArgs),
+    /// Wait until a sandbox exits; exit 0 only if it exited 0.
+    ///
+    /// Exits 0 if the sandbox exited 0, 5 if it exited with another code, 6 if a signal ended it, 7
+    /// if it never ran (its code or signal on stderr); with --exit-code, the sandbox's own code.
     Wait {
         #[command(flatten)]
         target: Target,
         /// The sandbox.
         id: String,
+        /// Exit with the sandbox's own exit code instead (128 + N for signal N, 1 if it never
+        /// ran), which can look like the CLI's own codes.
+        #[arg(long)]
+        exit_code: bool,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Save a sandbox as a snapshot; prints the snapshot id.
+    /// Save a sandbox as a snapshot (gvisor); prints the snapshot id.
     Checkpoint {
         #[command(flatten)]
         target: Target,
@@ -102,7 +126,7 @@ pub enum ClientCommand {
         /// Stop the sandbox once it is saved.
         #[arg(long)]
         stop: bool,
-        /// Print JSON.
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -110,7 +134,7 @@ pub enum ClientCommand {
     Snapshots {
         #[command(flatten)]
         target: Target,
-        /// Print JSON.
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -120,207 +144,137 @@ pub enum ClientCommand {
         target: Target,
         /// The snapshot.
         snapshot: String,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the node's status, drain phase, deadlines and counts.
     Status {
         #[command(flatten)]
         target: Target,
-        /// Print JSON.
+        /// Print the reply as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Drain the node: stop admitting, wait for the sandboxes to leave; shows progress until drained.
-    Drain(Box<node::DrainArgs>),
+    ///
+    /// The progress names the first sandboxes still holding the drain. Exits 0 once drained if every
+    /// sandbox left on its own (or by its `stop` policy), 3 if some had to be force-stopped or
+    /// checkpointed, 4 if some could not be stopped; --detach exits 0 once the drain has begun.
+    Drain(Box<drain::DrainArgs>),
     /// Reopen admission after a drain.
     Undrain {
         #[command(flatten)]
         target: Target,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop every live sandbox now.
     ForceStop {
         #[command(flatten)]
         target: Target,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    ///
+    /// For example `sandhost completion bash > /etc/bash_completion.d/sandhost`, or
+    /// `source <(sandhost completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, sandhost(1), as roff.
+    ///
+    /// Read it with `sandhost man | man -l -`; --dir writes one page per subcommand too.
+    Man {
+        /// Write sandhost.1 and sandhost-SUBCOMMAND.1 here instead of printing sandhost.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
-/// How a subcommand ended, when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Exit 0.
-    Done,
-    /// Exit with this code (`wait`).
-    Code(u8),
-}
-
-/// Runs one client subcommand and returns the process exit code.
-pub async fn run(command: ClientCommand) -> ExitCode {
-    match dispatch(command).await {
+/// Runs one client subcommand against the node at `addr` (the `--addr` given before the subcommand,
+/// or its environment or default) and returns the process exit code. `cli` builds the whole command
+/// line, for `completion` and `man`.
+pub async fn run(command: ClientCommand, addr: &str, cli: fn() -> clap::Command) -> ExitCode {
+    match dispatch(command, addr, cli).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Code(code)) => ExitCode::from(code),
         // The reader went away (`| head`): the output was not wanted any more; not an error.
         Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("sandhost: {error}");
+            eprintln!("sandhost: {}", crate::error_chain(&error));
             ExitCode::from(error.exit_code())
         }
     }
 }
 
-async fn dispatch(command: ClientCommand) -> Result<Outcome, ClientError> {
+async fn dispatch(
+    command: ClientCommand,
+    addr: &str,
+    cli: fn() -> clap::Command,
+) -> Result<Outcome, ClientError> {
     match command {
         ClientCommand::Create(args) => {
             let request = args.request()?;
-            sandbox::create(&mut Client::connect(&args.target).await?, request, args.json).await
+            create::create(&mut Client::connect(args.target.or(addr)).await?, request, args.json).await
         }
-        ClientCommand::List { target, json } => {
-            sandbox::list(&mut Client::connect(&target).await?, json).await
+        ClientCommand::List(args) => {
+            let request = args.request()?;
+            sandbox::list(&mut Client::connect(args.target.or(addr)).await?, request, args.format()).await
         }
         ClientCommand::Get { target, id, json } => {
-            sandbox::get(&mut Client::connect(&target).await?, id, json).await
+            sandbox::get(&mut Client::connect(target.or(addr)).await?, id, json).await
         }
-        ClientCommand::Logs { target, id, follow } => {
-            sandbox::logs(&mut Client::connect(&target).await?, id, follow).await
+        ClientCommand::Logs(args) => {
+            logs::logs(&mut Client::connect(args.target.or(addr)).await?, &args).await
         }
-        ClientCommand::Kill { target, id, now } => {
-            sandbox::kill(&mut Client::connect(&target).await?, id, now).await
+        ClientCommand::Kill { target, id, now, json } => {
+            sandbox::kill(&mut Client::connect(target.or(addr)).await?, id, now, json).await
         }
-        ClientCommand::Pause { target, id } => sandbox::pause(&mut Client::connect(&target).await?, id).await,
-        ClientCommand::Resume { target, id } => {
-            sandbox::resume(&mut Client::connect(&target).await?, id).await
+        ClientCommand::Pause { target, id, json } => {
+            sandbox::pause(&mut Client::connect(target.or(addr)).await?, id, json).await
         }
-        ClientCommand::Wait { target, id } => sandbox::wait(&mut Client::connect(&target).await?, id).await,
+        ClientCommand::Resume { target, id, json } => {
+            sandbox::resume(&mut Client::connect(target.or(addr)).await?, id, json).await
+        }
+        ClientCommand::Update(args) => {
+            let request = args.request()?;
+            sandbox::update(&mut Client::connect(args.target.or(addr)).await?, request, args.json).await
+        }
+        ClientCommand::Wait { target, id, exit_code, json } => {
+            sandbox::wait(&mut Client::connect(target.or(addr)).await?, id, exit_code, json).await
+        }
         ClientCommand::Checkpoint { target, id, stop, json } => {
-            sandbox::checkpoint(&mut Client::connect(&target).await?, id, stop, json).await
+            sandbox::checkpoint(&mut Client::connect(target.or(addr)).await?, id, stop, json).await
         }
         ClientCommand::Snapshots { target, json } => {
-            sandbox::snapshots(&mut Client::connect(&target).await?, json).await
+            sandbox::snapshots(&mut Client::connect(target.or(addr)).await?, json).await
         }
-        ClientCommand::SnapshotRm { target, snapshot } => {
-            sandbox::snapshot_rm(&mut Client::connect(&target).await?, snapshot).await
+        ClientCommand::SnapshotRm { target, snapshot, json } => {
+            sandbox::snapshot_rm(&mut Client::connect(target.or(addr)).await?, snapshot, json).await
         }
         ClientCommand::Status { target, json } => {
-            node::status(&mut Client::connect(&target).await?, json).await
+            node::status(&mut Client::connect(target.or(addr)).await?, json).await
         }
         ClientCommand::Drain(args) => {
             let request = args.request()?;
-            node::drain(&mut Client::connect(&args.target).await?, request, args.detach).await
+            drain::drain(&mut Client::connect(args.target.or(addr)).await?, request, &args).await
         }
-        ClientCommand::Undrain { target } => node::undrain(&mut Client::connect(&target).await?).await,
-        ClientCommand::ForceStop { target } => node::force_stop(&mut Client::connect(&target).await?).await,
+        ClientCommand::Undrain { target, json } => {
+            node::undrain(&mut Client::connect(target.or(addr)).await?, json).await
+        }
+        ClientCommand::ForceStop { target, json } => {
+            node::force_stop(&mut Client::connect(target.or(addr)).await?, json).await
+        }
+        ClientCommand::Completion { shell } => docs::completion(shell, cli()),
+        ClientCommand::Man { dir } => docs::man(cli(), dir.as_deref()),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Debug, Parser)]
-    struct Wrapper {
-        #[command(subcommand)]
-        command: ClientCommand,
-    }
-
-    fn parse(argv: &[&str]) -> Result<ClientCommand, clap::Error> {
-        Wrapper::try_parse_from(std::iter::once("sandhost").chain(argv.iter().copied())).map(|w| w.command)
-    }
-
-    #[test]
-    fn create_takes_the_pinned_flags_and_the_command_after_dashes() {
-        let command = parse(&[
-            "create",
-            "--id",
-            "sb-1",
-            "--template",
-            "host",
-            "--timeout",
-            "1m30s",
-            "--memory",
-            "256M",
-            "--cpus",
-            "0.5",
-            "--pids",
-            "64",
-            "--env",
-            "A=1",
-            "--env",
-            "B=x=y",
-            "--label",
-            "team=a",
-            "--drain-policy",
-            "checkpoint",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo hi",
-        ])
-        .expect("parses");
-        let ClientCommand::Create(args) = command else { panic!("not create: {command:?}") };
-        assert!(args.json);
-        let request = args.request().expect("valid");
-        assert_eq!(request.id, "sb-1");
-        assert_eq!(request.argv, ["sh", "-c", "echo hi"]);
-        assert_eq!(request.timeout, Some(prost_types::Duration { seconds: 90, nanos: 0 }));
-        let resources = request.resources.expect("resources");
-        assert_eq!(resources.memory_bytes, Some(256 << 20));
-        assert_eq!(resources.cpu_millis, Some(500));
-        assert_eq!(resources.pids_max, Some(64));
-        assert_eq!(request.env[1].name, "B");
-        assert_eq!(request.env[1].value, "x=y");
-        assert_eq!(request.labels.get("team").map(String::as_str), Some("a"));
-        assert_eq!(request.drain_policy(), sandhost_proto::v1::DrainPolicy::Checkpoint);
-        assert_eq!(request.restore_from, "");
-    }
-
-    #[test]
-    fn a_restore_takes_no_command_and_refuses_one() {
-        let ClientCommand::Create(args) = parse(&["create", "--restore-from", "snap-1"]).expect("parses")
-        else {
-            panic!("not create")
-        };
-        let request = args.request().expect("valid");
-        assert_eq!(request.restore_from, "snap-1");
-        assert!(request.argv.is_empty());
-        assert!(parse(&["create", "--restore-from", "snap-1", "--", "true"]).is_err());
-        assert!(parse(&["create", "--restore-from", "snap-1", "--env", "A=1"]).is_err());
-    }
-
-    #[test]
-    fn create_needs_a_command() {
-        assert!(parse(&["create"]).is_err());
-        assert!(parse(&["create", "--id", "x"]).is_err());
-    }
-
-    #[test]
-    fn every_pinned_subcommand_parses() {
-        for argv in [
-            &["list", "--json"][..],
-            &["get", "sb-1", "--json"],
-            &["logs", "sb-1", "-f"],
-            &["kill", "sb-1", "--now"],
-            &["pause", "sb-1"],
-            &["resume", "sb-1"],
-            &["wait", "sb-1"],
-            &["checkpoint", "sb-1", "--stop", "--json"],
-            &["snapshots", "--json"],
-            &["snapshot-rm", "snap-1"],
-            &["status", "--json"],
-            &["drain", "--timeout", "5m", "--force", "--detach"],
-            &["undrain"],
-            &["force-stop"],
-            &["list", "--addr", "http://127.0.0.1:1"],
-        ] {
-            parse(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        }
-    }
-
-    #[test]
-    fn a_malformed_drain_timeout_is_refused() {
-        let ClientCommand::Drain(args) = parse(&["drain", "--timeout", "soon"]).expect("parses") else {
-            panic!("not drain")
-        };
-        assert!(args.request().is_err());
-    }
-}
+mod tests;

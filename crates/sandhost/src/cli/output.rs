@@ -1,12 +1,15 @@
-//! What the CLI prints: aligned tables for people, JSON documents for scripts, and the names and
-//! times both use.
+//! What the CLI prints: aligned tables for people, the replies as JSON for scripts (`json.rs`), and
+//! the names and times the tables use.
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
 use sandhost_proto::v1 as pb;
-use serde_json::{Value, json};
+
+use super::client::ClientError;
+use super::exit::Outcome;
+use super::json::{JsonPrinter, Reply};
 
 /// Columns padded to their widest cell; the last column is not padded.
 #[derive(Debug, Default)]
@@ -58,11 +61,21 @@ impl Table {
     }
 }
 
-/// Prints one JSON document on stdout.
-pub(crate) fn print_json(value: &Value) -> io::Result<()> {
-    let mut stdout = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, value)?;
-    stdout.write_all(b"\n")
+/// Prints `reply` on stdout as one JSON document, in the proto3 JSON mapping.
+pub(crate) fn print_reply<M: Reply>(reply: &M) -> Result<Outcome, ClientError> {
+    let text = JsonPrinter::new()?.pretty(reply)?;
+    println(&text)
+}
+
+/// Prints one line on stdout.
+pub(crate) fn println(line: &str) -> Result<Outcome, ClientError> {
+    writeln!(io::stdout().lock(), "{line}")?;
+    Ok(Outcome::Done)
+}
+
+/// The sandbox of a reply, which the node always sends.
+pub(crate) fn sandbox_of(sandbox: Option<pb::Sandbox>) -> Result<pb::Sandbox, ClientError> {
+    sandbox.ok_or_else(|| ClientError::Ended("the node sent no sandbox in its reply".into()))
 }
 
 /// The enum's proto name without its prefix, lowercase: `SANDBOX_STATE_RUNNING` -> `running`.
@@ -150,102 +163,6 @@ pub(crate) fn labels_text(labels: &std::collections::BTreeMap<String, String>) -
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-// --- JSON documents ---
-
-fn exit_json(exit: &pb::SandboxExit) -> Value {
-    let (code, signal) = match exit.status {
-        Some(pb::sandbox_exit::Status::Code(code)) => (Some(code), None),
-        Some(pb::sandbox_exit::Status::Signal(signal)) => (None, Some(signal)),
-        None => (None, None),
-    };
-    json!({
-        "code": code,
-        "signal": signal,
-        "reason": reason_name(exit.reason()),
-        "message": (!exit.message.is_empty()).then_some(&exit.message),
-    })
-}
-
-pub(crate) fn sandbox_json(sandbox: &pb::Sandbox) -> Value {
-    let resources = sandbox.resources.unwrap_or_default();
-    json!({
-        "id": sandbox.id,
-        "lifecycle_id": sandbox.lifecycle_id,
-        "state": state_name(sandbox.state()),
-        "argv": sandbox.argv,
-        "template": sandbox.template,
-        "resources": {
-            "cpu_millis": resources.cpu_millis,
-            "memory_bytes": resources.memory_bytes,
-            "pids_max": resources.pids_max,
-        },
-        "labels": sandbox.labels,
-        "drain_policy": policy_name(sandbox.drain_policy()),
-        "created_at": rfc3339(sandbox.created_at.as_ref()),
-        "started_at": rfc3339(sandbox.started_at.as_ref()),
-        "end_time": rfc3339(sandbox.end_time.as_ref()),
-        "exited_at": rfc3339(sandbox.exited_at.as_ref()),
-        "exit": sandbox.exit.as_ref().map(exit_json),
-        "restored_from": (!sandbox.restored_from.is_empty()).then_some(&sandbox.restored_from),
-    })
-}
-
-pub(crate) fn snapshot_json(snapshot: &pb::Snapshot) -> Value {
-    json!({
-        "id": snapshot.id,
-        "source_sandbox_id": snapshot.source_sandbox_id,
-        "created_at": rfc3339(snapshot.created_at.as_ref()),
-        "size_bytes": snapshot.size_bytes,
-    })
-}
-
-pub(crate) fn progress_json(progress: &pb::DrainProgress) -> Value {
-    json!({
-        "status": status_name(progress.status()),
-        "status_changed_at": rfc3339(progress.status_changed_at.as_ref()),
-        "shutting_down": progress.shutting_down,
-        "in_flight_starts": progress.in_flight_starts,
-        "live": progress.live,
-        "exited": progress.exited,
-        "force_stopped": progress.force_stopped,
-        "policy_stopped": progress.policy_stopped,
-        "checkpointed": progress.checkpointed,
-        "deadline": rfc3339(progress.deadline.as_ref()),
-        "failures": progress.failures.iter().map(|f| json!({"subject": f.subject, "message": f.message})).collect::<Vec<_>>(),
-        "evacuated": progress.evacuated.iter().map(|e| json!({"sandbox": e.sandbox_id, "snapshot": e.snapshot_id})).collect::<Vec<_>>(),
-    })
-}
-
-fn resources_json(resources: Option<&pb::NodeResources>) -> Value {
-    let resources = resources.copied().unwrap_or_default();
-    json!({
-        "sandboxes": resources.sandboxes,
-        "memory_bytes": resources.memory_bytes,
-        "cpu_millis": resources.cpu_millis,
-    })
-}
-
-pub(crate) fn info_json(info: &pb::GetInfoResponse) -> Value {
-    let counts: serde_json::Map<String, Value> =
-        info.counts.iter().map(|c| (state_name(c.state()), Value::from(c.count))).collect();
-    json!({
-        "node_id": info.node_id,
-        "version": info.version,
-        "started_at": rfc3339(info.started_at.as_ref()),
-        "runtime": info.runtime,
-        "status": status_name(info.status()),
-        "status_changed_at": rfc3339(info.status_changed_at.as_ref()),
-        "counts": counts,
-        "allocated": resources_json(info.allocated.as_ref()),
-        "capacity": resources_json(info.capacity.as_ref()),
-        "drain": info.drain.as_ref().map(progress_json),
-        "interrupted_shutdown": info.interrupted_shutdown.as_ref().map(|i| json!({
-            "began_at": rfc3339(i.began_at.as_ref()),
-            "live_at_restart": i.live_at_restart,
-        })),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,27 +197,5 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         assert_eq!(relative(now + Duration::from_secs(5), now), "in 5s");
         assert_eq!(relative(now - Duration::from_secs(5), now), "5s ago");
-    }
-
-    #[test]
-    fn a_sandbox_is_one_json_object() {
-        let sandbox = pb::Sandbox {
-            id: "sb-1".into(),
-            state: pb::SandboxState::Exited.into(),
-            exit: Some(pb::SandboxExit {
-                status: Some(pb::sandbox_exit::Status::Code(3)),
-                reason: pb::ExitReason::Exited.into(),
-                message: String::new(),
-            }),
-            created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
-            ..Default::default()
-        };
-        let value = sandbox_json(&sandbox);
-        assert_eq!(value["id"], "sb-1");
-        assert_eq!(value["state"], "exited");
-        assert_eq!(value["exit"]["code"], 3);
-        assert_eq!(value["exit"]["reason"], "exited");
-        assert_eq!(value["created_at"], "1970-01-01T00:00:00Z");
-        assert_eq!(value["drain_policy"], "wait");
     }
 }

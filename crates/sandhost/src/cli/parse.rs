@@ -1,6 +1,9 @@
-//! Parsing of the CLI's values: sizes, CPU counts, `K=V` pairs, durations.
+//! Parsing of the CLI's values: sizes, CPU counts, `K=V` pairs, labels, durations.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use super::client::ClientError;
 
 /// A memory size: bytes, or a number with a binary unit `k`, `m`, `g`, `t` (any case, optionally
 /// followed by `i`, `b` or `ib`, as in `512m`, `1G`, `64MiB`). Fractions are allowed with a unit
@@ -57,6 +60,23 @@ pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--label K=V`s as a label map (a key given twice keeps its last value).
+pub(crate) fn labels(texts: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
+    texts
+        .iter()
+        .map(|text| key_value(text))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientError::usage("--label", e))
+}
+
+/// The value of a duration flag named `flag`, when given.
+pub(crate) fn optional_duration(
+    flag: &'static str,
+    text: Option<&str>,
+) -> Result<Option<prost_types::Duration>, ClientError> {
+    text.map(duration).transpose().map_err(|e| ClientError::usage(flag, e))
+}
+
 /// A duration as the pinned settings accept it (`90s`, `5m`, `1h30m`), as a proto duration.
 pub(crate) fn duration(text: &str) -> Result<prost_types::Duration, String> {
     let duration: Duration = crate::config::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
@@ -109,5 +129,14 @@ mod tests {
     fn durations() {
         assert_eq!(duration("1m30s"), Ok(prost_types::Duration { seconds: 90, nanos: 0 }));
         assert!(duration("soon").is_err());
+        assert_eq!(optional_duration("--x", None).ok(), Some(None));
+        assert!(optional_duration("--x", Some("soon")).is_err_and(|e| e.to_string().contains("--x")));
+    }
+
+    #[test]
+    fn label_sets() {
+        let labels = labels(&["a=1".into(), "b=x=y".into()]).expect("valid");
+        assert_eq!(labels.get("b").map(String::as_str), Some("x=y"));
+        assert!(super::labels(&["nokey".into()]).is_err_and(|e| e.to_string().contains("--label")));
     }
 }

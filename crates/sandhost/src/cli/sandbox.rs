@@ -1,152 +1,198 @@
-//! The sandbox subcommands: create, list, get, logs, kill, pause, resume, wait, checkpoint,
-//! snapshots, snapshot-rm.
+//! The sandbox subcommands but `create` and `logs`: list, get, kill, pause, resume, update, wait,
+//! checkpoint, snapshots, snapshot-rm.
 
-use std::io::{self, Write as _};
 use std::time::SystemTime;
 
 use sandhost_proto::v1 as pb;
-use serde_json::Value;
 
 use super::client::{Client, ClientError};
-use super::output::{self, Table};
-use super::{Outcome, Target, parse};
+use super::exit::{self, Outcome};
+use super::json::Reply;
+use super::output::{self, Table, print_reply, println, sandbox_of};
+use super::{Target, parse};
 
-/// `--drain-policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum DrainPolicyArg {
-    /// Run until it exits or its timeout (the default).
-    Wait,
-    /// SIGTERM when the drain begins.
-    Stop,
-    /// Checkpoint and stop when the node must empty.
-    Checkpoint,
+/// A reply that carries one sandbox.
+pub(crate) trait SandboxReply: Reply {
+    /// The sandbox, which the node always sends.
+    fn into_sandbox(self) -> Option<pb::Sandbox>;
 }
 
-/// The flags of `sandhost create`.
+macro_rules! sandbox_replies {
+    ($($message:ident),+ $(,)?) => {
+        $(impl SandboxReply for pb::$message {
+            fn into_sandbox(self) -> Option<pb::Sandbox> {
+                self.sandbox
+            }
+        })+
+    };
+}
+
+sandbox_replies!(CreateResponse, GetResponse, DeleteResponse, PauseResponse, ResumeResponse, UpdateResponse);
+
+/// Prints a reply that carries a sandbox: the whole reply as JSON, else what `show` makes of the
+/// sandbox.
+pub(crate) fn print_sandbox<M: SandboxReply>(
+    reply: M,
+    as_json: bool,
+    show: impl FnOnce(&pb::Sandbox) -> Result<Outcome, ClientError>,
+) -> Result<Outcome, ClientError> {
+    if as_json {
+        return print_reply(&reply);
+    }
+    show(&sandbox_of(reply.into_sandbox())?)
+}
+
+/// `ID STATE`, the line pause and resume print.
+fn state_line(sandbox: &pb::Sandbox) -> Result<Outcome, ClientError> {
+    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+}
+
+/// The key/value view of a sandbox, printed.
+fn print_described(sandbox: &pb::Sandbox) -> Result<Outcome, ClientError> {
+    describe(sandbox).print()?;
+    Ok(Outcome::Done)
+}
+
+/// `list --state`: the sandbox states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StateArg {
+    /// Admitted, being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Being stopped.
+    Stopping,
+    /// Ended (kept for the node's retention period).
+    Exited,
+}
+
+impl From<StateArg> for pb::SandboxState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Starting => Self::Starting,
+            StateArg::Running => Self::Running,
+            StateArg::Paused => Self::Paused,
+            StateArg::Stopping => Self::Stopping,
+            StateArg::Exited => Self::Exited,
+        }
+    }
+}
+
+/// The flags of `sandhost list`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CreateArgs {
+pub struct ListArgs {
     #[command(flatten)]
     pub(crate) target: Target,
-    /// The sandbox's id ([a-z0-9][a-z0-9-]{0,62}); generated when absent.
-    #[arg(long)]
-    id: Option<String>,
-    /// The template: `host` (default) or a rootfs registered on the node.
-    #[arg(long)]
-    template: Option<String>,
-    /// How long it may run (90s, 5m, 1h30m); the node's default when absent.
-    #[arg(long, value_name = "DUR")]
-    timeout: Option<String>,
-    /// Memory limit (bytes, or 512m, 2g).
-    #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
-    /// CPU limit in cores (2, 0.5).
-    #[arg(long, value_name = "N")]
-    cpus: Option<String>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N")]
-    pids: Option<u32>,
-    /// An environment variable of the command (repeatable).
-    #[arg(long = "env", value_name = "K=V")]
-    env: Vec<String>,
-    /// A label (repeatable).
+    /// Only sandboxes in this state.
+    #[arg(long, value_enum, value_name = "STATE")]
+    state: Option<StateArg>,
+    /// Only sandboxes with this label (repeatable: all must match).
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
-    /// What the node's drain does with it.
-    #[arg(long, value_enum, value_name = "POLICY")]
-    drain_policy: Option<DrainPolicyArg>,
-    /// Start from this snapshot (gvisor): it runs the snapshot's command, so give none.
-    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["command", "env", "template"])]
-    restore_from: Option<String>,
-    /// Print the sandbox as JSON instead of its id.
+    /// Print only the ids, one per line.
+    #[arg(short, long, conflicts_with = "json")]
+    quiet: bool,
+    /// Print the reply as JSON.
     #[arg(long)]
-    pub(crate) json: bool,
-    /// The command and its arguments, after `--` (none with `--restore-from`).
-    #[arg(last = true, required_unless_present = "restore_from", value_name = "CMD")]
-    command: Vec<String>,
+    json: bool,
 }
 
-impl CreateArgs {
+/// How `list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListFormat {
+    Table,
+    Ids,
+    Json,
+}
+
+impl ListArgs {
     /// The request these flags describe.
-    pub(crate) fn request(&self) -> Result<pb::CreateRequest, ClientError> {
-        let env = self
-            .env
-            .iter()
-            .map(|text| parse::key_value(text).map(|(name, value)| pb::EnvVar { name, value }))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::usage("--env", e))?;
-        let labels = self
-            .labels
-            .iter()
-            .map(|text| parse::key_value(text))
-            .collect::<Result<_, _>>()
-            .map_err(|e| ClientError::usage("--label", e))?;
-        let timeout = self
-            .timeout
-            .as_deref()
-            .map(parse::duration)
-            .transpose()
-            .map_err(|e| ClientError::usage("--timeout", e))?;
-        let memory_bytes = self
-            .memory
-            .as_deref()
-            .map(parse::size)
-            .transpose()
-            .map_err(|e| ClientError::usage("--memory", e))?;
-        let cpu_millis =
-            self.cpus.as_deref().map(parse::cpus).transpose().map_err(|e| ClientError::usage("--cpus", e))?;
-        let drain_policy = match self.drain_policy {
-            None => pb::DrainPolicy::Unspecified,
-            Some(DrainPolicyArg::Wait) => pb::DrainPolicy::Wait,
-            Some(DrainPolicyArg::Stop) => pb::DrainPolicy::Stop,
-            Some(DrainPolicyArg::Checkpoint) => pb::DrainPolicy::Checkpoint,
-        };
-        Ok(pb::CreateRequest {
-            id: self.id.clone().unwrap_or_default(),
-            template: self.template.clone().unwrap_or_default(),
-            argv: self.command.clone(),
-            env,
-            cwd: String::new(),
-            timeout,
-            resources: Some(pb::Resources { cpu_millis, memory_bytes, pids_max: self.pids }),
-            labels,
-            drain_policy: drain_policy.into(),
-            restore_from: self.restore_from.clone().unwrap_or_default(),
-            stop_grace: None,
+    pub(crate) fn request(&self) -> Result<pb::ListRequest, ClientError> {
+        let state = self.state.map_or(pb::SandboxState::Unspecified, pb::SandboxState::from);
+        Ok(pb::ListRequest {
+            state: state.into(),
+            labels: parse::labels(&self.labels)?,
+            ..Default::default()
         })
     }
-}
 
-fn sandbox_of(sandbox: Option<pb::Sandbox>) -> Result<pb::Sandbox, ClientError> {
-    sandbox.ok_or_else(|| ClientError::Ended("the node sent no sandbox in its reply".into()))
-}
-
-fn println(line: &str) -> Result<Outcome, ClientError> {
-    writeln!(io::stdout().lock(), "{line}")?;
-    Ok(Outcome::Done)
-}
-
-fn json(value: &Value) -> Result<Outcome, ClientError> {
-    output::print_json(value)?;
-    Ok(Outcome::Done)
-}
-
-pub(crate) async fn create(
-    client: &mut Client,
-    request: pb::CreateRequest,
-    as_json: bool,
-) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(client.sandboxes.create(request).await?.into_inner().sandbox)?;
-    if as_json { json(&output::sandbox_json(&sandbox)) } else { println(&sandbox.id) }
-}
-
-pub(crate) async fn list(client: &mut Client, as_json: bool) -> Result<Outcome, ClientError> {
-    let sandboxes = client.sandboxes.list(pb::ListRequest::default()).await?.into_inner().sandboxes;
-    if as_json {
-        return json(&Value::Array(sandboxes.iter().map(output::sandbox_json).collect()));
+    pub(crate) fn format(&self) -> ListFormat {
+        match (self.quiet, self.json) {
+            (_, true) => ListFormat::Json,
+            (true, false) => ListFormat::Ids,
+            (false, false) => ListFormat::Table,
+        }
     }
-    let now = SystemTime::now();
+}
+
+/// The flags of `sandhost update`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["timeout", "labels", "clear_labels"]))]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub(crate) target: Target,
+    /// The sandbox.
+    id: String,
+    /// Its end time becomes now plus this (90s, 5m, 1h30m).
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
+    /// Its labels become these (repeatable; they replace all of its labels).
+    #[arg(long = "label", value_name = "K=V", conflicts_with = "clear_labels")]
+    labels: Vec<String>,
+    /// Remove all of its labels.
+    #[arg(long)]
+    clear_labels: bool,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl UpdateArgs {
+    /// The request these flags describe: what is not given is left as it is.
+    pub(crate) fn request(&self) -> Result<pb::UpdateRequest, ClientError> {
+        let end = parse::optional_duration("--timeout", self.timeout.as_deref())?
+            .map(pb::update_request::End::Timeout);
+        let labels = (self.clear_labels || !self.labels.is_empty())
+            .then(|| parse::labels(&self.labels).map(|labels| pb::Labels { labels }))
+            .transpose()?;
+        Ok(pb::UpdateRequest { id: self.id.clone(), end, labels })
+    }
+}
+
+pub(crate) async fn list(
+    client: &mut Client,
+    request: pb::ListRequest,
+    format: ListFormat,
+) -> Result<Outcome, ClientError> {
+    // The server pages its replies; the CLI follows the pages and prints them as one.
+    let mut reply = pb::ListResponse::default();
+    let mut request = request;
+    loop {
+        let page = client.sandboxes.list(request.clone()).await?.into_inner();
+        reply.sandboxes.extend(page.sandboxes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    match format {
+        ListFormat::Json => print_reply(&reply),
+        ListFormat::Ids => {
+            let ids: Vec<&str> = reply.sandboxes.iter().map(|s| s.id.as_str()).collect();
+            if ids.is_empty() { Ok(Outcome::Done) } else { println(&ids.join("\n")) }
+        }
+        ListFormat::Table => {
+            list_table(&reply.sandboxes, SystemTime::now()).print()?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn list_table(sandboxes: &[pb::Sandbox], now: SystemTime) -> Table {
     let mut table = Table::new(&["ID", "STATE", "CREATED", "ENDS", "EXIT", "LABELS", "COMMAND"]);
-    for sandbox in &sandboxes {
+    for sandbox in sandboxes {
         let created = output::system_time(sandbox.created_at.as_ref()).map(|t| output::relative(t, now));
         let ends = if sandbox.state() == pb::SandboxState::Exited {
             None
@@ -165,8 +211,7 @@ pub(crate) async fn list(client: &mut Client, as_json: bool) -> Result<Outcome, 
             command_text(sandbox),
         ]);
     }
-    table.print()?;
-    Ok(Outcome::Done)
+    table
 }
 
 /// The command a sandbox runs, as people read it: a restored one runs its snapshot's.
@@ -218,70 +263,65 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
 }
 
 pub(crate) async fn get(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(client.sandboxes.get(pb::GetRequest { id }).await?.into_inner().sandbox)?;
-    if as_json {
-        return json(&output::sandbox_json(&sandbox));
-    }
-    describe(&sandbox).print()?;
-    Ok(Outcome::Done)
+    let reply = client.sandboxes.get(pb::GetRequest { id }).await?.into_inner();
+    print_sandbox(reply, as_json, print_described)
 }
 
-pub(crate) async fn logs(client: &mut Client, id: String, follow: bool) -> Result<Outcome, ClientError> {
-    let mut stream = client.sandboxes.logs(pb::LogsRequest { id, follow }).await?.into_inner();
-    let mut stdout = io::stdout();
-    while let Some(chunk) = stream.message().await? {
-        let written = stdout.write_all(&chunk.data).and_then(|()| stdout.flush());
-        match written {
-            Ok(()) => {}
-            // The reader went away (`| head`): that is the end, not an error.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Outcome::Done),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Outcome::Done)
+pub(crate) async fn kill(
+    client: &mut Client,
+    id: String,
+    now: bool,
+    as_json: bool,
+) -> Result<Outcome, ClientError> {
+    let reply = client.sandboxes.delete(pb::DeleteRequest { id, now }).await?.into_inner();
+    print_sandbox(reply, as_json, |sandbox| {
+        let exit =
+            sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
+        println(&format!("{} {exit}", sandbox.id))
+    })
 }
 
-pub(crate) async fn kill(client: &mut Client, id: String, now: bool) -> Result<Outcome, ClientError> {
-    let sandbox =
-        sandbox_of(client.sandboxes.delete(pb::DeleteRequest { id, now }).await?.into_inner().sandbox)?;
-    let exit =
-        sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
-    println(&format!("{} {exit}", sandbox.id))
+pub(crate) async fn pause(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
+    let reply = client.sandboxes.pause(pb::PauseRequest { id }).await?.into_inner();
+    print_sandbox(reply, as_json, state_line)
 }
 
-pub(crate) async fn pause(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(client.sandboxes.pause(pb::PauseRequest { id }).await?.into_inner().sandbox)?;
-    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+pub(crate) async fn resume(client: &mut Client, id: String, as_json: bool) -> Result<Outcome, ClientError> {
+    let reply = client.sandboxes.resume(pb::ResumeRequest { id }).await?.into_inner();
+    print_sandbox(reply, as_json, state_line)
 }
 
-pub(crate) async fn resume(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(client.sandboxes.resume(pb::ResumeRequest { id }).await?.into_inner().sandbox)?;
-    println(&format!("{} {}", sandbox.id, output::state_name(sandbox.state())))
+pub(crate) async fn update(
+    client: &mut Client,
+    request: pb::UpdateRequest,
+    as_json: bool,
+) -> Result<Outcome, ClientError> {
+    let reply = client.sandboxes.update(request).await?.into_inner();
+    print_sandbox(reply, as_json, print_described)
 }
 
-/// The sandbox's exit as this process's exit code: the code itself (low 8 bits), 128 + N for signal
-/// N, and 1 (with a message) when it never ran.
-pub(crate) fn exit_code_of(exit: Option<&pb::SandboxExit>) -> u8 {
-    match exit.and_then(|e| e.status) {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        // the shell keeps the low 8 bits too
-        Some(pb::sandbox_exit::Status::Code(code)) => (code & 0xff) as u8,
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Some(pb::sandbox_exit::Status::Signal(signal)) => ((128 + signal) & 0xff) as u8,
-        None => 1,
-    }
-}
-
-pub(crate) async fn wait(client: &mut Client, id: String) -> Result<Outcome, ClientError> {
-    let sandbox = sandbox_of(client.sandboxes.wait(pb::WaitRequest { id }).await?.into_inner().sandbox)?;
+pub(crate) async fn wait(
+    client: &mut Client,
+    id: String,
+    exact: bool,
+    as_json: bool,
+) -> Result<Outcome, ClientError> {
+    let reply = client.sandboxes.wait(pb::WaitRequest { id }).await?.into_inner();
+    let sandbox = sandbox_of(reply.sandbox.clone())?;
     let exit = sandbox.exit.as_ref();
-    if let Some(exit) = exit.filter(|e| e.status.is_none()) {
-        eprintln!("sandhost: sandbox {} has no exit status: {}", sandbox.id, output::exit_summary(exit));
-        if !exit.message.is_empty() {
-            eprintln!("sandhost: {}", exit.message);
+    let code = if exact { exit::of_wait_exact(exit) } else { exit::of_wait(exit) };
+    if as_json {
+        print_reply(&reply)?;
+    }
+    // Whenever the exit code does not say it all, stderr does: the sandbox's own code or signal.
+    if code != exit::EXIT_OK && !(exact && exit.is_some_and(|e| e.status.is_some())) {
+        let summary = exit.map_or_else(|| "no exit recorded".to_owned(), output::exit_summary);
+        eprintln!("sandhost: sandbox {}: {summary}", sandbox.id);
+        if let Some(message) = exit.map(|e| &e.message).filter(|m| !m.is_empty()) {
+            eprintln!("sandhost: {message}");
         }
     }
-    Ok(Outcome::Code(exit_code_of(exit)))
+    Ok(Outcome::Code(code))
 }
 
 pub(crate) async fn checkpoint(
@@ -290,25 +330,23 @@ pub(crate) async fn checkpoint(
     stop: bool,
     as_json: bool,
 ) -> Result<Outcome, ClientError> {
-    let snapshot = client
-        .sandboxes
-        .checkpoint(pb::CheckpointRequest { id, stop })
-        .await?
-        .into_inner()
-        .snapshot
-        .ok_or_else(|| ClientError::Ended("the node sent no snapshot in its reply".into()))?;
-    if as_json { json(&output::snapshot_json(&snapshot)) } else { println(&snapshot.id) }
+    let reply = client.sandboxes.checkpoint(pb::CheckpointRequest { id, stop }).await?.into_inner();
+    if as_json {
+        return print_reply(&reply);
+    }
+    let snapshot =
+        reply.snapshot.ok_or_else(|| ClientError::Ended("the node sent no snapshot in its reply".into()))?;
+    println(&snapshot.id)
 }
 
 pub(crate) async fn snapshots(client: &mut Client, as_json: bool) -> Result<Outcome, ClientError> {
-    let snapshots =
-        client.sandboxes.list_snapshots(pb::ListSnapshotsRequest {}).await?.into_inner().snapshots;
+    let reply = client.sandboxes.list_snapshots(pb::ListSnapshotsRequest {}).await?.into_inner();
     if as_json {
-        return json(&Value::Array(snapshots.iter().map(output::snapshot_json).collect()));
+        return print_reply(&reply);
     }
     let now = SystemTime::now();
     let mut table = Table::new(&["ID", "SOURCE", "CREATED", "SIZE"]);
-    for snapshot in &snapshots {
+    for snapshot in &reply.snapshots {
         table.row(vec![
             snapshot.id.clone(),
             snapshot.source_sandbox_id.clone(),
@@ -321,8 +359,19 @@ pub(crate) async fn snapshots(client: &mut Client, as_json: bool) -> Result<Outc
     Ok(Outcome::Done)
 }
 
-pub(crate) async fn snapshot_rm(client: &mut Client, snapshot: String) -> Result<Outcome, ClientError> {
-    client.sandboxes.delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.clone() }).await?;
+pub(crate) async fn snapshot_rm(
+    client: &mut Client,
+    snapshot: String,
+    as_json: bool,
+) -> Result<Outcome, ClientError> {
+    let reply = client
+        .sandboxes
+        .delete_snapshot(pb::DeleteSnapshotRequest { id: snapshot.clone() })
+        .await?
+        .into_inner();
+    if as_json {
+        return print_reply(&reply);
+    }
     println(&snapshot)
 }
 
@@ -331,20 +380,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wait_exits_with_the_sandbox_code() {
-        let exit = |status| pb::SandboxExit { status: Some(status), reason: 1, message: String::new() };
-        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(0)))), 0);
-        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(42)))), 42);
-        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(256 + 3)))), 3);
-        assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Signal(9)))), 137);
-        assert_eq!(exit_code_of(None), 1);
-    }
-
-    #[test]
     fn a_restored_sandbox_shows_where_its_command_comes_from() {
         let restored = pb::Sandbox { restored_from: "snap-1".into(), ..Default::default() };
         assert_eq!(command_text(&restored), "(the command of snapshot snap-1)");
         let plain = pb::Sandbox { argv: vec!["sleep".into(), "5".into()], ..Default::default() };
         assert_eq!(command_text(&plain), "sleep 5");
+    }
+
+    #[test]
+    fn the_list_table_has_a_row_per_sandbox() {
+        let sandbox = |id: &str| pb::Sandbox {
+            id: id.into(),
+            state: pb::SandboxState::Running.into(),
+            argv: vec!["sleep".into(), "9".into()],
+            ..Default::default()
+        };
+        let text = list_table(&[sandbox("a"), sandbox("b")], SystemTime::UNIX_EPOCH).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ID"), "{text}");
+        assert!(lines[1].starts_with("a ") && lines[1].contains("running") && lines[1].ends_with("sleep 9"));
     }
 }
