@@ -214,6 +214,23 @@ fn list_filters_by_state_and_label_and_prints_ids_alone() {
 }
 
 #[test]
+fn a_sandbox_s_argv_never_reaches_the_terminal_raw_and_json_keeps_it_exact() {
+    let serve = Serve::start();
+    let hostile = "\u{1b}[2J\nforged  running";
+    ok(&serve.cli(&["create", "--id", "h", "--", "echo", hostile]));
+    assert_eq!(code(&serve.cli(&["wait", "h"])), Some(0));
+    for args in [&["list"][..], &["get", "h"]] {
+        let text = ok(&serve.cli(args));
+        assert!(!text.contains('\u{1b}'), "{args:?}: a raw escape: {text:?}");
+        assert!(!text.lines().any(|line| line.starts_with("forged")), "{args:?}: a forged row: {text:?}");
+        assert!(text.contains("\\u{1b}[2J\\nforged"), "{args:?}: shown escaped: {text:?}");
+    }
+    let reply = json(&serve, &["get", "h"]);
+    assert_eq!(reply["sandbox"]["argv"][1], hostile, "JSON stays exact");
+    stop_and_check_clean(serve);
+}
+
+#[test]
 fn update_moves_the_end_time_and_replaces_the_labels() {
     let serve = Serve::start();
     ok(&serve.cli(&["create", "--id", "u", "--timeout", "1h", "--label", "a=1", "--", "sleep", "1000"]));

@@ -207,7 +207,7 @@ pub async fn run(command: ClientCommand, addr: &str, cli: fn() -> clap::Command)
         // The reader went away (`| head`): the output was not wanted any more; not an error.
         Err(ClientError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("sandhost: {}", crate::error_chain(&error));
+            eprintln!("sandhost: {}", output::escape(&crate::error_chain(&error)));
             ExitCode::from(error.exit_code())
         }
     }

@@ -49,7 +49,7 @@ pub(crate) fn print_result(progress: &pb::DrainProgress) -> Result<(), ClientErr
 
 pub(crate) fn print_failures(progress: &pb::DrainProgress) {
     for failure in &progress.failures {
-        eprintln!("sandhost: failure: {}: {}", failure.subject, failure.message);
+        eprintln!("sandhost: failure: {}: {}", failure.subject, output::escape(&failure.message));
     }
 }
 

@@ -28,9 +28,9 @@ impl Table {
         Self::default()
     }
 
-    /// Adds a row.
+    /// Adds a row. Its cells are shown with their control characters escaped (see [`escape`]).
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(|cell| escape(&cell)).collect());
     }
 
     /// The rendered text, one line per row.
@@ -68,6 +68,22 @@ pub(crate) fn print_reply<M: Reply>(reply: &M) -> Result<Outcome, ClientError> {
 }
 
 /// Prints one line on stdout.
+/// `text` for a terminal: every control character (an escape sequence's ESC, a newline that would
+/// forge a row, a carriage return, C1 controls) written as its Rust escape, `\u{1b}`, `\n`. What a
+/// sandbox chose (its argv, its exit message) never reaches the operator's terminal raw. JSON
+/// output is exact and is not passed through here.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(crate) fn println(line: &str) -> Result<Outcome, ClientError> {
     writeln!(io::stdout().lock(), "{line}")?;
     Ok(Outcome::Done)
@@ -166,6 +182,19 @@ pub(crate) fn labels_text(labels: &std::collections::BTreeMap<String, String>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_a_sandbox_chose_reaches_the_terminal_raw() {
+        let hostile = "sh \u{1b}[2J\nsbx-forged  running\r\u{9b}31m";
+        let mut table = Table::new(&["ID", "COMMAND"]);
+        table.row(vec!["a".into(), hostile.into()]);
+        let text = table.render();
+        assert_eq!(text.lines().count(), 2, "no forged row: {text:?}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J\\nsbx-forged"), "{text:?}");
+        assert_eq!(escape("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(escape("tab\there"), "tab\\there");
+    }
 
     #[test]
     fn tables_align_columns() {

@@ -277,7 +277,7 @@ pub(crate) async fn kill(
     print_sandbox(reply, as_json, |sandbox| {
         let exit =
             sandbox.exit.as_ref().map_or_else(|| output::state_name(sandbox.state()), output::exit_summary);
-        println(&format!("{} {exit}", sandbox.id))
+        println(&output::escape(&format!("{} {exit}", sandbox.id)))
     })
 }
 
@@ -316,9 +316,9 @@ pub(crate) async fn wait(
     // Whenever the exit code does not say it all, stderr does: the sandbox's own code or signal.
     if code != exit::EXIT_OK && !(exact && exit.is_some_and(|e| e.status.is_some())) {
         let summary = exit.map_or_else(|| "no exit recorded".to_owned(), output::exit_summary);
-        eprintln!("sandhost: sandbox {}: {summary}", sandbox.id);
+        eprintln!("sandhost: sandbox {}: {}", sandbox.id, output::escape(&summary));
         if let Some(message) = exit.map(|e| &e.message).filter(|m| !m.is_empty()) {
-            eprintln!("sandhost: {message}");
+            eprintln!("sandhost: {}", output::escape(message));
         }
     }
     Ok(Outcome::Code(code))
