@@ -35,6 +35,9 @@ pub(crate) use layout::Layout;
 
 /// How often what notifies nothing (the v1 freezer, a v1-only cgroup) is checked again.
 const POLL_STEP: Duration = Duration::from_millis(1);
+/// How long a wait for a cgroup to empty trusts its `cgroup.events` watch before it looks again
+/// (the watch says nothing when the cgroup is removed).
+const REMOVAL_RECHECK: Duration = Duration::from_millis(20);
 /// How long a freeze may take to reach every task before it is given up (and thawed).
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long exiting tasks may hold a cgroup that is being removed.
@@ -280,8 +283,13 @@ impl Cgroup {
             if left.is_zero() {
                 return Err(timed_out("kill cgroup"));
             }
+            // cgroupfs tells a watcher of `cgroup.events` that the cgroup emptied, but not that
+            // it was removed, which the sandbox's own cleanup may do meanwhile (its init reaped):
+            // so look again at least every `REMOVAL_RECHECK`.
             let woken = match self.v2_events() {
-                Some(events) => crate::fswatch::until(&events, left, || self.is_empty()).await.ok(),
+                Some(events) => {
+                    crate::fswatch::until(&events, left.min(REMOVAL_RECHECK), || self.is_empty()).await.ok()
+                }
                 None => None,
             };
             if woken.is_none() {
