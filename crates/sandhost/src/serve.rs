@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{LogFormat, ServeArgs, ServeConfig};
 use crate::drain::{DrainCoordinator, DrainReport};
+use crate::metrics::grpc::GrpcMetrics;
 use crate::node::{Node, NodeSettings, open_runtime, probe_capacity};
 
 mod state_dir;
@@ -164,6 +165,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         capacity: probe_capacity(config.sandbox.max_sandboxes),
     };
     let node = Node::build(Arc::clone(&runtime), settings, state_dir.path(), &mut registry);
+    crate::metrics::register_process(&mut registry);
+    let grpc_metrics = GrpcMetrics::register(&mut registry, crate::api::grpc::served_methods());
     let recovery = node.recover().await.context("re-adopting the sandboxes of the previous agent")?;
     if recovery.adopted > 0 {
         tracing::info!(adopted = recovery.adopted, "re-adopted running sandboxes");
@@ -181,10 +184,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         (
             "grpc",
             tokio::spawn({
-                let server = crate::api::grpc::serve(
+                let server = crate::api::grpc::serve_with_metrics(
                     grpc_listener,
                     node.clone(),
                     config.token.clone(),
+                    Some(grpc_metrics),
                     shutdown.clone(),
                 );
                 async move { server.await.context("gRPC server") }

@@ -126,14 +126,7 @@ impl Manager {
     }
 
     pub(crate) fn allocated(&self) -> Resources {
-        let table = self.lock();
-        let mut total = Resources::default();
-        for entry in table.sandboxes.values().filter(|e| e.info.state.is_live()) {
-            total.sandboxes += 1;
-            total.memory_bytes += entry.info.limits.memory_bytes.unwrap_or(0);
-            total.cpu_millis += u64::from(entry.info.limits.cpu_millis.unwrap_or(0));
-        }
-        total
+        self.lock().allocated()
     }
 
     /// The live sandboxes, with their drain policy, for the drain.

@@ -7,16 +7,17 @@
 //!   a state.
 //! - An operation on a lifecycle finds its entry through [`Table::entry`] or [`Table::entry_mut`],
 //!   which match the lifecycle id too: a stale stop never touches a later sandbox with the same id.
-//! - `counts` always equals the states of the entries.
+//! - `counts` always equals the states of the entries, and `allocated` the limits of the live ones
+//!   (a sandbox's limits never change while it lives).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sandhost_runtime::{SandboxId, SandboxKey, SandboxSpec};
+use sandhost_runtime::{Limits, SandboxId, SandboxKey, SandboxSpec};
 use tokio::sync::{Notify, watch};
 
 use super::stop::StopMode;
-use super::{ExitReason, SandboxError, SandboxInfo, SandboxState, validate};
+use super::{ExitReason, Resources, SandboxError, SandboxInfo, SandboxState, validate};
 use crate::metrics::Metrics;
 
 /// Sandboxes per state, and exits so far: published on every transition.
@@ -81,17 +82,46 @@ impl Entry {
 pub(super) struct Table {
     pub(super) sandboxes: HashMap<SandboxId, Entry>,
     counts: Counts,
+    allocated: Resources,
     publish: watch::Sender<Counts>,
     metrics: Metrics,
 }
 
 impl Table {
     pub(super) fn new(publish: watch::Sender<Counts>, metrics: Metrics) -> Self {
-        Self { sandboxes: HashMap::new(), counts: Counts::default(), publish, metrics }
+        Self {
+            sandboxes: HashMap::new(),
+            counts: Counts::default(),
+            allocated: Resources::default(),
+            publish,
+            metrics,
+        }
     }
 
     pub(super) fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// What the live sandboxes were given.
+    pub(super) fn allocated(&self) -> Resources {
+        self.allocated
+    }
+
+    /// Adds (`add`) or removes a live sandbox's limits from the allocation.
+    fn allocate(&mut self, limits: &Limits, add: bool) {
+        let memory = limits.memory_bytes.unwrap_or(0);
+        let cpu = u64::from(limits.cpu_millis.unwrap_or(0));
+        let total = &mut self.allocated;
+        if add {
+            total.sandboxes += 1;
+            total.memory_bytes += memory;
+            total.cpu_millis += cpu;
+        } else {
+            total.sandboxes = total.sandboxes.saturating_sub(1);
+            total.memory_bytes = total.memory_bytes.saturating_sub(memory);
+            total.cpu_millis = total.cpu_millis.saturating_sub(cpu);
+        }
+        self.metrics.set_allocated(self.allocated);
     }
 
     /// The entry of this lifecycle, if it is still the one under its id.
@@ -127,10 +157,12 @@ impl Table {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         entry.info.state = next;
         entry.state_tx.send_replace(next);
+        let limits = (next == SandboxState::Exited).then(|| entry.info.limits.clone());
         *self.counts.slot(previous) -= 1;
         *self.counts.slot(next) += 1;
-        if next == SandboxState::Exited {
+        if let Some(limits) = limits {
             self.counts.exits += 1;
+            self.allocate(&limits, false);
         }
         self.publish_counts(&[previous, next]);
         Ok(previous)
@@ -140,9 +172,15 @@ impl Table {
     pub(super) fn insert(&mut self, entry: Entry) {
         let state = entry.info.state;
         let mut changed = vec![state];
+        if state.is_live() {
+            self.allocate(&entry.info.limits, true);
+        }
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             *self.counts.slot(old.info.state) -= 1;
             changed.push(old.info.state);
+            if old.info.state.is_live() {
+                self.allocate(&old.info.limits, false);
+            }
         }
         *self.counts.slot(state) += 1;
         self.publish_counts(&changed);
