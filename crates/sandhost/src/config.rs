@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// The cgroup (in every hierarchy) under which sandboxes get their own.
     #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// How long the supervisor (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds,
+    /// Nomad's kill_timeout) waits after its SIGTERM before it kills the agent; the deploy files set
+    /// it to their own value. Unset: not known, nothing is checked.
+    #[arg(long, env = "SANDHOST_SUPERVISOR_STOP_TIMEOUT")]
+    pub supervisor_stop_timeout: Option<String>,
 }
 
 /// Log output format.
@@ -150,6 +155,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// The parent cgroup of the sandboxes.
     pub cgroup_parent: String,
+    /// How long the supervisor waits after its SIGTERM before it kills the agent; `None`: unknown.
+    pub supervisor_stop_timeout: Option<Duration>,
 }
 
 /// Limits and defaults of the sandbox manager.
@@ -366,8 +373,20 @@ impl ServeArgs {
                 "must match [a-z0-9][a-z0-9-]{0,62}",
             ));
         }
+        let supervisor_stop_timeout = self
+            .supervisor_stop_timeout
+            .as_ref()
+            .map(|value| {
+                duration(
+                    "--supervisor-stop-timeout / SANDHOST_SUPERVISOR_STOP_TIMEOUT",
+                    Some(value),
+                    Duration::ZERO,
+                )
+            })
+            .transpose()?;
         Ok(ServeConfig {
             cgroup_parent: self.cgroup_parent.clone(),
+            supervisor_stop_timeout,
             listen,
             http_listen,
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
@@ -436,6 +455,15 @@ mod tests {
         assert!(!config.force_stop);
         assert_eq!(config.force_shutdown_timeout, DEFAULT_FORCE_SHUTDOWN_TIMEOUT);
         assert_eq!(config.runtime, RuntimeKind::Process);
+        assert_eq!(config.supervisor_stop_timeout, None);
+    }
+
+    #[test]
+    fn the_supervisor_stop_timeout_is_a_duration_naming_its_variable() {
+        let config = args(&["--supervisor-stop-timeout", "12m"]).validate(None).expect("valid");
+        assert_eq!(config.supervisor_stop_timeout, Some(Duration::from_secs(720)));
+        let error = args(&["--supervisor-stop-timeout", "soon"]).validate(None).expect_err("invalid");
+        assert!(error.to_string().contains("SANDHOST_SUPERVISOR_STOP_TIMEOUT"), "{error}");
     }
 
     #[test]

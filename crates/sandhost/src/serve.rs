@@ -1,5 +1,7 @@
 //! `sandhost serve`: config -> tracing -> state dir lock -> runtime -> node -> servers -> signals ->
-//! drain -> bounded shutdown -> exit code. The wiring reads top to bottom in [`serve`].
+//! drain -> bounded shutdown -> exit code. The wiring reads top to bottom in [`serve`]. Beside it:
+//! `budget.rs` (the shutdown budget against the supervisor's stop timeout), `notify.rs` (sd_notify
+//! for systemd), `state_dir.rs`.
 //!
 //! # Exit codes
 //!
@@ -33,8 +35,11 @@ use crate::drain::{DrainCoordinator, DrainReport};
 use crate::metrics::grpc::GrpcMetrics;
 use crate::node::{Node, NodeSettings, open_runtime, probe_capacity};
 
+mod budget;
+mod notify;
 mod state_dir;
 
+use budget::ShutdownBudget;
 use state_dir::StateDir;
 
 /// How long the servers get to end their streams and close after the drain.
@@ -167,6 +172,15 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let node = Node::build(Arc::clone(&runtime), settings, state_dir.path(), &mut registry);
     crate::metrics::register_process(&mut registry);
     let grpc_metrics = GrpcMetrics::register(&mut registry, crate::api::grpc::served_methods());
+    let budget = ShutdownBudget::of(&config);
+    budget::register_metrics(&mut registry, &budget, config.supervisor_stop_timeout);
+    if let Some(warning) = budget.check(config.supervisor_stop_timeout).warning(&budget) {
+        tracing::warn!(
+            budget = ?budget.total(),
+            supervisor_stop_timeout = ?config.supervisor_stop_timeout,
+            "{warning}"
+        );
+    }
     let recovery = node.recover().await.context("re-adopting the sandboxes of the previous agent")?;
     if recovery.adopted > 0 {
         tracing::info!(adopted = recovery.adopted, "re-adopted running sandboxes");
@@ -215,6 +229,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         auth = config.token.is_some(),
         "sandhost serving"
     );
+    // READY=1 and what follows it, for systemd (nothing without NOTIFY_SOCKET).
+    let _notifier = notify::spawn(node.watch_drain(), budget);
 
     let (services, service_failures) = wait_for_shutdown(&config, &coordinator, services).await?;
 

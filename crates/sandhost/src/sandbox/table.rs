@@ -108,7 +108,7 @@ impl Table {
     }
 
     /// Adds (`add`) or removes a live sandbox's limits from the allocation.
-    fn allocate(&mut self, limits: &Limits, add: bool) {
+    fn allocate(&mut self, limits: Limits, add: bool) {
         let memory = limits.memory_bytes.unwrap_or(0);
         let cpu = u64::from(limits.cpu_millis.unwrap_or(0));
         let total = &mut self.allocated;
@@ -157,12 +157,12 @@ impl Table {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         entry.info.state = next;
         entry.state_tx.send_replace(next);
-        let limits = (next == SandboxState::Exited).then(|| entry.info.limits.clone());
+        let limits = (next == SandboxState::Exited).then_some(entry.info.limits);
         *self.counts.slot(previous) -= 1;
         *self.counts.slot(next) += 1;
         if let Some(limits) = limits {
             self.counts.exits += 1;
-            self.allocate(&limits, false);
+            self.allocate(limits, false);
         }
         self.publish_counts(&[previous, next]);
         Ok(previous)
@@ -173,13 +173,13 @@ impl Table {
         let state = entry.info.state;
         let mut changed = vec![state];
         if state.is_live() {
-            self.allocate(&entry.info.limits, true);
+            self.allocate(entry.info.limits, true);
         }
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             *self.counts.slot(old.info.state) -= 1;
             changed.push(old.info.state);
             if old.info.state.is_live() {
-                self.allocate(&old.info.limits, false);
+                self.allocate(old.info.limits, false);
             }
         }
         *self.counts.slot(state) += 1;
