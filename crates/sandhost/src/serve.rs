@@ -264,10 +264,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         outcome.teardown_failures.push(format!("state dir: {error:#}"));
     }
     let code = outcome.exit_code();
-    if code == 0 {
-        tracing::info!(%outcome, "sandhost stopped");
-    } else {
-        tracing::error!(%outcome, exit_code = code, "sandhost stopped");
+    match code {
+        0 => tracing::info!(%outcome, "sandhost stopped"),
+        // Stopping what was left at the deadline is what a bounded drain is for: not an error.
+        EXIT_FORCE_STOPPED => tracing::warn!(%outcome, exit_code = code, "sandhost stopped"),
+        _ => tracing::error!(%outcome, exit_code = code, "sandhost stopped"),
+    }
+    if code != 0 {
         eprintln!("sandhost serve: {outcome}");
     }
     Ok(outcome)
