@@ -260,7 +260,7 @@ fn metrics_pass_promtool_and_openmetrics_is_served_only_when_asked_for() {
         "sandhost_sandbox_exits_total{reason=\"timeout\"} 0",
         "sandhost_grpc_calls_total{service=\"sandhost.v1.SandboxService\",method=\"Create\",code=\"ok\"} 1",
         "sandhost_grpc_calls_total{service=\"sandhost.v1.SandboxService\",method=\"Create\",code=\"invalid_argument\"} 1",
-        "sandhost_node_status{status=\"ready\"} 1",
+        "sandhost_node_status{status=\"READY\"} 1",
         "sandhost_build_info{version=\"",
         "sandhost_drain_budget_seconds +Inf",
         "sandhost_supervisor_stop_timeout_seconds 30",
@@ -269,6 +269,34 @@ fn metrics_pass_promtool_and_openmetrics_is_served_only_when_asked_for() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+
+    // Allocation follows the live sandboxes; a forced drain is counted by outcome, with its stops.
+    ok(&serve.cli(&["create", "--id", "held", "--memory", "64M", "--", "sleep", "1000"]));
+    let (_, text) = get_accepting(serve.http, "/metrics", "text/plain");
+    assert_eq!(metric(&text, "sandhost_allocated_sandboxes"), 1.0, "{text}");
+    assert_eq!(metric(&text, "sandhost_allocated_memory_bytes"), f64::from(64u32 << 20), "{text}");
+    ok(&serve.cli(&["force-stop"]));
+    let _ = serve.cli(&["wait", "held"]);
+    let drained = Instant::now();
+    let text = loop {
+        let (_, text) = get_accepting(serve.http, "/metrics", "text/plain");
+        if text.contains("sandhost_drains_total{outcome=\"forced\"} 1") {
+            break text;
+        }
+        assert!(drained.elapsed() < HANG_GUARD, "no forced drain counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    promtool_check(&text);
+    assert_eq!(
+        metric(&text, "sandhost_drain_stopped_sandboxes_total{reason=\"force_stopped\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "sandhost_drain_force_stopped"), 1.0, "the current drain's gauge: {text}");
+    assert_eq!(metric(&text, "sandhost_drain_duration_seconds_count"), 1.0, "{text}");
+    assert_eq!(metric(&text, "sandhost_allocated_sandboxes"), 0.0, "{text}");
+    assert_eq!(metric(&text, "sandhost_allocated_memory_bytes"), 0.0, "{text}");
+    ok(&serve.cli(&["undrain"]));
 
     let (content_type, openmetrics) =
         get_accepting(serve.http, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5");
