@@ -333,7 +333,8 @@ async fn wait_for_shutdown(
             }
             _ => {
                 let live = coordinator.progress().live;
-                tracing::error!(
+                // The operator asked for it (and the sandboxes run on): a warning, not an error.
+                tracing::warn!(
                     live,
                     "third signal: exiting at once; the sandboxes are left for the next agent to re-adopt"
                 );
