@@ -1,5 +1,7 @@
 //! `sandhost serve`: config -> tracing -> state dir lock -> runtime -> node -> servers -> signals ->
-//! drain -> bounded shutdown -> exit code. The wiring reads top to bottom in [`serve`].
+//! drain -> bounded shutdown -> exit code. The wiring reads top to bottom in [`serve`]. Beside it:
+//! `budget.rs` (the shutdown budget against the supervisor's stop timeout), `notify.rs` (sd_notify
+//! for systemd), `state_dir.rs`.
 //!
 //! # Exit codes
 //!
@@ -30,10 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{LogFormat, ServeArgs, ServeConfig};
 use crate::drain::{DrainCoordinator, DrainReport};
+use crate::metrics::grpc::GrpcMetrics;
 use crate::node::{Node, NodeSettings, open_runtime, probe_capacity};
 
+mod budget;
+mod notify;
 mod state_dir;
 
+use budget::ShutdownBudget;
 use state_dir::StateDir;
 
 /// How long the servers get to end their streams and close after the drain.
@@ -164,6 +170,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         capacity: probe_capacity(config.sandbox.max_sandboxes),
     };
     let node = Node::build(Arc::clone(&runtime), settings, state_dir.path(), &mut registry);
+    crate::metrics::register_process(&mut registry);
+    let grpc_metrics = GrpcMetrics::register(&mut registry, crate::api::grpc::served_methods());
+    let budget = ShutdownBudget::of(&config);
+    budget::register_metrics(&mut registry, &budget, config.supervisor_stop_timeout);
+    if let Some(warning) = budget.check(config.supervisor_stop_timeout).warning(&budget) {
+        tracing::warn!(
+            budget = ?budget.total(),
+            supervisor_stop_timeout = ?config.supervisor_stop_timeout,
+            "{warning}"
+        );
+    }
     let recovery = node.recover().await.context("re-adopting the sandboxes of the previous agent")?;
     if recovery.adopted > 0 {
         tracing::info!(adopted = recovery.adopted, "re-adopted running sandboxes");
@@ -181,10 +198,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         (
             "grpc",
             tokio::spawn({
-                let server = crate::api::grpc::serve(
+                let server = crate::api::grpc::serve_with_metrics(
                     grpc_listener,
                     node.clone(),
                     config.token.clone(),
+                    Some(grpc_metrics),
                     shutdown.clone(),
                 );
                 async move { server.await.context("gRPC server") }
@@ -211,6 +229,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         auth = config.token.is_some(),
         "sandhost serving"
     );
+    // READY=1 and what follows it, for systemd (nothing without NOTIFY_SOCKET).
+    let _notifier = notify::spawn(node.watch_drain(), budget);
 
     let (services, service_failures) = wait_for_shutdown(&config, &coordinator, services).await?;
 
@@ -244,10 +264,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         outcome.teardown_failures.push(format!("state dir: {error:#}"));
     }
     let code = outcome.exit_code();
-    if code == 0 {
-        tracing::info!(%outcome, "sandhost stopped");
-    } else {
-        tracing::error!(%outcome, exit_code = code, "sandhost stopped");
+    match code {
+        0 => tracing::info!(%outcome, "sandhost stopped"),
+        // Stopping what was left at the deadline is what a bounded drain is for: not an error.
+        EXIT_FORCE_STOPPED => tracing::warn!(%outcome, exit_code = code, "sandhost stopped"),
+        _ => tracing::error!(%outcome, exit_code = code, "sandhost stopped"),
+    }
+    if code != 0 {
         eprintln!("sandhost serve: {outcome}");
     }
     Ok(outcome)
@@ -310,7 +333,8 @@ async fn wait_for_shutdown(
             }
             _ => {
                 let live = coordinator.progress().live;
-                tracing::error!(
+                // The operator asked for it (and the sandboxes run on): a warning, not an error.
+                tracing::warn!(
                     live,
                     "third signal: exiting at once; the sandboxes are left for the next agent to re-adopt"
                 );

@@ -336,3 +336,38 @@ async fn a_list_reply_fits_a_stock_client_however_large_the_sandboxes() {
     assert!(pages >= 6, "the replies were cut by their size: {pages} pages");
     server.stop().await;
 }
+
+/// A message whose field 1 is a number, where `CreateRequest`'s field 1 is a string: sent as a
+/// CreateRequest, it is not valid protobuf for it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotACreateRequest {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_never_reach_a_handler_get_the_codes_of_the_error_table() {
+    let t = TestNode::new();
+    let mut server = Server::start(&t, None).await;
+
+    // Not valid protobuf for the method: the client's fault, INVALID_ARGUMENT (tonic says INTERNAL,
+    // which the table keeps for runtime failures).
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<NotACreateRequest, pb::CreateResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/sandhost.v1.SandboxService/Create");
+    let status =
+        grpc.unary(tonic::Request::new(NotACreateRequest { id: 7 }), path, codec).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // Over the size limit: RESOURCE_EXHAUSTED, the gRPC convention (tonic says OUT_OF_RANGE).
+    let huge = "x".repeat(sandhost::api::grpc::MAX_REQUEST_BYTES + 1);
+    let request = pb::CreateRequest { argv: vec!["echo".into(), huge], ..Default::default() };
+    let status = server.sandboxes().create(request).await.expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Nothing was created; the node still answers.
+    let listed = server.sandboxes().list(pb::ListRequest::default()).await.unwrap().into_inner();
+    assert!(listed.sandboxes.is_empty(), "{listed:?}");
+    server.stop().await;
+}

@@ -1,9 +1,9 @@
 //! The gRPC server: `SandboxService`, `NodeService`, the standard health service and reflection, all
 //! behind the bearer-token check, with bounded message sizes and one tracing span per RPC.
 //!
-//! Health: `grpc.health.v1.Health` reports SERVING (for `""` and both services) only while the node
-//! status is READY, driven by the drain's progress watch, so once DRAINING is visible, health is
-//! NOT_SERVING too.
+//! Health (`health.rs`): `""` is admission, SERVING only while the node status is READY (driven by the
+//! drain's progress watch, so once DRAINING is visible, `""` is NOT_SERVING too); the two sandhost
+//! services are SERVING for as long as the server serves.
 //!
 //! Shutdown: when the `shutdown` token is cancelled, the listener stops accepting, long calls
 //! (`Wait`, `Logs` with follow, `WatchDrain`, health `Watch`) end at once, and in-flight unary calls get
@@ -20,9 +20,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use super::auth::AuthInterceptor;
+use super::grpc_metrics::GrpcMetricsLayer;
 use super::health;
 use super::node_service::NodeApi;
 use super::sandbox_service::SandboxApi;
+use crate::metrics::grpc::GrpcMetrics;
 use crate::node::Node;
 
 /// Largest request the server decodes.
@@ -43,7 +45,7 @@ pub enum GrpcServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` is cancelled.
+/// Serves the gRPC API on `listener` until `shutdown` is cancelled, without per-call metrics.
 ///
 /// `token`: when `Some`, every call must carry `authorization: Bearer <token>`.
 ///
@@ -54,6 +56,45 @@ pub async fn serve(
     listener: TcpListener,
     node: Node,
     token: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcServeError> {
+    serve_with_metrics(listener, node, token, None, shutdown).await
+}
+
+/// The `(service, method)` pairs this server serves (the API, health, reflection), read from their
+/// descriptors: the label values of the per-call metrics.
+#[must_use]
+pub fn served_methods() -> Vec<(String, String)> {
+    use prost::Message as _;
+    [
+        sandhost_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .filter_map(|bytes| prost_types::FileDescriptorSet::decode(bytes).ok())
+    .flat_map(|set| set.file)
+    .flat_map(|file| {
+        let package = file.package.clone().unwrap_or_default();
+        file.service.into_iter().flat_map(move |service| {
+            let name = format!("{package}.{}", service.name.unwrap_or_default());
+            service.method.into_iter().map(move |m| (name.clone(), m.name.unwrap_or_default()))
+        })
+    })
+    .collect()
+}
+
+/// As [`serve`], counting and timing every call on `metrics` when given (`metrics::grpc`).
+///
+/// # Errors
+///
+/// A [`GrpcServeError`] if the server cannot be built or fails.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    node: Node,
+    token: Option<String>,
+    metrics: Option<GrpcMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcServeError> {
     // A child: cancelling it (when this server ends on its own) does not cancel the caller's token.
@@ -76,6 +117,8 @@ pub async fn serve(
         .trace_fn(|request| {
             tracing::info_span!("rpc", method = %request.uri().path(), sandbox.id = tracing::field::Empty)
         })
+        .layer(GrpcMetricsLayer::new(metrics))
+        .layer(super::codes::layer())
         .layer(InterceptorLayer::new(AuthInterceptor::new(token)))
         .add_service(sandboxes)
         .add_service(nodes)

@@ -1,6 +1,14 @@
-//! `grpc.health.v1.Health`: SERVING (for `""` and both services) only while the node status is READY,
-//! driven by the drain's progress watch; NOT_SERVING once the server stops. `Watch` streams end when
-//! the server shuts down (tonic-health's own never end), so they cannot hold the shutdown up.
+//! `grpc.health.v1.Health`, one answer per name:
+//!
+//! - `""` is **admission**: SERVING only while the node status is READY (what load balancers and
+//!   probes watch: a draining node takes no new sandboxes), driven by the drain's progress watch.
+//! - `sandhost.v1.SandboxService` and `sandhost.v1.NodeService` are SERVING for as long as the
+//!   process serves: a draining node still answers Get, Wait, Logs, Undrain and WatchDrain, so a
+//!   client on grpc's health-checked channel keeps reaching them. NOT_SERVING only at shutdown.
+//!
+//! `Watch` sends changes only: the driver sets a name only when its status changes (the progress
+//! watch fires on every count change), and each stream drops repeats besides. `Watch` streams end
+//! when the server shuts down (tonic-health's own never end), so they cannot hold the shutdown up.
 
 use std::pin::Pin;
 
@@ -16,8 +24,10 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::drain::{DrainProgress, NodeStatus};
 
-/// The names the health service reports: the server as a whole, and each service.
-pub(crate) const HEALTH_NAMES: [&str; 3] = ["", "sandhost.v1.SandboxService", "sandhost.v1.NodeService"];
+/// The name whose health is admission (the server as a whole).
+pub(crate) const ADMISSION: &str = "";
+/// The services, SERVING for as long as the process serves.
+pub(crate) const SERVICES: [&str; 2] = ["sandhost.v1.SandboxService", "sandhost.v1.NodeService"];
 
 /// The health service and the task that keeps it in step with `progress` until `shutdown`.
 pub(crate) fn service(
@@ -58,27 +68,41 @@ impl Health for HealthApi {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let stream = self.inner.watch(request).await?.into_inner();
-        Ok(Response::new(Box::pin(stream.take_until(self.shutdown.clone().cancelled_owned()))))
+        let changes = stream.scan(None, |last: &mut Option<i32>, item| {
+            let repeat = matches!((&item, *last), (Ok(response), Some(status)) if response.status == status);
+            if let Ok(response) = &item {
+                *last = Some(response.status);
+            }
+            std::future::ready(Some((!repeat).then_some(item)))
+        });
+        let changes = changes.filter_map(std::future::ready);
+        Ok(Response::new(Box::pin(changes.take_until(self.shutdown.clone().cancelled_owned()))))
     }
 }
 
-/// SERVING while the node is READY, NOT_SERVING otherwise, and NOT_SERVING once the server stops.
+/// The services SERVING until the server stops; admission SERVING while the node is READY, set
+/// only when it changes. Everything NOT_SERVING once the server stops.
 async fn drive(
     reporter: HealthReporter,
     mut progress: watch::Receiver<DrainProgress>,
     shutdown: CancellationToken,
 ) {
+    for name in SERVICES {
+        reporter.set_service_status(name, ServingStatus::Serving).await;
+    }
+    let mut admission = None;
     loop {
         let status = serving_status(progress.borrow_and_update().status);
-        for name in HEALTH_NAMES {
-            reporter.set_service_status(name, status).await;
+        if admission != Some(status) {
+            reporter.set_service_status(ADMISSION, status).await;
+            admission = Some(status);
         }
         tokio::select! {
             changed = progress.changed() => if changed.is_err() { break },
             () = shutdown.cancelled() => break,
         }
     }
-    for name in HEALTH_NAMES {
+    for name in std::iter::once(ADMISSION).chain(SERVICES) {
         reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
 }
@@ -132,28 +156,31 @@ mod tests {
         // The first SERVING (the reporter starts at SERVING for "").
         assert_eq!(watch.next().await.expect("an item").expect("ok").status(), Wire::Serving);
 
+        // Draining, then counts that change while it drains: one NOT_SERVING, not one per change.
         tx.send_replace(progress(NodeStatus::Draining));
-        loop {
-            let item = watch.next().await.expect("an item").expect("ok");
-            if item.status() == Wire::NotServing {
-                break;
-            }
+        assert_eq!(watch.next().await.expect("an item").expect("ok").status(), Wire::NotServing);
+        for live in 1..=5 {
+            tx.send_replace(DrainProgress { live, ..progress(NodeStatus::Draining) });
         }
-        for name in HEALTH_NAMES {
-            assert_eq!(check(&api, name).await, Wire::NotServing, "{name:?}");
+        tx.send_replace(progress(NodeStatus::Forcing));
+        assert_eq!(check(&api, ADMISSION).await, Wire::NotServing);
+        for name in SERVICES {
+            assert_eq!(check(&api, name).await, Wire::Serving, "{name} serves while the node drains");
         }
         tx.send_replace(progress(NodeStatus::Ready));
-        loop {
-            let item = watch.next().await.expect("an item").expect("ok");
-            if item.status() == Wire::Serving {
-                break;
-            }
-        }
+        assert_eq!(
+            watch.next().await.expect("an item").expect("ok").status(),
+            Wire::Serving,
+            "the next message after NOT_SERVING is the change back, no repeat between"
+        );
 
         shutdown.cancel();
         task.await.expect("the driver ends");
         // The stream ends (after any last update) instead of waiting forever.
-        while watch.next().await.is_some() {}
-        assert_eq!(check(&api, "").await, Wire::NotServing);
+        let rest: Vec<Wire> = watch.map(|item| item.expect("ok").status()).collect().await;
+        assert!(rest.iter().all(|s| *s == Wire::NotServing) && rest.len() <= 1, "{rest:?}");
+        for name in std::iter::once(ADMISSION).chain(SERVICES) {
+            assert_eq!(check(&api, name).await, Wire::NotServing, "{name:?} at shutdown");
+        }
     }
 }

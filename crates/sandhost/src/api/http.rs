@@ -2,13 +2,14 @@
 //!
 //! - `GET /health/live`: 200 while the process serves.
 //! - `GET /health/ready`: 200 only when the node status is READY, else 503; the body is the status.
-//! - `GET /metrics`: the registry in the Prometheus (OpenMetrics) text format.
+//! - `GET /metrics`: the registry in Prometheus' text format (0.0.4), or in OpenMetrics when the
+//!   `Accept` header asks for `application/openmetrics-text` (`metrics::exposition`).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -16,10 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::NodeStatus;
+use crate::metrics::exposition;
 use crate::node::Node;
-
-/// The content type of `/metrics`.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone)]
 struct AppState {
@@ -63,10 +62,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     (code, format!("{status}\n")).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
+    match exposition::encode(&state.registry, format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "encoding the metrics failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response()

@@ -1,15 +1,18 @@
 //! The API adapters: gRPC (tonic) and HTTP (axum). The only place that knows either.
 //!
 //! - [`grpc::serve`]: `sandhost.v1.SandboxService`, `sandhost.v1.NodeService`, `grpc.health.v1.Health`
-//!   (SERVING only while the node is READY) and server reflection, behind the bearer-token check.
+//!   (`""` SERVING only while the node is READY, the services while the process serves) and server
+//!   reflection, behind the bearer-token check; every call counted and timed (`grpc_metrics`).
 //! - [`http::serve`]: `/health/live`, `/health/ready`, `/metrics`.
 //!
 //! Requests are converted proto -> domain in `convert`, and every domain error is mapped to a
 //! `tonic::Status` in `status`, exhaustively, in that one place.
 
 mod auth;
+mod codes;
 mod convert;
 pub mod grpc;
+mod grpc_metrics;
 mod health;
 pub mod http;
 mod node_service;

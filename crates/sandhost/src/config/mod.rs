@@ -119,6 +119,11 @@ pub struct ServeArgs {
     /// The cgroup (in every hierarchy) under which sandboxes get their own.
     #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// How long the supervisor (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds,
+    /// Nomad's kill_timeout) waits after its SIGTERM before it kills the agent; the deploy files set
+    /// it to their own value. Unset: not known, nothing is checked.
+    #[arg(long, env = "SANDHOST_SUPERVISOR_STOP_TIMEOUT")]
+    pub supervisor_stop_timeout: Option<String>,
 }
 
 /// Log output format.
@@ -181,6 +186,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// The parent cgroup of the sandboxes.
     pub cgroup_parent: String,
+    /// How long the supervisor waits after its SIGTERM before it kills the agent; `None`: unknown.
+    pub supervisor_stop_timeout: Option<Duration>,
 }
 
 /// Limits and defaults of the sandbox manager.
@@ -486,8 +493,20 @@ impl ServeArgs {
                 "must match [a-z0-9][a-z0-9-]{0,62}",
             ));
         }
+        let supervisor_stop_timeout = self
+            .supervisor_stop_timeout
+            .as_ref()
+            .map(|value| {
+                duration(
+                    "--supervisor-stop-timeout / SANDHOST_SUPERVISOR_STOP_TIMEOUT",
+                    Some(value),
+                    Duration::ZERO,
+                )
+            })
+            .transpose()?;
         Ok(ServeConfig {
             cgroup_parent: self.cgroup_parent.clone(),
+            supervisor_stop_timeout,
             listen,
             http_listen,
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),

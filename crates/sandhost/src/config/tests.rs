@@ -34,6 +34,15 @@ fn defaults_are_the_pinned_ones() {
     assert!(!config.force_stop);
     assert_eq!(config.force_shutdown_timeout, DEFAULT_FORCE_SHUTDOWN_TIMEOUT);
     assert_eq!(config.runtime, RuntimeKind::Process);
+    assert_eq!(config.supervisor_stop_timeout, None);
+}
+
+#[test]
+fn the_supervisor_stop_timeout_is_a_duration_naming_its_variable() {
+    let config = args(&["--supervisor-stop-timeout", "12m"]).validate(None).expect("valid");
+    assert_eq!(config.supervisor_stop_timeout, Some(Duration::from_secs(720)));
+    let error = args(&["--supervisor-stop-timeout", "soon"]).validate(None).expect_err("invalid");
+    assert!(error.to_string().contains("SANDHOST_SUPERVISOR_STOP_TIMEOUT"), "{error}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ use super::intent::{DrainIntent, DrainOrigin, IntentStore, at_ms_precision};
 use super::status::{Run, State, republish_on_count_changes};
 use super::{DrainError, DrainProgress, DrainReport, DrainRequest, InterruptedShutdown, NodeStatus};
 use crate::admission::AdmissionControl;
-use crate::metrics::Metrics;
+use crate::metrics::{DrainOutcome, Metrics};
 use crate::sandbox::{DrainPolicy, ExitReason, Manager, SandboxState, StopMode};
 
 /// What [`DrainCoordinator::resume_persisted`] found.
@@ -159,6 +159,9 @@ impl DrainCoordinator {
             }
             if let Some(run) = state.run.take() {
                 run.cancel.cancel();
+                if inner.admission.status() != NodeStatus::Drained {
+                    inner.metrics.observe_drain(DrainOutcome::Undrained, run.elapsed());
+                }
             }
             if inner.set_status(&mut state, NodeStatus::Ready) {
                 state.report = DrainReport::default();
@@ -318,16 +321,25 @@ impl Inner {
                 }
             }
         };
-        tokio::select! {
-            () = graceful => {}
+        let forced = tokio::select! {
+            () = graceful => false,
             why = escalation => {
                 tracing::warn!(why, "drain escalates to the forced phase");
                 self.force_phase().await;
+                true
             }
-        }
+        };
         let mut state = self.lock();
         self.set_status(&mut state, NodeStatus::Drained);
         let report = &state.report;
+        let outcome = match (forced, report.failures.is_empty()) {
+            (false, _) => DrainOutcome::Clean,
+            (true, true) => DrainOutcome::Forced,
+            (true, false) => DrainOutcome::Failed,
+        };
+        if let Some(run) = &state.run {
+            self.metrics.observe_drain(outcome, run.elapsed());
+        }
         tracing::info!(
             force_stopped = report.force_stopped,
             policy_stopped = report.policy_stopped,
@@ -353,6 +365,7 @@ impl Inner {
                         Ok(()) => {
                             let mut state = this.lock();
                             state.report.policy_stopped += 1;
+                            this.metrics.count_policy_stopped();
                             this.publish(&state);
                         }
                         Err(error) => {

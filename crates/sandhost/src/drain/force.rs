@@ -47,7 +47,12 @@ impl Inner {
                     break;
                 };
                 let mut state = self.lock();
+                let before = (state.report.force_stopped, state.report.checkpointed);
                 state.report.record(&key, outcome);
+                self.metrics.count_forced(
+                    state.report.force_stopped - before.0,
+                    state.report.checkpointed - before.1,
+                );
                 self.publish(&state);
             }
             let mut counts = self.manager.watch_counts();

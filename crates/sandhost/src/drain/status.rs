@@ -49,6 +49,13 @@ pub(super) struct Run {
     pub(super) origin: DrainOrigin,
 }
 
+impl Run {
+    /// How long this drain has run (from its persisted start, for a drain an earlier agent began).
+    pub(super) fn elapsed(&self) -> std::time::Duration {
+        SystemTime::now().duration_since(self.started_at).unwrap_or_default()
+    }
+}
+
 impl Inner {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // State changes are single assignments; a panic cannot leave them half done.

@@ -67,6 +67,7 @@ impl Node {
         registry: &mut Registry,
     ) -> Self {
         let metrics = Metrics::register(registry);
+        metrics.set_capacity(settings.capacity);
         let (control, admission) = admission::channel();
         let manager = Manager::new(ManagerParts {
             runtime,

@@ -27,7 +27,14 @@ use super::table::Entry;
 use super::{
     CreateError, CreateRequest, ExitInfo, ExitReason, InvalidArgument, SandboxInfo, SandboxState, validate,
 };
-use crate::metrics::CreateResult;
+use crate::metrics::{CreateResult, Rejection};
+
+/// The limit a Create meets when too many admitted starts have not finished.
+const LIMIT_ADMITTED_STARTS: &str = "admitted starts";
+/// The limit a Create meets when the node has its maximum of live sandboxes.
+const LIMIT_LIVE_SANDBOXES: &str = "live sandboxes";
+/// The limit a Create meets when its memory would take the allocation past the allocatable.
+const LIMIT_ALLOCATABLE_MEMORY: &str = "allocatable memory";
 
 impl Manager {
     /// Creates a sandbox: validation, admission, its turn, the start. Returns once it runs.
@@ -36,7 +43,24 @@ impl Manager {
         let outcome = match &result {
             Ok(_) => CreateResult::Started,
             Err(CreateError::Start(_)) => CreateResult::Failed,
-            Err(_) => CreateResult::Rejected,
+            Err(CreateError::Invalid(_)) => CreateResult::Rejected(Rejection::InvalidArgument),
+            Err(CreateError::NotAdmitting { .. }) => CreateResult::Rejected(Rejection::NotAdmitting),
+            Err(CreateError::AlreadyExists(_)) => CreateResult::Rejected(Rejection::AlreadyExists),
+            Err(CreateError::ResourceExhausted { limit, .. }) if *limit == LIMIT_ADMITTED_STARTS => {
+                CreateResult::Rejected(Rejection::AdmittedStartsLimit)
+            }
+            Err(CreateError::ResourceExhausted { limit, .. }) if *limit == LIMIT_ALLOCATABLE_MEMORY => {
+                CreateResult::Rejected(Rejection::AllocatableMemory)
+            }
+            Err(CreateError::ResourceExhausted { .. }) => {
+                CreateResult::Rejected(Rejection::LiveSandboxesLimit)
+            }
+            Err(CreateError::TemplateNotFound(_)) => CreateResult::Rejected(Rejection::TemplateNotFound),
+            Err(CreateError::NotSupported { .. }) => CreateResult::Rejected(Rejection::NotSupported),
+            Err(CreateError::StoppedBeforeStart { .. }) => {
+                CreateResult::Rejected(Rejection::StoppedBeforeStart)
+            }
+            Err(CreateError::Interrupted(_)) => CreateResult::Rejected(Rejection::Interrupted),
         };
         self.metrics.count_create(outcome);
         result
@@ -64,18 +88,21 @@ impl Manager {
                 .map_err(|refused| CreateError::NotAdmitting { status: refused.status })?;
             let slot = Arc::clone(&self.admitted_starts).try_acquire_owned().map_err(|_| {
                 CreateError::ResourceExhausted {
-                    limit: "admitted starts",
+                    limit: LIMIT_ADMITTED_STARTS,
                     max: self.config.max_admitted_starts,
                 }
             })?;
             let allocatable = self.allocatable_memory();
             let memory = prepared.info.limits.memory_bytes.unwrap_or(0);
             if table.allocated().memory_bytes.saturating_add(memory) > allocatable {
-                return Err(CreateError::ResourceExhausted { limit: "allocatable memory", max: allocatable });
+                return Err(CreateError::ResourceExhausted {
+                    limit: LIMIT_ALLOCATABLE_MEMORY,
+                    max: allocatable,
+                });
             }
             if table.counts().live() >= self.config.max_sandboxes {
                 return Err(CreateError::ResourceExhausted {
-                    limit: "live sandboxes",
+                    limit: LIMIT_LIVE_SANDBOXES,
                     max: self.config.max_sandboxes,
                 });
             }

@@ -97,6 +97,17 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every reason, for metrics.
+    pub const ALL: [Self; 7] = [
+        Self::Exited,
+        Self::Timeout,
+        Self::Killed,
+        Self::ForceStopped,
+        Self::DrainStopped,
+        Self::Checkpointed,
+        Self::StartFailed,
+    ];
+
     /// The lowercase name used in the API, logs and metrics.
     #[must_use]
     pub fn as_str(self) -> &'static str {

@@ -8,12 +8,12 @@
 //! - An operation on a lifecycle finds its entry through [`Table::entry`] or [`Table::entry_mut`],
 //!   which match the lifecycle id too: a stale stop never touches a later sandbox with the same id.
 //! - `counts` always equals the states of the entries, and `allocated` the limits of the live ones
-//!   (what a Create's memory is checked against, without walking the table).
+//!   (a sandbox's limits never change while it lives).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sandhost_runtime::{SandboxId, SandboxKey, SandboxSpec};
+use sandhost_runtime::{Limits, SandboxId, SandboxKey, SandboxSpec};
 use tokio::sync::{Notify, watch};
 
 use super::stop::StopMode;
@@ -107,20 +107,21 @@ impl Table {
         self.allocated
     }
 
-    /// Adds (`live`) or removes a sandbox's limits from the allocation.
-    fn account(&mut self, info: &SandboxInfo, live: bool) {
-        let memory = info.limits.memory_bytes.unwrap_or(0);
-        let cpu = u64::from(info.limits.cpu_millis.unwrap_or(0));
+    /// Adds (`add`) or removes a live sandbox's limits from the allocation.
+    fn allocate(&mut self, limits: Limits, add: bool) {
+        let memory = limits.memory_bytes.unwrap_or(0);
+        let cpu = u64::from(limits.cpu_millis.unwrap_or(0));
         let total = &mut self.allocated;
-        if live {
+        if add {
             total.sandboxes += 1;
-            total.memory_bytes = total.memory_bytes.saturating_add(memory);
-            total.cpu_millis = total.cpu_millis.saturating_add(cpu);
+            total.memory_bytes += memory;
+            total.cpu_millis += cpu;
         } else {
             total.sandboxes = total.sandboxes.saturating_sub(1);
             total.memory_bytes = total.memory_bytes.saturating_sub(memory);
             total.cpu_millis = total.cpu_millis.saturating_sub(cpu);
         }
+        self.metrics.set_allocated(self.allocated);
     }
 
     /// The entry of this lifecycle, if it is still the one under its id.
@@ -156,14 +157,12 @@ impl Table {
         tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, from = previous.as_str(), to = next.as_str(), "sandbox state");
         entry.info.state = next;
         entry.state_tx.send_replace(next);
-        if next == SandboxState::Exited {
-            let info = entry.info.clone();
-            self.account(&info, false);
-        }
+        let limits = (next == SandboxState::Exited).then_some(entry.info.limits);
         *self.counts.slot(previous) -= 1;
         *self.counts.slot(next) += 1;
-        if next == SandboxState::Exited {
+        if let Some(limits) = limits {
             self.counts.exits += 1;
+            self.allocate(limits, false);
         }
         self.publish_counts(&[previous, next]);
         Ok(previous)
@@ -174,13 +173,13 @@ impl Table {
         let state = entry.info.state;
         let mut changed = vec![state];
         if state.is_live() {
-            self.account(&entry.info, true);
+            self.allocate(entry.info.limits, true);
         }
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             *self.counts.slot(old.info.state) -= 1;
             changed.push(old.info.state);
             if old.info.state.is_live() {
-                self.account(&old.info, false);
+                self.allocate(old.info.limits, false);
             }
         }
         *self.counts.slot(state) += 1;
