@@ -371,3 +371,40 @@ async fn requests_that_never_reach_a_handler_get_the_codes_of_the_error_table() 
     assert!(listed.sandboxes.is_empty(), "{listed:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_names_the_field_of_the_request_that_carried_it() {
+    let t = TestNode::new();
+    t.create("a", DrainPolicy::Wait).await;
+    let mut server = Server::start(&t, None).await;
+    let field = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        status.get_error_details().bad_request().expect("BadRequest").field_violations[0].field.clone()
+    };
+    // DeleteSnapshot's field is `id`.
+    let status = server
+        .sandboxes()
+        .delete_snapshot(pb::DeleteSnapshotRequest { id: "../x".into() })
+        .await
+        .expect_err("not an id");
+    assert_eq!(field(status), "id");
+    // An end time beyond the longest timeout is the `end_time`'s fault, not `timeout`'s.
+    let far = std::time::SystemTime::now() + std::time::Duration::from_secs(60 * 24 * 3600);
+    let request = pb::UpdateRequest {
+        id: "a".into(),
+        end: Some(pb::update_request::End::EndTime(far.into())),
+        labels: None,
+    };
+    assert_eq!(field(server.sandboxes().update(request).await.expect_err("too far")), "end_time");
+    // A Duration whose nanos are a second or more is refused, not carried into its seconds.
+    let request = pb::UpdateRequest {
+        id: "a".into(),
+        end: Some(pb::update_request::End::Timeout(prost_types::Duration {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        })),
+        labels: None,
+    };
+    assert_eq!(field(server.sandboxes().update(request).await.expect_err("bad nanos")), "timeout");
+    server.stop().await;
+}

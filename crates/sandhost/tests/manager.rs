@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use sandhost::config::SandboxConfig;
 use sandhost::sandbox::{
-    CreateError, CreateRequest, DrainPolicy, ExitReason, ListFilter, SandboxError, SandboxState,
+    CreateError, CreateRequest, DrainPolicy, ExitReason, ListFilter, NewEnd, SandboxError, SandboxState,
     UpdateRequest,
 };
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
@@ -126,7 +126,7 @@ async fn a_sandbox_is_stopped_at_its_end_time_and_update_moves_it() {
     let mut moved = request("moved", DrainPolicy::Wait);
     moved.timeout = Some(Duration::from_secs(30));
     t.node.create(moved).await.expect("create");
-    let update = UpdateRequest { timeout: Some(Duration::from_secs(300)), labels: None };
+    let update = UpdateRequest { end: Some(NewEnd::Timeout(Duration::from_secs(300))), labels: None };
     t.node.update("moved", update).expect("update");
 
     let done = within("wait", t.node.wait("short")).await.expect("wait");
@@ -135,7 +135,7 @@ async fn a_sandbox_is_stopped_at_its_end_time_and_update_moves_it() {
     let done = within("wait", t.node.wait("moved")).await.expect("wait");
     assert_eq!(done.exit.expect("exit").reason, ExitReason::Timeout);
 
-    let bad = UpdateRequest { timeout: Some(Duration::ZERO), labels: None };
+    let bad = UpdateRequest { end: Some(NewEnd::Timeout(Duration::ZERO)), labels: None };
     assert!(matches!(t.node.update("moved", bad), Err(SandboxError::Invalid(e)) if e.field == "timeout"));
 }
 

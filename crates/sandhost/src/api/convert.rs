@@ -13,7 +13,8 @@ use super::status::invalid_argument;
 use crate::drain::{DrainFailure, DrainProgress, DrainRequest, NodeStatus};
 use crate::node::{NodeInfo, Resources};
 use crate::sandbox::{
-    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, SandboxInfo, SandboxState, UpdateRequest,
+    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, NewEnd, SandboxInfo, SandboxState,
+    UpdateRequest,
 };
 
 /// A `google.protobuf.Timestamp` from a time (times before 1970 clamp to the epoch).
@@ -28,6 +29,11 @@ pub(crate) fn duration(
 ) -> Result<Option<Duration>, Status> {
     value
         .map(|d| {
+            // prost would carry nanos of a second or more into the seconds: refused instead, as the
+            // Duration message defines them (from 0 to 999 999 999 for a duration that is not negative).
+            if !(0..1_000_000_000).contains(&d.nanos) {
+                return Err(invalid_argument(field, "nanos must be from 0 to 999999999"));
+            }
             Duration::try_from(d).map_err(|e| invalid_argument(field, &format!("not a valid duration: {e}")))
         })
         .transpose()
@@ -125,18 +131,20 @@ pub(crate) fn create_request(request: pb::CreateRequest) -> Result<CreateRequest
 
 /// `now` is when the request arrived (an `end_time` is turned into a timeout from then).
 pub(crate) fn update_request(request: pb::UpdateRequest, now: SystemTime) -> Result<UpdateRequest, Status> {
-    let timeout = match request.end {
+    let end = match request.end {
         None => None,
-        Some(pb::update_request::End::Timeout(timeout)) => duration("timeout", Some(timeout))?,
+        Some(pb::update_request::End::Timeout(timeout)) => {
+            duration("timeout", Some(timeout))?.map(NewEnd::Timeout)
+        }
         Some(pb::update_request::End::EndTime(end)) => {
             let end = SystemTime::try_from(end)
                 .map_err(|e| invalid_argument("end_time", &format!("not a valid time: {e}")))?;
             let timeout =
                 end.duration_since(now).map_err(|_| invalid_argument("end_time", "must be in the future"))?;
-            Some(timeout)
+            Some(NewEnd::EndTime(timeout))
         }
     };
-    Ok(UpdateRequest { timeout, labels: request.labels.map(|labels| labels.labels) })
+    Ok(UpdateRequest { end, labels: request.labels.map(|labels| labels.labels) })
 }
 
 /// Sandboxes in a `List` reply when the request names no page size.
@@ -375,6 +383,15 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_s_nanos_are_refused_outside_a_second_not_carried() {
+        let at = |seconds, nanos| duration("stop_grace", Some(prost_types::Duration { seconds, nanos }));
+        assert_eq!(at(1, 999_999_999).expect("valid"), Some(Duration::new(1, 999_999_999)));
+        for nanos in [1_000_000_000, 1_500_000_000, -1] {
+            assert_eq!(field_of(&at(1, nanos).expect_err("out of range")), "stop_grace", "{nanos}");
+        }
+    }
+
+    #[test]
     fn update_turns_an_end_time_into_a_timeout() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let request = pb::UpdateRequest {
@@ -383,7 +400,8 @@ mod tests {
             labels: Some(pb::Labels { labels: BTreeMap::new() }),
         };
         let update = update_request(request, now).expect("converts");
-        assert_eq!(update.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(update.end, Some(NewEnd::EndTime(Duration::from_secs(60))));
+        assert_eq!(update.end.map(NewEnd::field), Some("end_time"), "an error about it names end_time");
         assert_eq!(update.labels, Some(BTreeMap::new()));
 
         let past = pb::UpdateRequest {
@@ -395,7 +413,7 @@ mod tests {
 
         let unchanged = update_request(pb::UpdateRequest { id: "x".into(), end: None, labels: None }, now)
             .expect("converts");
-        assert_eq!(unchanged.timeout, None);
+        assert_eq!(unchanged.end, None);
         assert_eq!(unchanged.labels, None);
     }
 

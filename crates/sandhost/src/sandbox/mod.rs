@@ -18,7 +18,7 @@ mod validate;
 pub use errors::{CreateError, Interrupted, InvalidArgument, SandboxError};
 pub use manager::{Manager, ManagerParts};
 pub use model::{
-    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, LogStream, Resources, SandboxInfo,
+    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, LogStream, NewEnd, Resources, SandboxInfo,
     SandboxState, UpdateRequest,
 };
 pub use stop::StopMode;

@@ -193,10 +193,38 @@ pub struct CreateRequest {
 /// A change to a live sandbox.
 #[derive(Debug, Clone, Default)]
 pub struct UpdateRequest {
-    /// A new timeout, counted from now.
-    pub timeout: Option<Duration>,
+    /// A new end time.
+    pub end: Option<NewEnd>,
     /// Replaces the labels when present.
     pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A sandbox's new end time, as the request gave it (so an error names the field it gave).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewEnd {
+    /// `timeout`: this long from now.
+    Timeout(Duration),
+    /// `end_time`: this moment, given as how long from now it is.
+    EndTime(Duration),
+}
+
+impl NewEnd {
+    /// How long from now.
+    #[must_use]
+    pub fn from_now(self) -> Duration {
+        match self {
+            Self::Timeout(d) | Self::EndTime(d) => d,
+        }
+    }
+
+    /// The request's field.
+    #[must_use]
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::EndTime(_) => "end_time",
+        }
+    }
 }
 
 /// Which sandboxes `List` returns.

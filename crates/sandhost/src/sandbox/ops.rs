@@ -92,7 +92,7 @@ impl Manager {
         if let Some(labels) = &request.labels {
             validate::labels(labels)?;
         }
-        let timeout = request.timeout.map(|t| validate::timeout("timeout", t)).transpose()?;
+        let timeout = request.end.map(|end| validate::timeout(end.field(), end.from_now())).transpose()?;
         let mut table = self.lock();
         let entry = table.find(id)?;
         let key = entry.spec.key.clone();
@@ -228,7 +228,7 @@ impl Manager {
     }
 
     pub(crate) async fn delete_snapshot(&self, id: &str) -> Result<(), SandboxError> {
-        let snapshot = validate::snapshot_id("snapshot_id", id)?;
+        let snapshot = validate::snapshot_id("id", id)?;
         if !self.runtime.can_checkpoint() {
             return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "snapshots" });
         }
