@@ -60,6 +60,19 @@ impl NodeStatus {
         }
     }
 
+    /// The lowercase name used as a metric label value (every label value of sandhost's metrics is
+    /// lowercase).
+    #[must_use]
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Drained => "drained",
+            Self::Forcing => "forcing",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+
     /// Whether a node in this status admits new sandboxes.
     #[must_use]
     pub fn admits(self) -> bool {

@@ -361,7 +361,7 @@ async fn metrics_count_sandboxes_by_state_and_creates_by_result() {
     assert!(text.contains("sandhost_sandboxes{state=\"running\"} 1"), "{text}");
     assert!(text.contains("sandhost_sandbox_creates_total{result=\"started\"} 1"), "{text}");
     assert!(text.contains("sandhost_sandbox_creates_total{result=\"rejected\"} 1"), "{text}");
-    assert!(text.contains("sandhost_node_status{status=\"READY\"} 1"), "{text}");
+    assert!(text.contains("sandhost_node_status{status=\"ready\"} 1"), "{text}");
 }
 
 #[tokio::test(start_paused = true)]

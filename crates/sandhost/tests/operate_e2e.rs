@@ -260,7 +260,7 @@ fn metrics_pass_promtool_and_openmetrics_is_served_only_when_asked_for() {
         "sandhost_sandbox_exits_total{reason=\"timeout\"} 0",
         "sandhost_grpc_calls_total{service=\"sandhost.v1.SandboxService\",method=\"Create\",code=\"ok\"} 1",
         "sandhost_grpc_calls_total{service=\"sandhost.v1.SandboxService\",method=\"Create\",code=\"invalid_argument\"} 1",
-        "sandhost_node_status{status=\"READY\"} 1",
+        "sandhost_node_status{status=\"ready\"} 1",
         "sandhost_build_info{version=\"",
         "sandhost_drain_budget_seconds +Inf",
         "sandhost_supervisor_stop_timeout_seconds 30",

@@ -400,7 +400,7 @@ impl Metrics {
     fn set_status(&self, status: NodeStatus, changed_at: SystemTime) {
         for each in NodeStatus::ALL {
             self.node_status
-                .get_or_create(&StatusLabel { status: each.as_str() })
+                .get_or_create(&StatusLabel { status: each.as_label() })
                 .set(i64::from(each == status));
         }
         self.status_changed.set(unix_seconds(Some(changed_at)));
@@ -508,7 +508,7 @@ mod tests {
         metrics.count_create(CreateResult::Rejected(Rejection::NotAdmitting));
         register_process(&mut registry);
         let text = scrape(&registry);
-        assert!(text.contains("sandhost_node_status{status=\"READY\"} 1"), "{text}");
+        assert!(text.contains("sandhost_node_status{status=\"ready\"} 1"), "{text}");
         assert!(
             text.contains("sandhost_sandbox_create_rejections_total{reason=\"not_admitting\"} 1"),
             "{text}"
