@@ -160,7 +160,8 @@ type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let state_dir = StateDir::open(&config.state_dir)?;
-    let runtime = open_runtime(config.runtime, state_dir.path(), &config.cgroup_parent)?;
+    let runtime =
+        open_runtime(config.runtime, state_dir.path(), &config.cgroup_parent, config.log_max_bytes)?;
     let mut registry = Registry::default();
     let settings = NodeSettings {
         sandbox: config.sandbox.clone(),

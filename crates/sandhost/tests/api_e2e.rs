@@ -37,6 +37,7 @@ on_both_backends!(async:
     reflection_lists_the_services_for_stock_tools,
     an_oversized_request_is_refused_and_changes_nothing,
     a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included,
+    a_log_longer_than_its_bound_says_how_much_was_dropped,
 );
 
 /// The sandbox of `get --json` (the Get reply, in the proto3 JSON mapping).
@@ -335,6 +336,38 @@ async fn a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included(backend: B
     let done = serve.cli(&["wait", "filler"]);
     let log = ok(&serve.cli(&["logs", "filler"]));
     assert!(!log.contains("rc=0"), "256 MiB went into a sandbox of 64 MiB: {log} / {:?}", done.status);
+}
+
+async fn a_log_longer_than_its_bound_says_how_much_was_dropped(backend: Backend) {
+    let mut options = ServeOptions::on(backend.name());
+    options.env.push(("SANDHOST_LOG_MAX_BYTES".into(), "16k".into()));
+    let serve = Serve::start_with(options);
+    // 2000 lines of 61 bytes, 119 KiB, then a pause (gvisor trims its log every second) and a last
+    // line.
+    let script = "i=1000; while [ $i -lt 3000 ]; do \
+                  echo \"line $i ..................................................\"; i=$((i+1)); done; \
+                  sleep 3; echo last-line";
+    ok(&serve.cli(&["create", "--id", "chatty", "--", "sh", "-c", script]));
+    ok(&serve.cli(&["wait", "chatty"]));
+    let total = 2000 * 61 + "last-line\n".len() as u64;
+
+    let mut sandboxes = serve.sandboxes().await;
+    let request = pb::LogsRequest { id: "chatty".into(), follow: false };
+    let mut stream = sandboxes.logs(request).await.expect("logs").into_inner();
+    let (mut dropped, mut kept) = (0u64, Vec::new());
+    while let Some(reply) = stream.message().await.expect("a reply") {
+        dropped += reply.dropped_bytes;
+        kept.extend_from_slice(&reply.data);
+    }
+    assert!(dropped > 0, "a log of {total} bytes kept whole under a bound of 16 KiB");
+    assert_eq!(dropped + kept.len() as u64, total, "what was dropped and what was kept add up");
+    assert!(kept.ends_with(b"last-line\n"), "the newest bytes are kept");
+    assert!(kept.len() <= 64 << 10, "kept {} bytes", kept.len());
+
+    // The CLI prints what is kept and says, on stderr, that it is not the whole.
+    let cli = serve.cli(&["logs", "chatty"]);
+    assert!(stderr(&cli).contains(&format!("{dropped} bytes of this log were dropped")), "{}", stderr(&cli));
+    assert!(stdout(&cli).trim_end().ends_with("last-line"), "{}", stdout(&cli));
 }
 
 async fn with_a_token_every_call_needs_it(backend: Backend) {

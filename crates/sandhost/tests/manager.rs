@@ -305,13 +305,13 @@ async fn logs_stream_and_follow_until_exit() {
     let a = t.create("a", DrainPolicy::Wait).await;
     t.fake.write_log(&key(&a), b"hello ");
     let mut all = t.node.logs("a", false).expect("logs");
-    assert_eq!(all.next().await.expect("chunk").expect("bytes"), b"hello ");
+    assert_eq!(all.next().await.expect("chunk").expect("bytes").data, b"hello ");
     assert!(all.next().await.is_none(), "without follow the stream ends at the end of the log");
 
     let mut follow = t.node.logs("a", true).expect("logs");
-    assert_eq!(follow.next().await.expect("chunk").expect("bytes"), b"hello ");
+    assert_eq!(follow.next().await.expect("chunk").expect("bytes").data, b"hello ");
     t.fake.write_log(&key(&a), b"world");
-    assert_eq!(within("more", follow.next()).await.expect("chunk").expect("bytes"), b"world");
+    assert_eq!(within("more", follow.next()).await.expect("chunk").expect("bytes").data, b"world");
     t.fake.exit(&key(&a), Exit::Code(0));
     assert!(within("end", follow.next()).await.is_none(), "the stream ends when the sandbox exits");
 }

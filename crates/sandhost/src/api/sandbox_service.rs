@@ -164,8 +164,11 @@ impl SandboxService for SandboxApi {
         record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
         let logs = self.node.logs(&request.id, request.follow).map_err(|e| sandbox_error(&e))?;
-        let stream =
-            logs.map(|chunk| chunk.map(|data| pb::LogsResponse { data }).map_err(|e| sandbox_error(&e)));
+        let stream = logs.map(|piece| {
+            piece
+                .map(|piece| pb::LogsResponse { data: piece.data, dropped_bytes: piece.dropped })
+                .map_err(|e| sandbox_error(&e))
+        });
         let stream = until_shutdown(stream, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }

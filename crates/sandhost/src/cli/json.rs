@@ -271,7 +271,8 @@ mod tests {
         assert_eq!(value["progress"]["deadline"], "2023-11-14T22:13:20Z");
         assert!(!text.contains('\n'), "one line: {text}");
 
-        let logs = printer.line(&pb::LogsResponse { data: b"hi\n".to_vec() }).expect("renders");
+        let logs =
+            printer.line(&pb::LogsResponse { data: b"hi\n".to_vec(), dropped_bytes: 0 }).expect("renders");
         assert_eq!(logs, r#"{"data":"aGkK"}"#);
         assert_eq!(printer.pretty(&pb::DeleteSnapshotResponse {}).expect("renders"), "{}");
     }

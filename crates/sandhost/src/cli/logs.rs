@@ -50,7 +50,7 @@ pub(crate) async fn logs(client: &mut Client, args: &LogsArgs) -> Result<Outcome
     let mut skip = 0;
     if let Some(lines) = args.tail {
         let backlog = read_to_end(client, &args.id).await?;
-        sink.write(last_lines(&backlog, lines), SystemTime::now())?;
+        sink.write(last_lines(&backlog, lines), 0, SystemTime::now())?;
         if !args.follow {
             return Ok(Outcome::Done);
         }
@@ -59,9 +59,11 @@ pub(crate) async fn logs(client: &mut Client, args: &LogsArgs) -> Result<Outcome
     let request = pb::LogsRequest { id: args.id.clone(), follow: args.follow };
     let mut stream = client.sandboxes.logs(request).await?.into_inner();
     while let Some(chunk) = stream.message().await? {
+        // What --tail already printed is skipped, and so is what was dropped before it.
+        let dropped = if skip > 0 { 0 } else { chunk.dropped_bytes };
         let data = chunk.data.get(skip..).unwrap_or_default();
         skip = skip.saturating_sub(chunk.data.len());
-        sink.write(data, SystemTime::now())?;
+        sink.write(data, dropped, SystemTime::now())?;
     }
     Ok(Outcome::Done)
 }
@@ -114,17 +116,25 @@ impl Sink {
         })
     }
 
-    /// Writes `data`, received at `now`, and flushes it.
-    fn write(&mut self, data: &[u8], now: SystemTime) -> Result<(), ClientError> {
-        if data.is_empty() {
+    /// Writes `data`, received at `now` after `dropped` bytes the node no longer keeps, and flushes
+    /// it. What was dropped is said on stderr (in the reply, with `--json`): the output is never
+    /// passed off as the whole log.
+    fn write(&mut self, data: &[u8], dropped: u64, now: SystemTime) -> Result<(), ClientError> {
+        if data.is_empty() && dropped == 0 {
             return Ok(());
+        }
+        if dropped > 0 && !matches!(self, Self::Json(_)) {
+            eprintln!(
+                "sandhost: {dropped} bytes of this log were dropped before what follows (the node keeps the newest)"
+            );
         }
         let mut stdout = io::stdout().lock();
         match self {
             Self::Raw => stdout.write_all(data)?,
             Self::Stamped { at_line_start } => stamp_lines(&mut stdout, data, now, at_line_start)?,
             Self::Json(printer) => {
-                let line = printer.line(&pb::LogsResponse { data: data.to_vec() })?;
+                let reply = pb::LogsResponse { data: data.to_vec(), dropped_bytes: dropped };
+                let line = printer.line(&reply)?;
                 writeln!(stdout, "{line}")?;
             }
         }

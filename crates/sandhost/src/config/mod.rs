@@ -41,6 +41,13 @@ pub const DEFAULT_MEMORY_RESERVE: u64 = 1 << 30;
 /// reservation; above 1: sandboxes are expected to stay below their limits.
 pub const DEFAULT_MEMORY_OVERCOMMIT: f64 = 1.0;
 
+/// Bytes of each sandbox's log kept by default (the newest).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 1 << 20;
+/// The least a log may keep (two segments of a page each).
+pub const MIN_LOG_MAX_BYTES: u64 = 8 << 10;
+/// The most a log may keep.
+pub const MAX_LOG_MAX_BYTES: u64 = 1 << 30;
+
 /// Default SIGTERM-to-kill grace of a stop.
 pub const DEFAULT_STOP_GRACE: Duration = sandhost_runtime::DEFAULT_STOP_GRACE;
 
@@ -116,6 +123,10 @@ pub struct ServeArgs {
     /// limits may add up to; beyond it a Create is RESOURCE_EXHAUSTED [default: 1].
     #[arg(long, env = "SANDHOST_MEMORY_OVERCOMMIT")]
     pub memory_overcommit: Option<String>,
+    /// Bytes of each sandbox's log (stdout and stderr) the node keeps: the newest; a read says how
+    /// many came before [default: 1m].
+    #[arg(long, env = "SANDHOST_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<String>,
     /// The cgroup (in every hierarchy) under which sandboxes get their own.
     #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
@@ -186,6 +197,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// The parent cgroup of the sandboxes.
     pub cgroup_parent: String,
+    /// Bytes of each sandbox's log the node keeps (the newest).
+    pub log_max_bytes: u64,
     /// How long the supervisor waits after its SIGTERM before it kills the agent; `None`: unknown.
     pub supervisor_stop_timeout: Option<Duration>,
 }
@@ -504,7 +517,17 @@ impl ServeArgs {
                 )
             })
             .transpose()?;
+        let log_max_bytes = parsed(
+            "--log-max-bytes / SANDHOST_LOG_MAX_BYTES",
+            self.log_max_bytes.as_ref(),
+            DEFAULT_LOG_MAX_BYTES,
+            |text| match crate::cli::parse::size(text)? {
+                bytes if (MIN_LOG_MAX_BYTES..=MAX_LOG_MAX_BYTES).contains(&bytes) => Ok(bytes),
+                _ => Err(format!("expected a size from {MIN_LOG_MAX_BYTES} bytes to 1g")),
+            },
+        )?;
         Ok(ServeConfig {
+            log_max_bytes,
             cgroup_parent: self.cgroup_parent.clone(),
             supervisor_stop_timeout,
             listen,

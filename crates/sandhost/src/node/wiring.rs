@@ -100,8 +100,9 @@ impl Node {
     }
 }
 
-/// Opens the backend `kind` with its state under `state_dir` and its sandboxes' cgroups under
-/// `cgroup_parent`. The one place a backend is chosen by kind.
+/// Opens the backend `kind` with its state under `state_dir`, its sandboxes' cgroups under
+/// `cgroup_parent`, and `log_max_bytes` of each sandbox's log kept (its newest). The one place a
+/// backend is chosen by kind.
 ///
 /// # Errors
 ///
@@ -111,6 +112,7 @@ pub fn open_runtime(
     kind: RuntimeKind,
     state_dir: &Path,
     cgroup_parent: &str,
+    log_max_bytes: u64,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let sandhost = std::env::current_exe().context("finding the sandhost binary for the sandboxes")?;
     Ok(match kind {
@@ -118,6 +120,7 @@ pub fn open_runtime(
             let mut config =
                 sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), sandhost);
             cgroup_parent.clone_into(&mut config.cgroup_parent);
+            config.log_limit_bytes = log_max_bytes;
             Arc::new(
                 sandhost_runtime::process::ProcessRuntime::open(config)
                     .context("opening the process runtime")?,
@@ -127,6 +130,7 @@ pub fn open_runtime(
             let mut config = sandhost_runtime::gvisor::GvisorConfig::new(state_dir.join("runtime-gvisor"));
             cgroup_parent.clone_into(&mut config.cgroup_parent);
             config.exit_recorder = Some(sandhost);
+            config.log_limit_bytes = log_max_bytes;
             Arc::new(
                 sandhost_runtime::gvisor::GvisorRuntime::open(config)
                     .context("opening the gvisor runtime")?,

@@ -10,8 +10,18 @@ use sandhost_runtime::{Exit, LifecycleId, Limits, SandboxId, SnapshotId};
 
 use super::SandboxError;
 
-/// A stream of log bytes, from the start of the log (see `Logs`).
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, SandboxError>> + Send>>;
+/// A stream of log pieces, from the start of the log (see `Logs`).
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogPiece, SandboxError>> + Send>>;
+
+/// Bytes of a sandbox's log, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPiece {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Bytes of the log dropped just before these (the log keeps only its newest bytes): 0 unless
+    /// the reader was behind what is kept.
+    pub dropped: u64,
+}
 
 /// An amount of node resources.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 use futures::stream;
 use sandhost_runtime::{SandboxKey, SnapshotId, SnapshotInfo};
 
-use super::LogStream;
 use super::manager::{Manager, run_to_end};
 use super::stop::StopMode;
 use super::store::SandboxMeta;
 use super::{ExitReason, ListFilter, SandboxError, SandboxInfo, SandboxState, UpdateRequest, validate};
+use super::{LogPiece, LogStream};
 
 /// Bytes per log read.
 const LOG_CHUNK: usize = 64 * 1024;
@@ -140,13 +140,15 @@ impl Manager {
                 };
                 if !chunk.data.is_empty() {
                     let next = chunk.next_offset;
-                    return Some((Ok(chunk.data), (this, key, next, false)));
+                    let piece = LogPiece { data: chunk.data, dropped: chunk.dropped };
+                    return Some((Ok(piece), (this, key, next, false)));
                 }
                 if !follow || this.is_exited(&key) {
                     // One last read after the exit was seen catches what was written before it.
                     let last = this.runtime.read_logs(&key, chunk.next_offset, LOG_CHUNK).await.ok()?;
-                    return (!last.data.is_empty())
-                        .then(|| (Ok(last.data), (this, key, last.next_offset, true)));
+                    let piece = LogPiece { data: last.data, dropped: chunk.dropped + last.dropped };
+                    return (!piece.data.is_empty())
+                        .then(|| (Ok(piece), (this, key, last.next_offset, true)));
                 }
                 let grown = async {
                     if let Err(e) = this.runtime.log_grown(&key, chunk.next_offset).await {
