@@ -81,9 +81,8 @@ impl View {
         if spec.restore_from.is_some() {
             return Ok(());
         }
-        if let Some(cwd) = &spec.cwd
-            && self.kind_of(cwd) != Some(Kind::Dir)
-        {
+        if !self.has_cwd_of(spec) {
+            let cwd = spec.cwd.as_deref().unwrap_or(Path::new("/"));
             return Err(invalid("cwd", format!("{} is not a directory of the sandbox", cwd.display())));
         }
         let Some(command) = spec.argv.first() else { return Ok(()) };
@@ -113,6 +112,11 @@ impl View {
             }
             _ => Err(invalid("argv", format!("no {command:?} in the sandbox's PATH"))),
         }
+    }
+
+    /// Whether the spec's working directory (if it names one) is a directory of the view.
+    pub(crate) fn has_cwd_of(&self, spec: &SandboxSpec) -> bool {
+        spec.cwd.as_deref().is_none_or(|cwd| self.kind_of(cwd) == Some(Kind::Dir))
     }
 
     /// What `inside` (absolute, in the sandbox) is in the view, if anything.

@@ -84,7 +84,13 @@ impl GvisorRuntime {
 async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
     // runsc makes a missing working directory on the host, as root, before the root is read-only:
     // it must never be asked to. Checked again here: the directory may have gone since admission.
-    crate::view::View::of(spec, &inner.config.state_dir, &[]).check(spec)?;
+    if !crate::view::View::of(spec, &inner.config.state_dir, &[]).has_cwd_of(spec) {
+        return Err(StartError::Exec {
+            key: spec.key.clone(),
+            command: spec.argv.first().cloned().unwrap_or_default(),
+            reason: "the working directory does not exist in the sandbox".to_owned(),
+        });
+    }
     match &spec.restore_from {
         Some(snapshot) => snapshot::restore(inner, spec, snapshot).await,
         None => lifecycle::launch(inner, spec, Launch::Create).await,
