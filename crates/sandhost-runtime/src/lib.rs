@@ -15,7 +15,8 @@
 //!
 //! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
 //! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
-//! directories and atomic JSON files), `fswatch` (inotify, for logs and `cgroup.events`) and
+//! directories) and [`state_file`] (the one checked, atomic file format, which the agent uses for
+//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`) and
 //! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
 //!
 //! # Invariants every backend keeps
@@ -35,6 +36,7 @@ mod errors;
 mod fswatch;
 mod spec;
 mod state;
+pub mod state_file;
 
 #[cfg(feature = "test-util")]
 pub mod fake;

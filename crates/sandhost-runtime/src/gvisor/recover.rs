@@ -10,8 +10,8 @@ use super::paths::{self, read_container};
 use super::recorder;
 use super::sandbox::{ExitSource, Sandbox};
 use crate::cgroup::FreezerState;
-use crate::state;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
+use crate::{state, state_file};
 
 pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverError> {
     let root = state::sandboxes_dir(&inner.config.state_dir);
@@ -34,7 +34,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
             let dir = entry.path();
             adopt_legacy_log(&dir);
             let (Ok(Some(spec)), Ok(Some(cid))) =
-                (state::read_json::<SandboxSpec>(&dir, state::SPEC), read_container(&dir))
+                (state_file::read::<SandboxSpec>(&dir, state::SPEC), read_container(&dir))
             else {
                 continue; // cleaned up already: only its log is left
             };
@@ -63,9 +63,9 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                     // Recorded by the agent, or, if it ended while no agent ran, by its recorder.
                     let recorded = recorder::exit_file(&dir, &cid);
                     let exit: Option<Exit> =
-                        state::read_json(&dir, state::EXIT).ok().flatten().or_else(|| {
+                        state_file::read(&dir, state::EXIT).ok().flatten().or_else(|| {
                             let name = recorded.file_name()?.to_str()?;
-                            state::read_json(&dir, name).ok().flatten()
+                            state_file::read(&dir, name).ok().flatten()
                         });
                     inner.insert(Sandbox::exited(
                         key.clone(),

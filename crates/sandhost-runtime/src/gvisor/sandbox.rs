@@ -18,8 +18,8 @@ use tokio::process::Child;
 use super::paths;
 use super::runsc::Runsc;
 use crate::cgroup::Layout;
-use crate::state;
 use crate::{ControlError, Exit, SandboxKey, StopError};
+use crate::{state, state_file};
 
 /// How long a killed sandbox may take to stop before stop reports failure.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,7 +154,7 @@ impl Sandbox {
         if self.exit().is_some() {
             return;
         }
-        if let Err(e) = state::write_json(&self.dir, state::EXIT, &exit) {
+        if let Err(e) = state_file::write(&self.dir, state::EXIT, &exit) {
             tracing::warn!(sandbox.id = %self.key.id, error = %e, "recording the exit failed");
         }
         self.exit_tx.send_replace(Some(exit));

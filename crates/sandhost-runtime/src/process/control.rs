@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::sys::{self, ChildStatus};
 use super::{Inner, files};
 use crate::cgroup::{Cgroup, CgroupError};
-use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError, state};
+use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError, state, state_file};
 
 /// How long the processes of a killed sandbox may take to disappear before stop reports failure.
 pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,7 +164,7 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
     // Readable means exited (a zombie if it is our child): WNOHANG finds it. A re-adopted init is
     // not our child (ECHILD: someone else reaps it).
     let status = sys::waitid_pidfd(pidfd.as_fd(), false).ok().flatten();
-    let recorded = tokio::task::spawn_blocking(move || state::read_json::<Exit>(&dir, files::EXIT))
+    let recorded = tokio::task::spawn_blocking(move || state_file::read::<Exit>(&dir, files::EXIT))
         .await
         .ok()
         .and_then(Result::ok)

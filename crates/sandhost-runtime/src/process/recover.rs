@@ -16,8 +16,8 @@ use super::control::{KILL_TIMEOUT, Sandbox};
 use super::files::{self, InitRecord};
 use super::{Inner, sys};
 use crate::cgroup::Cgroup;
-use crate::state;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
+use crate::{state, state_file};
 
 pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, RecoverError> {
     let root = state::sandboxes_dir(&inner.config.state_dir);
@@ -53,7 +53,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
 
 async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
     let dir = state::sandbox_dir(&inner.config.state_dir, &key);
-    let spec = match state::read_json::<SandboxSpec>(&dir, files::SPEC) {
+    let spec = match state_file::read::<SandboxSpec>(&dir, files::SPEC) {
         Ok(Some(spec)) if spec.key == key => spec,
         Ok(_) => return None,
         Err(e) => {
@@ -61,7 +61,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             return None;
         }
     };
-    let record = state::read_json::<InitRecord>(&dir, files::INIT).ok().flatten();
+    let record = state_file::read::<InitRecord>(&dir, files::INIT).ok().flatten();
     let cgroup = match record.as_ref().and_then(|r| r.cgroup_parent.as_deref()) {
         Some(parent) if parent != inner.layout.parent() && super::is_valid_cgroup_parent(parent) => {
             inner.layout.with_parent(parent).cgroup(&super::cgroup_name(&key))
@@ -89,7 +89,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             Err(e) => tracing::warn!(error = %e, "cannot watch a re-adopted init; treating it as gone"),
         }
     }
-    let exit = state::read_json::<Exit>(&dir, files::EXIT).ok().flatten();
+    let exit = state_file::read::<Exit>(&dir, files::EXIT).ok().flatten();
     kill_and_remove(&cgroup).await;
     if let Err(e) = files::remove_state_files(&dir) {
         tracing::warn!(sandbox.id = %key.id, error = %e, "cleanup of an exited sandbox's state failed");

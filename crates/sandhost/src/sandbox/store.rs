@@ -1,6 +1,7 @@
 //! What the manager keeps about each live sandbox beyond the runtime's spec (labels, end time, drain
 //! policy, template name), one JSON file per sandbox, so a restarted agent re-adopts sandboxes with
-//! everything the API reported about them. Writes are atomic (temp file + rename).
+//! everything the API reported about them. The files are state files
+//! (`sandhost_runtime::state_file`): written atomically and durably, checked when read.
 //!
 //! The files are a few hundred bytes on the state dir's local disk: they are written with plain
 //! `std::fs` calls, which cost less than a hop to tokio's blocking pool.
@@ -10,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use sandhost_runtime::{LifecycleId, SandboxId, SandboxKey};
+use sandhost_runtime::{LifecycleId, SandboxId, SandboxKey, state_file};
 use serde::{Deserialize, Serialize};
 
 use super::{DrainPolicy, SandboxInfo};
@@ -60,6 +61,12 @@ mod policy {
     }
 }
 
+/// The file of `key`. Ids are [a-z0-9][a-z0-9-]* and lifecycles hex: the name cannot leave the
+/// directory. Keyed by lifecycle, so removing one lifecycle's file never races the next one's.
+fn file_name(key: &SandboxKey) -> String {
+    format!("{}.{}.json", key.id, key.lifecycle)
+}
+
 /// The directory of [`SandboxMeta`] files.
 #[derive(Debug)]
 pub(crate) struct MetaStore {
@@ -72,23 +79,17 @@ impl MetaStore {
     }
 
     fn path(&self, key: &SandboxKey) -> PathBuf {
-        // Ids are [a-z0-9][a-z0-9-]* and lifecycles hex: the name cannot leave the directory. Keyed
-        // by lifecycle, so removing one lifecycle's file never races the next lifecycle's.
-        self.dir.join(format!("{}.{}.json", key.id, key.lifecycle))
+        self.dir.join(file_name(key))
     }
 
     pub(crate) fn save(&self, meta: &SandboxMeta) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        let path = self.path(&SandboxKey { id: meta.id.clone(), lifecycle: meta.lifecycle.clone() });
-        let temp = path.with_extension("json.tmp");
-        std::fs::write(&temp, json)?;
-        std::fs::rename(&temp, &path)
+        let key = SandboxKey { id: meta.id.clone(), lifecycle: meta.lifecycle.clone() };
+        state_file::write(&self.dir, &file_name(&key), meta)
     }
 
     pub(crate) fn load(&self, key: &SandboxKey) -> Option<SandboxMeta> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        state_file::read_path(&self.path(key)).ok().flatten()
     }
 
     /// Removes every file that belongs to none of `live` (left by an agent that died between a
