@@ -90,15 +90,25 @@ pub struct Started {
     pub started_at: SystemTime,
 }
 
-/// A sandbox found by [`Runtime::recover`] in the state dir of an earlier agent.
+/// A sandbox found by [`Runtime::recover`] in the state dir (or the cgroups) of an earlier agent.
 #[derive(Debug, Clone)]
 pub struct Recovered {
-    /// Its spec as it was started.
+    /// Its spec as it was started; only its key when `lost` says the spec was.
     pub spec: SandboxSpec,
-    /// When it started.
+    /// When it started (when the spec is lost: when its oldest process started).
     pub started_at: SystemTime,
     /// Whether it still runs.
     pub state: RecoveredState,
+    /// What could not be read of it, and what was done instead; empty when nothing was lost.
+    pub lost: Vec<Lost>,
+}
+
+impl Recovered {
+    /// A sandbox found whole: nothing lost.
+    #[must_use]
+    pub fn new(spec: SandboxSpec, started_at: SystemTime, state: RecoveredState) -> Self {
+        Self { spec, started_at, state, lost: Vec::new() }
+    }
 }
 
 /// The state of a [`Recovered`] sandbox.
@@ -111,6 +121,25 @@ pub enum RecoveredState {
     },
     /// Its init is gone; the exit it recorded, if it recorded one. Its leftovers were cleaned up.
     Exited(Option<Exit>),
+    /// It had ended and been cleaned up by the earlier agent: only its log is left, until
+    /// [`Runtime::forget`]. Only the spec's key is known.
+    CleanedUp,
+}
+
+/// What [`Runtime::recover`] could not read of a sandbox, and what it did instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// Its state files were damaged or missing (the message says which, and why): it was adopted
+    /// from what was left (its init, or only its cgroup); what the lost files held (its command,
+    /// limits and grace; with only its cgroup, its exit) is unknown.
+    State(String),
+    /// Not a sandbox: a cgroup under the parent whose name is no sandbox's. Its processes were
+    /// killed and the cgroup removed (state [`RecoveredState::Exited`]); the key is made up from
+    /// the name (`unidentified-<crc>`), so that the kill can be recorded.
+    Unidentified {
+        /// The cgroup's name under the parent.
+        cgroup: String,
+    },
 }
 
 /// A piece of a sandbox's combined stdout and stderr.
@@ -220,7 +249,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     async fn forget(&self, key: &SandboxKey) -> Result<(), CleanupError>;
 
     /// Finds the sandboxes an earlier agent left in the state dir: re-adopts those whose init still
-    /// runs, and cleans up the others (keeping their recorded exit).
+    /// runs, and cleans up the others (keeping their recorded exit). Then every cgroup under the
+    /// parent that holds processes is either one of those, or adopted from its name (a sandbox
+    /// whose state files are damaged or missing: see [`Lost::State`]), or, if its name is no
+    /// sandbox's, killed and reported ([`Lost::Unidentified`]). Lifecycles of which only the log
+    /// is left are reported [`RecoveredState::CleanedUp`], so that none is kept forever.
     ///
     /// # Errors
     ///

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::admission::NodeStatus;
 use crate::drain::DrainProgress;
-use crate::sandbox::{ExitReason, SandboxState};
+use crate::sandbox::{ConditionKind, ExitReason, SandboxState};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -29,6 +29,11 @@ struct ResultLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabel {
+    condition: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +69,7 @@ pub struct Metrics {
     drain_policy_stopped: Gauge,
     drain_checkpointed: Gauge,
     interrupted_shutdown: Gauge,
+    degraded: Family<ConditionLabel, Gauge>,
 }
 
 impl Metrics {
@@ -84,6 +90,7 @@ impl Metrics {
             drain_policy_stopped: Gauge::default(),
             drain_checkpointed: Gauge::default(),
             interrupted_shutdown: Gauge::default(),
+            degraded: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("sandhost");
         r.register("sandboxes", "Sandboxes by state", metrics.sandboxes.clone());
@@ -136,6 +143,14 @@ impl Metrics {
             "1 when the previous agent's shutdown was cut short before its drain ended",
             metrics.interrupted_shutdown.clone(),
         );
+        r.register(
+            "degraded_sandboxes",
+            "Sandboxes held (live, or exited within the retention) that were recovered with something lost, by condition",
+            metrics.degraded.clone(),
+        );
+        for condition in ConditionKind::ALL {
+            metrics.set_degraded(condition, 0);
+        }
         for state in SandboxState::ALL {
             metrics.sandboxes.get_or_create(&StateLabel { state: state.as_str().into() }).set(0);
         }
@@ -145,6 +160,12 @@ impl Metrics {
     /// Sets the number of sandboxes in `state`.
     pub fn set_sandboxes(&self, state: SandboxState, count: u64) {
         self.sandboxes.get_or_create(&StateLabel { state: state.as_str().into() }).set(gauge_value(count));
+    }
+
+    /// Sets the number of sandboxes held with `condition`.
+    pub fn set_degraded(&self, condition: ConditionKind, count: u64) {
+        let label = ConditionLabel { condition: condition.as_str().into() };
+        self.degraded.get_or_create(&label).set(gauge_value(count));
     }
 
     /// Counts one Create by its result.

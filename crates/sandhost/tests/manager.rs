@@ -330,16 +330,16 @@ async fn recovery_adopts_running_sandboxes_and_records_the_ones_that_ended() {
         )
     };
     fake.seed_recovered(vec![
-        Recovered {
-            spec: spec("alive", "a1"),
-            started_at: std::time::SystemTime::now(),
-            state: RecoveredState::Running { paused: true },
-        },
-        Recovered {
-            spec: spec("gone", "b2"),
-            started_at: std::time::SystemTime::now(),
-            state: RecoveredState::Exited(Some(Exit::Code(7))),
-        },
+        Recovered::new(
+            spec("alive", "a1"),
+            std::time::SystemTime::now(),
+            RecoveredState::Running { paused: true },
+        ),
+        Recovered::new(
+            spec("gone", "b2"),
+            std::time::SystemTime::now(),
+            RecoveredState::Exited(Some(Exit::Code(7))),
+        ),
     ]);
     let t = TestNode::with(fake, SandboxConfig::default());
     assert_eq!(t.manager.recover().await.expect("recover"), 1);

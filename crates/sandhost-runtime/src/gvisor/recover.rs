@@ -79,7 +79,7 @@ pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverErro
                     RecoveredState::Exited(exit)
                 }
             };
-            found.push(Recovered { spec, started_at, state });
+            found.push(Recovered::new(spec, started_at, state));
         }
     }
     match inner.runsc.list().await {

@@ -80,11 +80,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
             Ok(sandbox) => {
                 inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), sandbox);
                 tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, pid = record.pid, "re-adopted a running sandbox");
-                return Some(Recovered {
-                    spec,
-                    started_at: record.started_at(),
-                    state: RecoveredState::Running { paused },
-                });
+                return Some(Recovered::new(spec, record.started_at(), RecoveredState::Running { paused }));
             }
             Err(e) => tracing::warn!(error = %e, "cannot watch a re-adopted init; treating it as gone"),
         }
@@ -96,7 +92,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Option<Recovered> {
     }
     let sandbox = Sandbox::exited(key.clone(), cgroup, exit.unwrap_or(Exit::Signal(libc::SIGKILL)));
     inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner).insert(key, sandbox);
-    Some(Recovered { spec, started_at: record.started_at(), state: RecoveredState::Exited(exit) })
+    Some(Recovered::new(spec, record.started_at(), RecoveredState::Exited(exit)))
 }
 
 /// A pidfd for the recorded init if the pid still names the same process.

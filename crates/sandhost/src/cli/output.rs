@@ -187,7 +187,13 @@ pub(crate) fn sandbox_json(sandbox: &pb::Sandbox) -> Value {
         "exited_at": rfc3339(sandbox.exited_at.as_ref()),
         "exit": sandbox.exit.as_ref().map(exit_json),
         "restored_from": (!sandbox.restored_from.is_empty()).then_some(&sandbox.restored_from),
+        "conditions": sandbox.conditions.iter().map(|c| json!({"type": condition_name(c.r#type()), "message": c.message})).collect::<Vec<_>>(),
     })
+}
+
+/// `runtime_state_lost`, `metadata_lost`, `unidentified`; and for people, one `type: message` each.
+pub(crate) fn condition_name(kind: pb::SandboxConditionType) -> String {
+    short_name(kind.as_str_name(), "SANDBOX_CONDITION_TYPE_")
 }
 
 pub(crate) fn snapshot_json(snapshot: &pb::Snapshot) -> Value {

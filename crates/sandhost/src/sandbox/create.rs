@@ -253,6 +253,7 @@ impl Manager {
                 exited_at: None,
                 exit: None,
                 restored_from: restore_from,
+                conditions: Vec::new(),
             },
         })
     }

@@ -6,8 +6,9 @@
 //! - Each live lifecycle has exactly one supervisor task, the only code that moves a started
 //!   sandbox to `Exited`: after its command has exited and its cleanup has run. So "live = 0"
 //!   means nothing of ours is left on the host.
-//! - An exited sandbox stays readable for the retention period, then is forgotten, with the
-//!   runtime's last files.
+//! - An exited sandbox stays readable for the retention period, counted from its exit, then is
+//!   forgotten, with the runtime's last files. Its exit is persisted (`store.rs`), so a restart
+//!   within the retention shows it again (`recover.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::manager::Manager;
 use super::stop::StopMode;
+use super::store::SandboxMeta;
 use super::{ExitInfo, ExitReason, SandboxState};
 
 impl Manager {
@@ -65,33 +67,54 @@ impl Manager {
         self.finish(&key, ExitInfo { exit, reason, message }).await;
     }
 
-    /// Records an exit, and forgets the sandbox after the retention period.
+    /// Records an exit (in the table, then in the store, so that it survives a restart), and
+    /// forgets the sandbox when its retention ends.
     pub(super) async fn finish(self: &Arc<Self>, key: &SandboxKey, exit: ExitInfo) {
         let reason = exit.reason;
-        {
+        let exited_at = SystemTime::now();
+        let info = {
             let mut table = self.lock();
             if let Some(entry) = table.entry_mut(key) {
                 entry.info.exit = Some(exit);
-                entry.info.exited_at = Some(SystemTime::now());
+                entry.info.exited_at = Some(exited_at);
             }
             if table.transition(key, SandboxState::Exited).is_err() {
                 return;
             }
-        }
+            table.entry(key).map(|e| e.info.clone())
+        };
         self.metrics.count_exit(reason);
         // Off the exit's critical path: the drain already saw this sandbox leave.
-        if let Err(error) = self.store.remove(key) {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove sandbox metadata");
+        if let Some(info) = info
+            && let Err(error) = self.store.save(&SandboxMeta::from_entry(&info))
+        {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist the sandbox's exit");
         }
+        self.forget_after_retention(key.clone(), exited_at);
+    }
+
+    /// Forgets a lifecycle that exited at `exited_at` once its retention has passed (counted from
+    /// the exit, so a restart does not extend it).
+    pub(super) fn forget_after_retention(self: &Arc<Self>, key: SandboxKey, exited_at: SystemTime) {
         let this = Arc::clone(self);
-        let key = key.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(this.config.retention).await;
-            let removed = this.lock().remove_exited(&key);
-            if removed && let Err(error) = this.runtime.forget(&key).await {
-                tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's last files");
-            }
+            tokio::time::sleep(this.retention_left(exited_at)).await;
+            this.forget(&key).await;
         });
+    }
+
+    /// Removes an exited lifecycle: from the table (unless a later lifecycle of its id replaced
+    /// it), the runtime's last files (its log), then its record. A failure keeps the record, so
+    /// that the next agent tries again.
+    pub(super) async fn forget(&self, key: &SandboxKey) {
+        self.lock().remove_exited(key);
+        if let Err(error) = self.runtime.forget(key).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's last files");
+            return;
+        }
+        if let Err(error) = self.store.remove(key) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's record");
+        }
     }
 
     pub(super) async fn wait_exited(&self, key: &SandboxKey) {
