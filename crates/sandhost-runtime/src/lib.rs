@@ -34,6 +34,8 @@ mod background;
 mod cgroup;
 mod errors;
 mod fswatch;
+mod procfs;
+mod recovery;
 mod spec;
 mod state;
 pub mod state_file;

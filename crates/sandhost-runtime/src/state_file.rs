@@ -175,7 +175,7 @@ pub fn read_path<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateFil
 }
 
 /// CRC-32C (Castagnoli), as iSCSI, ext4 and btrfs check their metadata with.
-fn crc32c(bytes: &[u8]) -> u32 {
+pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
         let mut i = 0;

@@ -174,6 +174,22 @@ impl Layout {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The names of the cgroups under the parent, in any hierarchy, each once, sorted: what a
+    /// recovery checks against the sandboxes it found.
+    pub(crate) fn children(&self) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for root in &self.hierarchies {
+            for entry in fs::read_dir(root.join(&self.parent)).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir())
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
     /// One line for the startup log.
     pub(crate) fn describe(&self) -> String {
         let place = |c: Controller| match self.controller_root(c) {
@@ -400,6 +416,7 @@ mod tests {
         assert!(matches!(&cg.freezer, Some(Freezer::V1(d)) if d.starts_with(tmp.path().join("freezer"))));
         assert_eq!(cg.kill_file, None);
         assert!(layout.find("box.ab.1").dirs.is_empty(), "a cgroup nobody made has no directory");
+        assert_eq!(layout.children(), ["box.ab.0"], "each name once, whatever the hierarchies");
 
         // Only on v2, with the kernel's freeze and kill files.
         let v2 = tmp.path().join("unified/sh/box.cd.0");

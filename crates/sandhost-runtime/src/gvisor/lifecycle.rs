@@ -154,7 +154,7 @@ fn is_exec_failure(error: &io::Error) -> bool {
 }
 
 /// Removes everything of a failed start: the container, its cgroups, the lifecycle's files.
-async fn discard(inner: &Inner, cid: &str, dir: &Path) {
+pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     if let Err(e) = inner.runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
@@ -190,7 +190,14 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
         }
         None => match read_container(&dir) {
             Ok(Some(cid)) => cid,
-            _ => return Ok(()),
+            // No container is named (none was made, or its name was lost): only the files.
+            _ => {
+                return remove_state_files(&dir).map_err(|(what, source)| CleanupError::Host {
+                    key: key.clone(),
+                    what,
+                    source,
+                });
+            }
         },
     };
     let host = |what, source| CleanupError::Host { key: key.clone(), what, source };

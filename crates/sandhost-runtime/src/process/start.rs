@@ -121,7 +121,7 @@ async fn run_steps(
     let pidfd = init.pidfd.try_clone();
     guard.made().init = Some(init.pidfd);
     let pidfd = pidfd.map_err(host("watch init"))?;
-    let start_time = files::proc_start_time(pid).map_err(host("read init start time"))?;
+    let start_time = crate::procfs::start_ticks(pid).map_err(host("read init start time"))?;
     let record = files::InitRecord {
         cgroup_parent: Some(inner.layout.parent().to_owned()),
         pid,
