@@ -16,6 +16,7 @@ on_both_backends!(async:
     sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted,
     an_agent_with_another_cgroup_parent_still_finds_the_sandboxes,
     sandboxes_whose_state_is_damaged_are_adopted_and_an_unidentified_cgroup_is_killed,
+    a_lifecycle_of_which_only_the_log_is_left_is_reported_so_that_it_can_be_forgotten,
 );
 
 async fn a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones(backend: Backend) {
@@ -229,5 +230,28 @@ async fn sandboxes_whose_state_is_damaged_are_adopted_and_an_unidentified_cgroup
         assert!(t.cgroup_pids(&spec.key).is_empty(), "{}", spec.key);
         runtime.forget(&spec.key).await.expect("forget");
     }
+    t.assert_clean();
+}
+
+async fn a_lifecycle_of_which_only_the_log_is_left_is_reported_so_that_it_can_be_forgotten(backend: Backend) {
+    use sandhost_runtime::RecoveredState;
+    let t = TestEnv::on(backend);
+    let spec = t.sh("echo bye");
+    let old = t.reopen();
+    old.start(&spec).await.expect("start");
+    assert_eq!(old.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    // The earlier agent cleaned it up and died before its retention ended: only the log is left.
+    old.cleanup(&spec.key).await.expect("cleanup");
+    drop(old);
+    let dir = t.state_dir.join("sandboxes").join(spec.key.id.as_str());
+    assert!(dir.exists(), "its log is kept until forget");
+
+    let runtime = t.reopen();
+    let found = runtime.recover().await.expect("recover");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((&found[0].spec.key, found[0].state), (&spec.key, RecoveredState::CleanedUp));
+    assert_eq!(t.log(&spec.key).await, "bye\n", "its log is still read");
+    runtime.forget(&spec.key).await.expect("forget");
+    assert!(!dir.exists(), "forget removes the last of it");
     t.assert_clean();
 }
