@@ -3,10 +3,12 @@
 //! whose name is no sandbox's (killed, removed, reported). Each backend walks its own state files
 //! and names its own cgroups; this is the floor under both.
 
+use std::path::Path;
 use std::time::SystemTime;
 
 use crate::cgroup::{Cgroup, Layout};
-use crate::state_file::StateFileError;
+use crate::state;
+use crate::state_file::{self, StateFileError};
 use crate::{LifecycleId, Lost, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
 
 /// Why a state file could not be read, for people.
@@ -14,6 +16,17 @@ pub(crate) fn unreadable(e: &StateFileError) -> String {
     match e {
         StateFileError::Damaged { path, reason } => format!("{} is damaged ({reason})", path.display()),
         StateFileError::Read { path, source } => format!("{} could not be read ({source})", path.display()),
+    }
+}
+
+/// The spec of lifecycle `key` in `dir`: `Ok(None)` if it is missing, `Err` (why, for people) if
+/// it is damaged or names another sandbox.
+pub(crate) fn read_spec(dir: &Path, key: &SandboxKey) -> Result<Option<SandboxSpec>, String> {
+    match state_file::read::<SandboxSpec>(dir, state::SPEC) {
+        Ok(Some(spec)) if spec.key == *key => Ok(Some(spec)),
+        Ok(Some(_)) => Err(format!("{} names another sandbox", dir.join(state::SPEC).display())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(unreadable(&e)),
     }
 }
 

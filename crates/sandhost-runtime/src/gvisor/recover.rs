@@ -18,9 +18,7 @@ use super::paths::{self, read_container};
 use super::recorder;
 use super::sandbox::{ExitSource, Sandbox};
 use crate::cgroup::FreezerState;
-use crate::{
-    Exit, LifecycleId, Lost, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec,
-};
+use crate::{Exit, LifecycleId, Lost, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey};
 use crate::{recovery, state, state_file};
 
 pub(super) async fn recover(inner: &Inner) -> Result<Vec<Recovered>, RecoverError> {
@@ -84,18 +82,10 @@ enum Outcome {
 async fn recover_one(inner: &Inner, key: SandboxKey, dir: PathBuf) -> Outcome {
     // What was lost, for people.
     let mut lost: Vec<String> = Vec::new();
-    let spec = match state_file::read::<SandboxSpec>(&dir, state::SPEC) {
-        Ok(Some(spec)) if spec.key == key => Some(spec),
-        Ok(Some(_)) => {
-            lost.push(format!("{} names another sandbox", dir.join(state::SPEC).display()));
-            None
-        }
-        Ok(None) => None,
-        Err(e) => {
-            lost.push(recovery::unreadable(&e));
-            None
-        }
-    };
+    let spec = recovery::read_spec(&dir, &key).unwrap_or_else(|why| {
+        lost.push(why);
+        None
+    });
     let cid = match read_container(&dir) {
         Ok(cid) => cid,
         Err(e) => {

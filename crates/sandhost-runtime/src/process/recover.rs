@@ -27,7 +27,7 @@ use super::control::{KILL_TIMEOUT, Sandbox};
 use super::files::{self, InitRecord};
 use super::{Inner, sys};
 use crate::cgroup::Cgroup;
-use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey, SandboxSpec};
+use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey};
 use crate::{recovery, state, state_file};
 
 pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, RecoverError> {
@@ -81,19 +81,15 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Outcome {
     let dir = state::sandbox_dir(&inner.config.state_dir, &key);
     // What was lost, for people.
     let mut lost: Vec<String> = Vec::new();
-    let spec = match state_file::read::<SandboxSpec>(&dir, files::SPEC) {
-        Ok(Some(spec)) if spec.key == key => Some(spec),
-        Ok(Some(_)) => {
-            lost.push(format!("{} names another sandbox", dir.join(files::SPEC).display()));
-            None
-        }
+    let spec = match recovery::read_spec(&dir, &key) {
+        Ok(Some(spec)) => Some(spec),
         Ok(None) if inner.cgroup(&key).is_populated() => {
             lost.push(format!("{} is missing", dir.join(files::SPEC).display()));
             None
         }
         Ok(None) => return Outcome::Found(Box::new(recovery::cleaned_up(key))),
-        Err(e) => {
-            lost.push(recovery::unreadable(&e));
+        Err(why) => {
+            lost.push(why);
             None
         }
     };
