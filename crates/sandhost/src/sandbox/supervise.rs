@@ -7,8 +7,8 @@
 //!   sandbox to `Exited`: after its command has exited and its cleanup has run. So "live = 0"
 //!   means nothing of ours is left on the host.
 //! - An exited sandbox stays readable for the retention period, counted from its exit, then is
-//!   forgotten, with the runtime's last files. Its exit is persisted (`store.rs`), so a restart
-//!   within the retention shows it again (`recover.rs`).
+//!   forgotten, with the runtime's last files. Its exit is persisted (`store.rs`) before it is
+//!   visible, so an exit anyone saw survives a restart within the retention (`recover.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,12 +67,25 @@ impl Manager {
         self.finish(&key, ExitInfo { exit, reason, message }).await;
     }
 
-    /// Records an exit (in the table, then in the store, so that it survives a restart), and
-    /// forgets the sandbox when its retention ends.
+    /// Records an exit: first in the store (durably: a restart shows it, see `recover.rs`), then
+    /// in the table, where `Wait`, the drain and the API see it; then forgets the sandbox when its
+    /// retention ends.
     pub(super) async fn finish(self: &Arc<Self>, key: &SandboxKey, exit: ExitInfo) {
         let reason = exit.reason;
         let exited_at = SystemTime::now();
-        let info = {
+        let Some(mut record) = self.lock().entry(key).map(|e| e.info.clone()) else {
+            return;
+        };
+        record.exit = Some(exit.clone());
+        record.exited_at = Some(exited_at);
+        // On the blocking pool: a durable write waits for the disk (two fsyncs).
+        let this = Arc::clone(self);
+        let saved =
+            tokio::task::spawn_blocking(move || this.store.save(&SandboxMeta::from_entry(&record))).await;
+        if let Err(error) = saved.map_err(std::io::Error::other).and_then(|saved| saved) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist the sandbox's exit");
+        }
+        {
             let mut table = self.lock();
             if let Some(entry) = table.entry_mut(key) {
                 entry.info.exit = Some(exit);
@@ -81,15 +94,8 @@ impl Manager {
             if table.transition(key, SandboxState::Exited).is_err() {
                 return;
             }
-            table.entry(key).map(|e| e.info.clone())
-        };
-        self.metrics.count_exit(reason);
-        // Off the exit's critical path: the drain already saw this sandbox leave.
-        if let Some(info) = info
-            && let Err(error) = self.store.save(&SandboxMeta::from_entry(&info))
-        {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist the sandbox's exit");
         }
+        self.metrics.count_exit(reason);
         self.forget_after_retention(key.clone(), exited_at);
     }
 
