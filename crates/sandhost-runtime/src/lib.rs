@@ -303,6 +303,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
+    /// How many processes of the sandbox the kernel's OOM killer killed (its memory cgroup's
+    /// `oom_kill` count), read after [`Runtime::wait`] returned and before [`Runtime::cleanup`];
+    /// `None` where the backend cannot tell (no memory controller, the cgroup already gone). The
+    /// default, for backends without cgroups, cannot.
+    fn oom_kills(&self, key: &SandboxKey) -> Option<u64> {
+        let _ = key;
+        None
+    }
+
     /// Waits until the work the backend does after a call has returned is done: the undoing of a
     /// start whose caller went away, and the slow delete of a container that a checkpoint-and-
     /// continue left (gvisor). The shutdown awaits it within its bound. Backends that do everything

@@ -433,3 +433,17 @@ async fn a_sandbox_killed_while_waiting_for_its_turn_is_not_started() {
     assert!(!t.fake.knows(&key));
     within("first", first).await.expect("task").expect("the running start is untouched");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_oom_kill_is_in_the_exit() {
+    let t = TestNode::new();
+    let hog = t.create("hog", DrainPolicy::Wait).await;
+    let fine = t.create("fine", DrainPolicy::Wait).await;
+    t.fake.set_oom_kills(&key(&hog), 1);
+    t.fake.exit(&key(&hog), Exit::Signal(libc::SIGKILL));
+    t.fake.exit(&key(&fine), Exit::Code(0));
+    let hog = within("exit", t.node.wait("hog")).await.expect("wait").exit.expect("exit");
+    assert_eq!((hog.exit, hog.oom_killed), (Some(Exit::Signal(libc::SIGKILL)), Some(true)));
+    let fine = within("exit", t.node.wait("fine")).await.expect("wait").exit.expect("exit");
+    assert_eq!(fine.oom_killed, Some(false));
+}

@@ -275,7 +275,8 @@ impl Layout {
     }
 
     /// The cgroup `<parent>/<name>` as another program made it: in every hierarchy where its
-    /// directory exists now. It has no limits of sandhost's (they are its maker's).
+    /// directory exists now. It has no limits of sandhost's (they are its maker's); its memory
+    /// controller's directory is known, to read its OOM kills.
     pub(crate) fn find(&self, name: &str) -> Cgroup {
         let dirs: Vec<PathBuf> =
             self.hierarchies.iter().map(|root| self.dir_of(root, name)).filter(|d| d.is_dir()).collect();
@@ -287,7 +288,12 @@ impl Layout {
             (None, _) => None,
         };
         let kill_file = v2.as_ref().map(|d| d.join("cgroup.kill")).filter(|f| f.exists());
-        Cgroup { has_v2: v2.is_some(), dirs, memory: None, cpu: None, pids: None, freezer, kill_file }
+        // Read only (its OOM kills): the limits are its maker's.
+        let memory = self
+            .controller_root(Controller::Memory)
+            .map(|(root, v2)| (self.dir_of(root, name), v2))
+            .filter(|(dir, _)| dirs.contains(dir));
+        Cgroup { has_v2: v2.is_some(), dirs, memory, cpu: None, pids: None, freezer, kill_file }
     }
 }
 

@@ -187,6 +187,16 @@ impl Cgroup {
         self.pids().map_or(true, |p| !p.is_empty())
     }
 
+    /// How many processes the kernel's OOM killer killed in the cgroup (its memory controller's
+    /// `oom_kill` count: v2 `memory.events`, v1 `memory.oom_control`); `None` without a memory
+    /// controller, or once the cgroup is gone.
+    pub(crate) fn oom_kills(&self) -> Option<u64> {
+        let (dir, v2) = self.memory.as_ref()?;
+        let file = if *v2 { "memory.events" } else { "memory.oom_control" };
+        let text = fs::read_to_string(dir.join(file)).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill "))?.trim().parse().ok()
+    }
+
     /// When the oldest process in the cgroup started (its init, for a sandbox), if one is left.
     pub(crate) fn started_at(&self) -> Option<SystemTime> {
         self.pids().ok()?.into_iter().filter_map(crate::procfs::started_at).min()
@@ -410,6 +420,21 @@ mod tests {
             freezer: Some(freezer),
             kill_file: None,
         }
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_version() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut cgroup = with_freezer(Freezer::V1(tmp.path().to_path_buf()));
+        assert_eq!(cgroup.oom_kills(), None, "no memory controller");
+        cgroup.memory = Some((tmp.path().to_path_buf(), false));
+        fs::write(tmp.path().join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+            .expect("write");
+        assert_eq!(cgroup.oom_kills(), Some(2));
+        cgroup.memory = Some((tmp.path().to_path_buf(), true));
+        fs::write(tmp.path().join("memory.events"), "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+            .expect("write");
+        assert_eq!(cgroup.oom_kills(), Some(1));
     }
 
     #[test]

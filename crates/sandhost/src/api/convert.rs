@@ -188,6 +188,7 @@ fn exit(info: ExitInfo) -> pb::SandboxExit {
         }),
         reason: exit_reason_to_proto(info.reason).into(),
         message: info.message.unwrap_or_default(),
+        oom_killed: info.oom_killed,
     }
 }
 
@@ -427,7 +428,12 @@ mod tests {
             started_at: Some(created),
             end_time: None,
             exited_at: Some(created + Duration::from_secs(1)),
-            exit: Some(ExitInfo { exit: Some(Exit::Signal(9)), reason: ExitReason::Killed, message: None }),
+            exit: Some(ExitInfo {
+                exit: Some(Exit::Signal(9)),
+                reason: ExitReason::Killed,
+                message: None,
+                oom_killed: Some(true),
+            }),
             restored_from: Some(SnapshotId::parse("snap").expect("id")),
             conditions: vec![Condition { kind: ConditionKind::MetadataLost, message: "lost".into() }],
         };
@@ -446,6 +452,7 @@ mod tests {
         let exit = proto.exit.expect("exit");
         assert_eq!(exit.status, Some(pb::sandbox_exit::Status::Signal(9)));
         assert_eq!(exit.reason(), pb::ExitReason::Killed);
+        assert_eq!(exit.oom_killed, Some(true));
         assert_eq!(proto.restored_from, "snap");
         assert_eq!(proto.conditions[0].r#type(), pb::SandboxConditionType::MetadataLost);
     }

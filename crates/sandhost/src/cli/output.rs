@@ -139,9 +139,12 @@ pub(crate) fn bytes(count: u64) -> String {
 /// How a sandbox ended, in a few words: `exited 0`, `killed (signal 9)`, `start_failed`.
 pub(crate) fn exit_summary(exit: &pb::SandboxExit) -> String {
     let reason = reason_name(exit.reason());
+    let oom_killed = exit.oom_killed == Some(true);
+    let oom = if oom_killed { ", OOM-killed" } else { "" };
     match exit.status {
-        Some(pb::sandbox_exit::Status::Code(code)) => format!("{reason} (code {code})"),
-        Some(pb::sandbox_exit::Status::Signal(signal)) => format!("{reason} (signal {signal})"),
+        Some(pb::sandbox_exit::Status::Code(code)) => format!("{reason} (code {code}{oom})"),
+        Some(pb::sandbox_exit::Status::Signal(signal)) => format!("{reason} (signal {signal}{oom})"),
+        None if oom_killed => format!("{reason} (OOM-killed)"),
         None => reason,
     }
 }
@@ -163,6 +166,7 @@ fn exit_json(exit: &pb::SandboxExit) -> Value {
         "signal": signal,
         "reason": reason_name(exit.reason()),
         "message": (!exit.message.is_empty()).then_some(&exit.message),
+        "oom_killed": exit.oom_killed,
     })
 }
 
@@ -296,7 +300,7 @@ mod tests {
             exit: Some(pb::SandboxExit {
                 status: Some(pb::sandbox_exit::Status::Code(3)),
                 reason: pb::ExitReason::Exited.into(),
-                message: String::new(),
+                ..Default::default()
             }),
             created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
             ..Default::default()

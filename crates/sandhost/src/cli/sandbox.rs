@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn wait_exits_with_the_sandbox_code() {
-        let exit = |status| pb::SandboxExit { status: Some(status), reason: 1, message: String::new() };
+        let exit = |status| pb::SandboxExit { status: Some(status), reason: 1, ..Default::default() };
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(0)))), 0);
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(42)))), 42);
         assert_eq!(exit_code_of(Some(&exit(pb::sandbox_exit::Status::Code(256 + 3)))), 3);

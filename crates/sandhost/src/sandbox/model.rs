@@ -212,6 +212,10 @@ pub struct ExitInfo {
     pub reason: ExitReason,
     /// More detail (the start error, the snapshot an evacuation produced, a stop failure).
     pub message: Option<String>,
+    /// Whether the kernel's OOM killer killed a process of it (its memory limit was reached): a
+    /// `Signal(9)` exit is then that kill, if the command itself was the one killed. `None` where
+    /// the backend cannot tell (see [`Runtime::oom_kills`](sandhost_runtime::Runtime::oom_kills)).
+    pub oom_killed: Option<bool>,
 }
 
 /// A request to create a sandbox, as it arrives from the API (not yet validated).

@@ -138,14 +138,22 @@ impl Manager {
                     Some(cgroup) => (ExitReason::Unidentified, unidentified_message(cgroup)),
                     None => (ExitReason::Exited, ended.to_owned()),
                 };
-                (SandboxState::Stopping, Then::Finish(ExitInfo { exit, reason, message: Some(message) }))
+                (
+                    SandboxState::Stopping,
+                    Then::Finish(ExitInfo { exit, reason, message: Some(message), oom_killed: None }),
+                )
             }
             RecoveredState::CleanedUp if meta.as_ref().is_some_and(|m| m.exited_at().is_some()) => {
                 (SandboxState::Exited, Then::Keep)
             }
             RecoveredState::CleanedUp => {
                 let message = format!("{ended}; its exit was not recorded");
-                let exit = ExitInfo { exit: None, reason: ExitReason::Exited, message: Some(message) };
+                let exit = ExitInfo {
+                    exit: None,
+                    reason: ExitReason::Exited,
+                    message: Some(message),
+                    oom_killed: None,
+                };
                 (SandboxState::Stopping, Then::Finish(exit))
             }
         };
@@ -189,6 +197,7 @@ impl Manager {
             exit: None,
             reason: ExitReason::Exited,
             message: Some("it ended while no agent was running; its exit is unknown".to_owned()),
+            oom_killed: None,
         };
         match record {
             Ok(meta) => match meta.exited_at() {

@@ -64,6 +64,8 @@ struct StoredExit {
     exit: Option<Exit>,
     reason: String,
     message: Option<String>,
+    #[serde(default)]
+    oom_killed: Option<bool>,
 }
 
 impl SandboxMeta {
@@ -91,6 +93,7 @@ impl SandboxMeta {
                     exit: exit.exit,
                     reason: exit.reason.as_str().to_owned(),
                     message: exit.message.clone(),
+                    oom_killed: exit.oom_killed,
                 }),
                 _ => None,
             },
@@ -126,6 +129,7 @@ impl SandboxMeta {
                 exit: e.exit,
                 reason: ExitReason::from_name(&e.reason).unwrap_or(ExitReason::Exited),
                 message: e.message.clone(),
+                oom_killed: e.oom_killed,
             }),
             restored_from: self.restored_from.clone(),
             conditions: self
@@ -242,7 +246,12 @@ mod tests {
             started_at: Some(at),
             end_time: Some(at),
             exited_at: Some(at),
-            exit: Some(ExitInfo { exit: Some(Exit::Code(3)), reason: ExitReason::Timeout, message: None }),
+            exit: Some(ExitInfo {
+                exit: Some(Exit::Signal(9)),
+                reason: ExitReason::Timeout,
+                message: None,
+                oom_killed: Some(true),
+            }),
             restored_from: None,
             conditions: vec![Condition { kind: ConditionKind::MetadataLost, message: "lost".into() }],
         };

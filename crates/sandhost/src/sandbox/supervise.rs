@@ -48,6 +48,8 @@ impl Manager {
                 () = changed => {}
             }
         };
+        // Read before the cleanup removes the cgroup that counts them.
+        let oom_killed = self.runtime.oom_kills(&key).map(|kills| kills > 0);
         let exit = match exit {
             Ok(exit) => Some(exit),
             Err(error) => {
@@ -64,7 +66,10 @@ impl Manager {
             let table = self.lock();
             table.entry(&key).and_then(|e| e.stop_reason).unwrap_or(ExitReason::Exited)
         };
-        self.finish(&key, ExitInfo { exit, reason, message }).await;
+        if oom_killed == Some(true) {
+            tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "the kernel's OOM killer killed a process of the sandbox");
+        }
+        self.finish(&key, ExitInfo { exit, reason, message, oom_killed }).await;
     }
 
     /// Records an exit: first in the store (durably: a restart shows it, see `recover.rs`), then
