@@ -200,6 +200,7 @@ struct State {
     held_starts: usize,
     recoverable: Vec<Recovered>,
     snapshots: Vec<SnapshotInfo>,
+    oom_kills: HashMap<SandboxKey, u64>,
 }
 
 #[derive(Debug)]
@@ -364,6 +365,12 @@ impl FakeRuntime {
     /// Sets how the sandbox `key` (started already or later) reacts to [`Runtime::stop`].
     pub fn on_stop(&self, key: &SandboxKey, behaviour: StopBehaviour) {
         self.lock().stop_behaviours.insert(key.clone(), behaviour);
+    }
+
+    /// Sets what [`Runtime::oom_kills`] says of `key`: the OOM killer killed `count` of its
+    /// processes.
+    pub fn set_oom_kills(&self, key: &SandboxKey, count: u64) {
+        self.lock().oom_kills.insert(key.clone(), count);
     }
 
     /// Sets what [`Runtime::recover`] finds. The `Running` ones become live sandboxes of this fake

@@ -15,7 +15,8 @@
 //!
 //! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
 //! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
-//! directories and atomic JSON files), `fswatch` (inotify, for logs and `cgroup.events`) and
+//! directories) and [`state_file`] (the one checked, atomic file format, which the agent uses for
+//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`) and
 //! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
 //!
 //! # Invariants every backend keeps
@@ -33,8 +34,11 @@ mod background;
 mod cgroup;
 mod errors;
 mod fswatch;
+mod procfs;
+mod recovery;
 mod spec;
 mod state;
+pub mod state_file;
 mod view;
 
 #[cfg(feature = "test-util")]
@@ -89,15 +93,25 @@ pub struct Started {
     pub started_at: SystemTime,
 }
 
-/// A sandbox found by [`Runtime::recover`] in the state dir of an earlier agent.
+/// A sandbox found by [`Runtime::recover`] in the state dir (or the cgroups) of an earlier agent.
 #[derive(Debug, Clone)]
 pub struct Recovered {
-    /// Its spec as it was started.
+    /// Its spec as it was started; only its key when `lost` says the spec was.
     pub spec: SandboxSpec,
-    /// When it started.
+    /// When it started (when the spec is lost: when its oldest process started).
     pub started_at: SystemTime,
     /// Whether it still runs.
     pub state: RecoveredState,
+    /// What could not be read of it, and what was done instead; empty when nothing was lost.
+    pub lost: Vec<Lost>,
+}
+
+impl Recovered {
+    /// A sandbox found whole: nothing lost.
+    #[must_use]
+    pub fn new(spec: SandboxSpec, started_at: SystemTime, state: RecoveredState) -> Self {
+        Self { spec, started_at, state, lost: Vec::new() }
+    }
 }
 
 /// The state of a [`Recovered`] sandbox.
@@ -110,6 +124,25 @@ pub enum RecoveredState {
     },
     /// Its init is gone; the exit it recorded, if it recorded one. Its leftovers were cleaned up.
     Exited(Option<Exit>),
+    /// It had ended and been cleaned up by the earlier agent: only its log is left, until
+    /// [`Runtime::forget`]. Only the spec's key is known.
+    CleanedUp,
+}
+
+/// What [`Runtime::recover`] could not read of a sandbox, and what it did instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// Its state files were damaged or missing (the message says which, and why): it was adopted
+    /// from what was left (its init, or only its cgroup); what the lost files held (its command,
+    /// limits and grace; with only its cgroup, its exit) is unknown.
+    State(String),
+    /// Not a sandbox: a cgroup under the parent whose name is no sandbox's. Its processes were
+    /// killed and the cgroup removed (state [`RecoveredState::Exited`]); the key is made up from
+    /// the name (`unidentified-<crc>`), so that the kill can be recorded.
+    Unidentified {
+        /// The cgroup's name under the parent.
+        cgroup: String,
+    },
 }
 
 /// A piece of a sandbox's combined stdout and stderr.
@@ -219,7 +252,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     async fn forget(&self, key: &SandboxKey) -> Result<(), CleanupError>;
 
     /// Finds the sandboxes an earlier agent left in the state dir: re-adopts those whose init still
-    /// runs, and cleans up the others (keeping their recorded exit).
+    /// runs, and cleans up the others (keeping their recorded exit). Then every cgroup under the
+    /// parent that holds processes is either one of those, or adopted from its name (a sandbox
+    /// whose state files are damaged or missing: see [`Lost::State`]), or, if its name is no
+    /// sandbox's, killed and reported ([`Lost::Unidentified`]). Lifecycles of which only the log
+    /// is left are reported [`RecoveredState::CleanedUp`], so that none is kept forever.
     ///
     /// # Errors
     ///
@@ -265,6 +302,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         let _ = (key, offset);
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(())
+    }
+
+    /// How many processes of the sandbox the kernel's OOM killer killed (its memory cgroup's
+    /// `oom_kill` count), read after [`Runtime::wait`] returned and before [`Runtime::cleanup`];
+    /// `None` where the backend cannot tell (no memory controller, the cgroup already gone). The
+    /// default, for backends without cgroups, cannot.
+    fn oom_kills(&self, key: &SandboxKey) -> Option<u64> {
+        let _ = key;
+        None
     }
 
     /// Waits until the work the backend does after a call has returned is done: the undoing of a

@@ -383,15 +383,15 @@ async fn a_restart_mid_drain_keeps_the_original_deadline() {
 
     // The agent dies; its sandbox keeps running; a new agent over the same state dir re-adopts it.
     let TestNode { dir, .. } = first;
-    fake.seed_recovered(vec![sandhost_runtime::Recovered {
-        spec: sandhost_runtime::SandboxSpec {
+    fake.seed_recovered(vec![sandhost_runtime::Recovered::new(
+        sandhost_runtime::SandboxSpec {
             limits: a.limits,
             stop_grace: Duration::from_secs(10),
             ..sandhost_runtime::SandboxSpec::new(key(&a), a.argv.clone())
         },
-        started_at: std::time::SystemTime::now(),
-        state: sandhost_runtime::RecoveredState::Running { paused: false },
-    }]);
+        std::time::SystemTime::now(),
+        sandhost_runtime::RecoveredState::Running { paused: false },
+    )]);
     let second = TestNode::in_dir(fake, sandhost::config::SandboxConfig::default(), dir);
     assert_eq!(second.manager.recover().await.expect("recover"), 1);
     assert_eq!(second.coordinator().resume_persisted(), Resumed::Drain);
@@ -413,10 +413,12 @@ async fn restart_with(dir: tempfile::TempDir, survivors: &[&SandboxInfo]) -> Tes
     fake.seed_recovered(
         survivors
             .iter()
-            .map(|info| sandhost_runtime::Recovered {
-                spec: sandhost_runtime::SandboxSpec::new(key(info), info.argv.clone()),
-                started_at: std::time::SystemTime::now(),
-                state: sandhost_runtime::RecoveredState::Running { paused: false },
+            .map(|info| {
+                sandhost_runtime::Recovered::new(
+                    sandhost_runtime::SandboxSpec::new(key(info), info.argv.clone()),
+                    std::time::SystemTime::now(),
+                    sandhost_runtime::RecoveredState::Running { paused: false },
+                )
             })
             .collect(),
     );

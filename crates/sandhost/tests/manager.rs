@@ -330,16 +330,16 @@ async fn recovery_adopts_running_sandboxes_and_records_the_ones_that_ended() {
         )
     };
     fake.seed_recovered(vec![
-        Recovered {
-            spec: spec("alive", "a1"),
-            started_at: std::time::SystemTime::now(),
-            state: RecoveredState::Running { paused: true },
-        },
-        Recovered {
-            spec: spec("gone", "b2"),
-            started_at: std::time::SystemTime::now(),
-            state: RecoveredState::Exited(Some(Exit::Code(7))),
-        },
+        Recovered::new(
+            spec("alive", "a1"),
+            std::time::SystemTime::now(),
+            RecoveredState::Running { paused: true },
+        ),
+        Recovered::new(
+            spec("gone", "b2"),
+            std::time::SystemTime::now(),
+            RecoveredState::Exited(Some(Exit::Code(7))),
+        ),
     ]);
     let t = TestNode::with(fake, SandboxConfig::default());
     assert_eq!(t.manager.recover().await.expect("recover"), 1);
@@ -432,4 +432,18 @@ async fn a_sandbox_killed_while_waiting_for_its_turn_is_not_started() {
     assert!(!t.fake.calls().contains(&Call::Start(key.clone())), "the runtime never saw it");
     assert!(!t.fake.knows(&key));
     within("first", first).await.expect("task").expect("the running start is untouched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oom_kill_is_in_the_exit() {
+    let t = TestNode::new();
+    let hog = t.create("hog", DrainPolicy::Wait).await;
+    let fine = t.create("fine", DrainPolicy::Wait).await;
+    t.fake.set_oom_kills(&key(&hog), 1);
+    t.fake.exit(&key(&hog), Exit::Signal(libc::SIGKILL));
+    t.fake.exit(&key(&fine), Exit::Code(0));
+    let hog = within("exit", t.node.wait("hog")).await.expect("wait").exit.expect("exit");
+    assert_eq!((hog.exit, hog.oom_killed), (Some(Exit::Signal(libc::SIGKILL)), Some(true)));
+    let fine = within("exit", t.node.wait("fine")).await.expect("wait").exit.expect("exit");
+    assert_eq!(fine.oom_killed, Some(false));
 }

@@ -15,6 +15,8 @@ on_both_backends!(async:
     a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones,
     sandboxes_survive_sigkill_of_the_agent_and_are_re_adopted,
     an_agent_with_another_cgroup_parent_still_finds_the_sandboxes,
+    sandboxes_whose_state_is_damaged_are_adopted_and_an_unidentified_cgroup_is_killed,
+    a_lifecycle_of_which_only_the_log_is_left_is_reported_so_that_it_can_be_forgotten,
 );
 
 async fn a_new_runtime_re_adopts_running_sandboxes_and_reaps_exited_ones(backend: Backend) {
@@ -163,5 +165,93 @@ async fn an_agent_with_another_cgroup_parent_still_finds_the_sandboxes(backend: 
     assert_eq!(other.wait(&spec.key).await.expect("wait"), Exit::Signal(libc::SIGKILL));
     other.forget(&spec.key).await.expect("forget");
     common::purge(&other_prefix, &t.state_dir);
+    t.assert_clean();
+}
+
+async fn sandboxes_whose_state_is_damaged_are_adopted_and_an_unidentified_cgroup_is_killed(backend: Backend) {
+    use sandhost_runtime::RecoveredState;
+    let t = TestEnv::on(backend);
+    // `no_spec` loses its spec; `no_trace` also what names its process (process: the init record;
+    // gvisor: the container's name), so that only its cgroup is left to find it by.
+    let no_spec = t.sh("trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done");
+    let no_trace = t.sh("echo ready; sleep 1000");
+    let old = t.reopen();
+    for spec in [&no_spec, &no_trace] {
+        old.start(spec).await.expect("start");
+        t.wait_for_log(&spec.key, "ready").await;
+    }
+    drop(old);
+    let dir = |key: &sandhost_runtime::SandboxKey| {
+        t.state_dir.join("sandboxes").join(key.id.as_str()).join(key.lifecycle.as_str())
+    };
+    let garbage = br#"{"garbage"#;
+    std::fs::write(dir(&no_spec.key).join("spec.json"), garbage).expect("damage");
+    std::fs::write(dir(&no_trace.key).join("spec.json"), garbage).expect("damage");
+    let naming = if backend == Backend::Process { "init.json" } else { "container.json" };
+    std::fs::write(dir(&no_trace.key).join(naming), garbage).expect("damage");
+    // A process in a cgroup under the parent whose name is no sandbox's.
+    let hierarchy = common::hierarchies()
+        .into_iter()
+        .find(|h| h.join(&t.prefix).is_dir())
+        .expect("a hierarchy with the parent");
+    let stranger_cgroup = hierarchy.join(&t.prefix).join("stranger");
+    std::fs::create_dir(&stranger_cgroup).expect("mkdir");
+    let mut stranger = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep");
+    std::fs::write(stranger_cgroup.join("cgroup.procs"), stranger.id().to_string()).expect("move");
+
+    let runtime = t.reopen();
+    let found = runtime.recover().await.expect("recover");
+    let stranger_gone = stranger.try_wait().expect("try_wait").is_some();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    for spec in [&no_spec, &no_trace] {
+        let r = found
+            .iter()
+            .find(|r| r.spec.key == spec.key)
+            .unwrap_or_else(|| panic!("{} not found: {found:?}", spec.key));
+        assert_eq!(r.state, RecoveredState::Running { paused: false }, "{}", spec.key);
+        assert!(
+            matches!(r.lost.as_slice(), [sandhost_runtime::Lost::State(why)] if why.contains("spec.json is damaged")),
+            "what was lost is said: {:?}",
+            r.lost
+        );
+    }
+    assert!(stranger_gone, "the process in the unidentified cgroup was killed");
+    assert_eq!(found.len(), 3, "the two, and a record of the unidentified cgroup: {found:?}");
+    let unidentified =
+        found.iter().find(|r| r.spec.key.id.as_str().starts_with("unidentified-")).expect("reported");
+    assert_eq!(unidentified.state, RecoveredState::Exited(None));
+    assert_eq!(unidentified.lost, [sandhost_runtime::Lost::Unidentified { cgroup: "stranger".into() }]);
+    // Managed like any other: stopped (gracefully where the init is known), waited for, forgotten.
+    runtime.stop(&no_spec.key, Duration::from_secs(60)).await.expect("stop");
+    runtime.stop(&no_trace.key, Duration::from_secs(1)).await.expect("stop");
+    for spec in [&no_spec, &no_trace] {
+        runtime.wait(&spec.key).await.expect("wait");
+        assert!(t.cgroup_pids(&spec.key).is_empty(), "{}", spec.key);
+        runtime.forget(&spec.key).await.expect("forget");
+    }
+    t.assert_clean();
+}
+
+async fn a_lifecycle_of_which_only_the_log_is_left_is_reported_so_that_it_can_be_forgotten(backend: Backend) {
+    use sandhost_runtime::RecoveredState;
+    let t = TestEnv::on(backend);
+    let spec = t.sh("echo bye");
+    let old = t.reopen();
+    old.start(&spec).await.expect("start");
+    assert_eq!(old.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    // The earlier agent cleaned it up and died before its retention ended: only the log is left.
+    old.cleanup(&spec.key).await.expect("cleanup");
+    drop(old);
+    let dir = t.state_dir.join("sandboxes").join(spec.key.id.as_str());
+    assert!(dir.exists(), "its log is kept until forget");
+
+    let runtime = t.reopen();
+    let found = runtime.recover().await.expect("recover");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((&found[0].spec.key, found[0].state), (&spec.key, RecoveredState::CleanedUp));
+    assert_eq!(t.log(&spec.key).await, "bye\n", "its log is still read");
+    runtime.forget(&spec.key).await.expect("forget");
+    assert!(!dir.exists(), "forget removes the last of it");
     t.assert_clean();
 }

@@ -174,6 +174,22 @@ impl Layout {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The names of the cgroups under the parent, in any hierarchy, each once, sorted: what a
+    /// recovery checks against the sandboxes it found.
+    pub(crate) fn children(&self) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for root in &self.hierarchies {
+            for entry in fs::read_dir(root.join(&self.parent)).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir())
+                    && let Some(name) = entry.file_name().to_str()
+                {
+                    names.insert(name.to_owned());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
     /// One line for the startup log.
     pub(crate) fn describe(&self) -> String {
         let place = |c: Controller| match self.controller_root(c) {
@@ -259,7 +275,8 @@ impl Layout {
     }
 
     /// The cgroup `<parent>/<name>` as another program made it: in every hierarchy where its
-    /// directory exists now. It has no limits of sandhost's (they are its maker's).
+    /// directory exists now. It has no limits of sandhost's (they are its maker's); its memory
+    /// controller's directory is known, to read its OOM kills.
     pub(crate) fn find(&self, name: &str) -> Cgroup {
         let dirs: Vec<PathBuf> =
             self.hierarchies.iter().map(|root| self.dir_of(root, name)).filter(|d| d.is_dir()).collect();
@@ -271,7 +288,12 @@ impl Layout {
             (None, _) => None,
         };
         let kill_file = v2.as_ref().map(|d| d.join("cgroup.kill")).filter(|f| f.exists());
-        Cgroup { has_v2: v2.is_some(), dirs, memory: None, cpu: None, pids: None, freezer, kill_file }
+        // Read only (its OOM kills): the limits are its maker's.
+        let memory = self
+            .controller_root(Controller::Memory)
+            .map(|(root, v2)| (self.dir_of(root, name), v2))
+            .filter(|(dir, _)| dirs.contains(dir));
+        Cgroup { has_v2: v2.is_some(), dirs, memory, cpu: None, pids: None, freezer, kill_file }
     }
 }
 
@@ -400,6 +422,7 @@ mod tests {
         assert!(matches!(&cg.freezer, Some(Freezer::V1(d)) if d.starts_with(tmp.path().join("freezer"))));
         assert_eq!(cg.kill_file, None);
         assert!(layout.find("box.ab.1").dirs.is_empty(), "a cgroup nobody made has no directory");
+        assert_eq!(layout.children(), ["box.ab.0"], "each name once, whatever the hierarchies");
 
         // Only on v2, with the kernel's freeze and kill files.
         let v2 = tmp.path().join("unified/sh/box.cd.0");

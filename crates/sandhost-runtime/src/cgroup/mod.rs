@@ -19,13 +19,15 @@
 //!   [`POLL_STEP`] with `tokio::time::sleep`. Single reads and writes of cgroup files are plain
 //!   system calls: cgroupfs lives in memory and answers at once.
 //! - Removing a cgroup kills what is still in it first; a cgroup that is gone is removed.
+//! - A sandbox known by its cgroup alone (recovered with its state files lost) is watched through
+//!   it: [`Cgroup::until_empty`] is its exit, [`Cgroup::signal_all`] its SIGTERM.
 
 mod layout;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -42,6 +44,9 @@ const REMOVAL_RECHECK: Duration = Duration::from_millis(20);
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long exiting tasks may hold a cgroup that is being removed.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a cgroup that notifies nothing is checked for emptiness while a sandbox known by its
+/// cgroup alone runs (the v2 event wakes a waiter at once; this bounds a missed one too).
+const EMPTY_POLL: Duration = Duration::from_secs(1);
 
 /// Where a cgroup is frozen and thawed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +182,58 @@ impl Cgroup {
 
     fn is_empty(&self) -> bool {
         self.pids().is_ok_and(|p| p.is_empty())
+    }
+
+    /// Whether any process is in the cgroup (one that cannot be read counts as populated: what
+    /// might hold a sandbox is never taken for empty).
+    pub(crate) fn is_populated(&self) -> bool {
+        self.pids().map_or(true, |p| !p.is_empty())
+    }
+
+    /// How many processes the kernel's OOM killer killed in the cgroup (its memory controller's
+    /// `oom_kill` count: v2 `memory.events`, v1 `memory.oom_control`); `None` without a memory
+    /// controller, or once the cgroup is gone.
+    pub(crate) fn oom_kills(&self) -> Option<u64> {
+        let (dir, v2) = self.memory.as_ref()?;
+        let file = if *v2 { "memory.events" } else { "memory.oom_control" };
+        let text = fs::read_to_string(dir.join(file)).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill "))?.trim().parse().ok()
+    }
+
+    /// When the oldest process in the cgroup started (its init, for a sandbox), if one is left.
+    pub(crate) fn started_at(&self) -> Option<SystemTime> {
+        self.pids().ok()?.into_iter().filter_map(crate::procfs::started_at).min()
+    }
+
+    /// Sends `signal` to every process in the cgroup (for a sandbox whose init is not known).
+    pub(crate) fn signal_all(&self, signal: Signal) -> Result<(), CgroupError> {
+        for pid in self.pids().map_err(step("list cgroup"))? {
+            // A pid that has exited meanwhile gives ESRCH: nothing left to signal.
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        Ok(())
+    }
+
+    /// Waits until the cgroup is empty: woken by v2's `populated 0` where there is v2, otherwise
+    /// checked every [`EMPTY_POLL`] (a v1-only cgroup notifies nothing). For a sandbox that is
+    /// known by its cgroup alone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it changes nothing.
+    pub(crate) async fn until_empty(&self) {
+        loop {
+            if self.is_empty() {
+                return;
+            }
+            let watched = match self.v2_events() {
+                Some(events) => crate::fswatch::until(&events, EMPTY_POLL, || self.is_empty()).await.is_ok(),
+                None => false,
+            };
+            if !watched {
+                tokio::time::sleep(EMPTY_POLL).await;
+            }
+        }
     }
 
     /// The v2 `cgroup.events`, which says `populated 0` once the cgroup is empty.
@@ -371,6 +428,21 @@ mod tests {
             freezer: Some(freezer),
             kill_file: None,
         }
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_version() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut cgroup = with_freezer(Freezer::V1(tmp.path().to_path_buf()));
+        assert_eq!(cgroup.oom_kills(), None, "no memory controller");
+        cgroup.memory = Some((tmp.path().to_path_buf(), false));
+        fs::write(tmp.path().join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+            .expect("write");
+        assert_eq!(cgroup.oom_kills(), Some(2));
+        cgroup.memory = Some((tmp.path().to_path_buf(), true));
+        fs::write(tmp.path().join("memory.events"), "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+            .expect("write");
+        assert_eq!(cgroup.oom_kills(), Some(1));
     }
 
     #[test]

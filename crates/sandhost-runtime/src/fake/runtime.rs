@@ -230,6 +230,10 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    fn oom_kills(&self, key: &SandboxKey) -> Option<u64> {
+        Some(self.lock().oom_kills.get(key).copied().unwrap_or(0))
+    }
+
     async fn close(&self) -> Result<(), CloseError> {
         self.record(Call::Close);
         Ok(())

@@ -224,16 +224,10 @@ async fn a_wait_pending_when_the_sandbox_is_forgotten_ends() {
 #[tokio::test(start_paused = true)]
 async fn recover_returns_the_seeded_sandboxes_and_adopts_the_running_ones() {
     let fake = FakeRuntime::new();
-    let running = Recovered {
-        spec: spec("live"),
-        started_at: SystemTime::UNIX_EPOCH,
-        state: RecoveredState::Running { paused: true },
-    };
-    let gone = Recovered {
-        spec: spec("gone"),
-        started_at: SystemTime::UNIX_EPOCH,
-        state: RecoveredState::Exited(Some(Exit::Code(1))),
-    };
+    let running =
+        Recovered::new(spec("live"), SystemTime::UNIX_EPOCH, RecoveredState::Running { paused: true });
+    let gone =
+        Recovered::new(spec("gone"), SystemTime::UNIX_EPOCH, RecoveredState::Exited(Some(Exit::Code(1))));
     fake.seed_recovered(vec![running, gone]);
     let found = fake.recover().await.expect("recovers");
     let ids: Vec<_> = found.iter().map(|r| r.spec.key.id.as_str().to_owned()).collect();

@@ -13,8 +13,8 @@ use super::inner::Inner;
 use super::paths::{self, BUNDLE, CONTAINER, LEGACY_LOG, LOG, read_container};
 use super::recorder;
 use super::sandbox::{ExitSource, Sandbox};
-use crate::state;
 use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
+use crate::{state, state_file};
 
 /// How a container comes to life.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,7 @@ pub(super) async fn run_container(
         BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
-    state::write_json(dir, CONTAINER, &cid)?;
+    state_file::write(dir, CONTAINER, &cid)?;
     let log_path = paths::log_path(dir);
     let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
     let runsc = &inner.runsc;
@@ -106,7 +106,7 @@ pub(super) async fn launch(
     let cid = paths::container_id(key, 0);
     let result = async {
         std::fs::create_dir_all(&dir)?;
-        state::write_json(&dir, state::SPEC, spec)?;
+        state_file::write(&dir, state::SPEC, spec)?;
         run_container(inner, spec, &dir, &cid, launch).await
     }
     .await;
@@ -115,7 +115,7 @@ pub(super) async fn launch(
             let sandbox = match launched.exited {
                 None => Sandbox::running(key.clone(), dir, cid, launched.source, false),
                 Some(exit) => {
-                    if let Err(e) = state::write_json(&dir, state::EXIT, &exit) {
+                    if let Err(e) = state_file::write(&dir, state::EXIT, &exit) {
                         tracing::warn!(sandbox.id = %key.id, error = %e, "recording the exit failed");
                     }
                     Sandbox::exited(key.clone(), dir, cid, exit)
@@ -154,7 +154,7 @@ fn is_exec_failure(error: &io::Error) -> bool {
 }
 
 /// Removes everything of a failed start: the container, its cgroups, the lifecycle's files.
-async fn discard(inner: &Inner, cid: &str, dir: &Path) {
+pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     if let Err(e) = inner.runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
@@ -190,7 +190,14 @@ pub(super) async fn cleanup(inner: &Inner, key: &SandboxKey) -> Result<(), Clean
         }
         None => match read_container(&dir) {
             Ok(Some(cid)) => cid,
-            _ => return Ok(()),
+            // No container is named (none was made, or its name was lost): only the files.
+            _ => {
+                return remove_state_files(&dir).map_err(|(what, source)| CleanupError::Host {
+                    key: key.clone(),
+                    what,
+                    source,
+                });
+            }
         },
     };
     let host = |what, source| CleanupError::Host { key: key.clone(), what, source };

@@ -226,6 +226,11 @@ impl Runtime for GvisorRuntime {
         snapshot::delete(&self.inner, snapshot).await
     }
 
+    fn oom_kills(&self, key: &SandboxKey) -> Option<u64> {
+        let cid = self.inner.get(key)?.cid();
+        self.inner.container_cgroup(&cid).oom_kills()
+    }
+
     async fn settle(&self) {
         self.inner.background.settled().await;
     }

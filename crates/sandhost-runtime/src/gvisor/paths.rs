@@ -10,10 +10,9 @@
 //! checkpoint-and-continue moves the lifecycle into the next generation. Every path and name is
 //! built from validated ids.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::{SandboxKey, SnapshotId, state};
+use crate::{SandboxKey, SnapshotId, state_file};
 
 /// The file naming the runsc container that currently carries a lifecycle.
 pub(crate) const CONTAINER: &str = "container.json";
@@ -55,8 +54,8 @@ pub(crate) fn generation_of(cid: &str) -> u32 {
 }
 
 /// The container that carries the lifecycle in `dir` now, if one was made.
-pub(crate) fn read_container(dir: &Path) -> io::Result<Option<String>> {
-    state::read_json(dir, CONTAINER)
+pub(crate) fn read_container(dir: &Path) -> Result<Option<String>, state_file::StateFileError> {
+    state_file::read(dir, CONTAINER)
 }
 
 #[cfg(test)]

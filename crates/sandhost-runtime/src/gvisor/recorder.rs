@@ -63,7 +63,7 @@ pub fn exit_recorder_main(args: Vec<OsString>) -> ! {
 /// discarded lifecycle's does not, and is not made again).
 fn record(file: &Path, exit: Exit) -> std::io::Result<()> {
     match (file.parent(), file.file_name().and_then(|n| n.to_str())) {
-        (Some(dir), Some(name)) => crate::state::write_json(dir, name, &exit),
+        (Some(dir), Some(name)) => crate::state_file::write(dir, name, &exit),
         _ => Err(std::io::ErrorKind::InvalidInput.into()),
     }
 }

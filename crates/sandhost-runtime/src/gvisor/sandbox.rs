@@ -17,9 +17,9 @@ use tokio::process::Child;
 
 use super::paths;
 use super::runsc::Runsc;
-use crate::cgroup::Layout;
-use crate::state;
+use crate::cgroup::{Cgroup, Layout};
 use crate::{ControlError, Exit, SandboxKey, StopError};
+use crate::{state, state_file};
 
 /// How long a killed sandbox may take to stop before stop reports failure.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +33,9 @@ pub(crate) enum ExitSource {
     Child(Child),
     /// `runsc wait`, for a re-adopted container (whose foreground runsc is not our child).
     Runsc(Runsc),
+    /// Its cgroup becoming empty, for a re-adopted container that runsc does not know any more
+    /// (its state was lost): the exit its recorder wrote, if it could.
+    Cgroup(Cgroup),
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +117,11 @@ impl Sandbox {
                     ),
                 }),
                 ExitSource::Runsc(runsc) => runsc.wait_attached(&cid).await,
+                ExitSource::Cgroup(cgroup) => {
+                    cgroup.until_empty().await;
+                    let recorded = super::recorder::exit_file(&sandbox.dir, &cid);
+                    Ok(state_file::read_path(&recorded).ok().flatten().unwrap_or(Exit::Signal(libc::SIGKILL)))
+                }
             };
             let exit = exit.unwrap_or_else(|e| {
                 tracing::warn!(sandbox.id = %sandbox.key.id, container = %cid, error = %e, "runsc wait failed; exit unknown");
@@ -154,7 +162,7 @@ impl Sandbox {
         if self.exit().is_some() {
             return;
         }
-        if let Err(e) = state::write_json(&self.dir, state::EXIT, &exit) {
+        if let Err(e) = state_file::write(&self.dir, state::EXIT, &exit) {
             tracing::warn!(sandbox.id = %self.key.id, error = %e, "recording the exit failed");
         }
         self.exit_tx.send_replace(Some(exit));
@@ -231,7 +239,11 @@ impl Sandbox {
         // `kill --all` misses the processes of a restored container (runsc 20221219); SIGKILL to
         // its init ends them all (the end of a pid namespace's init).
         let all = runsc.kill(&cid, "KILL", true).await;
-        let killed = runsc.kill(&cid, "KILL", false).await.or(all);
+        let mut killed = runsc.kill(&cid, "KILL", false).await.or(all);
+        if killed.is_err() {
+            // runsc cannot reach it (its state was lost): kill what is in its cgroup.
+            killed = cgroups.find(&cid).kill_until_empty(KILL_TIMEOUT).await.map_err(|e| e.source);
+        }
         if self.wait_exit_for(KILL_TIMEOUT).await {
             return Ok(());
         }

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::inner::Inner;
 use super::lifecycle::{self, Launch};
 use super::paths::{self, snapshot_dir, snapshots_dir};
-use crate::state;
 use crate::{
     CheckpointError, Exit, SandboxId, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started,
 };
+use crate::{state, state_file};
 
 pub(super) const META: &str = "snapshot.json";
 
@@ -73,10 +73,10 @@ pub(super) async fn checkpoint(
     let partial = snapshots_dir(&inner.config.state_dir).join(format!(".partial-{id}"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(host("create snapshot dir"))?;
-    let spec: SandboxSpec = match state::read_json(&sandbox.dir, state::SPEC) {
+    let spec: SandboxSpec = match state_file::read(&sandbox.dir, state::SPEC) {
         Ok(Some(spec)) => spec,
         Ok(None) => return Err(host("read spec")(io::Error::other("spec.json missing"))),
-        Err(e) => return Err(host("read spec")(e)),
+        Err(e) => return Err(host("read spec")(e.into())),
     };
     let old = sandbox.cid();
     // A frozen sandbox cannot be checkpointed: thaw it for the checkpoint, freeze it again after.
@@ -103,7 +103,7 @@ pub(super) async fn checkpoint(
         size_bytes: dir_size(&partial).unwrap_or(0),
         spec: spec.clone(),
     };
-    let saved = state::write_json(&partial, META, &meta).and_then(|()| std::fs::rename(&partial, &target));
+    let saved = state_file::write(&partial, META, &meta).and_then(|()| std::fs::rename(&partial, &target));
     if stop {
         // The container has stopped: its watcher publishes the exit (now or already parked).
         if let Some(exit) = sandbox.unsuspend() {
@@ -184,7 +184,7 @@ pub(super) async fn restore(
     let dir = snapshot_dir(&inner.config.state_dir, id);
     let refuse =
         |reason: String| StartError::Snapshot { key: spec.key.clone(), snapshot: id.clone(), reason };
-    let meta: SnapshotMeta = match state::read_json(&dir, META) {
+    let meta: SnapshotMeta = match state_file::read(&dir, META) {
         Ok(Some(meta)) => meta,
         Ok(None) => return Err(refuse("no such snapshot on this node".to_owned())),
         Err(e) => return Err(refuse(format!("unreadable {META}: {e}"))),
@@ -206,7 +206,7 @@ pub(super) async fn list(inner: &Inner) -> Result<Vec<SnapshotInfo>, CheckpointE
         let Some(id) = entry.file_name().to_str().and_then(|n| SnapshotId::parse(n).ok()) else {
             continue;
         };
-        match state::read_json::<SnapshotMeta>(&entry.path(), META) {
+        match state_file::read::<SnapshotMeta>(&entry.path(), META) {
             Ok(Some(meta)) => out.push(meta.info(id)),
             Ok(None) => {}
             Err(e) => tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot"),

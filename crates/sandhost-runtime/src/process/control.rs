@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use super::sys::{self, ChildStatus};
 use super::{Inner, files};
 use crate::cgroup::{Cgroup, CgroupError};
-use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError, state};
+use crate::{CleanupError, ControlError, Exit, SandboxKey, StopError, state, state_file};
 
 /// How long the processes of a killed sandbox may take to disappear before stop reports failure.
 pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +48,18 @@ impl Sandbox {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(watch_exit(watched, dir, tx));
         Ok(Arc::new(Self { key, cgroup, pidfd: Some(pidfd), exit: rx, op: tokio::sync::Mutex::new(()) }))
+    }
+
+    /// A running sandbox known by its cgroup alone (its init record was lost): its exit is its
+    /// cgroup becoming empty, with the exit the init recorded if it could. Starts its watcher.
+    pub(crate) fn watched_by_cgroup(key: SandboxKey, dir: PathBuf, cgroup: Cgroup) -> Arc<Self> {
+        let (tx, rx) = watch::channel(None);
+        let watched = cgroup.clone();
+        tokio::spawn(async move {
+            watched.until_empty().await;
+            let _ = tx.send(Some(recorded_exit(dir).await.unwrap_or(Exit::Signal(libc::SIGKILL))));
+        });
+        Arc::new(Self { key, cgroup, pidfd: None, exit: rx, op: tokio::sync::Mutex::new(()) })
     }
 
     /// A sandbox found exited.
@@ -80,19 +93,23 @@ impl Sandbox {
     /// grace) that comes during it is not held up behind it.
     pub(crate) async fn stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
         if let (Some(grace), false) = (grace, self.has_exited()) {
-            if let Some(pidfd) = &self.pidfd {
-                sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
+            match &self.pidfd {
+                Some(pidfd) => {
+                    sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
+                }
+                // Known by its cgroup alone: every process gets the SIGTERM its init would forward.
+                None => {
+                    self.cgroup.signal_all(Signal::SIGTERM).map_err(|e| self.host(e.step)(e.source))?;
+                }
             }
             let _ = self.cgroup.thaw(); // a paused sandbox must see its SIGTERM
             let _ = tokio::time::timeout(grace, self.wait_exit()).await;
         }
         let _op = self.op.lock().await;
         self.cgroup.kill_until_empty(KILL_TIMEOUT).await.map_err(|e| self.host(e.step)(e.source))?;
-        if self.pidfd.is_some() {
-            tokio::time::timeout(KILL_TIMEOUT, self.wait_exit())
-                .await
-                .map_err(|_| self.host("wait for init")(io::ErrorKind::TimedOut.into()))?;
-        }
+        tokio::time::timeout(KILL_TIMEOUT, self.wait_exit())
+            .await
+            .map_err(|_| self.host("wait for init")(io::ErrorKind::TimedOut.into()))?;
         Ok(())
     }
 
@@ -164,17 +181,21 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
     // Readable means exited (a zombie if it is our child): WNOHANG finds it. A re-adopted init is
     // not our child (ECHILD: someone else reaps it).
     let status = sys::waitid_pidfd(pidfd.as_fd(), false).ok().flatten();
-    let recorded = tokio::task::spawn_blocking(move || state::read_json::<Exit>(&dir, files::EXIT))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let exit = recorded.unwrap_or(match status {
+    let exit = recorded_exit(dir).await.unwrap_or(match status {
         Some(ChildStatus::Signaled(sig)) => Exit::Signal(sig),
         Some(ChildStatus::Exited(code)) => Exit::Code(code),
         None => Exit::Signal(libc::SIGKILL),
     });
     let _ = tx.send(Some(exit));
+}
+
+/// The exit the init recorded in `dir`, if it could (a damaged record is none).
+async fn recorded_exit(dir: PathBuf) -> Option<Exit> {
+    tokio::task::spawn_blocking(move || state_file::read::<Exit>(&dir, files::EXIT))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
 }
 
 /// Releases what an exited sandbox held; a running one is killed first. Keeps the log.

@@ -11,7 +11,7 @@
 //!   namespace).
 //!
 //! Removal is by these names only ([`remove_state_files`], [`remove_all`]). Also here: whether a
-//! recorded init is still the same process ([`is_same_process`]).
+//! recorded init is still the same process ([`is_same_process`], by its start time: `crate::procfs`).
 
 use std::fs;
 use std::io;
@@ -47,17 +47,6 @@ impl InitRecord {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
-pub(crate) fn proc_start_time(pid: i32) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may contain spaces and parentheses: fields 3.. follow the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| io::Error::other("malformed stat"))?;
-    rest.split_whitespace()
-        .nth(22 - 3)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed stat"))
-}
-
 /// Whether process `pid` has ended and waits to be reaped (state `Z` in `/proc/<pid>/stat`): an
 /// init whose agent died is reaped by whoever inherited it, maybe late.
 pub(crate) fn is_zombie(pid: i32) -> bool {
@@ -71,7 +60,7 @@ pub(crate) fn is_zombie(pid: i32) -> bool {
 
 /// Whether `record` still names a live process: same pid, same start time, not a zombie.
 pub(crate) fn is_same_process(record: &InitRecord) -> bool {
-    proc_start_time(record.pid).is_ok_and(|t| t == record.start_time) && !is_zombie(record.pid)
+    crate::procfs::start_ticks(record.pid).is_ok_and(|t| t == record.start_time) && !is_zombie(record.pid)
 }
 
 /// Removes the state files of a lifecycle except its log segments. Missing files are fine.
@@ -97,7 +86,7 @@ mod tests {
     #[test]
     fn start_time_identifies_this_process() {
         let me = i32::try_from(std::process::id()).expect("pid");
-        let start_time = proc_start_time(me).expect("stat");
+        let start_time = crate::procfs::start_ticks(me).expect("stat");
         assert!(is_same_process(&InitRecord { pid: me, start_time, started_at_ms: 0, cgroup_parent: None }));
         assert!(!is_same_process(&InitRecord {
             pid: me,

@@ -307,6 +307,10 @@ impl Runtime for ProcessRuntime {
         Err(CheckpointError::SnapshotNotFound(snapshot.clone()))
     }
 
+    fn oom_kills(&self, key: &SandboxKey) -> Option<u64> {
+        self.inner.get(key).map_or_else(|| self.inner.cgroup(key), |s| s.cgroup.clone()).oom_kills()
+    }
+
     async fn settle(&self) {
         self.inner.background.settled().await;
     }

@@ -28,7 +28,7 @@ use super::status_pipe::{self, Report};
 use super::{Inner, NAME, files, sys};
 use crate::background::Background;
 use crate::cgroup::{Cgroup, CgroupError};
-use crate::{SandboxKey, SandboxSpec, StartError, Started, state};
+use crate::{SandboxKey, SandboxSpec, StartError, Started, state, state_file};
 
 pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Started, StartError> {
     let deadline = Instant::now() + inner.config.start_timeout;
@@ -79,7 +79,7 @@ async fn run_steps(
     }
     let new_root = dir.join(files::ROOT);
     std::fs::DirBuilder::new().mode(0o700).create(&new_root).map_err(host("create state dir"))?;
-    state::write_json(&dir, files::SPEC, spec).map_err(host("write spec"))?;
+    state_file::write(&dir, files::SPEC, spec).map_err(host("write spec"))?;
 
     let cgroup = inner.cgroup(key);
     cgroup.create().map_err(|e| cgroup_error(key, e))?;
@@ -121,14 +121,14 @@ async fn run_steps(
     let pidfd = init.pidfd.try_clone();
     guard.made().init = Some(init.pidfd);
     let pidfd = pidfd.map_err(host("watch init"))?;
-    let start_time = files::proc_start_time(pid).map_err(host("read init start time"))?;
+    let start_time = crate::procfs::start_ticks(pid).map_err(host("read init start time"))?;
     let record = files::InitRecord {
         cgroup_parent: Some(inner.layout.parent().to_owned()),
         pid,
         start_time,
         started_at_ms: state::millis_since_epoch(started_at),
     };
-    state::write_json(&dir, files::INIT, &record).map_err(host("write init record"))?;
+    state_file::write(&dir, files::INIT, &record).map_err(host("write init record"))?;
 
     let timed_out = || host("wait for sandbox setup")(io::ErrorKind::TimedOut.into());
     match tokio::time::timeout_at(deadline, status.outcome()).await {

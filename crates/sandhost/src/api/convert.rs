@@ -13,8 +13,8 @@ use super::status::invalid_argument;
 use crate::drain::{DrainFailure, DrainProgress, DrainRequest, NodeStatus};
 use crate::node::{NodeInfo, Resources};
 use crate::sandbox::{
-    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, NewEnd, SandboxInfo, SandboxState,
-    UpdateRequest,
+    Condition, ConditionKind, CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, NewEnd,
+    SandboxInfo, SandboxState, UpdateRequest,
 };
 
 /// A `google.protobuf.Timestamp` from a time (times before 1970 clamp to the epoch).
@@ -95,7 +95,17 @@ pub(crate) fn exit_reason_to_proto(reason: ExitReason) -> pb::ExitReason {
         ExitReason::DrainStopped => pb::ExitReason::DrainStopped,
         ExitReason::Checkpointed => pb::ExitReason::Checkpointed,
         ExitReason::StartFailed => pb::ExitReason::StartFailed,
+        ExitReason::Unidentified => pb::ExitReason::Unidentified,
     }
+}
+
+fn condition(condition: Condition) -> pb::SandboxCondition {
+    let kind = match condition.kind {
+        ConditionKind::RuntimeStateLost => pb::SandboxConditionType::RuntimeStateLost,
+        ConditionKind::MetadataLost => pb::SandboxConditionType::MetadataLost,
+        ConditionKind::Unidentified => pb::SandboxConditionType::Unidentified,
+    };
+    pb::SandboxCondition { r#type: kind.into(), message: condition.message }
 }
 
 pub(crate) fn node_status_to_proto(status: NodeStatus) -> pb::NodeStatus {
@@ -185,6 +195,7 @@ fn exit(info: ExitInfo) -> pb::SandboxExit {
         }),
         reason: exit_reason_to_proto(info.reason).into(),
         message: info.message.unwrap_or_default(),
+        oom_killed: info.oom_killed,
     }
 }
 
@@ -204,6 +215,7 @@ pub(crate) fn sandbox(info: SandboxInfo) -> pb::Sandbox {
         exited_at: info.exited_at.map(timestamp),
         exit: info.exit.map(exit),
         restored_from: info.restored_from.map(String::from).unwrap_or_default(),
+        conditions: info.conditions.into_iter().map(condition).collect(),
     }
 }
 
@@ -433,8 +445,14 @@ mod tests {
             started_at: Some(created),
             end_time: None,
             exited_at: Some(created + Duration::from_secs(1)),
-            exit: Some(ExitInfo { exit: Some(Exit::Signal(9)), reason: ExitReason::Killed, message: None }),
+            exit: Some(ExitInfo {
+                exit: Some(Exit::Signal(9)),
+                reason: ExitReason::Killed,
+                message: None,
+                oom_killed: Some(true),
+            }),
             restored_from: Some(SnapshotId::parse("snap").expect("id")),
+            conditions: vec![Condition { kind: ConditionKind::MetadataLost, message: "lost".into() }],
         };
         let proto = sandbox(info);
         assert_eq!(proto.id, "sb-1");
@@ -451,20 +469,23 @@ mod tests {
         let exit = proto.exit.expect("exit");
         assert_eq!(exit.status, Some(pb::sandbox_exit::Status::Signal(9)));
         assert_eq!(exit.reason(), pb::ExitReason::Killed);
+        assert_eq!(exit.oom_killed, Some(true));
         assert_eq!(proto.restored_from, "snap");
+        assert_eq!(proto.conditions[0].r#type(), pb::SandboxConditionType::MetadataLost);
+    }
+
+    #[test]
+    fn every_condition_has_its_proto_name() {
+        for kind in ConditionKind::ALL {
+            let proto = condition(Condition { kind, message: String::new() });
+            let name = proto.r#type().as_str_name();
+            assert_eq!(name, format!("SANDBOX_CONDITION_TYPE_{}", kind.as_str().to_uppercase()));
+        }
     }
 
     #[test]
     fn every_exit_reason_has_its_proto_name() {
-        for reason in [
-            ExitReason::Exited,
-            ExitReason::Timeout,
-            ExitReason::Killed,
-            ExitReason::ForceStopped,
-            ExitReason::DrainStopped,
-            ExitReason::Checkpointed,
-            ExitReason::StartFailed,
-        ] {
+        for reason in ExitReason::ALL {
             let name = exit_reason_to_proto(reason).as_str_name();
             assert_eq!(name, format!("EXIT_REASON_{}", reason.as_str().to_uppercase()));
         }

@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn exit(status: pb::sandbox_exit::Status) -> pb::SandboxExit {
-        pb::SandboxExit { status: Some(status), reason: 1, message: String::new() }
+        pb::SandboxExit { status: Some(status), reason: 1, ..Default::default() }
     }
 
     #[test]

@@ -223,7 +223,7 @@ mod tests {
                 exit: Some(pb::SandboxExit {
                     status: Some(pb::sandbox_exit::Status::Code(3)),
                     reason: pb::ExitReason::Exited.into(),
-                    message: String::new(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

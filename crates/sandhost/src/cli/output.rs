@@ -168,15 +168,23 @@ pub(crate) fn bytes(count: u64) -> String {
 /// How a sandbox ended, in a few words: `exited 0`, `killed (signal 9)`, `start_failed`.
 pub(crate) fn exit_summary(exit: &pb::SandboxExit) -> String {
     let reason = reason_name(exit.reason());
+    let oom_killed = exit.oom_killed == Some(true);
+    let oom = if oom_killed { ", OOM-killed" } else { "" };
     match exit.status {
-        Some(pb::sandbox_exit::Status::Code(code)) => format!("{reason} (code {code})"),
-        Some(pb::sandbox_exit::Status::Signal(signal)) => format!("{reason} (signal {signal})"),
+        Some(pb::sandbox_exit::Status::Code(code)) => format!("{reason} (code {code}{oom})"),
+        Some(pb::sandbox_exit::Status::Signal(signal)) => format!("{reason} (signal {signal}{oom})"),
+        None if oom_killed => format!("{reason} (OOM-killed)"),
         None => reason,
     }
 }
 
 pub(crate) fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// `runtime_state_lost`, `metadata_lost`, `unidentified`; and for people, one `type: message` each.
+pub(crate) fn condition_name(kind: pb::SandboxConditionType) -> String {
+    short_name(kind.as_str_name(), "SANDBOX_CONDITION_TYPE_")
 }
 
 #[cfg(test)]

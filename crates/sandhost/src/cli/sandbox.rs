@@ -259,6 +259,9 @@ fn describe(sandbox: &pb::Sandbox) -> Table {
     if !sandbox.restored_from.is_empty() {
         row("restored from", sandbox.restored_from.clone());
     }
+    for c in &sandbox.conditions {
+        row("condition", format!("{}: {}", output::condition_name(c.r#type()), c.message));
+    }
     table
 }
 

@@ -1,5 +1,6 @@
-//! The drain intent, persisted in the state dir. Written atomically (temp file + rename); a missing
-//! or unreadable file means "no drain".
+//! The drain intent, persisted in the state dir as a state file (`sandhost_runtime::state_file`:
+//! written atomically and durably, checked when read). A missing file means "no drain"; so does a
+//! damaged one, which is logged as an error naming it (never half-read).
 //!
 //! Its [`DrainOrigin`] says whose drain it is. An operator's drain (the API) is about the node: a
 //! restarted agent continues it with the same absolute deadlines, and the node stays closed until
@@ -10,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sandhost_runtime::state_file;
 use serde::{Deserialize, Serialize};
 
 /// Who asked for a drain.
@@ -100,25 +102,20 @@ impl IntentStore {
 
     /// Saves the intent. A failure is logged: the drain goes on, only a restart would forget it.
     pub(crate) fn save(&self, intent: &DrainIntent) {
-        let write = || -> std::io::Result<()> {
-            let temp = self.path.with_extension("json.tmp");
-            std::fs::write(&temp, serde_json::to_vec(intent).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&temp, &self.path)
+        let written = match (self.path.parent(), self.path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) => state_file::write(dir, name, intent),
+            _ => Err(std::io::ErrorKind::InvalidInput.into()),
         };
-        if let Err(error) = write() {
+        if let Err(error) = written {
             tracing::error!(path = %self.path.display(), error = %error, "cannot persist the drain intent");
         }
     }
 
     pub(crate) fn load(&self) -> Option<DrainIntent> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        match serde_json::from_slice(&bytes) {
-            Ok(intent) => Some(intent),
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), error = %error, "ignoring an unreadable drain intent");
-                None
-            }
-        }
+        state_file::read_path(&self.path).unwrap_or_else(|error| {
+            tracing::error!(error = %crate::error_chain(&error), "ignoring an unreadable drain intent");
+            None
+        })
     }
 
     pub(crate) fn clear(&self) {
@@ -168,6 +165,16 @@ mod tests {
         .expect("write");
         let loaded = IntentStore::new(path).load().expect("readable");
         assert_eq!((loaded.origin, loaded.force), (DrainOrigin::Operator, true));
+    }
+
+    #[test]
+    fn a_damaged_intent_is_no_drain() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = IntentStore::new(dir.path().join("drain.json"));
+        store.save(&DrainIntent::new(UNIX_EPOCH, None, true, None, DrainOrigin::Operator));
+        let bytes = std::fs::read(dir.path().join("drain.json")).expect("saved");
+        std::fs::write(dir.path().join("drain.json"), &bytes[..bytes.len() - 4]).expect("tear");
+        assert_eq!(store.load(), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 
 use crate::admission::NodeStatus;
 use crate::drain::DrainProgress;
-use crate::sandbox::{ExitReason, Resources, SandboxState};
+use crate::sandbox::{ConditionKind, ExitReason, Resources, SandboxState};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -44,6 +44,11 @@ struct ResultLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabel {
+    condition: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,6 +202,7 @@ pub struct Metrics {
     allocated_memory: Gauge,
     allocated_cpus: Gauge<f64, AtomicU64>,
     interrupted_shutdown: Gauge,
+    degraded: Family<ConditionLabel, Gauge>,
 }
 
 impl Metrics {
@@ -228,6 +234,7 @@ impl Metrics {
             allocated_memory: Gauge::default(),
             allocated_cpus: Gauge::default(),
             interrupted_shutdown: Gauge::default(),
+            degraded: Family::default(),
         };
         metrics.register_sandbox_metrics(registry.sub_registry_with_prefix("sandhost"));
         metrics.register_drain_metrics(registry.sub_registry_with_prefix("sandhost"));
@@ -317,6 +324,15 @@ impl Metrics {
         );
         r.register("drains", "Drains ended, by outcome", self.drains.clone());
         r.register(
+            "degraded_sandboxes",
+            "Sandboxes held (live, or exited within the retention) that were recovered with something \
+             lost, by condition",
+            self.degraded.clone(),
+        );
+        for condition in ConditionKind::ALL {
+            self.set_degraded(condition, 0);
+        }
+        r.register(
             "previous_shutdown_interrupted",
             "1 when the previous agent's shutdown was cut short before its drain ended",
             self.interrupted_shutdown.clone(),
@@ -347,6 +363,13 @@ impl Metrics {
             "CPU limits of the live sandboxes, summed, in cores (sandboxes without one count 0)",
             self.allocated_cpus.clone(),
         );
+    }
+
+    /// Sets the number of sandboxes held with `condition`.
+    pub fn set_degraded(&self, condition: ConditionKind, count: u64) {
+        self.degraded
+            .get_or_create(&ConditionLabel { condition: condition.as_str() })
+            .set(gauge_value(count));
     }
 
     /// Says whether the previous agent's shutdown was cut short before its drain ended.

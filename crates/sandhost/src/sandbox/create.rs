@@ -140,7 +140,8 @@ impl Manager {
             if let Some(reason) = self.killed_while_waiting(&key) {
                 let message = "stopped before it started (it was waiting for its turn to start)";
                 tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, reason = reason.as_str(), "{message}");
-                let exit = ExitInfo { exit: None, reason, message: Some(message.to_owned()) };
+                let exit =
+                    ExitInfo { exit: None, reason, message: Some(message.to_owned()), oom_killed: None };
                 self.finish(&key, exit).await;
                 drop(permit);
                 return Err(CreateError::StoppedBeforeStart { id: key.id, reason });
@@ -177,6 +178,7 @@ impl Manager {
                     exit: None,
                     reason: ExitReason::StartFailed,
                     message: Some(error.to_string()),
+                    oom_killed: None,
                 };
                 self.finish(&key, exit).await;
                 drop(permit);
@@ -290,6 +292,7 @@ impl Manager {
                 exited_at: None,
                 exit: None,
                 restored_from: restore_from,
+                conditions: Vec::new(),
             },
         })
     }

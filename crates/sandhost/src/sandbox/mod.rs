@@ -18,8 +18,8 @@ mod validate;
 pub use errors::{CreateError, Interrupted, InvalidArgument, SandboxError};
 pub use manager::{Manager, ManagerParts};
 pub use model::{
-    CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, LogPiece, LogStream, NewEnd, Resources,
-    SandboxInfo, SandboxState, UpdateRequest,
+    Condition, ConditionKind, CreateRequest, DrainPolicy, ExitInfo, ExitReason, ListFilter, LogPiece,
+    LogStream, NewEnd, Resources, SandboxInfo, SandboxState, UpdateRequest,
 };
 pub use stop::StopMode;
 pub use table::Counts;

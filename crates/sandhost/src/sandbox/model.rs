@@ -104,20 +104,12 @@ pub enum ExitReason {
     Checkpointed,
     /// It never started.
     StartFailed,
+    /// Not a sandbox: a cgroup under the node's parent that named none, found at recovery; its
+    /// processes were killed.
+    Unidentified,
 }
 
 impl ExitReason {
-    /// Every reason, for metrics.
-    pub const ALL: [Self; 7] = [
-        Self::Exited,
-        Self::Timeout,
-        Self::Killed,
-        Self::ForceStopped,
-        Self::DrainStopped,
-        Self::Checkpointed,
-        Self::StartFailed,
-    ];
-
     /// The lowercase name used in the API, logs and metrics.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -129,7 +121,70 @@ impl ExitReason {
             Self::DrainStopped => "drain_stopped",
             Self::Checkpointed => "checkpointed",
             Self::StartFailed => "start_failed",
+            Self::Unidentified => "unidentified",
         }
+    }
+
+    /// Every reason (metrics pre-set each to 0).
+    pub const ALL: [Self; 8] = [
+        Self::Exited,
+        Self::Timeout,
+        Self::Killed,
+        Self::ForceStopped,
+        Self::DrainStopped,
+        Self::Checkpointed,
+        Self::StartFailed,
+        Self::Unidentified,
+    ];
+
+    /// The reason named `name` ([`ExitReason::as_str`]).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// Something the node lost about a sandbox (a damaged or missing state file, an agent killed at the
+/// wrong moment), and what it did instead. A sandbox with a condition is managed like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// What kind of loss.
+    pub kind: ConditionKind,
+    /// What was lost and what the node did instead, for people.
+    pub message: String,
+}
+
+/// The kinds of [`Condition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConditionKind {
+    /// The runtime's state of it was damaged or missing: it was adopted from what was left (its
+    /// init, or only its cgroup); its command, limits and exit may be unknown.
+    RuntimeStateLost,
+    /// The node's record of it was damaged or missing: its end time (the default timeout from its
+    /// start), labels and drain policy are the node's defaults.
+    MetadataLost,
+    /// Not a sandbox: a cgroup under the node's parent that named none; its processes were killed.
+    Unidentified,
+}
+
+impl ConditionKind {
+    /// Every kind.
+    pub const ALL: [Self; 3] = [Self::RuntimeStateLost, Self::MetadataLost, Self::Unidentified];
+
+    /// The lowercase name used in the API, logs and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RuntimeStateLost => "runtime_state_lost",
+            Self::MetadataLost => "metadata_lost",
+            Self::Unidentified => "unidentified",
+        }
+    }
+
+    /// The kind named `name` ([`ConditionKind::as_str`]).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -167,6 +222,10 @@ pub struct ExitInfo {
     pub reason: ExitReason,
     /// More detail (the start error, the snapshot an evacuation produced, a stop failure).
     pub message: Option<String>,
+    /// Whether the kernel's OOM killer killed a process of it (its memory limit was reached): a
+    /// `Signal(9)` exit is then that kill, if the command itself was the one killed. `None` where
+    /// the backend cannot tell (see [`Runtime::oom_kills`](sandhost_runtime::Runtime::oom_kills)).
+    pub oom_killed: Option<bool>,
 }
 
 /// A request to create a sandbox, as it arrives from the API (not yet validated).
@@ -287,4 +346,6 @@ pub struct SandboxInfo {
     pub exit: Option<ExitInfo>,
     /// The snapshot it was restored from.
     pub restored_from: Option<SnapshotId>,
+    /// What the node lost about it and did instead (after a crash or a damaged state file).
+    pub conditions: Vec<Condition>,
 }

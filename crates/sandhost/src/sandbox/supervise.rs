@@ -6,8 +6,9 @@
 //! - Each live lifecycle has exactly one supervisor task, the only code that moves a started
 //!   sandbox to `Exited`: after its command has exited and its cleanup has run. So "live = 0"
 //!   means nothing of ours is left on the host.
-//! - An exited sandbox stays readable for the retention period, then is forgotten, with the
-//!   runtime's last files.
+//! - An exited sandbox stays readable for the retention period, counted from its exit, then is
+//!   forgotten, with the runtime's last files. Its exit is persisted (`store.rs`) before it is
+//!   visible, so an exit anyone saw survives a restart within the retention (`recover.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::manager::Manager;
 use super::stop::StopMode;
+use super::store::SandboxMeta;
 use super::{ExitInfo, ExitReason, SandboxState};
 
 impl Manager {
@@ -46,6 +48,8 @@ impl Manager {
                 () = changed => {}
             }
         };
+        // Read before the cleanup removes the cgroup that counts them.
+        let oom_killed = self.runtime.oom_kills(&key).map(|kills| kills > 0);
         let exit = match exit {
             Ok(exit) => Some(exit),
             Err(error) => {
@@ -62,36 +66,66 @@ impl Manager {
             let table = self.lock();
             table.entry(&key).and_then(|e| e.stop_reason).unwrap_or(ExitReason::Exited)
         };
-        self.finish(&key, ExitInfo { exit, reason, message }).await;
+        if oom_killed == Some(true) {
+            tracing::info!(sandbox.id = %key.id, lifecycle.id = %key.lifecycle, "the kernel's OOM killer killed a process of the sandbox");
+        }
+        self.finish(&key, ExitInfo { exit, reason, message, oom_killed }).await;
     }
 
-    /// Records an exit, and forgets the sandbox after the retention period.
+    /// Records an exit: first in the store (durably: a restart shows it, see `recover.rs`), then
+    /// in the table, where `Wait`, the drain and the API see it; then forgets the sandbox when its
+    /// retention ends.
     pub(super) async fn finish(self: &Arc<Self>, key: &SandboxKey, exit: ExitInfo) {
         let reason = exit.reason;
+        let exited_at = SystemTime::now();
+        let Some(mut record) = self.lock().entry(key).map(|e| e.info.clone()) else {
+            return;
+        };
+        record.exit = Some(exit.clone());
+        record.exited_at = Some(exited_at);
+        // On the blocking pool: a durable write waits for the disk (two fsyncs).
+        let this = Arc::clone(self);
+        let saved =
+            tokio::task::spawn_blocking(move || this.store.save(&SandboxMeta::from_entry(&record))).await;
+        if let Err(error) = saved.map_err(std::io::Error::other).and_then(|saved| saved) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist the sandbox's exit");
+        }
         {
             let mut table = self.lock();
             if let Some(entry) = table.entry_mut(key) {
                 entry.info.exit = Some(exit);
-                entry.info.exited_at = Some(SystemTime::now());
+                entry.info.exited_at = Some(exited_at);
             }
             if table.transition(key, SandboxState::Exited).is_err() {
                 return;
             }
         }
         self.metrics.count_exit(reason);
-        // Off the exit's critical path: the drain already saw this sandbox leave.
-        if let Err(error) = self.store.remove(key) {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove sandbox metadata");
-        }
+        self.forget_after_retention(key.clone(), exited_at);
+    }
+
+    /// Forgets a lifecycle that exited at `exited_at` once its retention has passed (counted from
+    /// the exit, so a restart does not extend it).
+    pub(super) fn forget_after_retention(self: &Arc<Self>, key: SandboxKey, exited_at: SystemTime) {
         let this = Arc::clone(self);
-        let key = key.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(this.config.retention).await;
-            let removed = this.lock().remove_exited(&key);
-            if removed && let Err(error) = this.runtime.forget(&key).await {
-                tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's last files");
-            }
+            tokio::time::sleep(this.retention_left(exited_at)).await;
+            this.forget(&key).await;
         });
+    }
+
+    /// Removes an exited lifecycle: from the table (unless a later lifecycle of its id replaced
+    /// it), the runtime's last files (its log), then its record. A failure keeps the record, so
+    /// that the next agent tries again.
+    pub(super) async fn forget(&self, key: &SandboxKey) {
+        self.lock().remove_exited(key);
+        if let Err(error) = self.runtime.forget(key).await {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's last files");
+            return;
+        }
+        if let Err(error) = self.store.remove(key) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the sandbox's record");
+        }
     }
 
     pub(super) async fn wait_exited(&self, key: &SandboxKey) {

@@ -17,7 +17,7 @@ use sandhost_runtime::{Limits, SandboxId, SandboxKey, SandboxSpec};
 use tokio::sync::{Notify, watch};
 
 use super::stop::StopMode;
-use super::{ExitReason, Resources, SandboxError, SandboxInfo, SandboxState, validate};
+use super::{ConditionKind, ExitReason, Resources, SandboxError, SandboxInfo, SandboxState, validate};
 use crate::metrics::Metrics;
 
 /// Sandboxes per state, and exits so far: published on every transition.
@@ -82,6 +82,8 @@ impl Entry {
 pub(super) struct Table {
     pub(super) sandboxes: HashMap<SandboxId, Entry>,
     counts: Counts,
+    /// Entries per [`ConditionKind`], in [`ConditionKind::ALL`] order.
+    degraded: [u64; ConditionKind::ALL.len()],
     allocated: Resources,
     publish: watch::Sender<Counts>,
     metrics: Metrics,
@@ -92,6 +94,7 @@ impl Table {
         Self {
             sandboxes: HashMap::new(),
             counts: Counts::default(),
+            degraded: [0; ConditionKind::ALL.len()],
             allocated: Resources::default(),
             publish,
             metrics,
@@ -168,6 +171,15 @@ impl Table {
         Ok(previous)
     }
 
+    /// Counts the conditions of an entry coming (`held`) or going.
+    fn count_conditions(&mut self, info: &SandboxInfo, held: bool) {
+        for condition in &info.conditions {
+            let i = ConditionKind::ALL.iter().position(|k| *k == condition.kind).unwrap_or(0);
+            self.degraded[i] = if held { self.degraded[i] + 1 } else { self.degraded[i].saturating_sub(1) };
+            self.metrics.set_degraded(condition.kind, self.degraded[i]);
+        }
+    }
+
     /// Inserts an entry, replacing an exited one under the same id.
     pub(super) fn insert(&mut self, entry: Entry) {
         let state = entry.info.state;
@@ -175,12 +187,14 @@ impl Table {
         if state.is_live() {
             self.allocate(entry.info.limits, true);
         }
+        self.count_conditions(&entry.info, true);
         if let Some(old) = self.sandboxes.insert(entry.info.id.clone(), entry) {
             *self.counts.slot(old.info.state) -= 1;
             changed.push(old.info.state);
             if old.info.state.is_live() {
                 self.allocate(old.info.limits, false);
             }
+            self.count_conditions(&old.info, false);
         }
         *self.counts.slot(state) += 1;
         self.publish_counts(&changed);
@@ -189,8 +203,8 @@ impl Table {
     /// Removes this lifecycle if it has exited (retention). Returns whether it did.
     pub(super) fn remove_exited(&mut self, key: &SandboxKey) -> bool {
         let exited = self.entry(key).is_some_and(|e| e.info.state == SandboxState::Exited);
-        if exited {
-            self.sandboxes.remove(&key.id);
+        if exited && let Some(old) = self.sandboxes.remove(&key.id) {
+            self.count_conditions(&old.info, false);
             *self.counts.slot(SandboxState::Exited) -= 1;
             self.publish_counts(&[SandboxState::Exited]);
         }

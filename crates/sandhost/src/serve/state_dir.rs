@@ -1,14 +1,21 @@
 //! The state dir: created private (0700), locked with a kernel lock (flock) so a second `serve` on the
 //! same dir refuses and a killed agent never blocks the next one, a stable node id, and a marker of a
 //! clean exit so that an agent starting after an unclean one says so.
+//!
+//! The node id and the marker are state files (`sandhost_runtime::state_file`): written
+//! atomically, checked when read. A damaged node id stops the agent with an error naming the file:
+//! the fleet knows the node by it, so it is never silently replaced.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use anyhow::{Context as _, bail};
 use nix::fcntl::{Flock, FlockArg};
+use sandhost_runtime::state_file;
 
 const LOCK_FILE: &str = "lock";
 const NODE_ID_FILE: &str = "node-id";
@@ -58,11 +65,11 @@ impl StateDir {
 
         let node_id_path = path.join(NODE_ID_FILE);
         let previous_ran = node_id_path.exists();
-        let node_id = match fs::read_to_string(&node_id_path) {
-            Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
-            _ => {
+        let node_id = match read_node_id(&node_id_path)? {
+            Some(id) => id,
+            None => {
                 let id = format!("node-{}", uuid_like());
-                fs::write(&node_id_path, &id)
+                state_file::write(path, NODE_ID_FILE, &id)
                     .with_context(|| format!("writing {}", node_id_path.display()))?;
                 id
             }
@@ -88,11 +95,47 @@ impl StateDir {
         &self.node_id
     }
 
-    /// Records a clean exit for the next agent.
+    /// Records a clean exit (its time, in unix milliseconds) for the next agent.
     pub(crate) fn close_cleanly(&self) -> anyhow::Result<()> {
-        let path = self.path.join(CLEAN_EXIT_FILE);
-        fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        state_file::write(&self.path, CLEAN_EXIT_FILE, &now)
+            .with_context(|| format!("writing {}", self.path.join(CLEAN_EXIT_FILE).display()))
     }
+}
+
+/// The node id kept in `path`, `None` before the first start. A damaged file is an error naming
+/// it, never replaced: the fleet knows the node by this id.
+fn read_node_id(path: &Path) -> anyhow::Result<Option<String>> {
+    let damaged = |reason: &str| {
+        anyhow::anyhow!(
+            "the node id file {} is damaged ({reason}); it is not replaced because the fleet knows this \
+             node by its id: restore the file, or remove it to give the node a new id",
+            path.display()
+        )
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    // Written before the checksum: the bare id.
+    if let Ok(text) = std::str::from_utf8(&bytes)
+        && is_node_id(text.trim_end())
+    {
+        return Ok(Some(text.trim_end().to_owned()));
+    }
+    match state_file::decode::<String>(&bytes) {
+        Ok(id) if is_node_id(&id) => Ok(Some(id)),
+        Ok(id) => Err(damaged(&format!("{:?} is not a node id", id.chars().take(80).collect::<String>()))),
+        Err(reason) => Err(damaged(&reason)),
+    }
+}
+
+/// `node-` and 16 lowercase hex digits, as [`StateDir::open`] makes them.
+fn is_node_id(id: &str) -> bool {
+    id.strip_prefix("node-").is_some_and(|hex| {
+        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn uuid_like() -> String {
@@ -126,5 +169,19 @@ mod tests {
         let _state = StateDir::open(&path).expect("open");
         let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_damaged_node_id_is_a_startup_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        drop(StateDir::open(dir.path()).expect("first open"));
+        let path = dir.path().join(NODE_ID_FILE);
+        let written = fs::read(&path).expect("node-id");
+        for damaged in [&written[..written.len() / 2], b"", b"node-\xff\x00"] {
+            fs::write(&path, damaged).expect("damage");
+            let error = StateDir::open(dir.path()).expect_err("a damaged node id is not replaced");
+            assert!(format!("{error:#}").contains(&path.display().to_string()), "{error:#}");
+            assert_eq!(fs::read(&path).expect("kept"), damaged, "the damaged file is kept for the operator");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
 //!    reaps every orphan, copies the command's output into the bounded log, and when the command
-//!    exits writes `exit.json` atomically (`crate::state::write_json_at`, through the dir fd) and
+//!    exits writes `exit.json` atomically (`crate::state_file::write_at`, through the dir fd) and
 //!    exits, which makes the kernel kill whatever is left in the pid namespace.
 
 mod command;
@@ -33,7 +33,6 @@ use super::logs::LogWriter;
 use super::spawn::STATE_DIR_FD;
 use super::status_pipe::{Report, STATUS_FD};
 use super::{files, sys};
-use crate::state;
 use crate::{Exit, SandboxSpec};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost __init ...`.
@@ -135,7 +134,7 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
     std::io::Read::read_to_end(&mut std::fs::File::from(spec_fd), &mut bytes)
         .map_err(|e| SetupError::new("read spec", e))?;
     let spec: SandboxSpec =
-        serde_json::from_slice(&bytes).map_err(|e| SetupError::msg("read spec", &e.to_string()))?;
+        crate::state_file::decode(&bytes).map_err(|reason| SetupError::msg("read spec", &reason))?;
     // The init should outlive its command under memory pressure (the command resets this). Without
     // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
@@ -276,5 +275,5 @@ fn drain(log_r: &OwnedFd, log: &mut LogWriter<'_>, buf: &mut [u8]) {
 }
 
 fn record_exit(dir: BorrowedFd<'_>, exit: Exit) -> io::Result<()> {
-    state::write_json_at(dir, files::EXIT, &exit)
+    crate::state_file::write_at(dir, files::EXIT, &exit)
 }
