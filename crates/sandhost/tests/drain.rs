@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use sandhost::drain::{DrainRequest, NodeStatus, Resumed};
-use sandhost::sandbox::{CreateError, DrainPolicy, ExitReason, SandboxInfo, SandboxState};
+use sandhost::sandbox::{CreateError, CreateRequest, DrainPolicy, ExitReason, SandboxInfo, SandboxState};
 use sandhost_runtime::Exit;
 use sandhost_runtime::fake::{Behaviour, Call, FakeRuntime, Op};
 use support::{FORCE_TIMEOUT, TestNode, key, request, within};
@@ -425,6 +425,56 @@ async fn restart_with(dir: tempfile::TempDir, survivors: &[&SandboxInfo]) -> Tes
     let node = TestNode::in_dir(fake, sandhost::config::SandboxConfig::default(), dir);
     assert_eq!(node.manager.recover().await.expect("recover"), survivors.len());
     node
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_forced_phase_caps_a_long_grace_at_half_its_bound_and_publishes_its_deadline() {
+    let t = TestNode::new();
+    // A grace longer than half the forced bound: SIGTERM, then the kill at half the bound, so the
+    // kill and the cleanup still fit in it.
+    let request =
+        CreateRequest { stop_grace: Some(Duration::from_secs(25)), ..request("slow", DrainPolicy::Wait) };
+    let slow = t.node.create(request).await.expect("create");
+    t.fake.on_stop(&key(&slow), sandhost_runtime::fake::StopBehaviour::IgnoresTerm);
+    let before = std::time::SystemTime::now();
+    t.node.force_stop().expect("force stop");
+    within("the stop", t.fake.wait_calls(1, |c| matches!(c, Call::Stop { .. }))).await;
+    let progress = t.node.watch_drain().borrow().clone();
+    assert_eq!(progress.status, NodeStatus::Forcing);
+    let deadline = progress.deadline.expect("the forced phase's deadline is published");
+    let bound = deadline.duration_since(before).expect("ahead");
+    assert!(bound <= FORCE_TIMEOUT + Duration::from_millis(1), "{bound:?}");
+    let grace = t.fake.calls().iter().find_map(|c| match c {
+        Call::Stop { key: k, grace } if *k == key(&slow) => Some(*grace),
+        _ => None,
+    });
+    // Half of what is left of the bound (kept at millisecond precision), not the sandbox's 25 s.
+    let grace = grace.expect("a stop");
+    assert!(grace <= FORCE_TIMEOUT / 2 && grace > FORCE_TIMEOUT / 2 - Duration::from_secs(1), "{grace:?}");
+    within("drain", t.coordinator().wait_drained()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_in_the_forced_phase_keeps_its_deadline() {
+    let first = TestNode::new();
+    let a = first.create("a", DrainPolicy::Wait).await;
+    first.fake.on_stop(&key(&a), sandhost_runtime::fake::StopBehaviour::IgnoresTerm);
+    first.fake.script(Op::Stop, Behaviour::Hang);
+    first.node.force_stop().expect("force stop");
+    within("the stop in flight", first.fake.wait_hung(Op::Stop, 1)).await;
+    let deadline = first.node.watch_drain().borrow().deadline.expect("a forced deadline");
+    let TestNode { dir, .. } = first;
+
+    let second = restart_with(dir, &[&a]).await;
+    assert_eq!(second.coordinator().resume_persisted(), Resumed::Drain);
+    let resumed = second.node.watch_drain().borrow().clone();
+    assert_eq!(resumed.status, NodeStatus::Forcing, "the restarted agent goes on forcing");
+    let skew = resumed.deadline.expect("deadline").duration_since(deadline).unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_millis(1),
+        "the same forced deadline: {deadline:?} vs {:?}",
+        resumed.deadline
+    );
 }
 
 #[tokio::test(start_paused = true)]
