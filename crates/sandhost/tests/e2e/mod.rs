@@ -332,16 +332,24 @@ fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
 }
 
-/// Runs a command to its end, killing it after the hang guard.
+/// Runs a command to its end, killing it after the hang guard. Its output is read while it runs
+/// (in a thread): a command that writes more than a pipe holds must not block on it.
 pub fn run_bounded(mut command: Command) -> Output {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn the CLI");
-    if try_poll_until(HANG_GUARD, || child.try_wait().expect("try_wait"), Option::is_some).is_err() {
-        let _ = child.kill();
-        let output = child.wait_with_output().expect("output");
-        panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    let child = command.spawn().expect("spawn the CLI");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(HANG_GUARD) {
+        Ok(output) => output.expect("output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let stderr = output.recv().ok().and_then(Result::ok).map(|o| o.stderr).unwrap_or_default();
+            panic!("the CLI hung: {command:?}\nstderr: {}", String::from_utf8_lossy(&stderr));
+        }
     }
-    child.wait_with_output().expect("output")
 }
 
 /// stdout as text, trimmed.
