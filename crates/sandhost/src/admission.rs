@@ -192,6 +192,16 @@ impl Admission {
         })
     }
 
+    /// A refusal now if the gate is closed: a cheap look before work that a refusal would waste.
+    /// Only [`Admission::enter`] admits.
+    ///
+    /// # Errors
+    ///
+    /// [`NotAdmitting`] once the node drains.
+    pub fn check_open(&self) -> Result<(), NotAdmitting> {
+        if self.gate.is_draining() { self.enter().map(drop) } else { Ok(()) }
+    }
+
     /// Whether the drain's forced phase has begun (a start whose turn comes now is not begun).
     #[must_use]
     pub fn is_forcing(&self) -> bool {
@@ -207,8 +217,10 @@ mod tests {
     fn the_gate_closes_before_a_draining_status_is_visible_and_reopens_with_ready() {
         let (control, admission) = channel();
         let permit = admission.enter().expect("ready admits");
+        assert_eq!(admission.check_open(), Ok(()));
         assert!(control.set_status(NodeStatus::Draining));
         assert_eq!(admission.enter().map(drop), Err(NotAdmitting { status: NodeStatus::Draining }));
+        assert_eq!(admission.check_open(), Err(NotAdmitting { status: NodeStatus::Draining }));
         assert!(!admission.is_forcing());
         assert!(control.set_status(NodeStatus::Forcing));
         assert!(admission.is_forcing());

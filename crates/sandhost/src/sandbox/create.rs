@@ -69,6 +69,10 @@ impl Manager {
     async fn admit_and_start(self: &Arc<Self>, request: CreateRequest) -> Result<SandboxInfo, CreateError> {
         let admitted_at = Instant::now();
         let prepared = self.prepare(request)?;
+        // A draining node refuses before the checks below touch the file system.
+        self.admission
+            .check_open()
+            .map_err(|refused| CreateError::NotAdmitting { status: refused.status })?;
         // What the runtime can tell before anything is made (the command, the working directory,
         // the snapshot): a Create that could never start is refused and leaves nothing behind.
         self.runtime.check(&prepared.spec).map_err(|error| match error {
