@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{LogFormat, ServeArgs, ServeConfig};
 use crate::drain::{DrainCoordinator, DrainReport};
 use crate::metrics::grpc::GrpcMetrics;
-use crate::node::{Node, NodeSettings, open_runtime, probe_capacity};
+use crate::node::{Node, NodeSettings, open_runtime};
 
 mod budget;
 mod notify;
@@ -164,11 +164,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         open_runtime(config.runtime, state_dir.path(), &config.cgroup_parent, config.log_max_bytes)?;
     let mut registry = Registry::default();
     let settings = NodeSettings {
-        sandbox: config.sandbox.clone(),
         templates: config.templates.clone(),
-        force_timeout: config.force_shutdown_timeout,
-        node_id: state_dir.node_id().to_owned(),
-        capacity: probe_capacity(config.sandbox.max_sandboxes),
+        ..NodeSettings::new(config.sandbox.clone(), config.force_shutdown_timeout, state_dir.node_id())
     };
     let node = Node::build(Arc::clone(&runtime), settings, state_dir.path(), &mut registry);
     crate::metrics::register_process(&mut registry);
