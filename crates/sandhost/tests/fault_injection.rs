@@ -16,7 +16,7 @@
 //! At the end: nothing outlives its retention (records, log directories), a restore from the
 //! snapshots works, a drain reaches DRAINED, the shutdown exits 0, and nothing is left on the host.
 //!
-//! `SANDHOST_FAULT_ROUNDS` sets the number of kills (default: 150 on the process backend, a fifth
+//! `SANDHOST_FAULT_ROUNDS` sets the number of kills (default: 200 on the process backend, a fifth
 //! of that on gvisor, whose starts are slower); `SANDHOST_FAULT_SEED` the seed, printed by a
 //! failing run so that it can be replayed.
 #![allow(clippy::unwrap_used)]
@@ -229,7 +229,7 @@ struct Job {
 type Tally = BTreeMap<String, (u32, u32)>;
 
 fn rounds_and_seed(backend: Backend) -> (u64, u64) {
-    let default_rounds = if backend == Backend::Gvisor { 30 } else { 150 };
+    let default_rounds = if backend == Backend::Gvisor { 40 } else { 200 };
     let rounds =
         std::env::var("SANDHOST_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_rounds);
     let seed = std::env::var("SANDHOST_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
