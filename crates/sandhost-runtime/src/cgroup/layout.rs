@@ -274,6 +274,24 @@ impl Layout {
         }
     }
 
+    /// The (not yet created) directories of `<parent>/<name>` that hold the limited controllers
+    /// (memory, cpu, pids) and nothing else: made and limited by sandhost for a container that
+    /// runsc then joins (runsc neither configures nor removes a cgroup that exists before it).
+    /// No freezer and no controller-less v2 directory: runsc's processes are never put there.
+    pub(crate) fn limits_only(&self, name: &str) -> Cgroup {
+        let limit = |c: Controller| self.controller_root(c).map(|(root, v2)| (self.dir_of(root, name), v2));
+        let (memory, cpu, pids) =
+            (limit(Controller::Memory), limit(Controller::Cpu), limit(Controller::Pids));
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (dir, _) in [&memory, &cpu, &pids].into_iter().flatten() {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        let has_v2 = [&memory, &cpu, &pids].into_iter().flatten().any(|(_, v2)| *v2);
+        Cgroup { has_v2, dirs, memory, cpu, pids, freezer: None, kill_file: None }
+    }
+
     /// The cgroup `<parent>/<name>` as another program made it: in every hierarchy where its
     /// directory exists now. It has no limits of sandhost's (they are its maker's); its memory
     /// controller's directory is known, to read its OOM kills.
@@ -390,6 +408,35 @@ mod tests {
             vec![PathBuf::from("/sys/fs/cgroup")],
             "a second mount is no hierarchy"
         );
+    }
+
+    #[test]
+    fn a_container_s_limits_only_cgroup_holds_the_limited_controllers_and_nothing_else() {
+        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), "sh").expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.limits_only("box.ab.0");
+        let dirs: Vec<String> = cg.dirs.iter().map(|d| d.display().to_string()).collect();
+        // No controller-less v2 directory and no freezer: runsc never puts its processes there.
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/memory/sh/box.ab.0",
+                "/sys/fs/cgroup/cpu/sh/box.ab.0",
+                "/sys/fs/cgroup/pids/sh/box.ab.0"
+            ]
+        );
+        assert!(!cg.has_v2);
+        assert!(cg.freezer.is_none() && cg.kill_file.is_none());
+        assert_eq!(cg.memory, Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab.0"), false)));
+
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let layout = Layout::parse(mountinfo, |_| Ok("cpu memory pids\n".into()), "sh").expect("parse");
+        let cg = layout.limits_only("box.ab.0");
+        let dir = PathBuf::from("/sys/fs/cgroup/sh/box.ab.0");
+        assert_eq!(cg.dirs, vec![dir.clone()], "one directory on v2");
+        assert!(cg.has_v2);
+        assert_eq!(cg.pids, Some((dir, true)));
     }
 
     /// A hybrid host under `root`, with the hierarchies as plain directories.

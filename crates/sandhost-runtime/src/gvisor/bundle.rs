@@ -5,8 +5,9 @@
 //! them (the home is `/home`, else `/tmp`), and a tmpfs over the agent's state dir so no sandbox
 //! sees another's logs or snapshots. The `host` template also masks the host's secrets, as the
 //! process backend does (root inside the sandbox owns them). The command has no capability.
-//! Limits become `linux.resources` under the cgroup `<parent>/<container id>`, which runsc creates
-//! and (on a clean delete) removes; the backend reaches it through `crate::cgroup::Layout::find`.
+//! Limits become `linux.resources` (which size the sandbox's kernel) and are written by sandhost
+//! into the cgroup `<parent>/<container id>` it makes before runsc starts (see
+//! `lifecycle::run_container`); the backend reaches it through `crate::cgroup::Layout::find`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use oci_spec::runtime::{
 };
 
 use crate::view::{MASKED_DIRS, MASKED_FILES, PRIVATE};
-use crate::{SandboxSpec, Template};
+use crate::{Limits, SandboxSpec, Template};
 
 /// The sandbox user's home (a tmpfs) where the root has it; else `/tmp`.
 const HOME: &str = "/home";
@@ -156,18 +157,19 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
         .build()
         .map_err(other)?;
     let root = RootBuilder::default().path(root_path).readonly(true).build().map_err(other)?;
+    let limits = host_limits(&spec.limits);
     let mut resources = LinuxResourcesBuilder::default();
-    if let Some(bytes) = spec.limits.memory_bytes {
+    if let Some(bytes) = limits.memory_bytes {
         let limit = i64::try_from(bytes).map_err(other)?;
         resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(other)?);
     }
-    if let Some(millis) = spec.limits.cpu_millis {
+    if let Some(millis) = limits.cpu_millis {
         let quota = i64::from(millis) * i64::try_from(CPU_PERIOD_US).map_err(other)? / 1000;
         resources = resources
             .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(other)?);
     }
-    if let Some(max) = spec.limits.pids_max {
-        let limit = i64::from(max) + gvisor_own_tasks();
+    if let Some(max) = limits.pids_max {
+        let limit = i64::from(max);
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(other)?);
     }
     let namespaces = [
@@ -201,9 +203,15 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
 /// added to a sandbox's `pids_max` in its host cgroup: the limit is meant for the command's
 /// processes, and a sandbox whose kernel cannot make its own threads does not even start (below
 /// about 40 tasks on a 2-CPU host, measured with runsc 20221219).
-fn gvisor_own_tasks() -> i64 {
+fn gvisor_own_tasks() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    48 + 4 * i64::try_from(cpus).unwrap_or(64)
+    48 + 4 * u32::try_from(cpus).unwrap_or(64)
+}
+
+/// The limits of a sandbox's host cgroup: its own, with gVisor's own tasks added to `pids_max`.
+/// The same in the bundle (which sizes the sandbox's kernel) and in the cgroup sandhost makes.
+pub(crate) fn host_limits(limits: &Limits) -> Limits {
+    Limits { pids_max: limits.pids_max.map(|max| max.saturating_add(gvisor_own_tasks())), ..*limits }
 }
 
 /// Writes `<bundle>/config.json` (creating `bundle`).

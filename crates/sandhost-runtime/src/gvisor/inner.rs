@@ -14,7 +14,7 @@ use super::runsc::Runsc;
 use super::sandbox::Sandbox;
 use crate::SandboxKey;
 use crate::background::Background;
-use crate::cgroup::{Cgroup, Layout};
+use crate::cgroup::{Cgroup, CgroupError, Layout};
 
 /// The state of one gvisor runtime.
 #[derive(Debug)]
@@ -59,7 +59,8 @@ impl Inner {
         }
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(state_err)?;
-        let cgroups = Layout::detect(parent).map_err(GvisorOpenError::Cgroup)?;
+        let mut cgroups = Layout::detect(parent).map_err(GvisorOpenError::Cgroup)?;
+        cgroups.create_parents().map_err(GvisorOpenError::Cgroup)?;
         let version = String::from_utf8_lossy(&version);
         tracing::info!(runsc = %version.lines().next().unwrap_or_default(), platform = %config.platform, state_dir = %config.state_dir.display(), "gvisor runtime opened");
         let runsc = Runsc {
@@ -77,9 +78,23 @@ impl Inner {
         })
     }
 
-    /// The cgroup runsc made for container `cid` (from the bundle's `cgroupsPath`).
+    /// The cgroup of container `cid` under this agent's parent (sandhost made it and set its
+    /// limits; runsc joined it and made the directories of the other controllers).
     pub(crate) fn container_cgroup(&self, cid: &str) -> Cgroup {
         self.cgroups.find(cid)
+    }
+
+    /// Removes the cgroup of container `cid`, which runsc leaves: under this agent's parent, and
+    /// under the one its bundle names when an agent with another cgroup parent started it.
+    pub(crate) async fn remove_container_cgroup(&self, cid: &str) -> Result<(), CgroupError> {
+        let started_under = paths::key_of_container(cid)
+            .map(|key| crate::state::sandbox_dir(&self.config.state_dir, &key))
+            .and_then(|dir| paths::bundle_cgroup_parent(&dir, cid))
+            .filter(|parent| parent != self.cgroups.parent());
+        if let Some(parent) = started_under {
+            self.cgroups.with_parent(&parent).find(cid).remove().await?;
+        }
+        self.container_cgroup(cid).remove().await
     }
 
     pub(crate) fn get(&self, key: &SandboxKey) -> Option<Arc<Sandbox>> {

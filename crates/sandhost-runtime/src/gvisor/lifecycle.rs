@@ -51,6 +51,13 @@ pub(super) async fn run_container(
     state_file::write(dir, CONTAINER, &cid)?;
     let log_path = paths::log_path(dir);
     let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
+    // sandhost makes the container's cgroup and sets its limits, as for the process backend, and
+    // runsc joins it: runsc neither configures nor removes a cgroup that exists before it starts.
+    // So the limits are enforced by the same code on both backends, and the cgroup, with the OOM
+    // kills it counted, outlives the container until the cleanup has read and removed it.
+    let cgroup = inner.cgroups.limits_only(cid);
+    cgroup.create().map_err(|e| io::Error::new(e.source.kind(), e))?;
+    cgroup.set_limits(&bundle::host_limits(&spec.limits)).map_err(|e| io::Error::new(e.source.kind(), e))?;
     let runsc = &inner.runsc;
     let mut child = match launch {
         Launch::Create => {
@@ -158,7 +165,7 @@ pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     if let Err(e) = inner.runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
-    if let Err(e) = inner.container_cgroup(cid).remove().await {
+    if let Err(e) = inner.remove_container_cgroup(cid).await {
         tracing::warn!(container = %cid, step = e.step, error = %e.source, "the cgroup of a failed start was left");
     }
     if let Err((what, e)) = remove_state_files(dir).and_then(|()| remove_log_and_dir(dir)) {
@@ -166,11 +173,10 @@ pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     }
 }
 
-/// Deletes container `cid` (slow) and the cgroup runsc leaves behind when a container died
-/// abnormally.
+/// Deletes container `cid` (slow), then its cgroup, which sandhost made and runsc leaves.
 pub(super) async fn delete_container(inner: &Inner, cid: &str) -> io::Result<()> {
     inner.runsc.delete(cid).await?;
-    inner.container_cgroup(cid).remove().await.map_err(|e| io::Error::new(e.source.kind(), e))
+    inner.remove_container_cgroup(cid).await.map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 /// Deletes the container (waiting for the deletes of earlier generations) and the state files; keeps

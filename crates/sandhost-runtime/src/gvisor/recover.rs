@@ -170,7 +170,7 @@ async fn recover_cgroups(
         if adopted.contains(&name) {
             continue;
         }
-        let Some(key) = key_of(&name) else {
+        let Some(key) = paths::key_of_container(&name) else {
             found.extend(recovery::kill_unidentified(&inner.cgroups, &name).await);
             continue;
         };
@@ -236,14 +236,6 @@ fn has_populated_cgroup(inner: &Inner, key: &SandboxKey) -> bool {
         .children()
         .iter()
         .any(|n| n.starts_with(&prefix) && inner.container_cgroup(n).is_populated())
-}
-
-/// The sandbox a container name (`<id>.<lifecycle>.<generation>`) stands for.
-fn key_of(name: &str) -> Option<SandboxKey> {
-    let (rest, generation) = name.rsplit_once('.')?;
-    generation.parse::<u32>().ok()?;
-    let (id, lifecycle) = rest.split_once('.')?;
-    Some(SandboxKey { id: SandboxId::parse(id).ok()?, lifecycle: LifecycleId::parse(lifecycle).ok()? })
 }
 
 /// Gives the log of a lifecycle an earlier agent started the name this one reads
