@@ -394,7 +394,9 @@ pub fn leftover_cgroups(prefix: &str) -> Vec<PathBuf> {
     all_cgroups_under(prefix)
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose command line mentions `needle`, or that hold a file under it open: runsc's
+/// processes name the state dir; a process sandbox's init names no host path (its command line is
+/// `sandhost-init __init`) but holds its lifecycle's directory open as long as it lives.
 pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id();
     let mut out = Vec::new();
@@ -405,15 +407,24 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         if pid.cast_unsigned() == me {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
+        if let Some(cmdline) = names_or_holds(&entry.path(), needle) {
             out.push((pid, cmdline));
         }
     }
     out
+}
+
+/// The command line of the process whose `/proc` directory is `proc_dir` if it mentions `needle` or
+/// the process holds a file under `needle` open.
+pub fn names_or_holds(proc_dir: &Path, needle: &str) -> Option<String> {
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if cmdline.contains(needle) {
+        return Some(cmdline);
+    }
+    let fds = std::fs::read_dir(proc_dir.join("fd")).ok()?;
+    let holds = fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.starts_with(needle)));
+    holds.then_some(cmdline)
 }
 
 /// The numbers a counting sandbox printed, one a line, in order.
