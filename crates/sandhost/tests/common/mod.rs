@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
+use sandhost_runtime::{HostPaths, LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
 
 // Each test binary uses its own share of these.
 #[allow(unused_imports)]
@@ -47,17 +47,18 @@ impl Backend {
 
     /// Opens this backend's runtime over `state_dir` under the cgroup parent `prefix`.
     pub fn open(self, state_dir: &Path, prefix: &str) -> Arc<dyn Runtime> {
-        self.open_with(state_dir, prefix, sandhost_runtime::DEFAULT_START_TIMEOUT)
+        self.open_with(state_dir, prefix, &Options::default())
     }
 
-    /// As [`Backend::open`], with this start timeout.
-    pub fn open_with(self, state_dir: &Path, prefix: &str, start_timeout: Duration) -> Arc<dyn Runtime> {
+    /// As [`Backend::open`], with these options.
+    pub fn open_with(self, state_dir: &Path, prefix: &str, options: &Options) -> Arc<dyn Runtime> {
         match self {
-            Self::Process => Arc::new(open_process_runtime(state_dir, prefix, start_timeout)),
+            Self::Process => Arc::new(open_process_runtime(state_dir, prefix, options)),
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
                 config.cgroup_parent = prefix.to_owned();
-                config.start_timeout = start_timeout;
+                config.start_timeout = options.start_timeout;
+                config.host_paths = options.host_paths.clone();
                 config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
                 Arc::new(
                     GvisorRuntime::open(config)
@@ -65,6 +66,21 @@ impl Backend {
                 )
             }
         }
+    }
+}
+
+/// What a test's runtime is opened with, besides its state dir and cgroup parent.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The start hang guard.
+    pub start_timeout: Duration,
+    /// What the `host` template shows of the host.
+    pub host_paths: HostPaths,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT, host_paths: HostPaths::defaults() }
     }
 }
 
@@ -124,16 +140,22 @@ pub struct TestEnv {
     pub runtime: Arc<dyn Runtime>,
     pub state_dir: PathBuf,
     pub prefix: String,
+    options: Options,
     _tmp: tempfile::TempDir,
 }
 
 impl TestEnv {
     pub fn on(backend: Backend) -> Self {
-        Self::with_start_timeout(backend, sandhost_runtime::DEFAULT_START_TIMEOUT)
+        Self::with(backend, Options::default())
     }
 
     /// As [`TestEnv::on`], with a runtime whose starts time out after `start_timeout`.
     pub fn with_start_timeout(backend: Backend, start_timeout: Duration) -> Self {
+        Self::with(backend, Options { start_timeout, ..Options::default() })
+    }
+
+    /// As [`TestEnv::on`], with a runtime opened with `options`.
+    pub fn with(backend: Backend, options: Options) -> Self {
         require_root();
         // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
         // must hide it.
@@ -142,13 +164,13 @@ impl TestEnv {
         let prefix =
             format!("sandhost-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
-        let runtime = backend.open_with(&state_dir, &prefix, start_timeout);
-        Self { backend, runtime, state_dir, prefix, _tmp: tmp }
+        let runtime = backend.open_with(&state_dir, &prefix, &options);
+        Self { backend, runtime, state_dir, prefix, options, _tmp: tmp }
     }
 
     /// A new runtime over the same state dir and cgroup parent (as a restarted agent would open).
     pub fn reopen(&self) -> Arc<dyn Runtime> {
-        self.backend.open(&self.state_dir, &self.prefix)
+        self.backend.open_with(&self.state_dir, &self.prefix, &self.options)
     }
 
     /// A spec running `argv` with a fresh key and the defaults.
@@ -331,10 +353,11 @@ pub fn purge(prefix: &str, state_dir: &Path) {
 }
 
 /// A process runtime over `state_dir`, under cgroup parent `prefix`.
-fn open_process_runtime(state_dir: &Path, prefix: &str, start_timeout: Duration) -> ProcessRuntime {
+fn open_process_runtime(state_dir: &Path, prefix: &str, options: &Options) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
     config.cgroup_parent = prefix.to_owned();
-    config.start_timeout = start_timeout;
+    config.start_timeout = options.start_timeout;
+    config.host_paths = options.host_paths.clone();
     ProcessRuntime::open(config).expect("open the process runtime")
 }
 
