@@ -290,7 +290,8 @@ impl TestEnv {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let bad: Vec<&str> = mounts.lines().filter(|l| l.contains(state.as_str())).collect();
         assert!(bad.is_empty(), "mounts left in the host namespace: {bad:?}");
-        let procs = processes_naming(&state);
+        let mut procs = processes_naming(&state);
+        procs.extend(processes_in_cgroups_under(&self.prefix));
         assert!(procs.is_empty(), "processes left behind: {procs:?}");
     }
 }
@@ -419,7 +420,9 @@ pub fn leftover_cgroups(prefix: &str) -> Vec<PathBuf> {
 
 /// Processes whose command line mentions `needle`, or that hold a file under it open: runsc's
 /// processes name the state dir; a process sandbox's init names no host path (its command line is
-/// `sandhost-init __init`) but holds its lifecycle's directory open as long as it lives.
+/// `sandhost-init __init`) but holds its lifecycle's directory open as long as it lives. (Where the
+/// state dir is on a mount of its own, the init's fds read as paths inside that mount once it has
+/// detached the host's root: [`processes_in_cgroups_under`] finds the init there.)
 pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id();
     let mut out = Vec::new();
@@ -448,6 +451,31 @@ pub fn names_or_holds(proc_dir: &Path, needle: &str) -> Option<String> {
     let fds = std::fs::read_dir(proc_dir.join("fd")).ok()?;
     let holds = fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.starts_with(needle)));
     holds.then_some(cmdline)
+}
+
+/// Processes in a cgroup under `prefix` (in any hierarchy): every process of a sandbox, its init
+/// included. Zombies aside: an init whose agent was killed is reaped by whoever inherited it, maybe
+/// late, and holds nothing meanwhile.
+pub fn processes_in_cgroups_under(prefix: &str) -> Vec<(i32, String)> {
+    let me = std::process::id();
+    let marker = format!(":/{prefix}/");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
+        if pid.cast_unsigned() == me || !cgroups.contains(&marker) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        out.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+    }
+    out
 }
 
 /// The numbers a counting sandbox printed, one a line, in order.
