@@ -177,7 +177,8 @@ impl HostPaths {
             check_one(path)?;
         }
         for (i, path) in paths.iter().enumerate() {
-            if let Some(within) = paths.iter().enumerate().find(|(j, other)| *j != i && path.starts_with(other))
+            if let Some(within) =
+                paths.iter().enumerate().find(|(j, other)| *j != i && path.starts_with(other))
             {
                 return Err(HostPathsError::Nested { path: path.clone(), within: within.1.clone() });
             }
@@ -287,9 +288,13 @@ pub(crate) fn make_skeleton(root: &Path, entries: &[Entry]) -> io::Result<()> {
         }
         let made = match entry {
             Entry::Bind { dir: true, .. } => dirs.create(&at),
-            Entry::Bind { dir: false, .. } => {
-                fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(&at).map(drop)
-            }
+            Entry::Bind { dir: false, .. } => fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&at)
+                .map(drop),
             Entry::Symlink { target, .. } => symlink(target, &at),
         };
         match made {

@@ -149,7 +149,6 @@ impl View {
         spec.cwd.as_deref().is_none_or(|cwd| self.kind_of(cwd) == Some(Kind::Dir))
     }
 
-
     /// What `inside` (absolute, in the sandbox) is in the view, if anything: resolved a component
     /// at a time, following symlinks inside the view.
     fn kind_of(&self, inside: &Path) -> Option<Kind> {
@@ -420,7 +419,8 @@ mod tests {
         for cwd in ["/", "/usr", "/etc", "/tmp", "/home", "/home/sandbox", "/run", "/proc", "/dev"] {
             assert_eq!(check(&["env"], Some(cwd)), None, "{cwd}");
         }
-        for cwd in ["/var", "/var/tmp", "/root", "/srv", "/opt", "/mnt", "/work", "/etc/ssh/x", "/etc/passwd"] {
+        for cwd in ["/var", "/var/tmp", "/root", "/srv", "/opt", "/mnt", "/work", "/etc/ssh/x", "/etc/passwd"]
+        {
             assert_eq!(check(&["env"], Some(cwd)), Some("cwd"), "{cwd}");
         }
     }

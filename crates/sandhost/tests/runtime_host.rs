@@ -67,7 +67,8 @@ async fn only_the_allow_list_of_the_host_is_seen(backend: Backend) {
         outside = outside.display(),
         state = t.state_dir.display(),
     );
-    let mut shown: BTreeSet<String> = ["/dev", "/home", "/proc", "/run", "/sys", "/tmp"].map(String::from).into();
+    let mut shown: BTreeSet<String> =
+        ["/dev", "/home", "/proc", "/run", "/sys", "/tmp"].map(String::from).into();
     shown.extend(HostPaths::defaults().paths().iter().map(|p| p.display().to_string()));
     for user in [User::UNPRIVILEGED, User { uid: 0, gid: 0 }] {
         let log = run(&t, &script, user).await;

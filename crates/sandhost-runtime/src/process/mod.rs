@@ -46,12 +46,12 @@ pub use init::{INIT_ARGV0, INIT_SUBCOMMAND, init_main};
 
 use crate::background::Background;
 use crate::cgroup::{Cgroup, Layout};
-use crate::{HostPaths, state};
 use crate::{
     CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
     Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError,
     WaitError,
 };
+use crate::{HostPaths, state};
 
 /// The backend's name.
 pub const NAME: &str = "process";

@@ -89,7 +89,8 @@ impl InitArgs {
     /// The failed `memfd_create` or write.
     pub(crate) fn to_memfd(&self) -> io::Result<OwnedFd> {
         let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let fd = nix::sys::memfd::memfd_create(c"sandhost-init-args", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        let fd =
+            nix::sys::memfd::memfd_create(c"sandhost-init-args", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
         let mut file = std::fs::File::from(fd);
         file.write_all(&bytes)?;
         file.rewind()?;
@@ -108,13 +109,13 @@ impl InitArgs {
 /// [`INIT_ARGS_FD`]). Never returns.
 ///
 /// Only meaningful when started by the process runtime (which hands it fds 3, 4 and 5).
-pub fn init_main(args: Vec<OsString>) -> ! {
+pub fn init_main(args: &[OsString]) -> ! {
     // Nothing but fds 0-5 was meant for us (the agent's other fds are close-on-exec anyway).
     sys::close_from(6);
     // SAFETY: fds 3, 4 and 5 were set up by `spawn` for this process and nothing else owns them.
     let (status, dir, init_args) =
         unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD), sys::adopt_fd(INIT_ARGS_FD)) };
-    let code = match run(args, init_args, status, &dir) {
+    let code = match run(args.is_empty(), init_args, status, &dir) {
         Ok(code) => code,
         Err((status, e)) => {
             eprintln!("sandhost init: {}: {}", e.step, e.message);
@@ -129,13 +130,13 @@ pub fn init_main(args: Vec<OsString>) -> ! {
 
 type RunError = (Option<OwnedFd>, SetupError);
 
-fn run(args: Vec<OsString>, init_args: OwnedFd, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunError> {
+fn run(no_args: bool, init_args: OwnedFd, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunError> {
     for fd in [status.as_raw_fd(), dir.as_raw_fd(), init_args.as_raw_fd()] {
         if let Err(e) = sys::set_cloexec(fd, true) {
             return Err((Some(status), SetupError::new("fds", e)));
         }
     }
-    if !args.is_empty() {
+    if !no_args {
         return Err((Some(status), SetupError::msg("arguments", "usage: sandhost-init __init")));
     }
     let args = match InitArgs::read_from(init_args) {
