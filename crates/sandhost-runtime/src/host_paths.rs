@@ -35,7 +35,8 @@ pub const DEFAULT_HOST_PATHS: [&str; 8] =
 /// and private tmpfs at `/tmp`, `/home`, `/run`): never host paths.
 pub(crate) const OWN: [&str; 6] = ["/proc", "/sys", "/dev", "/tmp", "/home", "/run"];
 
-/// The validated allow list of the `host` template.
+/// The validated allow list of the `host` template. (Deserializing checks nothing: it is how the
+/// process backend's init receives the list its agent checked.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct HostPaths {
