@@ -16,8 +16,10 @@
 //! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
 //! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
 //! directories) and [`state_file`] (the one checked, atomic file format, which the agent uses for
-//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`) and
-//! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
+//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`),
+//! `background` (work that outlives a call, which [`Runtime::settle`] awaits), and what a sandbox
+//! sees: [`HostPaths`] (the `host` template's allow list and the skeleton of its root) and `view`
+//! (the whole view, for the checks before a start).
 //!
 //! # Invariants every backend keeps
 //!
@@ -34,6 +36,7 @@ mod background;
 mod cgroup;
 mod errors;
 mod fswatch;
+mod host_paths;
 mod procfs;
 mod recovery;
 mod spec;
@@ -54,6 +57,7 @@ pub use errors::{
     CheckpointError, CleanupError, CloseError, ControlError, LogsError, RecoverError, StartError, StopError,
     WaitError,
 };
+pub use host_paths::{DEFAULT_HOST_PATHS, HostPaths, HostPathsError};
 pub use spec::{
     IdError, LifecycleId, Limits, SandboxId, SandboxKey, SandboxSpec, SnapshotId, Template, User,
 };

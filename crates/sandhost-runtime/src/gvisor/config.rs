@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::HostPaths;
+
 /// The runsc binary looked up on `PATH` by default.
 pub const DEFAULT_RUNSC: &str = "runsc";
 /// The runsc platform: ptrace works on these hosts (kvm hangs under nested PVM).
@@ -32,6 +34,9 @@ pub struct GvisorConfig {
     pub exit_recorder: Option<PathBuf>,
     /// How long a container may take to come up before its start is undone (a hang guard).
     pub start_timeout: Duration,
+    /// What a sandbox on the `host` template sees of the host (default:
+    /// [`HostPaths::defaults`]).
+    pub host_paths: HostPaths,
 }
 
 impl GvisorConfig {
@@ -46,6 +51,7 @@ impl GvisorConfig {
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             exit_recorder: None,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
         }
     }
 }
@@ -77,4 +83,7 @@ pub enum GvisorOpenError {
     /// The cgroup hierarchies could not be read.
     #[error("cgroup hierarchies")]
     Cgroup(#[source] std::io::Error),
+    /// The `host` template's allow list would show the state dir.
+    #[error("host paths")]
+    HostPaths(#[source] crate::HostPathsError),
 }

@@ -38,6 +38,7 @@ impl Inner {
         if !config.state_dir.is_absolute() {
             return Err(state_err(std::io::Error::other("must be absolute")));
         }
+        config.host_paths.check_state_dir(&config.state_dir).map_err(GvisorOpenError::HostPaths)?;
         let version = std::process::Command::new(&config.runsc)
             .arg("--version")
             .stdin(std::process::Stdio::null())

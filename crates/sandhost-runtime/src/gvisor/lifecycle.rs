@@ -44,8 +44,12 @@ pub(super) async fn run_container(
     cid: &str,
     launch: Launch<'_>,
 ) -> io::Result<Launched> {
-    let ctx =
-        BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
+    let ctx = BundleContext {
+        cid,
+        cgroup_parent: &inner.config.cgroup_parent,
+        state_dir: &inner.config.state_dir,
+        host_paths: &inner.config.host_paths,
+    };
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
     state_file::write(dir, CONTAINER, &cid)?;

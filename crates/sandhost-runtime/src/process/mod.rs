@@ -42,16 +42,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-pub use init::{INIT_SUBCOMMAND, init_main};
+pub use init::{INIT_ARGV0, INIT_SUBCOMMAND, init_main};
 
 use crate::background::Background;
 use crate::cgroup::{Cgroup, Layout};
-use crate::state;
 use crate::{
     CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
     Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError,
     WaitError,
 };
+use crate::{HostPaths, state};
 
 /// The backend's name.
 pub const NAME: &str = "process";
@@ -66,7 +66,8 @@ pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 pub struct ProcessConfig {
     /// The runtime's own directory (created 0700 if missing); sandboxes live under `sandboxes/`.
     pub state_dir: PathBuf,
-    /// The sandhost binary, run as each sandbox's init with [`INIT_SUBCOMMAND`].
+    /// The sandhost binary, run as each sandbox's init with [`INIT_SUBCOMMAND`] (its command line
+    /// inside the sandbox is `sandhost-init __init`: no host path).
     pub init_exe: PathBuf,
     /// The parent cgroup name, `[a-z0-9][a-z0-9-]*` (default [`DEFAULT_CGROUP_PARENT`]).
     pub cgroup_parent: String,
@@ -74,6 +75,8 @@ pub struct ProcessConfig {
     pub log_limit_bytes: u64,
     /// The start hang guard.
     pub start_timeout: Duration,
+    /// What a sandbox on the `host` template sees of the host (default: [`HostPaths::defaults`]).
+    pub host_paths: HostPaths,
 }
 
 impl ProcessConfig {
@@ -86,6 +89,7 @@ impl ProcessConfig {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
         }
     }
 }
@@ -117,6 +121,9 @@ pub enum OpenError {
     /// The cgroup hierarchies could not be read or prepared.
     #[error("cgroup setup")]
     Cgroup(#[source] std::io::Error),
+    /// The `host` template's allow list would show the state dir.
+    #[error("host paths")]
+    HostPaths(#[source] crate::HostPathsError),
 }
 
 /// The Linux `process` runtime. Cheap to clone; all clones share the sandboxes.
@@ -179,6 +186,7 @@ impl ProcessRuntime {
         if !config.state_dir.is_absolute() {
             return Err(state_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "must be absolute")));
         }
+        config.host_paths.check_state_dir(&config.state_dir).map_err(OpenError::HostPaths)?;
         let sandboxes = state::sandboxes_dir(&config.state_dir);
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sandboxes).map_err(state_err)?;
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
@@ -216,7 +224,8 @@ impl Runtime for ProcessRuntime {
     }
 
     fn check(&self, spec: &SandboxSpec) -> Result<(), StartError> {
-        crate::view::View::of(spec, &self.inner.config.state_dir, &[init::HOME]).check(spec)
+        let config = &self.inner.config;
+        crate::view::View::of(spec, &config.state_dir, &config.host_paths, &[init::HOME]).check(spec)
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {

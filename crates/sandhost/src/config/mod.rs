@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sandhost_runtime::Limits;
+use sandhost_runtime::{HostPaths, Limits};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5008";
@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// A rootfs template, `NAME=DIR` (repeatable).
     #[arg(long = "template", value_name = "NAME=DIR")]
     pub templates: Vec<String>,
+    /// What a sandbox on the `host` template sees of the host: comma-separated absolute paths, each
+    /// bound read-only at the same place in an otherwise empty root [default:
+    /// /bin,/sbin,/lib,/lib32,/lib64,/libx32,/usr,/etc, those the host has].
+    #[arg(long, env = "SANDHOST_HOST_PATHS", value_name = "PATHS")]
+    pub host_paths: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -193,6 +198,8 @@ pub struct ServeConfig {
     pub sandbox: SandboxConfig,
     /// Registered rootfs templates.
     pub templates: Vec<(String, PathBuf)>,
+    /// What the `host` template shows of the host.
+    pub host_paths: HostPaths,
     /// Log format.
     pub log_format: LogFormat,
     /// The parent cgroup of the sandboxes.
@@ -488,6 +495,8 @@ impl ServeArgs {
             ConfigError::new(name, &invalid.field, invalid.reason)
         })?;
         let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let host_paths = host_paths(self.host_paths.as_deref(), &state_dir)?;
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -532,7 +541,7 @@ impl ServeArgs {
             supervisor_stop_timeout,
             listen,
             http_listen,
-            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            state_dir,
             runtime,
             token,
             shutdown_drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
@@ -540,9 +549,24 @@ impl ServeArgs {
             force_shutdown_timeout,
             sandbox,
             templates,
+            host_paths,
             log_format,
         })
     }
+}
+
+/// `--host-paths`, or the defaults; none of them may show the state dir.
+fn host_paths(value: Option<&str>, state_dir: &std::path::Path) -> Result<HostPaths, ConfigError> {
+    const NAME: &str = "--host-paths / SANDHOST_HOST_PATHS";
+    let host_paths = match value {
+        Some(list) => HostPaths::parse(list).map_err(|e| ConfigError::new(NAME, list, e.to_string()))?,
+        None => HostPaths::defaults(),
+    };
+    host_paths.check_state_dir(state_dir).map_err(|e| {
+        let list: Vec<String> = host_paths.paths().iter().map(|p| p.display().to_string()).collect();
+        ConfigError::new(NAME, &list.join(","), format!("{e}; choose another --state-dir or --host-paths"))
+    })?;
+    Ok(host_paths)
 }
 
 fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use sandhost_runtime::{RecoverError, Runtime};
+use sandhost_runtime::{HostPaths, RecoverError, Runtime};
 
 use super::Node;
 use crate::admission;
@@ -101,8 +101,8 @@ impl Node {
 }
 
 /// Opens the backend `kind` with its state under `state_dir`, its sandboxes' cgroups under
-/// `cgroup_parent`, and `log_max_bytes` of each sandbox's log kept (its newest). The one place a
-/// backend is chosen by kind.
+/// `cgroup_parent`, `log_max_bytes` of each sandbox's log kept (its newest), and `host_paths` what
+/// the `host` template shows of the host. The one place a backend is chosen by kind.
 ///
 /// # Errors
 ///
@@ -113,6 +113,7 @@ pub fn open_runtime(
     state_dir: &Path,
     cgroup_parent: &str,
     log_max_bytes: u64,
+    host_paths: &HostPaths,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let sandhost = std::env::current_exe().context("finding the sandhost binary for the sandboxes")?;
     Ok(match kind {
@@ -121,6 +122,7 @@ pub fn open_runtime(
                 sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), sandhost);
             cgroup_parent.clone_into(&mut config.cgroup_parent);
             config.log_limit_bytes = log_max_bytes;
+            config.host_paths = host_paths.clone();
             Arc::new(
                 sandhost_runtime::process::ProcessRuntime::open(config)
                     .context("opening the process runtime")?,
@@ -131,6 +133,7 @@ pub fn open_runtime(
             cgroup_parent.clone_into(&mut config.cgroup_parent);
             config.exit_recorder = Some(sandhost);
             config.log_limit_bytes = log_max_bytes;
+            config.host_paths = host_paths.clone();
             Arc::new(
                 sandhost_runtime::gvisor::GvisorRuntime::open(config)
                     .context("opening the gvisor runtime")?,

@@ -220,22 +220,21 @@ impl Serve {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The sandboxes' processes of this serve: those with its state dir on their command line, the
-    /// serve aside: a sandbox's `sandhost __init` (process: the sandbox's processes die with it, its
-    /// pid 1), or runsc's gofer and sandbox (gvisor). Empty once every sandbox is gone.
+    /// The sandboxes' processes of this serve: those in a cgroup under its cgroup parent, or with
+    /// its state dir on their command line or a file under it open, the serve aside: a sandbox's
+    /// `sandhost-init` (process: the sandbox's processes die with it, its pid 1), or runsc's gofer
+    /// and sandbox (gvisor). Empty once every sandbox is gone.
     pub fn leftover_processes(&self) -> Vec<String> {
         let needle = self.state_dir.to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-            .filter_map(|e| {
-                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                // A sandbox's init (process) or runsc's processes (gvisor); not the serve itself.
-                let ours = cmdline.contains(&needle) && !cmdline.contains(" serve ");
-                ours.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
-            })
+        let mut found = crate::common::processes_naming(&needle);
+        found.extend(crate::common::processes_in_cgroups_under(&cgroup_parent_for(&self.state_dir)));
+        found.sort();
+        found.dedup();
+        found
+            .into_iter()
+            // A sandbox's init (process) or runsc's processes (gvisor); not the serve itself.
+            .filter(|(_, cmdline)| !cmdline.contains(" serve "))
+            .map(|(pid, cmdline)| format!("{pid}: {}", cmdline.trim()))
             .collect()
     }
 
