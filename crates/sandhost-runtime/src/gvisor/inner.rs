@@ -14,26 +14,27 @@ use super::runsc::Runsc;
 use super::sandbox::Sandbox;
 use crate::SandboxKey;
 use crate::background::Background;
-use crate::cgroup::{Cgroup, Layout};
+use crate::cgroup::{Cgroup, Layout, Placement};
 
 /// The state of one gvisor runtime.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: GvisorConfig,
     pub(crate) runsc: Runsc,
-    /// The hierarchies, under the configured parent; runsc creates and removes the parent.
+    /// The hierarchies, under the parent chosen at open (prepared then; runsc creates each
+    /// container's cgroup under it, and `close` removes it).
     pub(crate) cgroups: Layout,
     sandboxes: Mutex<HashMap<SandboxKey, Arc<Sandbox>>>,
     pub(crate) background: Background,
 }
 
 impl Inner {
-    /// Checks the configuration and that runsc runs, and creates the state dir (0700).
+    /// Checks the configuration and that runsc runs, creates the state dir (0700), chooses the
+    /// parent cgroup and prepares it (as the process backend does: on cgroup v2 inside a systemd
+    /// service, the agent moves into its service's `supervisor` leaf, where the runsc it starts
+    /// run too).
     pub(crate) fn open(config: GvisorConfig) -> Result<Self, GvisorOpenError> {
-        let parent = &config.cgroup_parent;
-        if crate::SandboxId::parse(parent.as_str()).is_err() {
-            return Err(GvisorOpenError::CgroupParent(parent.clone()));
-        }
+        let placement = Placement::resolve(&config.cgroup_parent).map_err(GvisorOpenError::CgroupParent)?;
         let state_err = |source| GvisorOpenError::StateDir { path: config.state_dir.clone(), source };
         if !config.state_dir.is_absolute() {
             return Err(state_err(std::io::Error::other("must be absolute")));
@@ -59,9 +60,17 @@ impl Inner {
         }
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(state_err)?;
-        let cgroups = Layout::detect(parent).map_err(GvisorOpenError::Cgroup)?;
+        let mut cgroups = Layout::detect(&placement).map_err(GvisorOpenError::Cgroup)?;
+        cgroups.create_parents().map_err(GvisorOpenError::Cgroup)?;
         let version = String::from_utf8_lossy(&version);
-        tracing::info!(runsc = %version.lines().next().unwrap_or_default(), platform = %config.platform, state_dir = %config.state_dir.display(), "gvisor runtime opened");
+        tracing::info!(
+            runsc = %version.lines().next().unwrap_or_default(),
+            platform = %config.platform,
+            cgroup_parent = %cgroups.parent(),
+            cgroup_parent_reason = %placement.reason,
+            state_dir = %config.state_dir.display(),
+            "gvisor runtime opened"
+        );
         let runsc = Runsc {
             bin: config.runsc.clone(),
             root: paths::runsc_root(&config.state_dir),

@@ -45,7 +45,7 @@ pub(super) async fn run_container(
     launch: Launch<'_>,
 ) -> io::Result<Launched> {
     let ctx =
-        BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
+        BundleContext { cid, cgroup_parent: inner.cgroups.parent(), state_dir: &inner.config.state_dir };
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
     state_file::write(dir, CONTAINER, &cid)?;
