@@ -56,7 +56,7 @@ impl Backend {
             Self::Process => Arc::new(open_process_runtime(state_dir, prefix, start_timeout)),
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
-                config.cgroup_parent = prefix.to_owned();
+                config.cgroup_parent = prefix.into();
                 config.start_timeout = start_timeout;
                 config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
                 Arc::new(
@@ -333,7 +333,7 @@ pub fn purge(prefix: &str, state_dir: &Path) {
 /// A process runtime over `state_dir`, under cgroup parent `prefix`.
 fn open_process_runtime(state_dir: &Path, prefix: &str, start_timeout: Duration) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
-    config.cgroup_parent = prefix.to_owned();
+    config.cgroup_parent = prefix.into();
     config.start_timeout = start_timeout;
     ProcessRuntime::open(config).expect("open the process runtime")
 }
