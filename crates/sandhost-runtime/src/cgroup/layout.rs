@@ -232,14 +232,19 @@ impl Layout {
 
     /// The steps of [`Layout::create_parents`], in order.
     fn plan(&self) -> Vec<Step> {
+        let wanted: Vec<&'static str> = Controller::ALL
+            .iter()
+            .filter(|c| self.v2_controllers.contains(c.name()))
+            .map(|c| c.name())
+            .collect();
+        self.plan_enabling(&wanted)
+    }
+
+    /// The steps that prepare the parent with the v2 controllers `wanted` enabled for its children.
+    fn plan_enabling(&self, wanted: &[&'static str]) -> Vec<Step> {
         let mut steps = Vec::new();
         let components: Vec<&str> = self.parent.split('/').collect();
         if let Some(root) = &self.v2_root {
-            let wanted: Vec<&'static str> = Controller::ALL
-                .iter()
-                .filter(|c| self.v2_controllers.contains(c.name()))
-                .map(|c| c.name())
-                .collect();
             // The top cgroup sandhost changes: the root (exempt from "no internal processes"), or
             // the service's, which the agent leaves first.
             let (mut dir, below) = match self.service_and_below(&components) {
@@ -768,5 +773,95 @@ mod tests {
         layout.remove_parents().expect("remove");
         assert!(!service.join("sandboxes").exists());
         assert!(service.join("supervisor").is_dir());
+    }
+
+    /// Moves this process back into its cgroup, removes the test's cgroups and disables the
+    /// controller at the root again if the test enabled it, even on failure.
+    struct Restore {
+        procs: PathBuf,
+        dirs: Vec<PathBuf>,
+        enabled_at_root: Option<(PathBuf, &'static str)>,
+    }
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = write(&self.procs, &std::process::id().to_string());
+            for dir in &self.dirs {
+                let _ = fs::remove_dir(dir);
+            }
+            if let Some((file, controller)) = &self.enabled_at_root {
+                let _ = write(file, &format!("-{controller}"));
+            }
+        }
+    }
+
+    /// The v2 steps for real, on this host's v2 hierarchy (the hybrid's holds `hugetlb`, a pure v2
+    /// host's all of them), as root: in a service's cgroup that holds the agent, the kernel refuses
+    /// to enable a controller for the children (and the error names the process in the way); the
+    /// planned move of the whole process (every thread) into `supervisor` is what lets it.
+    #[test]
+    fn on_real_cgroup_v2_the_move_into_the_supervisor_leaf_lets_the_service_enable_controllers() {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let service = format!("sandhost-test-v2-{}.service", std::process::id());
+        let placement = Placement {
+            parent: format!("{service}/sandboxes"),
+            service: Some(service.clone()),
+            reason: Reason::Configured,
+        };
+        let layout = Layout::parse(&mountinfo, |_| Ok(String::new()), &placement).expect("parse");
+        let root = layout.v2_root.clone().expect("a cgroup v2 hierarchy (pure v2, or the hybrid's)");
+        let offered = fs::read_to_string(root.join("cgroup.controllers")).expect("v2 controllers");
+        let controller = ["pids", "memory", "hugetlb", "io", "cpu", "misc", "rdma"]
+            .into_iter()
+            .find(|c| offered.split_whitespace().any(|o| o == *c))
+            .expect("a controller on v2 to enable");
+        let own = fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a v2 line");
+        let svc = root.join(&service);
+        let pid = i32::try_from(std::process::id()).expect("pid");
+        let mut restore = Restore {
+            procs: root.join(own.trim_start_matches('/')).join("cgroup.procs"),
+            dirs: ["sandboxes/box.1", "sandboxes", "supervisor", ""].iter().map(|d| svc.join(d)).collect(),
+            enabled_at_root: None,
+        };
+        // What systemd does for a delegated service: the controller offered to its cgroup.
+        let root_control = root.join("cgroup.subtree_control");
+        let at_root = fs::read_to_string(&root_control).expect("the root's subtree_control");
+        if !at_root.split_whitespace().any(|c| c == controller) {
+            write(&root_control, &format!("+{controller}")).expect("enable it at the root");
+            restore.enabled_at_root = Some((root_control, controller));
+        }
+        fs::create_dir(&svc).expect("make a v2 cgroup (as root)");
+        // Started in it, as systemd starts a service.
+        write(&svc.join("cgroup.procs"), &pid.to_string()).expect("join it");
+
+        match layout.run(&Step::Enable(svc.clone(), controller)) {
+            Err(CgroupSetupError::ServiceNotEmpty { path, pids }) => {
+                assert_eq!(path, svc);
+                assert!(pids.contains(&pid), "{pids:?} names the agent");
+            }
+            other => panic!("expected the kernel's refusal, got {other:?}"),
+        }
+
+        // The v2 steps (the v1 ones only make directories).
+        let on_v2 = |step: &Step| match step {
+            Step::Mkdir(path) | Step::MoveSelf(path) | Step::Enable(path, _) => path.starts_with(&root),
+        };
+        for step in layout.plan_enabling(&[controller]).iter().filter(|s| on_v2(s)) {
+            layout.run(step).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        }
+        assert_eq!(pids_in(&svc), Vec::<i32>::new(), "the service's cgroup is empty");
+        let threads = fs::read_to_string(svc.join("cgroup.threads")).expect("threads");
+        assert_eq!(threads.trim(), "", "every thread moved");
+        assert!(pids_in(&svc.join(SUPERVISOR)).contains(&pid));
+        for dir in [svc.clone(), svc.join("sandboxes")] {
+            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).expect("subtree_control");
+            assert!(enabled.split_whitespace().any(|c| c == controller), "{}: {enabled}", dir.display());
+        }
+        // A sandbox's cgroup under the parent has the controller.
+        let sandbox = svc.join("sandboxes/box.1");
+        fs::create_dir(&sandbox).expect("a sandbox's cgroup");
+        let controllers = fs::read_to_string(sandbox.join("cgroup.controllers")).expect("controllers");
+        assert!(controllers.split_whitespace().any(|c| c == controller), "{controllers}");
     }
 }
