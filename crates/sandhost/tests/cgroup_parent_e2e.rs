@@ -198,8 +198,8 @@ fn without_invocation_id_the_sandboxes_go_under_the_default_parent_at_the_roots(
         "a parent {} exists: is an agent running here?",
         sandhost::config::DEFAULT_CGROUP_PARENT
     );
-    let _default_parent = PurgeOnDrop {
-        parent: sandhost::config::DEFAULT_CGROUP_PARENT,
+    let _default_parent = common::PurgeOnDrop {
+        prefix: sandhost::config::DEFAULT_CGROUP_PARENT.to_owned(),
         state_dir: state.path().to_path_buf(),
     };
     let service = FakeService::create("noinv", state.path());
@@ -242,16 +242,4 @@ fn a_service_given_a_parent_keeps_it() {
     assert_eq!(serve.stop(), Some(10), "{}", serve.log());
     assert_eq!(e2e::leftover_cgroups(&parent), Vec::<PathBuf>::new());
     assert_eq!(service.remove(), Vec::<PathBuf>::new());
-}
-
-/// Kills and removes what is under `parent` at the roots when dropped.
-struct PurgeOnDrop {
-    parent: &'static str,
-    state_dir: PathBuf,
-}
-
-impl Drop for PurgeOnDrop {
-    fn drop(&mut self) {
-        common::purge(self.parent, &self.state_dir);
-    }
 }

@@ -279,6 +279,22 @@ impl Drop for TestEnv {
     }
 }
 
+/// Purges another parent a test uses besides its own (see [`purge`]) when dropped, so that a test
+/// that fails before its own cleanup leaks nothing there either.
+#[derive(Debug)]
+pub struct PurgeOnDrop {
+    /// The parent, relative to each hierarchy's root.
+    pub prefix: String,
+    /// The state dir whose processes go too.
+    pub state_dir: PathBuf,
+}
+
+impl Drop for PurgeOnDrop {
+    fn drop(&mut self) {
+        purge(&self.prefix, &self.state_dir);
+    }
+}
+
 /// SIGKILL to `pid`; one that has already gone (ESRCH) is what was wanted.
 fn sigkill(pid: i32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
