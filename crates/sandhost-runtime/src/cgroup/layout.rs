@@ -670,7 +670,11 @@ mod tests {
             &delegated(),
         )
         .expect("parse");
-        assert_eq!(*asked.borrow(), [service.clone()], "the controllers the service may hand down");
+        assert_eq!(
+            asked.borrow().as_slice(),
+            std::slice::from_ref(&service),
+            "the controllers the service may hand down"
+        );
         let sandboxes = service.join("sandboxes");
         let enable = |dir: &Path| Controller::ALL.map(|c| Step::Enable(dir.to_path_buf(), c.name()));
         let mut expected = vec![

@@ -167,7 +167,7 @@ pub(crate) enum NotAService {
     /// `/proc/self/cgroup` could not be read or names no cgroup.
     NoOwnCgroup,
     /// Its cgroup is no service's (a session's scope, a container's, the root).
-    NotAServiceCgroup {
+    ForeignCgroup {
         /// The agent's own cgroup.
         cgroup: String,
     },
@@ -202,7 +202,7 @@ impl fmt::Display for NotAService {
                 "not a systemd service's main process (SYSTEMD_EXEC_PID={exec_pid} is another process)"
             ),
             Self::NoOwnCgroup => f.write_str("its own cgroup is unknown (/proc/self/cgroup)"),
-            Self::NotAServiceCgroup { cgroup } => {
+            Self::ForeignCgroup { cgroup } => {
                 write!(f, "its own cgroup {cgroup} is no systemd service's (*.service)")
             }
             Self::Unusable { cgroup, rule } => {
@@ -290,7 +290,7 @@ fn systemd_service(observed: &Observed) -> Result<String, NotAService> {
         .next()
         .is_some_and(|unit| unit.len() > ".service".len() && unit.ends_with(".service"));
     if !is_service {
-        return Err(NotAService::NotAServiceCgroup { cgroup: own.chars().take(200).collect() });
+        return Err(NotAService::ForeignCgroup { cgroup: own.chars().take(200).collect() });
     }
     if let Err(invalid) = validate_cgroup_parent(&format!("{service}/{SANDBOXES}")) {
         return Err(NotAService::Unusable { cgroup: own.chars().take(200).collect(), rule: invalid.rule });
@@ -476,7 +476,7 @@ mod tests {
             "12:pids:/docker/0123\n11:memory:/docker/0123\n1:name=systemd:/docker/0123\n",
         ] {
             assert!(
-                matches!(fallback(&service_observed(not_a_service)), NotAService::NotAServiceCgroup { .. }),
+                matches!(fallback(&service_observed(not_a_service)), NotAService::ForeignCgroup { .. }),
                 "{not_a_service}"
             );
         }

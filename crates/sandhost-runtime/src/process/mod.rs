@@ -167,7 +167,7 @@ impl ProcessRuntime {
         if !init_meta.is_file() || !config.init_exe.is_absolute() {
             let source =
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path to a file");
-            return Err(OpenError::InitExe { path: config.init_exe.clone(), source });
+            return Err(OpenError::InitExe { path: config.init_exe, source });
         }
         let init_exe =
             CString::new(config.init_exe.as_os_str().as_bytes()).map_err(|_| OpenError::InitExe {
