@@ -53,6 +53,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use cgroup::{CgroupParent, CgroupSetupError, InvalidCgroupParent, SANDBOXES, validate_cgroup_parent};
 pub use errors::{
     CheckpointError, CleanupError, CloseError, ControlError, LogsError, RecoverError, StartError, StopError,
     WaitError,

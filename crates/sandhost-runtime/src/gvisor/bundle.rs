@@ -13,6 +13,9 @@
 //! Limits become `linux.resources` (which size the sandbox's kernel) and are written by sandhost
 //! into the cgroup `<parent>/<container id>` it makes before runsc starts (see
 //! `lifecycle::run_container`); the backend reaches it through `crate::cgroup::Layout::find`.
+//! The `cgroupsPath` is absolute (`/<parent>/<container id>`): runsc joins it under the root of
+//! each hierarchy, on v1 as on v2, so it is the same path the layout finds (a relative one would
+//! be taken from runsc's own cgroup on v1, and differently by runsc versions on v2).
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -41,7 +44,7 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub(crate) struct BundleContext<'a> {
     /// The runsc container id (also the cgroup's name).
     pub(crate) cid: &'a str,
-    /// The parent cgroup name.
+    /// The parent cgroup, relative to each hierarchy's root.
     pub(crate) cgroup_parent: &'a str,
     /// The agent's state dir, hidden inside the sandbox.
     pub(crate) state_dir: &'a Path,

@@ -46,7 +46,7 @@ pub(super) async fn run_container(
 ) -> io::Result<Launched> {
     let ctx = BundleContext {
         cid,
-        cgroup_parent: &inner.config.cgroup_parent,
+        cgroup_parent: inner.cgroups.parent(),
         state_dir: &inner.config.state_dir,
         host_paths: &inner.config.host_paths,
     };
@@ -59,7 +59,7 @@ pub(super) async fn run_container(
     // runsc joins it: runsc neither configures nor removes a cgroup that exists before it starts.
     // So the limits are enforced by the same code on both backends, and the cgroup, with the OOM
     // kills it counted, outlives the container until the cleanup has read and removed it.
-    let cgroup = inner.cgroups.limits_only(cid);
+    let cgroup = inner.cgroups.layout().limits_only(cid);
     cgroup.create().map_err(|e| io::Error::new(e.source.kind(), e))?;
     cgroup.set_limits(&bundle::host_limits(&spec.limits)).map_err(|e| io::Error::new(e.source.kind(), e))?;
     let runsc = &inner.runsc;
@@ -169,7 +169,7 @@ pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     if let Err(e) = inner.runsc.delete(cid).await {
         tracing::warn!(container = %cid, error = %e, "deleting the container of a failed start failed");
     }
-    if let Err(e) = inner.remove_container_cgroup(cid).await {
+    if let Err(e) = inner.container_cgroup(cid).remove().await {
         tracing::warn!(container = %cid, step = e.step, error = %e.source, "the cgroup of a failed start was left");
     }
     if let Err((what, e)) = remove_state_files(dir).and_then(|()| remove_log_and_dir(dir)) {
@@ -180,7 +180,7 @@ pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
 /// Deletes container `cid` (slow), then its cgroup, which sandhost made and runsc leaves.
 pub(super) async fn delete_container(inner: &Inner, cid: &str) -> io::Result<()> {
     inner.runsc.delete(cid).await?;
-    inner.remove_container_cgroup(cid).await.map_err(|e| io::Error::new(e.source.kind(), e))
+    inner.container_cgroup(cid).remove().await.map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 /// Deletes the container (waiting for the deletes of earlier generations) and the state files; keeps

@@ -62,17 +62,6 @@ pub(crate) fn key_of_container(name: &str) -> Option<SandboxKey> {
     Some(SandboxKey { id: SandboxId::parse(id).ok()?, lifecycle: LifecycleId::parse(lifecycle).ok()? })
 }
 
-/// The cgroup parent that the bundle in the lifecycle directory `dir` gave container `cid`
-/// (`cgroupsPath` = `/<parent>/<cid>`), if it names one of valid parts. Read from a file, so
-/// checked like any input: each part of the parent must be a valid id.
-pub(crate) fn bundle_cgroup_parent(dir: &Path, cid: &str) -> Option<String> {
-    let bytes = std::fs::read(dir.join(BUNDLE).join("config.json")).ok()?;
-    let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let path = config["linux"]["cgroupsPath"].as_str()?;
-    let parent = path.strip_prefix('/')?.strip_suffix(cid)?.strip_suffix('/')?;
-    parent.split('/').all(|part| SandboxId::parse(part).is_ok()).then(|| parent.to_owned())
-}
-
 /// The container that carries the lifecycle in `dir` now, if one was made.
 pub(crate) fn read_container(dir: &Path) -> Result<Option<String>, state_file::StateFileError> {
     state_file::read(dir, CONTAINER)
@@ -94,26 +83,6 @@ mod tests {
         assert_eq!(key_of_container("box.ab.7"), Some(key));
         for other in ["box.ab", "box.ab.x", "Box.ab.0", "../x.ab.0", "not-a-sandbox"] {
             assert_eq!(key_of_container(other), None, "{other}");
-        }
-    }
-
-    #[test]
-    fn the_bundle_names_the_parent_its_container_was_started_under() {
-        let dir = tempfile::tempdir().expect("dir");
-        let write = |path: &str| {
-            std::fs::create_dir_all(dir.path().join(BUNDLE)).expect("bundle dir");
-            let config = serde_json::json!({ "linux": { "cgroupsPath": path } });
-            std::fs::write(dir.path().join(BUNDLE).join("config.json"), config.to_string()).expect("write");
-        };
-        assert_eq!(bundle_cgroup_parent(dir.path(), "box.ab.0"), None, "no bundle");
-        write("/old-parent/box.ab.0");
-        assert_eq!(bundle_cgroup_parent(dir.path(), "box.ab.0").as_deref(), Some("old-parent"));
-        write("/a/b-c/box.ab.0");
-        assert_eq!(bundle_cgroup_parent(dir.path(), "box.ab.0").as_deref(), Some("a/b-c"));
-        // Another container's, or a parent that is no path of ids: not taken.
-        for hostile in ["/p/box.ab.1", "/../../etc/box.ab.0", "/p//box.ab.0", "box.ab.0", "/P/box.ab.0"] {
-            write(hostile);
-            assert_eq!(bundle_cgroup_parent(dir.path(), "box.ab.0"), None, "{hostile}");
         }
     }
 }

@@ -112,6 +112,8 @@ async fn recover_one(inner: &Inner, key: SandboxKey, dir: PathBuf) -> Outcome {
     if spec.is_none() && lost.is_empty() {
         lost.push(format!("{} is missing", dir.join(state::SPEC).display()));
     }
+    // An agent with another parent may have started it: its bundle says where its cgroup is.
+    inner.cgroups.locate(&cid, &dir.join(paths::BUNDLE));
     // A frozen (or freezing) sandbox cannot answer `runsc state`: its cgroup says it lives, paused.
     let cgroup = inner.container_cgroup(&cid);
     let frozen = cgroup.freezer_state() != FreezerState::Thawed;
@@ -171,7 +173,7 @@ async fn recover_cgroups(
             continue;
         }
         let Some(key) = paths::key_of_container(&name) else {
-            found.extend(recovery::kill_unidentified(&inner.cgroups, &name).await);
+            found.extend(recovery::kill_unidentified(inner.cgroups.layout(), &name).await);
             continue;
         };
         let cgroup = inner.container_cgroup(&name);

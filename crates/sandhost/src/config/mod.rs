@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sandhost_runtime::{HostPaths, Limits};
+use sandhost_runtime::{CgroupParent, HostPaths, Limits};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5008";
@@ -26,7 +26,11 @@ pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_SANDBOX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long exited sandboxes stay readable.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
-/// Default parent cgroup of the sandboxes.
+/// The value of `--cgroup-parent` that leaves the choice to the agent (its default): inside its own
+/// delegated subtree when it runs as a systemd service, else [`DEFAULT_CGROUP_PARENT`].
+pub const AUTO_CGROUP_PARENT: &str = "auto";
+/// The parent cgroup of the sandboxes, at the root of each hierarchy, when the agent is no systemd
+/// service and none is given.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 /// Memory limit of a sandbox whose Create names none: its processes and its private tmpfs mounts
 /// together (tmpfs pages are charged to the sandbox's memory cgroup).
@@ -132,8 +136,10 @@ pub struct ServeArgs {
     /// many came before [default: 1m].
     #[arg(long, env = "SANDHOST_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<String>,
-    /// The cgroup (in every hierarchy) under which sandboxes get their own.
-    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    /// The cgroup, in every hierarchy, under which sandboxes get their own: a path relative to each
+    /// hierarchy's root (`sandhost`, `a/b`), or `auto`: `<its own service's cgroup>/sandboxes` when
+    /// run as a systemd service (INVOCATION_ID set, its cgroup a .service), else `sandhost`.
+    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = AUTO_CGROUP_PARENT)]
     pub cgroup_parent: String,
     /// How long the supervisor (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds,
     /// Nomad's kill_timeout) waits after its SIGTERM before it kills the agent; the deploy files set
@@ -202,8 +208,8 @@ pub struct ServeConfig {
     pub host_paths: HostPaths,
     /// Log format.
     pub log_format: LogFormat,
-    /// The parent cgroup of the sandboxes.
-    pub cgroup_parent: String,
+    /// Where the sandboxes' cgroups go: a path, or left to the agent.
+    pub cgroup_parent: CgroupParent,
     /// Bytes of each sandbox's log the node keeps (the newest).
     pub log_max_bytes: u64,
     /// How long the supervisor waits after its SIGTERM before it kills the agent; `None`: unknown.
@@ -508,13 +514,15 @@ impl ServeArgs {
                 ));
             }
         };
-        if sandhost_runtime::SandboxId::parse(&self.cgroup_parent).is_err() {
-            return Err(ConfigError::new(
-                "--cgroup-parent / SANDHOST_CGROUP_PARENT",
-                &self.cgroup_parent,
-                "must match [a-z0-9][a-z0-9-]{0,62}",
-            ));
-        }
+        let cgroup_parent = match self.cgroup_parent.as_str() {
+            AUTO_CGROUP_PARENT => CgroupParent::auto(DEFAULT_CGROUP_PARENT),
+            path => {
+                sandhost_runtime::validate_cgroup_parent(path).map_err(|invalid| {
+                    ConfigError::new("--cgroup-parent / SANDHOST_CGROUP_PARENT", path, invalid.rule)
+                })?;
+                CgroupParent::from(path)
+            }
+        };
         let supervisor_stop_timeout = self
             .supervisor_stop_timeout
             .as_ref()
@@ -537,7 +545,7 @@ impl ServeArgs {
         )?;
         Ok(ServeConfig {
             log_max_bytes,
-            cgroup_parent: self.cgroup_parent.clone(),
+            cgroup_parent,
             supervisor_stop_timeout,
             listen,
             http_listen,

@@ -172,3 +172,19 @@ fn the_host_paths_are_checked_and_an_error_names_the_variable() {
     let error = args(&["--state-dir", "/etc/sandhost"]).validate(None).expect_err("under /etc");
     assert!(error.to_string().contains("SANDHOST_HOST_PATHS"), "{error}");
 }
+
+#[test]
+fn the_cgroup_parent_is_left_to_the_agent_unless_a_valid_path_is_given() {
+    let config = args(&[]).validate(None).expect("valid");
+    assert_eq!(config.cgroup_parent, CgroupParent::auto(DEFAULT_CGROUP_PARENT), "the default");
+    let config = args(&["--cgroup-parent", "auto"]).validate(None).expect("valid");
+    assert_eq!(config.cgroup_parent, CgroupParent::auto(DEFAULT_CGROUP_PARENT), "said explicitly");
+    for path in ["sandhost", "sandhost-2", "ops.slice/sandhost"] {
+        let config = args(&["--cgroup-parent", path]).validate(None).expect("valid");
+        assert_eq!(config.cgroup_parent, CgroupParent::from(path));
+    }
+    for invalid in ["/sandhost", "a/../b", "a//b", "a b", "", "sandhost/"] {
+        let error = args(&["--cgroup-parent", invalid]).validate(None).expect_err(invalid);
+        assert!(error.to_string().contains("SANDHOST_CGROUP_PARENT"), "{error}");
+    }
+}

@@ -56,7 +56,7 @@ impl Backend {
             Self::Process => Arc::new(open_process_runtime(state_dir, prefix, options)),
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
-                config.cgroup_parent = prefix.to_owned();
+                config.cgroup_parent = prefix.into();
                 config.start_timeout = options.start_timeout;
                 config.host_paths = options.host_paths.clone();
                 config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
@@ -302,6 +302,22 @@ impl Drop for TestEnv {
     }
 }
 
+/// Purges another parent a test uses besides its own (see [`purge`]) when dropped, so that a test
+/// that fails before its own cleanup leaks nothing there either.
+#[derive(Debug)]
+pub struct PurgeOnDrop {
+    /// The parent, relative to each hierarchy's root.
+    pub prefix: String,
+    /// The state dir whose processes go too.
+    pub state_dir: PathBuf,
+}
+
+impl Drop for PurgeOnDrop {
+    fn drop(&mut self) {
+        purge(&self.prefix, &self.state_dir);
+    }
+}
+
 /// SIGKILL to `pid`; one that has already gone (ESRCH) is what was wanted.
 fn sigkill(pid: i32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -356,7 +372,7 @@ pub fn purge(prefix: &str, state_dir: &Path) {
 /// A process runtime over `state_dir`, under cgroup parent `prefix`.
 fn open_process_runtime(state_dir: &Path, prefix: &str, options: &Options) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
-    config.cgroup_parent = prefix.to_owned();
+    config.cgroup_parent = prefix.into();
     config.start_timeout = options.start_timeout;
     config.host_paths = options.host_paths.clone();
     ProcessRuntime::open(config).expect("open the process runtime")
