@@ -279,9 +279,20 @@ async fn invalid_requests_name_the_field_and_start_nothing() {
     ));
     assert!(matches!(
         t.node
-            .create(CreateRequest { restore_from: Some("snap".into()), ..request("x", DrainPolicy::Wait) })
+            .create(CreateRequest {
+                restore_from: Some("snap".into()),
+                argv: Vec::new(),
+                ..request("x", DrainPolicy::Wait)
+            })
             .await,
         Err(CreateError::NotSupported { what: "restore from a snapshot", .. })
+    ));
+    // A restore that also names a command is the request's own fault, named before the backend's.
+    assert!(matches!(
+        t.node
+            .create(CreateRequest { restore_from: Some("snap".into()), ..request("x", DrainPolicy::Wait) })
+            .await,
+        Err(CreateError::Invalid(e)) if e.field == "argv"
     ));
     assert!(t.fake.calls().is_empty(), "nothing reached the runtime");
     assert!(t.node.list(&ListFilter::default()).is_empty());

@@ -11,7 +11,9 @@
 //!   for their turn in admission order, holding their permit. Only a kill, or the forced phase,
 //!   skips a waiting start.
 //! - A refused Create leaves nothing behind: everything that can fail is checked before the entry
-//!   is inserted.
+//!   is inserted, and the record written just before admission is removed again.
+//! - A sandbox is durable before it can be listed: its record is written before the entry is
+//!   inserted, so an agent killed after a List showed it leaves the next agent its record.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -82,58 +84,67 @@ impl Manager {
             other => CreateError::Start(other),
         })?;
         let key = prepared.spec.key.clone();
-        let (permit, slot, spec, meta) = {
-            // Admission and the entry under one lock: once the gate has closed, every admitted
-            // Create is in the table, where the drain's passes (`live_keys`) see it.
-            let mut table = self.lock();
-            let permit = self
-                .admission
-                .enter()
-                .map_err(|refused| CreateError::NotAdmitting { status: refused.status })?;
-            let slot = Arc::clone(&self.admitted_starts).try_acquire_owned().map_err(|_| {
-                CreateError::ResourceExhausted {
-                    limit: LIMIT_ADMITTED_STARTS,
-                    max: self.config.max_admitted_starts,
-                }
-            })?;
-            let allocatable = self.allocatable_memory();
-            let memory = prepared.info.limits.memory_bytes.unwrap_or(0);
-            if table.allocated().memory_bytes.saturating_add(memory) > allocatable {
-                return Err(CreateError::ResourceExhausted {
-                    limit: LIMIT_ALLOCATABLE_MEMORY,
-                    max: allocatable,
-                });
-            }
-            if table.counts().live() >= self.config.max_sandboxes {
-                return Err(CreateError::ResourceExhausted {
-                    limit: LIMIT_LIVE_SANDBOXES,
-                    max: self.config.max_sandboxes,
-                });
-            }
-            if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
-                return Err(CreateError::AlreadyExists(key.id));
-            }
-            let (spec, meta) = (prepared.spec.clone(), SandboxMeta::from_entry(&prepared.info));
-            table.insert(Entry::new(prepared.info, prepared.spec));
-            (permit, slot, spec, meta)
-        };
+        // The record is durable before the sandbox can be listed: an agent killed at any moment
+        // after a List showed it `Starting` leaves the next one its record (which says it never
+        // ran, if it did not). A Create refused below removes it again.
+        let meta = SandboxMeta::from_entry(&prepared.info);
+        if let Err(error) = self.store.save(&meta) {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
+        }
+        let admitted = self.admit(prepared);
+        if admitted.is_err()
+            && let Err(error) = self.store.remove(&key)
+        {
+            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot remove the record of a refused Create");
+        }
+        let (permit, slot, spec) = admitted?;
         // The start runs in its own task: an admitted start finishes even if the caller goes away.
         let this = Arc::clone(self);
-        run_to_end(async move { this.run_start(spec, meta, permit, slot, admitted_at).await }).await?
+        run_to_end(async move { this.run_start(spec, permit, slot, admitted_at).await }).await?
+    }
+
+    /// Admits a prepared Create: the gate, the limits and the id checked, and the entry inserted as
+    /// `Starting`, under one table lock.
+    fn admit(&self, prepared: Prepared) -> Result<(Permit, OwnedSemaphorePermit, SandboxSpec), CreateError> {
+        let key = prepared.spec.key.clone();
+        // Admission and the entry under one lock: once the gate has closed, every admitted
+        // Create is in the table, where the drain's passes (`live_keys`) see it.
+        let mut table = self.lock();
+        let permit =
+            self.admission.enter().map_err(|refused| CreateError::NotAdmitting { status: refused.status })?;
+        let slot = Arc::clone(&self.admitted_starts).try_acquire_owned().map_err(|_| {
+            CreateError::ResourceExhausted {
+                limit: LIMIT_ADMITTED_STARTS,
+                max: self.config.max_admitted_starts,
+            }
+        })?;
+        let allocatable = self.allocatable_memory();
+        let memory = prepared.info.limits.memory_bytes.unwrap_or(0);
+        if table.allocated().memory_bytes.saturating_add(memory) > allocatable {
+            return Err(CreateError::ResourceExhausted { limit: LIMIT_ALLOCATABLE_MEMORY, max: allocatable });
+        }
+        if table.counts().live() >= self.config.max_sandboxes {
+            return Err(CreateError::ResourceExhausted {
+                limit: LIMIT_LIVE_SANDBOXES,
+                max: self.config.max_sandboxes,
+            });
+        }
+        if table.sandboxes.get(&key.id).is_some_and(|e| e.info.state.is_live()) {
+            return Err(CreateError::AlreadyExists(key.id));
+        }
+        let spec = prepared.spec.clone();
+        table.insert(Entry::new(prepared.info, prepared.spec));
+        Ok((permit, slot, spec))
     }
 
     async fn run_start(
         self: Arc<Self>,
         spec: SandboxSpec,
-        meta: SandboxMeta,
         permit: Permit,
         slot: OwnedSemaphorePermit,
         admitted_at: Instant,
     ) -> Result<SandboxInfo, CreateError> {
         let key = spec.key.clone();
-        if let Err(error) = self.store.save(&meta) {
-            tracing::warn!(sandbox.id = %key.id, error = %error, "cannot persist sandbox metadata");
-        }
         let started = {
             // Beyond the start parallelism, admitted starts wait here for their turn, first come
             // first served: a burst is started at the rate the host can take instead of all at
