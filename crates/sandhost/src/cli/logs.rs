@@ -12,9 +12,10 @@
 //!   WHEN to come prints nothing; with `-f`, the node waits for it, then follows.
 //! - `--tail N`: the last N lines of the log (with `--since`, of what was written since) as it is
 //!   when the command starts (a last line without its newline counts). With `-f`, the log is read
-//!   once to its end, the tail printed, and the follow stream (from the same WHEN) then skips
-//!   those bytes: the log only grows, so nothing is printed twice or lost (unless the node drops
-//!   the oldest bytes, or the index entry WHEN was found by, in between).
+//!   once to its end, the tail printed, and the follow stream (from the same WHEN, so from the
+//!   same offset) then skips those bytes: the log only grows, so nothing is printed twice or lost,
+//!   unless the node drops its oldest bytes between the two reads (a log written faster than the
+//!   command runs).
 //! - `--timestamps` (with `-f` only): each line is prefixed with the time this client *received*
 //!   its first byte (RFC 3339, UTC, milliseconds), not the time it was written: the node dates the
 //!   bytes of a log only to about a second, for `since`, and the stream does not carry those
