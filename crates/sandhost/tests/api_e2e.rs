@@ -24,6 +24,7 @@ on_both_backends!(sync:
     logs_follow_streams_until_the_sandbox_exits,
     a_second_serve_on_the_same_state_dir_is_refused,
     a_restarted_serve_readopts_the_sandboxes_of_a_killed_one,
+    logs_since_holds_across_a_restart_of_the_agent,
 );
 
 on_both_backends!(async:
@@ -602,6 +603,31 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one(backend: Backend) {
     second.stop();
     assert_eq!(second.leftover_processes(), Vec::<String>::new());
     assert_eq!(e2e::leftover_cgroups(&parent), Vec::<std::path::PathBuf>::new());
+}
+
+fn logs_since_holds_across_a_restart_of_the_agent(backend: Backend) {
+    let state = tempfile::tempdir().expect("state dir");
+    let options =
+        ServeOptions { state_dir: Some(state.path().to_path_buf()), ..ServeOptions::on(backend.name()) };
+    let mut first = Serve::start_with(options.clone());
+    let script = "trap 'echo late; exit 0' TERM; echo early; while :; do sleep 1; done";
+    ok(&first.cli(&["create", "--id", "clock", "--", "sh", "-c", script]));
+    let mut follower = first.spawn_cli(&["logs", "clock", "-f"]);
+    assert_eq!(follower.next_line().as_deref(), Some("early"));
+    let since = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let when = humantime::format_rfc3339_nanos(since).to_string();
+    drop(follower);
+    first.kill();
+
+    // The next agent reads the times the first one (or the sandbox's init) recorded.
+    let mut second = Serve::start_with(options);
+    sleep_until(since);
+    assert_eq!(ok(&second.cli(&["logs", "clock", "--since", &when])), "", "\"early\" is from before");
+    ok(&second.cli(&["kill", "clock"]));
+    assert_eq!(ok(&second.cli(&["logs", "clock", "--since", &when])), "late");
+    assert_eq!(ok(&second.cli(&["logs", "clock"])), "early\nlate");
+    second.stop();
+    assert_eq!(second.leftover_processes(), Vec::<String>::new());
 }
 
 async fn wait_streams_end_when_the_server_shuts_down(backend: Backend) {
