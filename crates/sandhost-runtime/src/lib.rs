@@ -17,8 +17,10 @@
 //! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
 //! directories) and [`state_file`] (the one checked, atomic file format, which the agent uses for
 //! its own files too), `fswatch` (inotify, for logs and `cgroup.events`), `log_index` (the time
-//! index of a log, for reads that start at a time) and
-//! `background` (work that outlives a call, which [`Runtime::settle`] awaits).
+//! index of a log, for reads that start at a time),
+//! `background` (work that outlives a call, which [`Runtime::settle`] awaits), and what a sandbox
+//! sees: [`HostPaths`] (the `host` template's allow list and the skeleton of its root) and `view`
+//! (the whole view, for the checks before a start).
 //!
 //! # Invariants every backend keeps
 //!
@@ -35,6 +37,7 @@ mod background;
 mod cgroup;
 mod errors;
 mod fswatch;
+mod host_paths;
 mod log_index;
 mod procfs;
 mod recovery;
@@ -52,10 +55,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use cgroup::{CgroupParent, CgroupSetupError, InvalidCgroupParent, SANDBOXES, validate_cgroup_parent};
 pub use errors::{
     CheckpointError, CleanupError, CloseError, ControlError, LogsError, RecoverError, StartError, StopError,
     WaitError,
 };
+pub use host_paths::{DEFAULT_HOST_PATHS, HostPaths, HostPathsError};
 pub use spec::{
     IdError, LifecycleId, Limits, SandboxId, SandboxKey, SandboxSpec, SnapshotId, Template, User,
 };

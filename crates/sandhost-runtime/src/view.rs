@@ -1,41 +1,49 @@
 //! The sandbox's view of its root at the moment its command starts, as both backends build it: the
-//! template's root, read-only; private, empty tmpfs mounts at `/tmp`, and at `/home` and `/run`
-//! where the root has them; on the host template the host's secret directories masked and the
-//! state dir hidden. [`View::check`] answers, before anything is made, whether the command and the
-//! working directory of a spec exist in that view, so that a Create that could never start is
-//! refused and leaves nothing behind.
+//! template's root, read-only (on the `host` template an empty root with the host paths of its
+//! allow list at their places, `crate::host_paths`); private, empty tmpfs mounts at `/tmp`, and at
+//! `/home` and `/run` where the root has them (the host template's always has them); on the host
+//! template the host's secret directories masked and the state dir hidden. [`View::check`]
+//! answers, before anything is made, whether the command and the working directory of a spec exist
+//! in that view, so that a Create that could never start is refused and leaves nothing behind.
 //!
 //! # Invariants
 //!
-//! - Paths are resolved *inside* the root (`openat2` with `RESOLVE_IN_ROOT`): a symlink in a
-//!   rootfs template resolves against the template, never against the host, and `..` cannot leave
-//!   it.
+//! - Paths are resolved *inside* the view, a component at a time as the kernel does: a symlink
+//!   resolves against the sandbox's root, never against the host's, and `..` cannot leave it.
+//! - On the host template only the allow list's entries, their parents and the sandbox's own
+//!   directories exist; `/proc`, `/sys` and `/dev` are looked up on the host (the sandbox's own are
+//!   alike).
 //! - Under a private mount or a mask only its (empty) top exists, plus the directories the backend
 //!   makes there at start (the process backend's home).
 //! - The check only refuses what cannot work; a backend still reports what fails at its start.
 
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-
+use crate::host_paths::{Entry, HostPaths, OWN};
 use crate::{SandboxSpec, StartError, Template, User};
 
 /// Directories that a private, empty tmpfs covers at start (where the root has them; `/tmp` always).
 pub(crate) const PRIVATE: [&str; 3] = ["/tmp", "/home", "/run"];
-/// Host directories masked on the host template: even a capability-less root inside could read them.
+/// Host directories masked on the host template (where its allow list shows them): even a
+/// capability-less root inside could read them.
 pub(crate) const MASKED_DIRS: [&str; 3] = ["/root", "/etc/sudoers.d", "/etc/ssh"];
-/// Host files masked on the host template.
+/// Host files masked on the host template (where its allow list shows them).
 pub(crate) const MASKED_FILES: [&str; 5] =
     ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers"];
 /// Where a command is looked for when its environment has no `PATH`.
 pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The sandbox's own directories whose content is looked up on the host.
+const SYSTEM: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// As many symlinks as the kernel follows in one path.
+const MAX_SYMLINKS: u32 = 40;
 
 /// One sandbox's view of its root.
 #[derive(Debug)]
 pub(crate) struct View {
-    root: PathBuf,
+    root: Root,
     /// Tops (inside paths) whose content the command does not see.
     hidden: Vec<PathBuf>,
     /// Directories the backend makes under a hidden top before the command starts.
@@ -44,18 +52,40 @@ pub(crate) struct View {
     user: User,
 }
 
+/// The root a template gives.
+#[derive(Debug)]
+enum Root {
+    /// A rootfs template's directory, the whole of it.
+    Dir(PathBuf),
+    /// The host template: an empty root holding the allow list's entries.
+    Host(Vec<Entry>),
+}
+
+/// What an inside path is, before a symlink is followed.
+#[derive(Debug)]
+enum Node {
+    Dir,
+    Symlink(PathBuf),
+    /// Anything but a directory: a file, executable by the user or not.
+    Leaf(Kind),
+}
+
 impl View {
-    /// The view of `spec`'s template, with the backend's `state_dir` hidden and `made` (inside
-    /// paths) made at start.
-    pub(crate) fn of(spec: &SandboxSpec, state_dir: &Path, made: &[&str]) -> Self {
+    /// The view of `spec`'s template (on the host template, of `host_paths`), with the backend's
+    /// `state_dir` hidden and `made` (inside paths) made at start.
+    pub(crate) fn of(spec: &SandboxSpec, state_dir: &Path, host_paths: &HostPaths, made: &[&str]) -> Self {
         let root = match &spec.template {
-            Template::Host => PathBuf::from("/"),
-            Template::Rootfs { path, .. } => path.clone(),
+            Template::Host => Root::Host(host_paths.entries()),
+            Template::Rootfs { path, .. } => {
+                Root::Dir(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()))
+            }
         };
-        let root = std::fs::canonicalize(&root).unwrap_or(root);
         let mut hidden: Vec<PathBuf> = PRIVATE
             .iter()
-            .filter(|dir| **dir == "/tmp" || root.join(dir.trim_start_matches('/')).is_dir())
+            .filter(|dir| match &root {
+                Root::Host(_) => true,
+                Root::Dir(root) => **dir == "/tmp" || root.join(dir.trim_start_matches('/')).is_dir(),
+            })
             .map(PathBuf::from)
             .collect();
         if spec.template == Template::Host {
@@ -119,26 +149,100 @@ impl View {
         spec.cwd.as_deref().is_none_or(|cwd| self.kind_of(cwd) == Some(Kind::Dir))
     }
 
-    /// What `inside` (absolute, in the sandbox) is in the view, if anything.
+    /// What `inside` (absolute, in the sandbox) is in the view, if anything: resolved a component
+    /// at a time, following symlinks inside the view.
     fn kind_of(&self, inside: &Path) -> Option<Kind> {
         if !inside.is_absolute() {
             return None;
         }
-        // With `..` in it, only where it resolves says whether it is hidden (below).
-        let lexical = !inside.components().any(|c| matches!(c, Component::ParentDir));
-        if let Some(top) = self.hidden.iter().find(|top| lexical && inside.starts_with(top)) {
-            let exists = inside == top.as_path() || self.made.iter().any(|made| made == inside);
-            return exists.then_some(Kind::Dir);
+        let mut pending: VecDeque<OsString> = components(inside);
+        let mut at = PathBuf::from("/");
+        let mut node = Node::Dir;
+        let mut links = 0;
+        while let Some(name) = pending.pop_front() {
+            if !matches!(node, Node::Dir) {
+                return None; // a component after a file
+            }
+            if name == ".." {
+                // `at` has no symlink in it: its parent is the lexical one (and `/` its own).
+                at.pop();
+                continue;
+            }
+            let next = at.join(&name);
+            match self.lookup(&next)? {
+                Node::Symlink(target) => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return None;
+                    }
+                    if target.is_absolute() {
+                        at = PathBuf::from("/");
+                    }
+                    for name in components(&target).into_iter().rev() {
+                        pending.push_front(name);
+                    }
+                }
+                found => {
+                    at = next;
+                    node = found;
+                }
+            }
         }
-        let fd = self.open(inside)?;
-        // Where it resolved to, inside: a symlink may lead under a hidden top.
-        let resolved = std::fs::read_link(format!("/proc/self/fd/{}", fd_number(&fd))).ok()?;
-        let resolved_inside = Path::new("/").join(resolved.strip_prefix(&self.root).ok()?);
-        if resolved_inside != inside && self.hidden.iter().any(|top| resolved_inside.starts_with(top)) {
-            return self.kind_of(&resolved_inside);
+        match node {
+            Node::Dir => Some(Kind::Dir),
+            Node::Leaf(kind) => Some(kind),
+            Node::Symlink(_) => None,
         }
-        let metadata = std::fs::metadata(format!("/proc/self/fd/{}", fd_number(&fd))).ok()?;
-        let mode = metadata.permissions().mode();
+    }
+
+    /// What `at` (absolute, normalised, no symlink among its parents) is, its last component not
+    /// followed.
+    fn lookup(&self, at: &Path) -> Option<Node> {
+        if let Some(top) = self.hidden.iter().find(|top| at.starts_with(top)) {
+            if at != top.as_path() {
+                return self.made.iter().any(|made| made == at).then_some(Node::Dir);
+            }
+            if PRIVATE.iter().any(|dir| Path::new(dir) == at) {
+                return Some(Node::Dir);
+            }
+            // A mask (or the hidden state dir) covers only what is there.
+            return match self.beneath(at)? {
+                Node::Dir => Some(Node::Dir),
+                _ => Some(Node::Leaf(Kind::File)),
+            };
+        }
+        self.beneath(at)
+    }
+
+    /// What the template's root has at `at`, ignoring private mounts and masks.
+    fn beneath(&self, at: &Path) -> Option<Node> {
+        let entries = match &self.root {
+            Root::Dir(root) => return self.host_node(&root.join(at.strip_prefix("/").unwrap_or(at))),
+            Root::Host(entries) => entries,
+        };
+        let synthetic = at == Path::new("/")
+            || OWN.iter().any(|own| Path::new(own) == at)
+            || entries.iter().any(|e| e.path().starts_with(at) && e.path() != at);
+        if synthetic {
+            return Some(Node::Dir);
+        }
+        match entries.iter().find(|e| at.starts_with(e.path())) {
+            Some(Entry::Symlink { path, target }) => (path == at).then(|| Node::Symlink(target.clone())),
+            Some(Entry::Bind { .. }) => self.host_node(at),
+            None if SYSTEM.iter().any(|dir| at.starts_with(dir)) => self.host_node(at),
+            None => None,
+        }
+    }
+
+    /// What `path` is on the host, its last component not followed.
+    fn host_node(&self, path: &Path) -> Option<Node> {
+        let metadata = std::fs::symlink_metadata(path).ok()?;
+        if metadata.file_type().is_symlink() {
+            return std::fs::read_link(path).ok().map(Node::Symlink);
+        }
+        if metadata.is_dir() {
+            return Some(Node::Dir);
+        }
         // The mode bits that apply to the sandbox's user, as execve checks them.
         let exec_bit = if metadata.uid() == self.user.uid {
             0o100
@@ -147,24 +251,20 @@ impl View {
         } else {
             0o001
         };
-        Some(if metadata.is_dir() {
-            Kind::Dir
-        } else if metadata.is_file() && mode & exec_bit != 0 {
-            Kind::Executable
-        } else {
-            Kind::File
-        })
+        let executable = metadata.is_file() && metadata.permissions().mode() & exec_bit != 0;
+        Some(Node::Leaf(if executable { Kind::Executable } else { Kind::File }))
     }
+}
 
-    /// Opens `inside` for its metadata only, resolving every component inside the root.
-    fn open(&self, inside: &Path) -> Option<OwnedFd> {
-        let root = std::fs::File::open(&self.root).ok()?;
-        let relative = inside.strip_prefix("/").unwrap_or(inside);
-        let relative = if relative.as_os_str().is_empty() { Path::new(".") } else { relative };
-        let how =
-            OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT);
-        openat2(root.as_fd(), relative, how).ok()
-    }
+/// The names of `path` to walk: its normal components and `..` (`/` and `.` say nothing).
+fn components(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
 }
 
 /// What a path is, from least to most usable as a command.
@@ -174,11 +274,6 @@ enum Kind {
     File,
     Executable,
 }
-
-fn fd_number(fd: &OwnedFd) -> i32 {
-    std::os::fd::AsRawFd::as_raw_fd(fd)
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
@@ -231,7 +326,7 @@ mod tests {
         let state = Path::new("/nonexistent-state");
         let check = |argv: &[&str]| {
             let spec = spec(argv, template.clone());
-            field(View::of(&spec, state, &[]).check(&spec))
+            field(View::of(&spec, state, &HostPaths::defaults(), &[]).check(&spec))
         };
         assert_eq!(check(&["tool"]), None, "found in PATH");
         assert_eq!(check(&["/usr/bin/tool"]), None, "through an absolute symlink, inside the root");
@@ -251,7 +346,7 @@ mod tests {
         let check = |cwd: &str| {
             let mut spec = spec(&["tool"], template.clone());
             spec.cwd = Some(PathBuf::from(cwd));
-            field(View::of(&spec, state, &["/tmp/made"]).check(&spec))
+            field(View::of(&spec, state, &HostPaths::defaults(), &["/tmp/made"]).check(&spec))
         };
         assert_eq!(check("/work"), None);
         assert_eq!(check("/tmp"), None, "the top of a private mount");
@@ -262,27 +357,89 @@ mod tests {
         // A relative command is looked for from the working directory.
         let mut spec = spec(&["../bin/tool"], template.clone());
         spec.cwd = Some(PathBuf::from("/work"));
-        assert_eq!(field(View::of(&spec, state, &[]).check(&spec)), None);
+        assert_eq!(field(View::of(&spec, state, &HostPaths::defaults(), &[]).check(&spec)), None);
     }
 
     #[test]
     fn on_the_host_the_secrets_the_private_mounts_and_the_state_dir_are_not_seen() {
-        let state = tempfile::tempdir().expect("temp dir");
-        std::fs::write(state.path().join("tool"), b"").expect("write");
-        std::fs::set_permissions(state.path().join("tool"), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        // A state dir the list would show (a configuration refuses it; the view hides it anyway).
+        let (dir, _) = host_tool();
+        let dir_path = dir.path().canonicalize().expect("canonical");
+        let state = dir_path.join("state");
+        std::fs::create_dir(&state).expect("mkdir");
+        std::fs::write(state.join("tool"), b"").expect("write");
+        std::fs::set_permissions(state.join("tool"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let listed =
+            HostPaths::new(HostPaths::defaults().paths().iter().cloned().chain([dir_path])).expect("valid");
         let check = |argv: &[&str]| {
             let spec = spec(argv, Template::Host);
-            field(View::of(&spec, state.path(), &[]).check(&spec))
+            field(View::of(&spec, &state, &listed, &[]).check(&spec))
         };
         assert_eq!(check(&["sh"]), None);
         assert_eq!(check(&["/bin/sh"]), None);
-        let hidden = state.path().join("tool");
+        let hidden = state.join("tool");
         assert_eq!(check(&[hidden.to_str().expect("utf-8")]), Some("argv"), "the state dir is hidden");
         assert_eq!(check(&["/etc/ssh/anything"]), Some("argv"), "masked");
         // A PATH with a relative entry is left to the start.
         let mut spec = spec(&["nothing-like-this"], Template::Host);
         spec.env.push(("PATH".into(), "bin:/usr/bin".into()));
-        assert_eq!(field(View::of(&spec, state.path(), &[]).check(&spec)), None);
+        assert_eq!(field(View::of(&spec, &state, &listed, &[]).check(&spec)), None);
+    }
+
+    /// A host directory outside the allow list, with an executable in it.
+    fn host_tool() -> (tempfile::TempDir, PathBuf) {
+        std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
+        let dir = tempfile::tempdir_in("/var/tmp").expect("temp dir");
+        let dir_path = dir.path().canonicalize().expect("canonical");
+        let tool = dir_path.join("tool");
+        std::fs::write(&tool, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir, tool)
+    }
+
+    #[test]
+    fn on_the_host_only_the_allow_list_its_parents_and_the_sandboxs_own_directories_exist() {
+        let (_dir, tool) = host_tool();
+        let state = Path::new("/nonexistent-state");
+        let defaults = HostPaths::defaults();
+        let check = |argv: &[&str], cwd: Option<&str>| {
+            let mut spec = spec(argv, Template::Host);
+            spec.cwd = cwd.map(PathBuf::from);
+            field(View::of(&spec, state, &defaults, &["/home/sandbox"]).check(&spec))
+        };
+        let tool = tool.to_str().expect("utf-8");
+        assert_eq!(check(&["/usr/bin/env"], None), None);
+        assert_eq!(check(&["env"], None), None, "through PATH");
+        assert_eq!(check(&["/bin/sh"], None), None, "through /bin, a symlink on merged-/usr hosts");
+        assert_eq!(check(&["/usr/bin/../bin/env"], None), None);
+        assert_eq!(check(&["/tmp/../usr/bin/env"], None), None, "`..` from the sandbox's own /tmp");
+        assert_eq!(check(&[tool], None), Some("argv"), "outside the allow list");
+        assert_eq!(check(&["/work/anything/bin"], None), Some("argv"));
+        assert_eq!(check(&["/usr/../var/tmp/x"], None), Some("argv"), "`..` out of an entry");
+        for cwd in ["/", "/usr", "/etc", "/tmp", "/home", "/home/sandbox", "/run", "/proc", "/dev"] {
+            assert_eq!(check(&["env"], Some(cwd)), None, "{cwd}");
+        }
+        for cwd in ["/var", "/var/tmp", "/root", "/srv", "/opt", "/mnt", "/work", "/etc/ssh/x", "/etc/passwd"]
+        {
+            assert_eq!(check(&["env"], Some(cwd)), Some("cwd"), "{cwd}");
+        }
+    }
+
+    #[test]
+    fn on_the_host_a_configured_list_is_what_the_sandbox_sees() {
+        let (dir, tool) = host_tool();
+        let dir_path = dir.path().canonicalize().expect("canonical");
+        let paths = [PathBuf::from("/usr"), dir_path.clone()];
+        let listed = HostPaths::new(paths).expect("valid");
+        let check = |argv: &[&str]| {
+            let spec = spec(argv, Template::Host);
+            field(View::of(&spec, Path::new("/nonexistent-state"), &listed, &[]).check(&spec))
+        };
+        assert_eq!(check(&[tool.to_str().expect("utf-8")]), None, "listed");
+        assert_eq!(check(&["/usr/bin/env"]), None);
+        assert_eq!(check(&["/etc/hostname"]), Some("argv"), "/etc is not listed");
+        // A parent of an entry is an empty directory: the tool's siblings are not there.
+        let sibling = dir_path.parent().expect("parent").join("other");
+        assert_eq!(check(&[sibling.to_str().expect("utf-8")]), Some("argv"));
     }
 }

@@ -216,7 +216,7 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
 
     let mut config = ProcessConfig::new(state.path().join("anchor-runtime"), BIN);
-    config.cgroup_parent = ANCHOR_CGROUP_PARENT.to_owned();
+    config.cgroup_parent = ANCHOR_CGROUP_PARENT.into();
     let runtime = Arc::new(ProcessRuntime::open(config).expect("open the process runtime"));
     let serve = Serve::start(&state.path().join("serve"));
     let channel = Channel::from_shared(serve.addr.clone()).unwrap().connect().await.unwrap();

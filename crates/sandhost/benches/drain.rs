@@ -118,7 +118,7 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
         let dir = tempfile::tempdir().expect("temp dir");
         let parent = format!("bench-drain-{}-{n}", std::process::id());
         let mut config = ProcessConfig::new(dir.path().join("runtime"), env!("CARGO_BIN_EXE_sandhost"));
-        config.cgroup_parent = parent;
+        config.cgroup_parent = parent.into();
         let runtime = ProcessRuntime::open(config).expect("open the process runtime (run as root)");
         let limits = SandboxConfig {
             max_sandboxes: 10_000,

@@ -61,10 +61,10 @@ async fn main() {
     let dir = tempfile::Builder::new().prefix("sandhost-bench-gv-").tempdir_in("/var/tmp").expect("temp dir");
     let parent = format!("bench-gv-{}", std::process::id());
     let mut pconfig = ProcessConfig::new(dir.path().join("process"), env!("CARGO_BIN_EXE_sandhost"));
-    pconfig.cgroup_parent.clone_from(&parent);
+    pconfig.cgroup_parent = parent.as_str().into();
     let process = ProcessRuntime::open(pconfig).expect("open the process runtime (run as root)");
     let mut gconfig = GvisorConfig::new(dir.path().join("gvisor"));
-    gconfig.cgroup_parent.clone_from(&parent);
+    gconfig.cgroup_parent = parent.as_str().into();
     // As serve runs it: each foreground runsc under the exit recorder.
     gconfig.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
     let gvisor = GvisorRuntime::open(gconfig).expect("open the gvisor runtime (apt-get install runsc)");

@@ -125,7 +125,7 @@ async fn one_cycle(runtime: &ProcessRuntime, i: usize) -> (Duration, Duration) {
 
 async fn bench_ours(tmp: &Path, n: usize) -> Results {
     let mut config = ProcessConfig::new(tmp.join("state"), env!("CARGO_BIN_EXE_sandhost"));
-    config.cgroup_parent = format!("sandhost-bench-{}", std::process::id());
+    config.cgroup_parent = format!("sandhost-bench-{}", std::process::id()).into();
     let runtime = ProcessRuntime::open(config).expect("open");
     for i in 0..WARMUP {
         one_cycle(&runtime, i).await;

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     // records the container's exit even when no agent runs.
     match args.nth(1) {
         Some(a) if a == sandhost_runtime::process::INIT_SUBCOMMAND => {
-            sandhost_runtime::process::init_main(args.collect());
+            sandhost_runtime::process::init_main(&args.collect::<Vec<_>>());
         }
         Some(a) if a == sandhost_runtime::gvisor::EXIT_RECORDER_SUBCOMMAND => {
             sandhost_runtime::gvisor::exit_recorder_main(args.collect());

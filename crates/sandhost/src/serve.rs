@@ -160,8 +160,13 @@ type Service = (&'static str, JoinHandle<anyhow::Result<()>>);
 
 async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     let state_dir = StateDir::open(&config.state_dir)?;
-    let runtime =
-        open_runtime(config.runtime, state_dir.path(), &config.cgroup_parent, config.log_max_bytes)?;
+    let runtime = open_runtime(
+        config.runtime,
+        state_dir.path(),
+        &config.cgroup_parent,
+        config.log_max_bytes,
+        &config.host_paths,
+    )?;
     let mut registry = Registry::default();
     let settings = NodeSettings {
         templates: config.templates.clone(),

@@ -234,6 +234,12 @@ async fn invalid_requests_name_the_field(backend: Backend) {
         (pb::CreateRequest { argv: vec!["no-such-command-anywhere".into()], ..base() }, "argv"),
         (pb::CreateRequest { argv: vec!["/etc/shadow".into()], ..base() }, "argv"),
         (pb::CreateRequest { argv: vec!["/etc/ssh".into()], ..base() }, "argv"),
+        // The host template shows its allow list of host paths only: not the host's sandhost
+        // binary (a program the host has, outside the list), nor the state dir.
+        (pb::CreateRequest { argv: vec![e2e::BIN.into()], ..base() }, "argv"),
+        (pb::CreateRequest { argv: vec!["/work/anything/bin".into()], ..base() }, "argv"),
+        (pb::CreateRequest { cwd: serve.state_dir.display().to_string(), ..base() }, "cwd"),
+        (pb::CreateRequest { cwd: "/var".into(), ..base() }, "cwd"),
         (pb::CreateRequest { cwd: "/no/such/dir".into(), ..base() }, "cwd"),
         (pb::CreateRequest { cwd: "/tmp/made-later".into(), ..base() }, "cwd"),
         (pb::CreateRequest { cwd: "/etc/hostname".into(), ..base() }, "cwd"),
@@ -287,6 +293,18 @@ async fn invalid_requests_name_the_field(backend: Backend) {
     assert!(stderr(&create).contains("id"), "{}", stderr(&create));
     let list = sandboxes.list(pb::ListRequest::default()).await.expect("list").into_inner();
     assert!(list.sandboxes.is_empty(), "a refused create left {:?}", list.sandboxes);
+
+    // What the allow list shows passes the same check, and runs.
+    let request =
+        pb::CreateRequest { id: "env".into(), argv: vec!["/usr/bin/env".into(), "true".into()], ..base() };
+    sandboxes.create(request).await.expect("/usr/bin/env is on the host template");
+    let waited = tokio::time::timeout(e2e::HANG_GUARD, sandboxes.wait(pb::WaitRequest { id: "env".into() }))
+        .await
+        .expect("hang guard")
+        .expect("wait")
+        .into_inner();
+    let exit = waited.sandbox.and_then(|s| s.exit).and_then(|e| e.status);
+    assert_eq!(exit, Some(pb::sandbox_exit::Status::Code(0)));
 }
 
 async fn node_limits_answer_resource_exhausted(backend: Backend) {

@@ -13,7 +13,7 @@ mod e2e;
 
 use std::process::{Command, Output};
 
-use e2e::{BIN, Serve, ok, run_bounded, stderr, stdout};
+use e2e::{BIN, Serve, ServeOptions, ok, run_bounded, stderr, stdout};
 use serde_json::Value;
 
 /// The CLI with `args` and no `SANDHOST_ADDR` (or token) from the test's environment.
@@ -98,7 +98,15 @@ fn the_address_goes_before_or_after_the_subcommand_without_a_scheme() {
 
 #[test]
 fn wait_exits_with_codes_of_its_own_and_exit_code_gives_the_sandbox_code() {
-    let serve = Serve::start();
+    // A host directory the host template shows (besides its defaults), for a command below.
+    let shown = tempfile::Builder::new().prefix("sandhost-cli-").tempdir_in("/var/tmp").expect("temp dir");
+    let shown_path = shown.path().canonicalize().expect("canonical");
+    let mut host_paths: Vec<String> =
+        sandhost_runtime::HostPaths::defaults().paths().iter().map(|p| p.display().to_string()).collect();
+    host_paths.push(shown_path.display().to_string());
+    let mut options = ServeOptions::default();
+    options.env.push(("SANDHOST_HOST_PATHS".into(), host_paths.join(",")));
+    let serve = Serve::start_with(options);
     for (id, script) in [("zero", "exit 0"), ("one", "exit 1"), ("three", "exit 3"), ("tempfail", "exit 75")]
     {
         ok(&serve.cli(&["create", "--id", id, "--", "sh", "-c", script]));
@@ -124,12 +132,11 @@ fn wait_exits_with_codes_of_its_own_and_exit_code_gives_the_sandbox_code() {
 
     // A command that only its start can find unusable (an executable file that is no program:
     // execve says ENOEXEC): the Create fails, the sandbox is kept as start_failed.
-    let not_a_program =
-        tempfile::Builder::new().prefix("sandhost-cli-").tempfile_in("/var/tmp").expect("temp file");
-    std::fs::write(not_a_program.path(), b"not a program\n").expect("write");
-    std::fs::set_permissions(not_a_program.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+    let not_a_program = shown_path.join("not-a-program");
+    std::fs::write(&not_a_program, b"not a program\n").expect("write");
+    std::fs::set_permissions(&not_a_program, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let path = not_a_program.path().to_str().expect("utf-8");
+    let path = not_a_program.to_str().expect("utf-8");
     let create = serve.cli(&["create", "--id", "never", "--", path]);
     assert_eq!(code(&create), Some(1), "{}", stderr(&create));
     let wait = serve.cli(&["wait", "never"]);

@@ -22,15 +22,8 @@ fn an_oom_kill_says_so(backend: Backend) {
             .expect("get --json is JSON")["sandbox"]
             .clone();
     let table = ok(&serve.cli(&["get", "hog"]));
-    match backend {
-        Backend::Process => {
-            assert_eq!(hog["exit"]["oomKilled"], true, "{hog}");
-            assert!(table.contains("OOM-killed"), "{table}");
-        }
-        // runsc removes the container's cgroup, which counts the OOM kills, before the agent sees
-        // the exit: the node cannot tell, and must not say "no".
-        Backend::Gvisor => assert_ne!(hog["exit"]["oomKilled"], false, "{hog}"),
-    }
+    assert_eq!(hog["exit"]["oomKilled"], true, "{hog}");
+    assert!(table.contains("OOM-killed"), "{table}");
 
     // And one that ends on its own was not.
     ok(&serve.cli(&["create", "--id", "fine", "--memory", "32m", "--", "true"]));
@@ -39,8 +32,5 @@ fn an_oom_kill_says_so(backend: Backend) {
         serde_json::from_str::<serde_json::Value>(&ok(&serve.cli(&["get", "fine", "--json"])))
             .expect("get --json is JSON")["sandbox"]
             .clone();
-    assert_ne!(fine["exit"]["oomKilled"], true, "{fine}");
-    if backend == Backend::Process {
-        assert_eq!(fine["exit"]["oomKilled"], false, "{fine}");
-    }
+    assert_eq!(fine["exit"]["oomKilled"], false, "{fine}");
 }

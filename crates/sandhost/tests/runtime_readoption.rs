@@ -156,9 +156,15 @@ async fn an_agent_with_another_cgroup_parent_still_finds_the_sandboxes(backend: 
     t.runtime.start(&spec).await.expect("start");
     t.wait_for_log(&spec.key, "ready").await;
     let other_prefix = format!("{}-other", t.prefix);
+    let _purge_other = common::PurgeOnDrop { prefix: other_prefix.clone(), state_dir: t.state_dir.clone() };
     let other = backend.open(&t.state_dir, &other_prefix);
     let found = other.recover().await.expect("recover");
     assert_eq!(found.len(), 1);
+    // Its cgroup is found under the first parent (process: its init record; gvisor: its bundle).
+    other.pause(&spec.key).await.expect("pause");
+    assert!(t.is_frozen(&spec.key), "frozen through its cgroup under the first parent");
+    other.resume(&spec.key).await.expect("resume");
+    assert!(!t.is_frozen(&spec.key));
     // It ignores SIGTERM: only a kill of its cgroup (under the first parent) can stop it.
     other.stop(&spec.key, Duration::from_millis(100)).await.expect("stop");
     assert!(t.cgroup_pids(&spec.key).is_empty());

@@ -11,15 +11,28 @@
 //!   every hierarchy in which its directory exists; frozen through the v1 freezer when it has one
 //!   (where runsc's own pause acts), else through v2.
 //!
-//! The parent is created in the hierarchies sandhost uses ([`Layout::create_parents`]) and removed
-//! from every hierarchy ([`Layout::remove_parents`]). Names are joined only after validation
-//! (`[a-z0-9][a-z0-9-]*` parents; sandbox and container names built from validated ids).
+//! The parent (a path, the same in every hierarchy: see `parent`) is created in the hierarchies
+//! sandhost uses ([`Layout::create_parents`]) and its last component removed from every hierarchy
+//! ([`Layout::remove_parents`]). Names are joined only after validation (parents component by
+//! component; sandbox and container names built from validated ids).
+//!
+//! # Inside a systemd service's delegated subtree
+//!
+//! When the parent lies in the agent's own service (`<service>/sandboxes`), sandhost changes
+//! nothing above the service's cgroup: the controllers it limits are those the service's
+//! `cgroup.controllers` offers, and they are enabled from the service's cgroup down. On cgroup v2 a
+//! cgroup with processes cannot enable controllers for its children ("no internal processes"), and
+//! the service's cgroup holds the agent: so the agent first moves itself (the whole process, every
+//! thread) into the leaf `<service>/supervisor`, then enables them in the service's and the
+//! parent's `cgroup.subtree_control`. Not on v1 (no such rule), nor on a v2 hierarchy with none of
+//! the controllers (the hybrid's). The steps are planned ([`Layout::plan`]) before they are done.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::parent::{Placement, SUPERVISOR};
 use super::{Cgroup, Freezer, write};
 use crate::CloseError;
 
@@ -61,23 +74,81 @@ pub(crate) struct Layout {
     /// parents are created.
     v2_freeze: bool,
     v2_kill: bool,
-    /// The parent cgroup name under each hierarchy root.
+    /// The parent cgroup, relative to each hierarchy's root (valid).
     parent: String,
+    /// The systemd service's cgroup the parent lies in (relative, valid): the top of what sandhost
+    /// changes, and on v2 the cgroup the agent leaves for its `supervisor` leaf.
+    service: Option<String>,
+}
+
+/// One step of preparing the parent, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Create the directory if it is missing.
+    Mkdir(PathBuf),
+    /// Move this process (every thread) into a cgroup: its pid into that `cgroup.procs`.
+    MoveSelf(PathBuf),
+    /// Enable the controller for the cgroup's children: `+name` into its `cgroup.subtree_control`.
+    Enable(PathBuf, &'static str),
+}
+
+/// Why the parent cgroup could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupSetupError {
+    /// The host's cgroup hierarchies could not be read.
+    #[error("reading the cgroup hierarchies")]
+    Detect(#[source] io::Error),
+    /// A step failed.
+    #[error("{step} {path}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The service's cgroup still holds processes after the agent left it for its `supervisor`
+    /// leaf, so that on cgroup v2 it cannot enable controllers for its children.
+    #[error(
+        "the service's cgroup {path} still holds processes {pids:?} (the agent moved to {SUPERVISOR}/): \
+         cgroup v2 enables controllers for a cgroup's children only while it holds no process"
+    )]
+    ServiceNotEmpty {
+        /// The service's cgroup.
+        path: PathBuf,
+        /// The processes still in it.
+        pids: Vec<i32>,
+    },
 }
 
 impl Layout {
-    /// Reads `/proc/self/mountinfo` and the v2 root's controllers. Creates nothing.
-    pub(crate) fn detect(parent: &str) -> io::Result<Self> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        Self::parse(&mountinfo, |root| fs::read_to_string(root.join("cgroup.controllers")), parent)
+    /// Reads `/proc/self/mountinfo` and the controllers v2 offers (at its root, or in the service's
+    /// cgroup). Creates nothing.
+    ///
+    /// # Errors
+    ///
+    /// What could not be read.
+    pub(crate) fn detect(placement: &Placement) -> Result<Self, CgroupSetupError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupSetupError::Detect)?;
+        Self::parse(&mountinfo, |dir| fs::read_to_string(dir.join("cgroup.controllers")), placement)
+            .map_err(CgroupSetupError::Detect)
     }
 
-    /// The layout described by `mountinfo`, reading the v2 root's `cgroup.controllers` through
-    /// `controllers`.
+    /// [`Layout::detect`] with this mountinfo (the controllers read from the files).
+    #[cfg(test)]
+    fn detect_from(mountinfo: &str, placement: &Placement) -> io::Result<Self> {
+        Self::parse(mountinfo, |dir| fs::read_to_string(dir.join("cgroup.controllers")), placement)
+    }
+
+    /// The layout described by `mountinfo`, reading a v2 cgroup's `cgroup.controllers` through
+    /// `controllers`: the root's, or the service's when the parent lies in one (what the service
+    /// may enable for its children).
     fn parse(
         mountinfo: &str,
         controllers: impl Fn(&Path) -> io::Result<String>,
-        parent: &str,
+        placement: &Placement,
     ) -> io::Result<Self> {
         let mut v2_root = None;
         let mut v1: Vec<(&'static str, PathBuf)> = Vec::new();
@@ -114,9 +185,15 @@ impl Layout {
                 mounts.push((device, mountpoint));
             }
         }
-        let v2_controllers = match &v2_root {
-            Some(root) => controllers(root)?.split_whitespace().map(str::to_owned).collect(),
-            None => BTreeSet::new(),
+        let v2_controllers = match (&v2_root, &placement.service) {
+            (Some(root), None) => controllers(root)?.split_whitespace().map(str::to_owned).collect(),
+            // A hierarchy where the service has no cgroup offers it nothing.
+            (Some(root), Some(service)) => match controllers(&root.join(service)) {
+                Ok(offered) => offered.split_whitespace().map(str::to_owned).collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+                Err(e) => return Err(e),
+            },
+            (None, _) => BTreeSet::new(),
         };
         let mut hierarchies: Vec<PathBuf> = v2_root.iter().cloned().collect();
         hierarchies.extend(mounts.into_iter().map(|(_, m)| m).filter(|m| Some(m) != v2_root.as_ref()));
@@ -127,35 +204,125 @@ impl Layout {
             hierarchies,
             v2_freeze: false,
             v2_kill: false,
-            parent: parent.to_owned(),
+            parent: placement.parent.clone(),
+            service: placement.service.clone(),
         })
     }
 
     /// Creates the parent cgroup in every hierarchy [`Layout::cgroup`] uses, enabling the v2
-    /// controllers it limits, and learns whether v2 can freeze and kill.
-    pub(crate) fn create_parents(&mut self) -> io::Result<()> {
+    /// controllers it limits (after moving the agent out of its service's cgroup, when the parent
+    /// lies in one), and learns whether v2 can freeze and kill. Done once, at open, before any
+    /// sandbox is started or recovered.
+    ///
+    /// # Errors
+    ///
+    /// The step that failed, naming its file; [`CgroupSetupError::ServiceNotEmpty`] when the
+    /// service's cgroup cannot enable controllers because other processes are still in it.
+    pub(crate) fn create_parents(&mut self) -> Result<(), CgroupSetupError> {
+        for step in self.plan() {
+            self.run(&step)?;
+        }
         if let Some(root) = &self.v2_root {
-            let wanted: Vec<String> = Controller::ALL
-                .iter()
-                .filter(|c| self.v2_controllers.contains(c.name()))
-                .map(|c| format!("+{}", c.name()))
-                .collect();
             let dir = root.join(&self.parent);
-            ensure_dir(&dir)?;
-            for enable in &wanted {
-                write(&root.join("cgroup.subtree_control"), enable)?;
-                write(&dir.join("cgroup.subtree_control"), enable)?;
-            }
             self.v2_freeze = dir.join("cgroup.freeze").exists();
             self.v2_kill = dir.join("cgroup.kill").exists();
-        }
-        for (_, root) in &self.v1 {
-            ensure_dir(&root.join(&self.parent))?;
         }
         Ok(())
     }
 
-    /// Removes the parent cgroup from every hierarchy where it is (only an empty one can go).
+    /// The steps of [`Layout::create_parents`], in order.
+    fn plan(&self) -> Vec<Step> {
+        let wanted: Vec<&'static str> = Controller::ALL
+            .iter()
+            .filter(|c| self.v2_controllers.contains(c.name()))
+            .map(|c| c.name())
+            .collect();
+        self.plan_enabling(&wanted)
+    }
+
+    /// The steps that prepare the parent with the v2 controllers `wanted` enabled for its children.
+    fn plan_enabling(&self, wanted: &[&'static str]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let components: Vec<&str> = self.parent.split('/').collect();
+        if let Some(root) = &self.v2_root {
+            // The top cgroup sandhost changes: the root (exempt from "no internal processes"), or
+            // the service's, which the agent leaves first.
+            let (mut dir, below) = match self.service_and_below(&components) {
+                Some((service, below)) => {
+                    // It exists under systemd; on a hybrid host whose v2 hierarchy systemd does
+                    // not use, it is made (empty).
+                    let mut top = root.clone();
+                    for component in service.split('/') {
+                        top.push(component);
+                        steps.push(Step::Mkdir(top.clone()));
+                    }
+                    if !wanted.is_empty() {
+                        let leaf = top.join(SUPERVISOR);
+                        steps.push(Step::Mkdir(leaf.clone()));
+                        steps.push(Step::MoveSelf(leaf.join("cgroup.procs")));
+                    }
+                    (top, below)
+                }
+                None => (root.clone(), &components[..]),
+            };
+            steps.extend(wanted.iter().map(|c| Step::Enable(dir.clone(), c)));
+            for component in below {
+                dir.push(component);
+                steps.push(Step::Mkdir(dir.clone()));
+                steps.extend(wanted.iter().map(|c| Step::Enable(dir.clone(), c)));
+            }
+        }
+        let mut v1_roots: Vec<&PathBuf> = self.v1.iter().map(|(_, root)| root).collect();
+        v1_roots.dedup();
+        for root in v1_roots {
+            let mut dir = root.clone();
+            for component in &components {
+                dir.push(component);
+                steps.push(Step::Mkdir(dir.clone()));
+            }
+        }
+        steps
+    }
+
+    /// The service's cgroup and the parent's components below it, when the parent lies in it.
+    fn service_and_below<'a>(&'a self, components: &'a [&'a str]) -> Option<(&'a str, &'a [&'a str])> {
+        let service = self.service.as_deref()?;
+        let depth = service.split('/').count();
+        let inside = components.len() > depth && components[..depth].iter().copied().eq(service.split('/'));
+        inside.then(|| (service, &components[depth..]))
+    }
+
+    fn run(&self, step: &Step) -> Result<(), CgroupSetupError> {
+        let failed = |step: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CgroupSetupError::Step { step, path, source }
+        };
+        match step {
+            Step::Mkdir(dir) => ensure_dir(dir).map_err(failed("creating the parent cgroup", dir)),
+            Step::MoveSelf(procs) => write(procs, &std::process::id().to_string())
+                .map_err(failed("moving the agent out of its service's cgroup into", procs)),
+            Step::Enable(dir, controller) => {
+                let file = dir.join("cgroup.subtree_control");
+                match write(&file, &format!("+{controller}")) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && self.is_service_dir(dir) => {
+                        Err(CgroupSetupError::ServiceNotEmpty { path: dir.clone(), pids: pids_in(dir) })
+                    }
+                    other => other.map_err(failed("enabling a controller in", &file)),
+                }
+            }
+        }
+    }
+
+    fn is_service_dir(&self, dir: &Path) -> bool {
+        match (&self.v2_root, &self.service) {
+            (Some(root), Some(service)) => dir == root.join(service),
+            _ => false,
+        }
+    }
+
+    /// Removes the parent cgroup (its last component: what is above may be shared, or the
+    /// service's) from every hierarchy where it is (only an empty one can go). The `supervisor`
+    /// leaf stays: the agent is in it.
     ///
     /// # Errors
     ///
@@ -213,7 +380,7 @@ impl Layout {
         )
     }
 
-    /// The parent cgroup name.
+    /// The parent cgroup, relative to each hierarchy's root.
     pub(crate) fn parent(&self) -> &str {
         &self.parent
     }
@@ -274,6 +441,24 @@ impl Layout {
         }
     }
 
+    /// The (not yet created) directories of `<parent>/<name>` that hold the limited controllers
+    /// (memory, cpu, pids) and nothing else: made and limited by sandhost for a container that
+    /// runsc then joins (runsc neither configures nor removes a cgroup that exists before it).
+    /// No freezer and no controller-less v2 directory: runsc's processes are never put there.
+    pub(crate) fn limits_only(&self, name: &str) -> Cgroup {
+        let limit = |c: Controller| self.controller_root(c).map(|(root, v2)| (self.dir_of(root, name), v2));
+        let (memory, cpu, pids) =
+            (limit(Controller::Memory), limit(Controller::Cpu), limit(Controller::Pids));
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (dir, _) in [&memory, &cpu, &pids].into_iter().flatten() {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        let has_v2 = [&memory, &cpu, &pids].into_iter().flatten().any(|(_, v2)| *v2);
+        Cgroup { has_v2, dirs, memory, cpu, pids, freezer: None, kill_file: None }
+    }
+
     /// The cgroup `<parent>/<name>` as another program made it: in every hierarchy where its
     /// directory exists now. It has no limits of sandhost's (they are its maker's); its memory
     /// controller's directory is known, to read its OOM kills.
@@ -295,6 +480,15 @@ impl Layout {
             .filter(|(dir, _)| dirs.contains(dir));
         Cgroup { has_v2: v2.is_some(), dirs, memory, cpu: None, pids: None, freezer, kill_file }
     }
+}
+
+/// The processes in a cgroup (none if it cannot be read).
+fn pids_in(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|pid| pid.trim().parse().ok())
+        .collect()
 }
 
 fn ensure_dir(dir: &Path) -> io::Result<()> {
@@ -324,7 +518,24 @@ fn unescape(field: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parent::Reason;
     use super::*;
+
+    /// A configured parent.
+    fn at(parent: &str) -> Placement {
+        Placement { parent: parent.to_owned(), service: None, reason: Reason::Configured }
+    }
+
+    const SERVICE: &str = "system.slice/sandhost.service";
+
+    /// The parent detected for the service [`SERVICE`].
+    fn delegated() -> Placement {
+        Placement {
+            parent: format!("{SERVICE}/sandboxes"),
+            service: Some(SERVICE.to_owned()),
+            reason: Reason::SystemdService { cgroup: format!("/{SERVICE}") },
+        }
+    }
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -339,7 +550,7 @@ mod tests {
 
     #[test]
     fn hybrid_limits_go_to_v1_and_freeze_and_kill_to_v2() {
-        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), "sh").expect("parse");
+        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), &at("sh")).expect("parse");
         layout.v2_freeze = true;
         layout.v2_kill = true;
         let cg = layout.cgroup("box.ab");
@@ -373,9 +584,12 @@ mod tests {
     fn pure_v2_puts_everything_in_one_directory() {
         let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
                          31 23 0:26 / /mnt/again rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        let mut layout =
-            Layout::parse(mountinfo, |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()), "sh")
-                .expect("parse");
+        let mut layout = Layout::parse(
+            mountinfo,
+            |_| Ok("cpuset cpu io memory hugetlb pids rdma misc\n".into()),
+            &at("sh"),
+        )
+        .expect("parse");
         layout.v2_freeze = true;
         layout.v2_kill = true;
         let cg = layout.cgroup("box.ab");
@@ -392,6 +606,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_container_s_limits_only_cgroup_holds_the_limited_controllers_and_nothing_else() {
+        let mut layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), &at("sh")).expect("parse");
+        layout.v2_freeze = true;
+        layout.v2_kill = true;
+        let cg = layout.limits_only("box.ab.0");
+        let dirs: Vec<String> = cg.dirs.iter().map(|d| d.display().to_string()).collect();
+        // No controller-less v2 directory and no freezer: runsc never puts its processes there.
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/memory/sh/box.ab.0",
+                "/sys/fs/cgroup/cpu/sh/box.ab.0",
+                "/sys/fs/cgroup/pids/sh/box.ab.0"
+            ]
+        );
+        assert!(!cg.has_v2);
+        assert!(cg.freezer.is_none() && cg.kill_file.is_none());
+        assert_eq!(cg.memory, Some((PathBuf::from("/sys/fs/cgroup/memory/sh/box.ab.0"), false)));
+
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let layout = Layout::parse(mountinfo, |_| Ok("cpu memory pids\n".into()), &at("sh")).expect("parse");
+        let cg = layout.limits_only("box.ab.0");
+        let dir = PathBuf::from("/sys/fs/cgroup/sh/box.ab.0");
+        assert_eq!(cg.dirs, vec![dir.clone()], "one directory on v2");
+        assert!(cg.has_v2);
+        assert_eq!(cg.pids, Some((dir, true)));
+    }
+
     /// A hybrid host under `root`, with the hierarchies as plain directories.
     fn fake_hybrid(root: &Path) -> Layout {
         let mountinfo: String = ["cpu", "freezer", "systemd", "unified"]
@@ -406,7 +649,7 @@ mod tests {
                 format!("{i} 1 0:{i} / {} rw - {fstype} cgroup {opts}\n", root.join(h).display())
             })
             .collect();
-        Layout::parse(&mountinfo, |_| Ok(String::new()), "sh").expect("parse")
+        Layout::parse(&mountinfo, |_| Ok(String::new()), &at("sh")).expect("parse")
     }
 
     #[test]
@@ -455,5 +698,221 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), PathBuf::from("/sys/fs/cgroup/a b"));
         assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
+    }
+
+    const PURE_V2: &str = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    #[test]
+    fn on_v2_a_service_moves_itself_to_a_leaf_before_it_enables_controllers_from_its_own_cgroup_down() {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let service = root.join(SERVICE);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let layout = Layout::parse(
+            PURE_V2,
+            |dir| {
+                asked.borrow_mut().push(dir.to_path_buf());
+                // The service is offered less than the root has: what systemd delegates.
+                Ok("cpu memory pids\n".into())
+            },
+            &delegated(),
+        )
+        .expect("parse");
+        assert_eq!(
+            asked.borrow().as_slice(),
+            std::slice::from_ref(&service),
+            "the controllers the service may hand down"
+        );
+        let sandboxes = service.join("sandboxes");
+        let enable = |dir: &Path| Controller::ALL.map(|c| Step::Enable(dir.to_path_buf(), c.name()));
+        let mut expected = vec![
+            Step::Mkdir(root.join("system.slice")),
+            Step::Mkdir(service.clone()),
+            Step::Mkdir(service.join("supervisor")),
+            Step::MoveSelf(service.join("supervisor/cgroup.procs")),
+        ];
+        expected.extend(enable(&service));
+        expected.push(Step::Mkdir(sandboxes.clone()));
+        expected.extend(enable(&sandboxes));
+        assert_eq!(layout.plan(), expected);
+        // Nothing above the service's cgroup is written to: that is systemd's.
+        let cg = layout.cgroup("box.ab");
+        assert_eq!(cg.dirs, [sandboxes.join("box.ab")]);
+        assert_eq!(cg.memory, Some((sandboxes.join("box.ab"), true)));
+    }
+
+    #[test]
+    fn on_v2_a_controller_the_service_is_not_offered_is_not_enabled() {
+        let layout = Layout::parse(PURE_V2, |_| Ok("memory pids\n".into()), &delegated()).expect("parse");
+        let enabled: BTreeSet<&str> = layout
+            .plan()
+            .iter()
+            .filter_map(|s| if let Step::Enable(_, c) = s { Some(*c) } else { None })
+            .collect();
+        assert_eq!(enabled, BTreeSet::from(["memory", "pids"]));
+        assert!(layout.describe().contains("cpu=missing"), "{}", layout.describe());
+        // Offered nothing at all: no reason to leave the service's cgroup.
+        let layout = Layout::parse(PURE_V2, |_| Ok("\n".into()), &delegated()).expect("parse");
+        assert!(!layout.plan().iter().any(|s| matches!(s, Step::MoveSelf(_) | Step::Enable(..))));
+    }
+
+    #[test]
+    fn without_a_service_controllers_are_enabled_from_the_root_as_before() {
+        let layout =
+            Layout::parse(PURE_V2, |_| Ok("cpu memory pids\n".into()), &at("sh/deeper")).expect("parse");
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let enable = |dir: &Path| Controller::ALL.map(|c| Step::Enable(dir.to_path_buf(), c.name()));
+        let mut expected: Vec<Step> = enable(&root).into();
+        expected.push(Step::Mkdir(root.join("sh")));
+        expected.extend(enable(&root.join("sh")));
+        expected.push(Step::Mkdir(root.join("sh/deeper")));
+        expected.extend(enable(&root.join("sh/deeper")));
+        assert_eq!(layout.plan(), expected);
+    }
+
+    #[test]
+    fn on_v1_and_hybrid_a_service_only_makes_its_directories() {
+        // Hybrid: the v2 hierarchy has none of the controllers (hugetlb only), so no move.
+        let layout = Layout::parse(HYBRID, |_| Ok("hugetlb\n".into()), &delegated()).expect("parse");
+        let plan = layout.plan();
+        assert!(plan.iter().all(|s| matches!(s, Step::Mkdir(_))), "{plan:?}");
+        for h in ["unified", "memory", "cpu", "pids", "freezer"] {
+            let dir = PathBuf::from("/sys/fs/cgroup").join(h).join(SERVICE).join("sandboxes");
+            assert!(plan.contains(&Step::Mkdir(dir.clone())), "{h}: {plan:?}");
+        }
+        // The directories above it too, in order: the freezer is no hierarchy systemd manages.
+        let freezer = PathBuf::from("/sys/fs/cgroup/freezer");
+        let made: Vec<&Step> =
+            plan.iter().filter(|s| matches!(s, Step::Mkdir(d) if d.starts_with(&freezer))).collect();
+        assert_eq!(
+            made,
+            [
+                &Step::Mkdir(freezer.join("system.slice")),
+                &Step::Mkdir(freezer.join(SERVICE)),
+                &Step::Mkdir(freezer.join(SERVICE).join("sandboxes"))
+            ]
+        );
+        // Pure v1: the same, with no v2 hierarchy.
+        let v1: String =
+            HYBRID.lines().filter(|l| !l.contains("cgroup2")).map(|l| format!("{l}\n")).collect();
+        let layout = Layout::parse(&v1, |_| panic!("no v2 to read"), &delegated()).expect("parse");
+        assert!(layout.plan().iter().all(|s| matches!(s, Step::Mkdir(_))));
+        assert_eq!(
+            layout.cgroup("box.ab").memory,
+            Some((PathBuf::from("/sys/fs/cgroup/memory").join(SERVICE).join("sandboxes/box.ab"), false))
+        );
+    }
+
+    #[test]
+    fn a_service_prepares_its_subtree_for_real_files() {
+        // A pure v2 host under `tmp`, with the service's cgroup as systemd leaves it.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let v2 = tmp.path().join("v2");
+        let service = v2.join(SERVICE);
+        fs::create_dir_all(&service).expect("mkdir");
+        fs::write(service.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
+        let mountinfo = format!("30 23 0:26 / {} rw - cgroup2 cgroup2 rw\n", v2.display());
+        let mut layout = Layout::detect_from(&mountinfo, &delegated()).expect("parse");
+        layout.create_parents().expect("create");
+        let procs = fs::read_to_string(service.join("supervisor/cgroup.procs")).expect("moved");
+        assert_eq!(procs, std::process::id().to_string());
+        assert!(service.join("sandboxes").is_dir());
+        assert!(service.join("sandboxes/cgroup.subtree_control").exists(), "controllers enabled below");
+        assert!(!v2.join("cgroup.subtree_control").exists(), "nothing written above the service");
+        assert!(!v2.join("system.slice/cgroup.subtree_control").exists(), "nor in its slice");
+        // Closing removes the parent, and leaves the supervisor (the agent is in it).
+        fs::remove_file(service.join("sandboxes/cgroup.subtree_control")).expect("rm");
+        layout.remove_parents().expect("remove");
+        assert!(!service.join("sandboxes").exists());
+        assert!(service.join("supervisor").is_dir());
+    }
+
+    /// Moves this process back into its cgroup, removes the test's cgroups and disables the
+    /// controller at the root again if the test enabled it, even on failure.
+    struct Restore {
+        procs: PathBuf,
+        dirs: Vec<PathBuf>,
+        enabled_at_root: Option<(PathBuf, &'static str)>,
+    }
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = write(&self.procs, &std::process::id().to_string());
+            for dir in &self.dirs {
+                let _ = fs::remove_dir(dir);
+            }
+            if let Some((file, controller)) = &self.enabled_at_root {
+                let _ = write(file, &format!("-{controller}"));
+            }
+        }
+    }
+
+    /// The v2 steps for real, on this host's v2 hierarchy (the hybrid's holds `hugetlb`, a pure v2
+    /// host's all of them), as root: in a service's cgroup that holds the agent, the kernel refuses
+    /// to enable a controller for the children (and the error names the process in the way); the
+    /// planned move of the whole process (every thread) into `supervisor` is what lets it.
+    #[test]
+    fn on_real_cgroup_v2_the_move_into_the_supervisor_leaf_lets_the_service_enable_controllers() {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let service = format!("sandhost-test-v2-{}.service", std::process::id());
+        let placement = Placement {
+            parent: format!("{service}/sandboxes"),
+            service: Some(service.clone()),
+            reason: Reason::Configured,
+        };
+        let layout = Layout::parse(&mountinfo, |_| Ok(String::new()), &placement).expect("parse");
+        let root = layout.v2_root.clone().expect("a cgroup v2 hierarchy (pure v2, or the hybrid's)");
+        let offered = fs::read_to_string(root.join("cgroup.controllers")).expect("v2 controllers");
+        let controller = ["pids", "memory", "hugetlb", "io", "cpu", "misc", "rdma"]
+            .into_iter()
+            .find(|c| offered.split_whitespace().any(|o| o == *c))
+            .expect("a controller on v2 to enable");
+        let own = fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a v2 line");
+        let svc = root.join(&service);
+        let pid = i32::try_from(std::process::id()).expect("pid");
+        let mut restore = Restore {
+            procs: root.join(own.trim_start_matches('/')).join("cgroup.procs"),
+            dirs: ["sandboxes/box.1", "sandboxes", "supervisor", ""].iter().map(|d| svc.join(d)).collect(),
+            enabled_at_root: None,
+        };
+        // What systemd does for a delegated service: the controller offered to its cgroup.
+        let root_control = root.join("cgroup.subtree_control");
+        let at_root = fs::read_to_string(&root_control).expect("the root's subtree_control");
+        if !at_root.split_whitespace().any(|c| c == controller) {
+            write(&root_control, &format!("+{controller}")).expect("enable it at the root");
+            restore.enabled_at_root = Some((root_control, controller));
+        }
+        fs::create_dir(&svc).expect("make a v2 cgroup (as root)");
+        // Started in it, as systemd starts a service.
+        write(&svc.join("cgroup.procs"), &pid.to_string()).expect("join it");
+
+        match layout.run(&Step::Enable(svc.clone(), controller)) {
+            Err(CgroupSetupError::ServiceNotEmpty { path, pids }) => {
+                assert_eq!(path, svc);
+                assert!(pids.contains(&pid), "{pids:?} names the agent");
+            }
+            other => panic!("expected the kernel's refusal, got {other:?}"),
+        }
+
+        // The v2 steps (the v1 ones only make directories).
+        let on_v2 = |step: &Step| match step {
+            Step::Mkdir(path) | Step::MoveSelf(path) | Step::Enable(path, _) => path.starts_with(&root),
+        };
+        for step in layout.plan_enabling(&[controller]).iter().filter(|s| on_v2(s)) {
+            layout.run(step).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        }
+        assert_eq!(pids_in(&svc), Vec::<i32>::new(), "the service's cgroup is empty");
+        let threads = fs::read_to_string(svc.join("cgroup.threads")).expect("threads");
+        assert_eq!(threads.trim(), "", "every thread moved");
+        assert!(pids_in(&svc.join(SUPERVISOR)).contains(&pid));
+        for dir in [svc.clone(), svc.join("sandboxes")] {
+            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).expect("subtree_control");
+            assert!(enabled.split_whitespace().any(|c| c == controller), "{}: {enabled}", dir.display());
+        }
+        // A sandbox's cgroup under the parent has the controller.
+        let sandbox = svc.join("sandboxes/box.1");
+        fs::create_dir(&sandbox).expect("a sandbox's cgroup");
+        let controllers = fs::read_to_string(sandbox.join("cgroup.controllers")).expect("controllers");
+        assert!(controllers.split_whitespace().any(|c| c == controller), "{controllers}");
     }
 }

@@ -1,6 +1,7 @@
 //! Cgroups, for both backends: a [`Cgroup`] is one cgroup across the hierarchies of the host, found
 //! through the [`Layout`] read once at startup (see `layout` for pure v2, v1 and hybrid hosts, and
-//! for the planned and the found cgroup). The operations: create, limits, freeze, thaw, kill,
+//! for the planned and the found cgroup), under the parent chosen at open (see `parent`: the
+//! configured path, or a systemd service's own delegated subtree). The operations: create, limits, freeze, thaw, kill,
 //! remove, and whether the cgroup is frozen or empty.
 //!
 //! Hand-written rather than through a cgroups crate: we need a dozen file writes, but in exactly
@@ -23,6 +24,7 @@
 //!   it: [`Cgroup::until_empty`] is its exit, [`Cgroup::signal_all`] its SIGTERM.
 
 mod layout;
+mod parent;
 
 use std::fs;
 use std::io;
@@ -33,7 +35,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
+pub use layout::CgroupSetupError;
 pub(crate) use layout::Layout;
+pub use parent::{CgroupParent, InvalidCgroupParent, SANDBOXES, validate_cgroup_parent};
+pub(crate) use parent::{Placement, is_valid_cgroup_parent};
 
 /// How often what notifies nothing (the v1 freezer, a v1-only cgroup) is checked again.
 const POLL_STEP: Duration = Duration::from_millis(1);

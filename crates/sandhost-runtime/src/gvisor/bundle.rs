@@ -1,14 +1,24 @@
 //! The OCI bundle of one runsc container: `config.json` generated with `oci-spec` from the
-//! [`SandboxSpec`], next to nothing else (the root is a host path, never copied).
+//! [`SandboxSpec`], and on the `host` template the sandbox's root directory ([`HOST_ROOT`]).
 //!
-//! The root is read-only with private tmpfs at `/tmp`, and at `/home` and `/run` where the root has
-//! them (the home is `/home`, else `/tmp`), and a tmpfs over the agent's state dir so no sandbox
-//! sees another's logs or snapshots. The `host` template also masks the host's secrets, as the
-//! process backend does (root inside the sandbox owns them). The command has no capability.
-//! Limits become `linux.resources` under the cgroup `<parent>/<container id>`, which runsc creates
-//! and (on a clean delete) removes; the backend reaches it through `crate::cgroup::Layout::find`.
+//! The root is read-only: a rootfs template's directory (a host path, never copied), or on the
+//! `host` template an empty directory of ours holding only the skeleton of `crate::host_paths`
+//! (mount points, the allow list's symlinks), with each allowed host path bound read-only, nosuid
+//! and nodev at its place. That directory is in the lifecycle's bundle, under the state dir, which
+//! no sandbox sees (the allow list may not show it, and where a rootfs does, a tmpfs hides it). Then
+//! private tmpfs at `/tmp`, and at `/home` and `/run` where the root has them (the home is `/home`,
+//! else `/tmp`), and a tmpfs over the agent's state dir so no sandbox sees another's logs or
+//! snapshots. The `host` template also masks the host's secrets, as the process backend does (root
+//! inside the sandbox owns them). The command has no capability.
+//! Limits become `linux.resources` (which size the sandbox's kernel) and are written by sandhost
+//! into the cgroup `<parent>/<container id>` it makes before runsc starts (see
+//! `lifecycle::run_container`); the backend reaches it through `crate::cgroup::Layout::find`.
+//! The `cgroupsPath` is absolute (`/<parent>/<container id>`): runsc joins it under the root of
+//! each hierarchy, on v1 as on v2, so it is the same path the layout finds (a relative one would
+//! be taken from runsc's own cgroup on v1, and differently by runsc versions on v2).
 
 use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -17,8 +27,12 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use crate::host_paths::{self, Entry, HostPaths};
 use crate::view::{MASKED_DIRS, MASKED_FILES, PRIVATE};
-use crate::{SandboxSpec, Template};
+use crate::{Limits, SandboxSpec, Template};
+
+/// The sandbox's root directory on the `host` template, in the bundle.
+pub(crate) const HOST_ROOT: &str = "root";
 
 /// The sandbox user's home (a tmpfs) where the root has it; else `/tmp`.
 const HOME: &str = "/home";
@@ -30,10 +44,45 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub(crate) struct BundleContext<'a> {
     /// The runsc container id (also the cgroup's name).
     pub(crate) cid: &'a str,
-    /// The parent cgroup name.
+    /// The parent cgroup, relative to each hierarchy's root.
     pub(crate) cgroup_parent: &'a str,
     /// The agent's state dir, hidden inside the sandbox.
     pub(crate) state_dir: &'a Path,
+    /// What the `host` template shows of the host.
+    pub(crate) host_paths: &'a HostPaths,
+}
+
+/// A sandbox's root on the host.
+#[derive(Debug)]
+enum Root {
+    /// A rootfs template's directory.
+    Rootfs(PathBuf),
+    /// The `host` template: our directory (the skeleton), and the host paths bound into it.
+    Host { dir: PathBuf, entries: Vec<Entry> },
+}
+
+impl Root {
+    fn dir(&self) -> &Path {
+        match self {
+            Self::Rootfs(dir) | Self::Host { dir, .. } => dir,
+        }
+    }
+
+    /// Whether `inside` (absolute) is a directory of the root (`is_file`: a file), before any
+    /// tmpfs: in the skeleton or, on the host template, under a bound entry.
+    fn has(&self, inside: &str, is_file: bool) -> bool {
+        let relative = inside.trim_start_matches('/');
+        let is = |path: &Path| if is_file { path.is_file() } else { path.is_dir() };
+        match self {
+            Self::Rootfs(dir) => is(&dir.join(relative)),
+            Self::Host { dir, entries } => {
+                let bound = entries.iter().any(|e| {
+                    matches!(e, Entry::Bind { dir: true, .. }) && Path::new(inside).starts_with(e.path())
+                });
+                is(&dir.join(relative)) || (bound && is(Path::new(inside)))
+            }
+        }
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -50,21 +99,17 @@ fn tmpfs(destination: &str) -> io::Result<Mount> {
         .map_err(other)
 }
 
-/// The root directory of a spec on the host.
-fn root_of(spec: &SandboxSpec) -> PathBuf {
-    match &spec.template {
-        Template::Host => PathBuf::from("/"),
-        Template::Rootfs { path, .. } => path.clone(),
-    }
+fn bind_read_only(path: &Path) -> io::Result<Mount> {
+    MountBuilder::default()
+        .destination(path)
+        .typ("bind")
+        .source(path)
+        .options(["rbind", "ro", "nosuid", "nodev"].map(str::to_owned).to_vec())
+        .build()
+        .map_err(other)
 }
 
-/// Whether `dir` (absolute, inside the sandbox) is a directory of the sandbox's root.
-fn root_has_dir(root: &Path, dir: &str) -> bool {
-    root.join(dir.trim_start_matches('/')).is_dir()
-}
-
-fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>> {
-    let root = root_of(spec);
+fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>, root: &Root) -> io::Result<Vec<Mount>> {
     let mut mounts = vec![
         MountBuilder::default().destination("/proc").typ("proc").source("proc").build().map_err(other)?,
         MountBuilder::default()
@@ -82,18 +127,25 @@ fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>>
             .build()
             .map_err(other)?,
     ];
+    if let Root::Host { entries, .. } = root {
+        for entry in entries {
+            if let Entry::Bind { path, .. } = entry {
+                mounts.push(bind_read_only(path)?);
+            }
+        }
+    }
     let private: Vec<&str> =
-        PRIVATE.into_iter().filter(|dir| *dir == "/tmp" || root_has_dir(&root, dir)).collect();
+        PRIVATE.into_iter().filter(|dir| *dir == "/tmp" || root.has(dir, false)).collect();
     for dir in &private {
         mounts.push(tmpfs(dir)?);
     }
     // Hide the state dir, unless one of the tmpfs above already does.
     let state = ctx.state_dir.to_str().ok_or_else(|| other("state dir is not UTF-8"))?;
-    if !private.iter().any(|dir| ctx.state_dir.starts_with(dir)) && root_has_dir(&root, state) {
+    if !private.iter().any(|dir| ctx.state_dir.starts_with(dir)) && root.has(state, false) {
         mounts.push(tmpfs(state)?);
     }
     if spec.template == Template::Host {
-        for file in MASKED_FILES.into_iter().filter(|f| root.join(f.trim_start_matches('/')).is_file()) {
+        for file in MASKED_FILES.into_iter().filter(|f| root.has(f, true)) {
             let mask = MountBuilder::default()
                 .destination(file)
                 .typ("bind")
@@ -103,7 +155,7 @@ fn mounts(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Vec<Mount>>
                 .map_err(other)?;
             mounts.push(mask);
         }
-        for dir in MASKED_DIRS.into_iter().filter(|d| root_has_dir(&root, d)) {
+        for dir in MASKED_DIRS.into_iter().filter(|d| root.has(d, false)) {
             let mask = MountBuilder::default()
                 .destination(dir)
                 .typ("tmpfs")
@@ -135,10 +187,9 @@ fn no_capabilities() -> io::Result<oci_spec::runtime::LinuxCapabilities> {
         .map_err(other)
 }
 
-/// The OCI spec of a sandbox.
-pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<Spec> {
-    let root_path = root_of(spec);
-    let home = if root_has_dir(&root_path, HOME) { HOME } else { "/tmp" };
+/// The OCI spec of a sandbox whose root is `root`.
+fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>, root: &Root) -> io::Result<Spec> {
+    let home = if root.has(HOME, false) { HOME } else { "/tmp" };
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     for (name, default) in [("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"), ("HOME", home)] {
         if !spec.env.iter().any(|(k, _)| k == name) {
@@ -155,19 +206,20 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
         .terminal(false)
         .build()
         .map_err(other)?;
-    let root = RootBuilder::default().path(root_path).readonly(true).build().map_err(other)?;
+    let oci_root = RootBuilder::default().path(root.dir()).readonly(true).build().map_err(other)?;
+    let limits = host_limits(&spec.limits);
     let mut resources = LinuxResourcesBuilder::default();
-    if let Some(bytes) = spec.limits.memory_bytes {
+    if let Some(bytes) = limits.memory_bytes {
         let limit = i64::try_from(bytes).map_err(other)?;
         resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(other)?);
     }
-    if let Some(millis) = spec.limits.cpu_millis {
+    if let Some(millis) = limits.cpu_millis {
         let quota = i64::from(millis) * i64::try_from(CPU_PERIOD_US).map_err(other)? / 1000;
         resources = resources
             .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(other)?);
     }
-    if let Some(max) = spec.limits.pids_max {
-        let limit = i64::from(max) + gvisor_own_tasks();
+    if let Some(max) = limits.pids_max {
+        let limit = i64::from(max);
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(other)?);
     }
     let namespaces = [
@@ -190,8 +242,8 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
         .version("1.0.2")
         .hostname(spec.key.id.as_str())
         .process(process)
-        .root(root)
-        .mounts(mounts(spec, ctx)?)
+        .root(oci_root)
+        .mounts(mounts(spec, ctx, root)?)
         .linux(linux)
         .build()
         .map_err(other)
@@ -201,15 +253,40 @@ pub(crate) fn oci_spec(spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Resul
 /// added to a sandbox's `pids_max` in its host cgroup: the limit is meant for the command's
 /// processes, and a sandbox whose kernel cannot make its own threads does not even start (below
 /// about 40 tasks on a 2-CPU host, measured with runsc 20221219).
-fn gvisor_own_tasks() -> i64 {
+fn gvisor_own_tasks() -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    48 + 4 * i64::try_from(cpus).unwrap_or(64)
+    48 + 4 * u32::try_from(cpus).unwrap_or(64)
 }
 
-/// Writes `<bundle>/config.json` (creating `bundle`).
+/// The limits of a sandbox's host cgroup: its own, with gVisor's own tasks added to `pids_max`.
+/// The same in the bundle (which sizes the sandbox's kernel) and in the cgroup sandhost makes.
+pub(crate) fn host_limits(limits: &Limits) -> Limits {
+    Limits { pids_max: limits.pids_max.map(|max| max.saturating_add(gvisor_own_tasks())), ..*limits }
+}
+
+/// Writes `<bundle>/config.json` (creating `bundle`), and on the host template the root's skeleton
+/// in `<bundle>/root` ([`HOST_ROOT`]; kept if a generation before made it).
 pub(crate) fn write(bundle: &Path, spec: &SandboxSpec, ctx: &BundleContext<'_>) -> io::Result<()> {
     std::fs::create_dir_all(bundle)?;
-    let config = oci_spec(spec, ctx)?;
+    let root = match &spec.template {
+        Template::Rootfs { path, .. } => Root::Rootfs(path.clone()),
+        Template::Host => {
+            let dir = bundle.join(HOST_ROOT);
+            let entries = ctx.host_paths.entries();
+            // runsc (20221219) makes a missing mount point itself, as root, in the host directory
+            // of the root, even a read-only one, and needs no `--overlay2` for that: every mount
+            // point is made here instead, so that runsc changes nothing on the host and the root
+            // holds exactly what `crate::view` models. (The process backend makes the same
+            // skeleton in its tmpfs.)
+            match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            host_paths::make_skeleton(&dir, &entries)?;
+            Root::Host { dir, entries }
+        }
+    };
+    let config = oci_spec(spec, ctx, &root)?;
     let bytes = serde_json::to_vec_pretty(&config).map_err(other)?;
     std::fs::write(bundle.join("config.json"), bytes)
 }

@@ -4,11 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::HostPaths;
+use crate::cgroup::{CgroupParent, CgroupSetupError, InvalidCgroupParent};
+
 /// The runsc binary looked up on `PATH` by default.
 pub const DEFAULT_RUNSC: &str = "runsc";
 /// The runsc platform: ptrace works on these hosts (kvm hangs under nested PVM).
 pub const DEFAULT_PLATFORM: &str = "ptrace";
-/// The parent cgroup of every sandbox's container.
+/// The parent cgroup of every sandbox's container when none is configured.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost-gvisor";
 /// The log bound per sandbox.
 pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 1024 * 1024;
@@ -22,8 +25,8 @@ pub struct GvisorConfig {
     pub runsc: PathBuf,
     /// The runsc `--platform`.
     pub platform: String,
-    /// The parent cgroup name, `[a-z0-9][a-z0-9-]*`.
-    pub cgroup_parent: String,
+    /// Where the containers' cgroups go (default: the path [`DEFAULT_CGROUP_PARENT`]).
+    pub cgroup_parent: CgroupParent,
     /// The log bound per sandbox.
     pub log_limit_bytes: u64,
     /// The `sandhost` binary, which runs each container's foreground runsc under
@@ -32,6 +35,9 @@ pub struct GvisorConfig {
     pub exit_recorder: Option<PathBuf>,
     /// How long a container may take to come up before its start is undone (a hang guard).
     pub start_timeout: Duration,
+    /// What a sandbox on the `host` template sees of the host (default:
+    /// [`HostPaths::defaults`]).
+    pub host_paths: HostPaths,
 }
 
 impl GvisorConfig {
@@ -42,10 +48,11 @@ impl GvisorConfig {
             state_dir: state_dir.into(),
             runsc: PathBuf::from(DEFAULT_RUNSC),
             platform: DEFAULT_PLATFORM.to_owned(),
-            cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
+            cgroup_parent: CgroupParent::from(DEFAULT_CGROUP_PARENT),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             exit_recorder: None,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
         }
     }
 }
@@ -71,10 +78,13 @@ pub enum GvisorOpenError {
         #[source]
         source: std::io::Error,
     },
-    /// The cgroup parent name is not a plain name.
-    #[error("invalid cgroup parent {0:?}: must match [a-z0-9][a-z0-9-]*")]
-    CgroupParent(String),
-    /// The cgroup hierarchies could not be read.
-    #[error("cgroup hierarchies")]
-    Cgroup(#[source] std::io::Error),
+    /// The cgroup parent is not a valid path.
+    #[error("cgroup parent")]
+    CgroupParent(#[source] InvalidCgroupParent),
+    /// The cgroup hierarchies could not be read, or the parent not prepared.
+    #[error("cgroup setup")]
+    Cgroup(#[source] CgroupSetupError),
+    /// The `host` template's allow list would show the state dir.
+    #[error("host paths")]
+    HostPaths(#[source] crate::HostPathsError),
 }

@@ -44,13 +44,24 @@ pub(super) async fn run_container(
     cid: &str,
     launch: Launch<'_>,
 ) -> io::Result<Launched> {
-    let ctx =
-        BundleContext { cid, cgroup_parent: &inner.config.cgroup_parent, state_dir: &inner.config.state_dir };
+    let ctx = BundleContext {
+        cid,
+        cgroup_parent: inner.cgroups.parent(),
+        state_dir: &inner.config.state_dir,
+        host_paths: &inner.config.host_paths,
+    };
     let bundle_dir = dir.join(BUNDLE);
     bundle::write(&bundle_dir, spec, &ctx)?;
     state_file::write(dir, CONTAINER, &cid)?;
     let log_path = paths::log_path(dir);
     let log: File = OpenOptions::new().create(true).append(true).open(&log_path)?;
+    // sandhost makes the container's cgroup and sets its limits, as for the process backend, and
+    // runsc joins it: runsc neither configures nor removes a cgroup that exists before it starts.
+    // So the limits are enforced by the same code on both backends, and the cgroup, with the OOM
+    // kills it counted, outlives the container until the cleanup has read and removed it.
+    let cgroup = inner.cgroups.layout().limits_only(cid);
+    cgroup.create().map_err(|e| io::Error::new(e.source.kind(), e))?;
+    cgroup.set_limits(&bundle::host_limits(&spec.limits)).map_err(|e| io::Error::new(e.source.kind(), e))?;
     let runsc = &inner.runsc;
     let mut child = match launch {
         Launch::Create => {
@@ -166,8 +177,7 @@ pub(super) async fn discard(inner: &Inner, cid: &str, dir: &Path) {
     }
 }
 
-/// Deletes container `cid` (slow) and the cgroup runsc leaves behind when a container died
-/// abnormally.
+/// Deletes container `cid` (slow), then its cgroup, which sandhost made and runsc leaves.
 pub(super) async fn delete_container(inner: &Inner, cid: &str) -> io::Result<()> {
     inner.runsc.delete(cid).await?;
     inner.container_cgroup(cid).remove().await.map_err(|e| io::Error::new(e.source.kind(), e))

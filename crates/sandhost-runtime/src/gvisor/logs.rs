@@ -17,7 +17,8 @@
 //! looks (at its start): the time of the last of them. A reader also takes the log's modification
 //! time as an entry at its end. When the head is punched out, the entries before the new start go
 //! with it (the file is rewritten, atomically); with the cadence's budget
-//! (`log_index::max_entries(limit)`) the index stays under a twelfth of the log's bound.
+//! (`log_index::max_entries(limit)`) the index stays under a twelfth of the log's bound (at
+//! least 64 entries of 20 bytes, which is more for bounds under 16 KiB).
 //!
 //! The index is rewritten whole, too, when this agent first finds it holding anything a reader
 //! would skip (an earlier agent killed in the middle of an append), so that appends stay aligned.

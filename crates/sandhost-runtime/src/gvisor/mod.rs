@@ -84,7 +84,7 @@ impl GvisorRuntime {
 async fn start(inner: &Inner, spec: &SandboxSpec) -> Result<Started, StartError> {
     // runsc makes a missing working directory on the host, as root, before the root is read-only:
     // it must never be asked to. Checked again here: the directory may have gone since admission.
-    if !crate::view::View::of(spec, &inner.config.state_dir, &[]).has_cwd_of(spec) {
+    if !crate::view::View::of(spec, &inner.config.state_dir, &inner.config.host_paths, &[]).has_cwd_of(spec) {
         return Err(StartError::Exec {
             key: spec.key.clone(),
             command: spec.argv.first().cloned().unwrap_or_default(),
@@ -113,7 +113,8 @@ impl Runtime for GvisorRuntime {
         {
             return Err(StartError::SnapshotNotFound { key: spec.key.clone(), snapshot: snapshot.clone() });
         }
-        crate::view::View::of(spec, &self.inner.config.state_dir, &[]).check(spec)
+        let config = &self.inner.config;
+        crate::view::View::of(spec, &config.state_dir, &config.host_paths, &[]).check(spec)
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{SandboxKey, SnapshotId, state_file};
+use crate::{LifecycleId, SandboxId, SandboxKey, SnapshotId, state_file};
 
 /// The file naming the runsc container that currently carries a lifecycle.
 pub(crate) const CONTAINER: &str = "container.json";
@@ -55,6 +55,15 @@ pub(crate) fn generation_of(cid: &str) -> u32 {
     cid.rsplit_once('.').and_then(|(_, g)| g.parse().ok()).unwrap_or(0)
 }
 
+/// The sandbox a container id made by [`container_id`] (`<id>.<lifecycle>.<generation>`) stands
+/// for; `None` for any other name.
+pub(crate) fn key_of_container(name: &str) -> Option<SandboxKey> {
+    let (rest, generation) = name.rsplit_once('.')?;
+    generation.parse::<u32>().ok()?;
+    let (id, lifecycle) = rest.split_once('.')?;
+    Some(SandboxKey { id: SandboxId::parse(id).ok()?, lifecycle: LifecycleId::parse(lifecycle).ok()? })
+}
+
 /// The container that carries the lifecycle in `dir` now, if one was made.
 pub(crate) fn read_container(dir: &Path) -> Result<Option<String>, state_file::StateFileError> {
     state_file::read(dir, CONTAINER)
@@ -73,5 +82,9 @@ mod tests {
         assert_eq!(container_id(&key, 0), "box.ab.0");
         assert_eq!(generation_of(&container_id(&key, 7)), 7);
         assert_eq!(generation_of("no-generation"), 0);
+        assert_eq!(key_of_container("box.ab.7"), Some(key));
+        for other in ["box.ab", "box.ab.x", "Box.ab.0", "../x.ab.0", "not-a-sandbox"] {
+            assert_eq!(key_of_container(other), None, "{other}");
+        }
     }
 }

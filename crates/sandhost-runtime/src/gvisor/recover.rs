@@ -112,6 +112,8 @@ async fn recover_one(inner: &Inner, key: SandboxKey, dir: PathBuf) -> Outcome {
     if spec.is_none() && lost.is_empty() {
         lost.push(format!("{} is missing", dir.join(state::SPEC).display()));
     }
+    // An agent with another parent may have started it: its bundle says where its cgroup is.
+    inner.cgroups.locate(&cid, &dir.join(paths::BUNDLE));
     // A frozen (or freezing) sandbox cannot answer `runsc state`: its cgroup says it lives, paused.
     let cgroup = inner.container_cgroup(&cid);
     let frozen = cgroup.freezer_state() != FreezerState::Thawed;
@@ -170,8 +172,8 @@ async fn recover_cgroups(
         if adopted.contains(&name) {
             continue;
         }
-        let Some(key) = key_of(&name) else {
-            found.extend(recovery::kill_unidentified(&inner.cgroups, &name).await);
+        let Some(key) = paths::key_of_container(&name) else {
+            found.extend(recovery::kill_unidentified(inner.cgroups.layout(), &name).await);
             continue;
         };
         let cgroup = inner.container_cgroup(&name);
@@ -236,14 +238,6 @@ fn has_populated_cgroup(inner: &Inner, key: &SandboxKey) -> bool {
         .children()
         .iter()
         .any(|n| n.starts_with(&prefix) && inner.container_cgroup(n).is_populated())
-}
-
-/// The sandbox a container name (`<id>.<lifecycle>.<generation>`) stands for.
-fn key_of(name: &str) -> Option<SandboxKey> {
-    let (rest, generation) = name.rsplit_once('.')?;
-    generation.parse::<u32>().ok()?;
-    let (id, lifecycle) = rest.split_once('.')?;
-    Some(SandboxKey { id: SandboxId::parse(id).ok()?, lifecycle: LifecycleId::parse(lifecycle).ok()? })
 }
 
 /// Gives the log of a lifecycle an earlier agent started the name this one reads

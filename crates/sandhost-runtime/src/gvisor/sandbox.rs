@@ -15,10 +15,11 @@ use tokio::task::JoinHandle;
 
 use tokio::process::Child;
 
+use super::inner::ContainerCgroups;
 use super::logs::LogDating;
 use super::paths;
 use super::runsc::Runsc;
-use crate::cgroup::{Cgroup, Layout};
+use crate::cgroup::Cgroup;
 use crate::fswatch::FsWatch;
 use crate::{ControlError, Exit, SandboxKey, StopError};
 use crate::{state, state_file};
@@ -269,7 +270,7 @@ impl Sandbox {
     pub(crate) async fn stop(
         &self,
         runsc: &Runsc,
-        cgroups: &Layout,
+        cgroups: &ContainerCgroups,
         grace: Option<Duration>,
     ) -> Result<(), StopError> {
         if self.exit().is_some() {
@@ -310,7 +311,7 @@ impl Sandbox {
     }
 
     /// Thaws a paused sandbox (so that runsc can reach it); whether it now runs.
-    fn thaw(&self, cgroups: &Layout) -> bool {
+    fn thaw(&self, cgroups: &ContainerCgroups) -> bool {
         if !self.is_paused() {
             return true;
         }
@@ -329,7 +330,11 @@ impl Sandbox {
     /// Freezes (returning once every task has stopped) or thaws the container's cgroup. Through the
     /// cgroup rather than `runsc pause`, which does not stop a restored container in runsc 20221219
     /// (it reports it paused while it runs on).
-    pub(crate) async fn set_paused(&self, cgroups: &Layout, pause: bool) -> Result<(), ControlError> {
+    pub(crate) async fn set_paused(
+        &self,
+        cgroups: &ContainerCgroups,
+        pause: bool,
+    ) -> Result<(), ControlError> {
         let _op = self.op.lock().await;
         if self.exit().is_some() {
             return Err(ControlError::NotRunning(self.key.clone()));

@@ -8,10 +8,11 @@
 //!
 //! Each segment has its time index beside it, `log.<start offset>.times` (`crate::log_index`: one
 //! entry "the log held N bytes at T" about a second after the log grows, appended by the init as
-//! it writes, at most `log_index::max_entries(limit / 2)` per segment), deleted with its segment:
-//! the index is bounded with the log, under a twelfth of it. A reader adds each segment's
-//! modification time as one more entry, which dates what was written since the segment's last
-//! entry (also when the init was killed with an entry pending).
+//! it writes, at most `log_index::max_entries(limit / 2)` per segment), deleted with its segment,
+//! so the index is bounded with the log: under a twelfth of it (at least 64 entries of 20 bytes per
+//! segment, which is more for bounds under 32 KiB). A reader adds each segment's modification time
+//! as one more entry, which dates what was written since the segment's last entry (also when the
+//! init was killed with an entry pending).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -42,10 +42,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tracing::Instrument;
 
-pub use init::{INIT_SUBCOMMAND, init_main};
+pub use init::{INIT_ARGV0, INIT_SUBCOMMAND, init_main};
 
+use crate::HostPaths;
 use crate::background::Background;
-use crate::cgroup::{Cgroup, Layout};
+use crate::cgroup::{Cgroup, CgroupParent, CgroupSetupError, InvalidCgroupParent, Layout, Placement};
 use crate::state;
 use crate::{
     CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
@@ -58,7 +59,7 @@ pub const NAME: &str = "process";
 
 /// The log bound per sandbox (the oldest bytes are dropped beyond it).
 pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 1024 * 1024;
-/// The parent cgroup of every sandbox, in each hierarchy.
+/// The parent cgroup of every sandbox, in each hierarchy, when none is configured.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 
 /// How to open a [`ProcessRuntime`].
@@ -66,14 +67,17 @@ pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 pub struct ProcessConfig {
     /// The runtime's own directory (created 0700 if missing); sandboxes live under `sandboxes/`.
     pub state_dir: PathBuf,
-    /// The sandhost binary, run as each sandbox's init with [`INIT_SUBCOMMAND`].
+    /// The sandhost binary, run as each sandbox's init with [`INIT_SUBCOMMAND`] (its command line
+    /// inside the sandbox is `sandhost-init __init`: no host path).
     pub init_exe: PathBuf,
-    /// The parent cgroup name, `[a-z0-9][a-z0-9-]*` (default [`DEFAULT_CGROUP_PARENT`]).
-    pub cgroup_parent: String,
+    /// Where the sandboxes' cgroups go (default: the path [`DEFAULT_CGROUP_PARENT`]).
+    pub cgroup_parent: CgroupParent,
     /// The log bound per sandbox.
     pub log_limit_bytes: u64,
     /// The start hang guard.
     pub start_timeout: Duration,
+    /// What a sandbox on the `host` template sees of the host (default: [`HostPaths::defaults`]).
+    pub host_paths: HostPaths,
 }
 
 impl ProcessConfig {
@@ -83,9 +87,10 @@ impl ProcessConfig {
         Self {
             state_dir: state_dir.into(),
             init_exe: init_exe.into(),
-            cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
+            cgroup_parent: CgroupParent::from(DEFAULT_CGROUP_PARENT),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
         }
     }
 }
@@ -111,12 +116,15 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
-    /// The cgroup parent name is not a plain name.
-    #[error("invalid cgroup parent {0:?}: must match [a-z0-9][a-z0-9-]*")]
-    CgroupParent(String),
-    /// The cgroup hierarchies could not be read or prepared.
+    /// The cgroup parent is not a valid path.
+    #[error("cgroup parent")]
+    CgroupParent(#[source] InvalidCgroupParent),
+    /// The cgroup hierarchies could not be read, or the parent not prepared.
     #[error("cgroup setup")]
-    Cgroup(#[source] std::io::Error),
+    Cgroup(#[source] CgroupSetupError),
+    /// The `host` template's allow list would show the state dir.
+    #[error("host paths")]
+    HostPaths(#[source] crate::HostPathsError),
 }
 
 /// The Linux `process` runtime. Cheap to clone; all clones share the sandboxes.
@@ -152,23 +160,22 @@ fn cgroup_name(key: &SandboxKey) -> String {
 }
 
 impl ProcessRuntime {
-    /// Opens the runtime over `config.state_dir`, detecting the cgroup layout (logged). Call
+    /// Opens the runtime over `config.state_dir`, choosing the parent cgroup and detecting the
+    /// cgroup layout (both logged), and prepares the parent (on cgroup v2 inside a systemd
+    /// service, this moves the agent into its service's `supervisor` leaf). Call
     /// [`Runtime::recover`] next to find the sandboxes of an earlier agent.
     ///
     /// # Errors
     ///
     /// An [`OpenError`] naming what is unusable.
     pub fn open(config: ProcessConfig) -> Result<Self, OpenError> {
-        let parent = &config.cgroup_parent;
-        if !is_valid_cgroup_parent(parent) {
-            return Err(OpenError::CgroupParent(parent.clone()));
-        }
+        let placement = Placement::resolve(&config.cgroup_parent).map_err(OpenError::CgroupParent)?;
         let init_meta = std::fs::metadata(&config.init_exe)
             .map_err(|source| OpenError::InitExe { path: config.init_exe.clone(), source })?;
         if !init_meta.is_file() || !config.init_exe.is_absolute() {
             let source =
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an absolute path to a file");
-            return Err(OpenError::InitExe { path: config.init_exe.clone(), source });
+            return Err(OpenError::InitExe { path: config.init_exe, source });
         }
         let init_exe =
             CString::new(config.init_exe.as_os_str().as_bytes()).map_err(|_| OpenError::InitExe {
@@ -179,13 +186,20 @@ impl ProcessRuntime {
         if !config.state_dir.is_absolute() {
             return Err(state_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "must be absolute")));
         }
+        config.host_paths.check_state_dir(&config.state_dir).map_err(OpenError::HostPaths)?;
         let sandboxes = state::sandboxes_dir(&config.state_dir);
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sandboxes).map_err(state_err)?;
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(state_err)?;
-        let mut layout = Layout::detect(parent).map_err(OpenError::Cgroup)?;
+        let mut layout = Layout::detect(&placement).map_err(OpenError::Cgroup)?;
         layout.create_parents().map_err(OpenError::Cgroup)?;
-        tracing::info!(cgroups = %layout.describe(), state_dir = %config.state_dir.display(), "process runtime opened");
+        tracing::info!(
+            cgroups = %layout.describe(),
+            cgroup_parent = %layout.parent(),
+            cgroup_parent_reason = %placement.reason,
+            state_dir = %config.state_dir.display(),
+            "process runtime opened"
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -196,13 +210,6 @@ impl ProcessRuntime {
             }),
         })
     }
-}
-
-/// `[a-z0-9][a-z0-9-]*`, at most 128 bytes: safe to join into a cgroup path.
-fn is_valid_cgroup_parent(parent: &str) -> bool {
-    parent.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && parent.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && parent.len() <= 128
 }
 
 #[async_trait]
@@ -216,7 +223,8 @@ impl Runtime for ProcessRuntime {
     }
 
     fn check(&self, spec: &SandboxSpec) -> Result<(), StartError> {
-        crate::view::View::of(spec, &self.inner.config.state_dir, &[init::HOME]).check(spec)
+        let config = &self.inner.config;
+        crate::view::View::of(spec, &config.state_dir, &config.host_paths, &[init::HOME]).check(spec)
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<Started, StartError> {

@@ -107,11 +107,9 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Outcome {
             None
         }
     };
-    let cgroup = match record.as_ref().and_then(|r| r.cgroup_parent.as_deref()) {
-        Some(parent) if parent != inner.layout.parent() && super::is_valid_cgroup_parent(parent) => {
-            inner.layout.with_parent(parent).cgroup(&super::cgroup_name(&key))
-        }
-        _ => inner.cgroup(&key),
+    let cgroup = match record.as_ref().and_then(|r| other_parent(r, inner.layout.parent())) {
+        Some(parent) => inner.layout.with_parent(parent).cgroup(&super::cgroup_name(&key)),
+        None => inner.cgroup(&key),
     };
     if let Some(record) = &record
         && let Some(pidfd) = open_same_process(record)
@@ -184,6 +182,16 @@ async fn recover_cgroups(inner: &Arc<Inner>, mut lost: HashMap<SandboxKey, Strin
     found
 }
 
+/// The parent an init record names when it is not `current` (an agent with another configuration,
+/// or one that was not a systemd service, started it) and is a valid one. The record is a file an
+/// earlier agent wrote, so hostile input: its parent is validated as strictly as the
+/// configuration's before it is joined under any hierarchy; an invalid one is ignored (the current
+/// parent is looked in).
+fn other_parent<'a>(record: &'a InitRecord, current: &str) -> Option<&'a str> {
+    let parent = record.cgroup_parent.as_deref()?;
+    (parent != current && crate::cgroup::is_valid_cgroup_parent(parent)).then_some(parent)
+}
+
 /// The sandbox a cgroup name of this backend (`<id>.<lifecycle>`) stands for.
 fn key_of(name: &str) -> Option<SandboxKey> {
     let (id, lifecycle) = name.split_once('.')?;
@@ -216,5 +224,31 @@ async fn kill_and_remove(cgroup: &Cgroup) {
     }
     if let Err(e) = cgroup.remove().await {
         tracing::warn!(step = e.step, error = %e.source, "cgroup of an exited sandbox left behind");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_parent_is_used_only_when_valid_and_another() {
+        let record = |parent: Option<&str>| InitRecord {
+            pid: 1,
+            start_time: 0,
+            started_at_ms: 0,
+            cgroup_parent: parent.map(str::to_owned),
+        };
+        let current = "system.slice/sandhost.service/sandboxes";
+        // Started under the root parent before the agent became a systemd service, or the reverse.
+        assert_eq!(other_parent(&record(Some("sandhost")), current), Some("sandhost"));
+        assert_eq!(other_parent(&record(Some(current)), "sandhost"), Some(current));
+        // The same parent, or none recorded (an older agent): the current one.
+        assert_eq!(other_parent(&record(Some(current)), current), None);
+        assert_eq!(other_parent(&record(None), current), None);
+        // Hostile: never joined.
+        for hostile in ["../../etc", "/sys/fs/cgroup", "a/../../b", "", "a//b", "a\nb", "x/./y"] {
+            assert_eq!(other_parent(&record(Some(hostile)), current), None, "{hostile:?}");
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! calls (write, setsid, dup2, execve) on values prepared before the clone, then execs the init.
 //!
 //! Fds handed to the init: 0 and 1 are `/dev/null`, 2 its diagnostics file, 3 the status pipe
-//! ([`STATUS_FD`], see `status_pipe`), 4 the sandbox's state dir ([`STATE_DIR_FD`]). Everything else
-//! the agent holds is close-on-exec.
+//! ([`STATUS_FD`], see `status_pipe`), 4 the sandbox's state dir ([`STATE_DIR_FD`]), 5 its
+//! arguments ([`INIT_ARGS_FD`], `init::InitArgs`). Everything else the agent holds is
+//! close-on-exec. Its environment is empty.
 
 use std::ffi::CString;
 use std::io;
@@ -15,6 +16,8 @@ use super::sys;
 
 /// The init's fd of the sandbox's state dir.
 pub(crate) const STATE_DIR_FD: RawFd = 4;
+/// The init's fd of its arguments (a memfd): its command line shows no host path.
+pub(crate) const INIT_ARGS_FD: RawFd = 5;
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7; libc's constant has the wrong width).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -24,7 +27,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 pub(crate) struct InitPlan {
     /// The init executable.
     pub(crate) exe: CString,
-    /// Its argv.
+    /// Its argv (which the sandbox can read: no host path).
     pub(crate) argv: Vec<CString>,
     /// The v2 cgroup directory, if the sandbox has one: the child is cloned straight into it
     /// (`CLONE_INTO_CGROUP`, no migration), and then `cgroup_procs[0]` (its `cgroup.procs`) is not
@@ -41,6 +44,8 @@ pub(crate) struct InitPlan {
     pub(crate) status: OwnedFd,
     /// The sandbox's state dir.
     pub(crate) state_dir: OwnedFd,
+    /// The init's arguments.
+    pub(crate) args: OwnedFd,
 }
 
 /// The init, as seen from the agent.
@@ -68,6 +73,7 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
     let init_log = sys::dup_cloexec_above(plan.init_log.as_fd(), 10)?;
     let status = sys::dup_cloexec_above(plan.status.as_fd(), 10)?;
     let state_dir = sys::dup_cloexec_above(plan.state_dir.as_fd(), 10)?;
+    let args = sys::dup_cloexec_above(plan.args.as_fd(), 10)?;
     drop(plan.status);
 
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
@@ -80,6 +86,7 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
         init_log: init_log.as_raw_fd(),
         status: status.as_raw_fd(),
         state_dir: state_dir.as_raw_fd(),
+        args: args.as_raw_fd(),
     };
     let (with_cgroup, without_cgroup) = (fds(true), fds(false));
 
@@ -132,6 +139,7 @@ struct ChildFds<'a> {
     init_log: RawFd,
     status: RawFd,
     state_dir: RawFd,
+    args: RawFd,
 }
 
 /// Reports the failed step (`tag`) and `errno` on the status pipe, then `_exit`s.
@@ -150,7 +158,7 @@ unsafe fn child_fail(status: RawFd, tag: Tag) -> ! {
     }
 }
 
-/// The cloned child: join the cgroups, leave the agent's session, set up fds 0-4, exec the init.
+/// The cloned child: join the cgroups, leave the agent's session, set up fds 0-5, exec the init.
 ///
 /// # Safety
 ///
@@ -177,6 +185,7 @@ unsafe fn child_exec(
             (fds.init_log, 2),
             (fds.status, STATUS_FD),
             (fds.state_dir, STATE_DIR_FD),
+            (fds.args, INIT_ARGS_FD),
         ];
         for (from, to) in pairs {
             if libc::dup2(from, to) < 0 {

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::control::{self, Sandbox};
-use super::init::{INIT_SUBCOMMAND, InitArgs};
+use super::init::{INIT_ARGV0, INIT_SUBCOMMAND, InitArgs};
 use super::spawn::{self, InitPlan};
 use super::status_pipe::{self, Report};
 use super::{Inner, NAME, files, sys};
@@ -90,11 +90,10 @@ async fn run_steps(
         new_root,
         state_dir: inner.config.state_dir.clone(),
         log_limit: inner.config.log_limit_bytes,
+        host_paths: inner.config.host_paths.clone(),
     };
-    let mut argv = vec![inner.init_exe.clone(), c_string(key, INIT_SUBCOMMAND.into())?];
-    for arg in args.to_args() {
-        argv.push(c_string(key, arg)?);
-    }
+    // No host path on the command line: the sandbox reads it (`/proc/1/cmdline`).
+    let argv = vec![c_string(key, INIT_ARGV0.into())?, c_string(key, INIT_SUBCOMMAND.into())?];
     let (status, status_w) = status_pipe::pipe().map_err(host("status pipe"))?;
     let open = |path: PathBuf, write: bool| -> io::Result<OwnedFd> {
         let mut options = std::fs::OpenOptions::new();
@@ -114,6 +113,7 @@ async fn run_steps(
         init_log: open(dir.join(files::INIT_LOG), true).map_err(host("create init log"))?,
         status: status_w,
         state_dir: open(dir.clone(), false).map_err(host("open state dir"))?,
+        args: args.to_memfd().map_err(host("init arguments"))?,
     };
     let init = spawn::spawn_init(plan).map_err(host("clone"))?;
     let started_at = SystemTime::now();

@@ -198,6 +198,7 @@ pub(crate) fn list_filter(request: pb::ListRequest) -> Result<ListFilter, Status
         0 => DEFAULT_PAGE_SIZE,
         size => size.min(MAX_PAGE_SIZE),
     };
+    crate::sandbox::check_labels(&request.labels).map_err(|e| invalid_argument(&e.field, &e.reason))?;
     Ok(ListFilter { state: state_from_proto("state", request.state)?, labels: request.labels, after, limit })
 }
 
@@ -253,7 +254,15 @@ pub(crate) fn snapshot(info: SnapshotInfo) -> pb::Snapshot {
 // --- NodeService ---
 
 pub(crate) fn drain_request(request: &pb::DrainRequest) -> Result<DrainRequest, Status> {
-    Ok(DrainRequest { timeout: duration("timeout", request.timeout)?, force: request.force })
+    let timeout = duration("timeout", request.timeout)?;
+    if timeout.is_some_and(|t| t > crate::config::MAX_SANDBOX_TIMEOUT) {
+        let longest = humantime::format_duration(crate::config::MAX_SANDBOX_TIMEOUT);
+        return Err(invalid_argument(
+            "timeout",
+            &format!("at most {longest}, the longest a sandbox may run"),
+        ));
+    }
+    Ok(DrainRequest { timeout, force: request.force })
 }
 
 fn failure(failure: &DrainFailure) -> pb::DrainFailure {

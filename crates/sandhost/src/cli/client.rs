@@ -70,11 +70,13 @@ impl From<Status> for ClientError {
 }
 
 impl ClientError {
-    /// 75 when the node answered `UNAVAILABLE` or could not be reached (a retry loop keyed on 75
-    /// retries an agent that drains or restarts); 1 otherwise.
+    /// 75 when the node answered `UNAVAILABLE`, could not be reached, or went away during the call
+    /// (a retry loop keyed on 75 retries an agent that drains or restarts); 1 otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::Rpc(status) if status.code() == Code::Unavailable => EXIT_UNAVAILABLE,
+            Self::Rpc(status) if status.code() == Code::Unavailable || lost_in_transport(status) => {
+                EXIT_UNAVAILABLE
+            }
             Self::Connect { .. } => EXIT_UNAVAILABLE,
             Self::Rpc(_)
             | Self::Usage { .. }
@@ -88,6 +90,14 @@ impl ClientError {
     pub(crate) fn usage(name: &'static str, reason: impl Into<String>) -> Self {
         Self::Usage { name, reason: reason.into() }
     }
+}
+
+/// Whether the connection broke during the call (the node was killed or restarted under it): tonic
+/// makes such a status itself (UNKNOWN "transport error", CANCELLED "h2 protocol error") with the
+/// transport's error as its source, where a status the node sent has none. The call's outcome is
+/// unknown; a retry finds out (a Create that landed answers ALREADY_EXISTS).
+fn lost_in_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// The canonical upper-case name of a gRPC code.
@@ -246,6 +256,12 @@ mod tests {
         }
         assert_eq!(ClientError::usage("--x", "bad").exit_code(), 1);
         assert_eq!(ClientError::Ended("gone".into()).exit_code(), 1);
+        // The node went away during the call: tonic's own status, with the transport's error.
+        let broken = Status::from_error(Box::new(io::Error::from(io::ErrorKind::ConnectionReset)));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(ClientError::Rpc(broken).exit_code(), 75);
+        // The same code sent by the node is its answer, not a lost connection.
+        assert_eq!(ClientError::Rpc(Status::unknown("transport error")).exit_code(), 1);
     }
 
     #[test]

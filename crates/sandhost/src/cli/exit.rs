@@ -25,8 +25,8 @@ pub const EXIT_SANDBOX_FAILED: u8 = 5;
 pub const EXIT_SANDBOX_SIGNALED: u8 = 6;
 /// `wait`: the sandbox has no exit status: it never ran (its start failed, or it was stopped before).
 pub const EXIT_SANDBOX_NEVER_RAN: u8 = 7;
-/// The node answered `UNAVAILABLE` (it drains or shuts down), or could not be reached at all (it is
-/// down or restarting): retry later or elsewhere (`EX_TEMPFAIL`).
+/// The node answered `UNAVAILABLE` (it drains or shuts down), could not be reached at all, or went
+/// away during the call (it is down or restarting): retry later or elsewhere (`EX_TEMPFAIL`).
 pub const EXIT_UNAVAILABLE: u8 = 75;
 
 /// Every client exit code with its meaning, in order, for the help text, the man page and the
@@ -40,7 +40,7 @@ pub const EXIT_CODES: [(u8, &str); 9] = [
     (EXIT_SANDBOX_FAILED, "wait: the sandbox exited with a non-zero code (--exit-code: that code)"),
     (EXIT_SANDBOX_SIGNALED, "wait: a signal ended the sandbox (--exit-code: 128 + the signal)"),
     (EXIT_SANDBOX_NEVER_RAN, "wait: the sandbox never ran: no exit status (--exit-code: 1)"),
-    (EXIT_UNAVAILABLE, "the node is unreachable or answered UNAVAILABLE (draining, restarting): retry"),
+    (EXIT_UNAVAILABLE, "the node is unreachable, went away mid-call or answered UNAVAILABLE: retry"),
 ];
 
 /// The exit codes as the end of `sandhost --help` shows them.

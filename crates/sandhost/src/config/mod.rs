@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sandhost_runtime::Limits;
+use sandhost_runtime::{CgroupParent, HostPaths, Limits};
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5008";
@@ -26,7 +26,11 @@ pub const DEFAULT_SANDBOX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_SANDBOX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long exited sandboxes stay readable.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
-/// Default parent cgroup of the sandboxes.
+/// The value of `--cgroup-parent` that leaves the choice to the agent (its default): inside its own
+/// delegated subtree when it runs as a systemd service, else [`DEFAULT_CGROUP_PARENT`].
+pub const AUTO_CGROUP_PARENT: &str = "auto";
+/// The parent cgroup of the sandboxes, at the root of each hierarchy, when the agent is no systemd
+/// service and none is given.
 pub const DEFAULT_CGROUP_PARENT: &str = "sandhost";
 /// Memory limit of a sandbox whose Create names none: its processes and its private tmpfs mounts
 /// together (tmpfs pages are charged to the sandbox's memory cgroup).
@@ -104,6 +108,11 @@ pub struct ServeArgs {
     /// A rootfs template, `NAME=DIR` (repeatable).
     #[arg(long = "template", value_name = "NAME=DIR")]
     pub templates: Vec<String>,
+    /// What a sandbox on the `host` template sees of the host: comma-separated absolute paths, each
+    /// bound read-only at the same place in an otherwise empty root [default:
+    /// /bin,/sbin,/lib,/lib32,/lib64,/libx32,/usr,/etc, those the host has].
+    #[arg(long, env = "SANDHOST_HOST_PATHS", value_name = "PATHS")]
+    pub host_paths: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -127,8 +136,10 @@ pub struct ServeArgs {
     /// many came before [default: 1m].
     #[arg(long, env = "SANDHOST_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<String>,
-    /// The cgroup (in every hierarchy) under which sandboxes get their own.
-    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    /// The cgroup, in every hierarchy, under which sandboxes get their own: a path relative to each
+    /// hierarchy's root (`sandhost`, `a/b`), or `auto`: `<its own service's cgroup>/sandboxes` when
+    /// run as a systemd service (INVOCATION_ID set, its cgroup a .service), else `sandhost`.
+    #[arg(long, env = "SANDHOST_CGROUP_PARENT", default_value = AUTO_CGROUP_PARENT)]
     pub cgroup_parent: String,
     /// How long the supervisor (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds,
     /// Nomad's kill_timeout) waits after its SIGTERM before it kills the agent; the deploy files set
@@ -193,10 +204,12 @@ pub struct ServeConfig {
     pub sandbox: SandboxConfig,
     /// Registered rootfs templates.
     pub templates: Vec<(String, PathBuf)>,
+    /// What the `host` template shows of the host.
+    pub host_paths: HostPaths,
     /// Log format.
     pub log_format: LogFormat,
-    /// The parent cgroup of the sandboxes.
-    pub cgroup_parent: String,
+    /// Where the sandboxes' cgroups go: a path, or left to the agent.
+    pub cgroup_parent: CgroupParent,
     /// Bytes of each sandbox's log the node keeps (the newest).
     pub log_max_bytes: u64,
     /// How long the supervisor waits after its SIGTERM before it kills the agent; `None`: unknown.
@@ -488,6 +501,8 @@ impl ServeArgs {
             ConfigError::new(name, &invalid.field, invalid.reason)
         })?;
         let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let host_paths = host_paths(self.host_paths.as_deref(), &state_dir)?;
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -499,13 +514,15 @@ impl ServeArgs {
                 ));
             }
         };
-        if sandhost_runtime::SandboxId::parse(&self.cgroup_parent).is_err() {
-            return Err(ConfigError::new(
-                "--cgroup-parent / SANDHOST_CGROUP_PARENT",
-                &self.cgroup_parent,
-                "must match [a-z0-9][a-z0-9-]{0,62}",
-            ));
-        }
+        let cgroup_parent = match self.cgroup_parent.as_str() {
+            AUTO_CGROUP_PARENT => CgroupParent::auto(DEFAULT_CGROUP_PARENT),
+            path => {
+                sandhost_runtime::validate_cgroup_parent(path).map_err(|invalid| {
+                    ConfigError::new("--cgroup-parent / SANDHOST_CGROUP_PARENT", path, invalid.rule)
+                })?;
+                CgroupParent::from(path)
+            }
+        };
         let supervisor_stop_timeout = self
             .supervisor_stop_timeout
             .as_ref()
@@ -528,11 +545,11 @@ impl ServeArgs {
         )?;
         Ok(ServeConfig {
             log_max_bytes,
-            cgroup_parent: self.cgroup_parent.clone(),
+            cgroup_parent,
             supervisor_stop_timeout,
             listen,
             http_listen,
-            state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            state_dir,
             runtime,
             token,
             shutdown_drain_timeout: (!drain_timeout.is_zero()).then_some(drain_timeout),
@@ -540,9 +557,24 @@ impl ServeArgs {
             force_shutdown_timeout,
             sandbox,
             templates,
+            host_paths,
             log_format,
         })
     }
+}
+
+/// `--host-paths`, or the defaults; none of them may show the state dir.
+fn host_paths(value: Option<&str>, state_dir: &std::path::Path) -> Result<HostPaths, ConfigError> {
+    const NAME: &str = "--host-paths / SANDHOST_HOST_PATHS";
+    let host_paths = match value {
+        Some(list) => HostPaths::parse(list).map_err(|e| ConfigError::new(NAME, list, e.to_string()))?,
+        None => HostPaths::defaults(),
+    };
+    host_paths.check_state_dir(state_dir).map_err(|e| {
+        let list: Vec<String> = host_paths.paths().iter().map(|p| p.display().to_string()).collect();
+        ConfigError::new(NAME, &list.join(","), format!("{e}; choose another --state-dir or --host-paths"))
+    })?;
+    Ok(host_paths)
 }
 
 fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {

@@ -130,3 +130,61 @@ fn templates_are_checked() {
     let config = args(&["--template", "img=/tmp"]).validate(None).expect("valid");
     assert_eq!(config.templates, vec![("img".to_owned(), PathBuf::from("/tmp"))]);
 }
+
+#[test]
+fn the_host_paths_default_to_the_system_directories_and_a_list_replaces_them() {
+    let config = args(&["--state-dir", "/var/lib/sandhost"]).validate(None).expect("valid");
+    assert_eq!(config.host_paths, HostPaths::defaults());
+    assert!(config.host_paths.paths().contains(&PathBuf::from("/usr")), "{:?}", config.host_paths);
+    let set = args(&["--host-paths", "/usr, /etc", "--state-dir", "/var/lib/sandhost"])
+        .validate(None)
+        .expect("valid");
+    assert_eq!(set.host_paths.paths(), [PathBuf::from("/usr"), PathBuf::from("/etc")]);
+}
+
+#[test]
+fn the_host_paths_are_checked_and_an_error_names_the_variable() {
+    std::fs::create_dir_all("/var/tmp").expect("/var/tmp");
+    let state = tempfile::tempdir_in("/var/tmp").expect("temp dir");
+    let state_dir = state.path().to_str().expect("utf-8").to_owned();
+    std::fs::create_dir(state.path().join("sub")).expect("mkdir");
+    let inside = format!("{state_dir}/sub");
+    let holding = state.path().parent().expect("parent").to_str().expect("utf-8").to_owned();
+    for (list, state_dir, why) in [
+        ("", "/var/lib/sandhost", "empty"),
+        ("usr", "/var/lib/sandhost", "not an absolute path"),
+        ("/", "/var/lib/sandhost", "whole host"),
+        ("/usr/", "/var/lib/sandhost", "not normalised"),
+        ("/usr/../etc", "/var/lib/sandhost", "not normalised"),
+        ("/usr,,/etc", "/var/lib/sandhost", "not an absolute path"),
+        ("/no/such/dir", "/var/lib/sandhost", "does not exist"),
+        ("/proc", "/var/lib/sandhost", "has its own /proc"),
+        ("/usr,/usr/bin", "/var/lib/sandhost", "already shown"),
+        ("/usr", "/usr/local/sandhost", "state dir"),
+        (&inside, &state_dir, "state dir"),
+        (&holding, &state_dir, "state dir"),
+    ] {
+        let error = args(&["--host-paths", list, "--state-dir", state_dir]).validate(None).expect_err(list);
+        let text = error.to_string();
+        assert!(text.contains("SANDHOST_HOST_PATHS") && text.contains(why), "{list:?}: {text}");
+    }
+    // The defaults are checked against the state dir too.
+    let error = args(&["--state-dir", "/etc/sandhost"]).validate(None).expect_err("under /etc");
+    assert!(error.to_string().contains("SANDHOST_HOST_PATHS"), "{error}");
+}
+
+#[test]
+fn the_cgroup_parent_is_left_to_the_agent_unless_a_valid_path_is_given() {
+    let config = args(&[]).validate(None).expect("valid");
+    assert_eq!(config.cgroup_parent, CgroupParent::auto(DEFAULT_CGROUP_PARENT), "the default");
+    let config = args(&["--cgroup-parent", "auto"]).validate(None).expect("valid");
+    assert_eq!(config.cgroup_parent, CgroupParent::auto(DEFAULT_CGROUP_PARENT), "said explicitly");
+    for path in ["sandhost", "sandhost-2", "ops.slice/sandhost"] {
+        let config = args(&["--cgroup-parent", path]).validate(None).expect("valid");
+        assert_eq!(config.cgroup_parent, CgroupParent::from(path));
+    }
+    for invalid in ["/sandhost", "a/../b", "a//b", "a b", "", "sandhost/"] {
+        let error = args(&["--cgroup-parent", invalid]).validate(None).expect_err(invalid);
+        assert!(error.to_string().contains("SANDHOST_CGROUP_PARENT"), "{error}");
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use sandhost_runtime::{RecoverError, Runtime};
+use sandhost_runtime::{CgroupParent, HostPaths, RecoverError, Runtime};
 
 use super::Node;
 use crate::admission;
@@ -101,8 +101,9 @@ impl Node {
 }
 
 /// Opens the backend `kind` with its state under `state_dir`, its sandboxes' cgroups under
-/// `cgroup_parent`, and `log_max_bytes` of each sandbox's log kept (its newest). The one place a
-/// backend is chosen by kind.
+/// `cgroup_parent` (a path, or left to the backend: see [`CgroupParent`]), `log_max_bytes` of each
+/// sandbox's log kept (its newest), and `host_paths` what the `host` template shows of the host. The
+/// one place a backend is chosen by kind.
 ///
 /// # Errors
 ///
@@ -111,16 +112,18 @@ impl Node {
 pub fn open_runtime(
     kind: RuntimeKind,
     state_dir: &Path,
-    cgroup_parent: &str,
+    cgroup_parent: &CgroupParent,
     log_max_bytes: u64,
+    host_paths: &HostPaths,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let sandhost = std::env::current_exe().context("finding the sandhost binary for the sandboxes")?;
     Ok(match kind {
         RuntimeKind::Process => {
             let mut config =
                 sandhost_runtime::process::ProcessConfig::new(state_dir.join("runtime"), sandhost);
-            cgroup_parent.clone_into(&mut config.cgroup_parent);
+            config.cgroup_parent = cgroup_parent.clone();
             config.log_limit_bytes = log_max_bytes;
+            config.host_paths = host_paths.clone();
             Arc::new(
                 sandhost_runtime::process::ProcessRuntime::open(config)
                     .context("opening the process runtime")?,
@@ -128,9 +131,10 @@ pub fn open_runtime(
         }
         RuntimeKind::Gvisor => {
             let mut config = sandhost_runtime::gvisor::GvisorConfig::new(state_dir.join("runtime-gvisor"));
-            cgroup_parent.clone_into(&mut config.cgroup_parent);
+            config.cgroup_parent = cgroup_parent.clone();
             config.exit_recorder = Some(sandhost);
             config.log_limit_bytes = log_max_bytes;
+            config.host_paths = host_paths.clone();
             Arc::new(
                 sandhost_runtime::gvisor::GvisorRuntime::open(config)
                     .context("opening the gvisor runtime")?,

@@ -225,18 +225,18 @@ impl Manager {
             None | Some("") => None,
             Some(snapshot) => {
                 let snapshot = validate::snapshot_id("restore_from", snapshot)?;
-                if !self.runtime.can_checkpoint() {
-                    return Err(CreateError::NotSupported {
-                        backend: self.runtime.name(),
-                        what: "restore from a snapshot",
-                    });
-                }
                 validate::restore_only(
                     &request.argv,
                     &request.env,
                     request.cwd.as_deref(),
                     request.template.as_deref(),
                 )?;
+                if !self.runtime.can_checkpoint() {
+                    return Err(CreateError::NotSupported {
+                        backend: self.runtime.name(),
+                        what: "restore from a snapshot",
+                    });
+                }
                 Some(snapshot)
             }
         };
@@ -260,6 +260,7 @@ impl Manager {
             _ if restore_from.is_some() => (String::new(), Template::Host),
             None | Some("" | "host") => ("host".to_owned(), Template::Host),
             Some(name) => {
+                validate::template_name(name)?;
                 let path = self
                     .templates
                     .get(name)

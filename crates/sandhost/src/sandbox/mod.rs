@@ -23,4 +23,5 @@ pub use model::{
 };
 pub use stop::StopMode;
 pub use table::Counts;
+pub(crate) use validate::labels as check_labels;
 pub(crate) use validate::limits as check_limits;

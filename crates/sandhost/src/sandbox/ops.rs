@@ -218,6 +218,7 @@ impl Manager {
         id: &str,
         stop: bool,
     ) -> Result<SnapshotInfo, SandboxError> {
+        validate::sandbox_id("id", id)?;
         if !self.runtime.can_checkpoint() {
             return Err(SandboxError::NotSupported { backend: self.runtime.name(), what: "checkpoint" });
         }

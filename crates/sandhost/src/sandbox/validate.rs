@@ -2,7 +2,7 @@
 //! bounded, paths cannot escape, and the error names the field.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sandhost_runtime::{Limits, SandboxId, SnapshotId};
@@ -45,6 +45,12 @@ pub(crate) fn sandbox_id(field: &str, value: &str) -> Result<SandboxId, InvalidA
 /// A snapshot id from a request.
 pub(crate) fn snapshot_id(field: &str, value: &str) -> Result<SnapshotId, InvalidArgument> {
     SnapshotId::parse(value).map_err(|e| invalid(field, e.rule))
+}
+
+/// A template's name: `host` or a name registered with `serve --template NAME=DIR`, which has the
+/// rule of ids; anything else (a path, `..`) is refused, not looked up.
+pub(crate) fn template_name(value: &str) -> Result<(), InvalidArgument> {
+    SandboxId::parse(value).map(drop).map_err(|e| invalid("template", e.rule))
 }
 
 /// A restore runs the snapshot's command, environment, working directory and root filesystem: a
@@ -116,9 +122,9 @@ pub(crate) fn cwd(value: Option<&str>) -> Result<Option<PathBuf>, InvalidArgumen
     if value.len() > MAX_PATH || value.contains('\0') {
         return Err(invalid("cwd", "too long or contains a NUL byte"));
     }
+    // Checked as written: `Path::components` would drop a `.` and make `/./tmp` pass as `/tmp`.
     let path = Path::new(value);
-    let normal = path.is_absolute()
-        && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let normal = path.is_absolute() && value.split('/').all(|segment| segment != "." && segment != "..");
     if !normal {
         return Err(invalid("cwd", "must be an absolute path without `.` or `..`"));
     }
@@ -239,8 +245,17 @@ mod tests {
     fn cwd_cannot_escape() {
         assert_eq!(cwd(None), Ok(None));
         assert_eq!(cwd(Some("/work/dir")), Ok(Some(PathBuf::from("/work/dir"))));
-        for bad in ["relative", "/a/../b", "./a", "/a\0"] {
+        for bad in ["relative", "/a/../b", "./a", "/a\0", "/./tmp", "/tmp/.", "/tmp/.."] {
             assert_eq!(cwd(Some(bad)).unwrap_err().field, "cwd", "{bad}");
+        }
+        assert_eq!(cwd(Some("/tmp/.hidden")), Ok(Some(PathBuf::from("/tmp/.hidden"))));
+    }
+
+    #[test]
+    fn a_template_is_named_like_an_id() {
+        assert_eq!(template_name("rootfs-1"), Ok(()));
+        for bad in ["../etc", "/", "Host", "a/b", ""] {
+            assert_eq!(template_name(bad).unwrap_err().field, "template", "{bad}");
         }
     }
 

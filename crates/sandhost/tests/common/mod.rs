@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sandhost_runtime::gvisor::{GvisorConfig, GvisorRuntime};
 use sandhost_runtime::process::{ProcessConfig, ProcessRuntime};
-use sandhost_runtime::{LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
+use sandhost_runtime::{HostPaths, LifecycleId, LogChunk, Runtime, SandboxId, SandboxKey, SandboxSpec};
 
 // Each test binary uses its own share of these.
 #[allow(unused_imports)]
@@ -47,17 +47,18 @@ impl Backend {
 
     /// Opens this backend's runtime over `state_dir` under the cgroup parent `prefix`.
     pub fn open(self, state_dir: &Path, prefix: &str) -> Arc<dyn Runtime> {
-        self.open_with(state_dir, prefix, sandhost_runtime::DEFAULT_START_TIMEOUT)
+        self.open_with(state_dir, prefix, &Options::default())
     }
 
-    /// As [`Backend::open`], with this start timeout.
-    pub fn open_with(self, state_dir: &Path, prefix: &str, start_timeout: Duration) -> Arc<dyn Runtime> {
+    /// As [`Backend::open`], with these options.
+    pub fn open_with(self, state_dir: &Path, prefix: &str, options: &Options) -> Arc<dyn Runtime> {
         match self {
-            Self::Process => Arc::new(open_process_runtime(state_dir, prefix, start_timeout)),
+            Self::Process => Arc::new(open_process_runtime(state_dir, prefix, options)),
             Self::Gvisor => {
                 let mut config = GvisorConfig::new(state_dir);
-                config.cgroup_parent = prefix.to_owned();
-                config.start_timeout = start_timeout;
+                config.cgroup_parent = prefix.into();
+                config.start_timeout = options.start_timeout;
+                config.host_paths = options.host_paths.clone();
                 config.exit_recorder = Some(env!("CARGO_BIN_EXE_sandhost").into());
                 Arc::new(
                     GvisorRuntime::open(config)
@@ -65,6 +66,21 @@ impl Backend {
                 )
             }
         }
+    }
+}
+
+/// What a test's runtime is opened with, besides its state dir and cgroup parent.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The start hang guard.
+    pub start_timeout: Duration,
+    /// What the `host` template shows of the host.
+    pub host_paths: HostPaths,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT, host_paths: HostPaths::defaults() }
     }
 }
 
@@ -124,16 +140,22 @@ pub struct TestEnv {
     pub runtime: Arc<dyn Runtime>,
     pub state_dir: PathBuf,
     pub prefix: String,
+    options: Options,
     _tmp: tempfile::TempDir,
 }
 
 impl TestEnv {
     pub fn on(backend: Backend) -> Self {
-        Self::with_start_timeout(backend, sandhost_runtime::DEFAULT_START_TIMEOUT)
+        Self::with(backend, Options::default())
     }
 
     /// As [`TestEnv::on`], with a runtime whose starts time out after `start_timeout`.
     pub fn with_start_timeout(backend: Backend, start_timeout: Duration) -> Self {
+        Self::with(backend, Options { start_timeout, ..Options::default() })
+    }
+
+    /// As [`TestEnv::on`], with a runtime opened with `options`.
+    pub fn with(backend: Backend, options: Options) -> Self {
         require_root();
         // Outside /tmp, so that the sandbox's own /tmp does not hide it by accident: the runtime
         // must hide it.
@@ -142,13 +164,13 @@ impl TestEnv {
         let prefix =
             format!("sandhost-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let state_dir = tmp.path().join("state");
-        let runtime = backend.open_with(&state_dir, &prefix, start_timeout);
-        Self { backend, runtime, state_dir, prefix, _tmp: tmp }
+        let runtime = backend.open_with(&state_dir, &prefix, &options);
+        Self { backend, runtime, state_dir, prefix, options, _tmp: tmp }
     }
 
     /// A new runtime over the same state dir and cgroup parent (as a restarted agent would open).
     pub fn reopen(&self) -> Arc<dyn Runtime> {
-        self.backend.open(&self.state_dir, &self.prefix)
+        self.backend.open_with(&self.state_dir, &self.prefix, &self.options)
     }
 
     /// A spec running `argv` with a fresh key and the defaults.
@@ -268,12 +290,29 @@ impl TestEnv {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let bad: Vec<&str> = mounts.lines().filter(|l| l.contains(state.as_str())).collect();
         assert!(bad.is_empty(), "mounts left in the host namespace: {bad:?}");
-        let procs = processes_naming(&state);
+        let mut procs = processes_naming(&state);
+        procs.extend(processes_in_cgroups_under(&self.prefix));
         assert!(procs.is_empty(), "processes left behind: {procs:?}");
     }
 }
 
 impl Drop for TestEnv {
+    fn drop(&mut self) {
+        purge(&self.prefix, &self.state_dir);
+    }
+}
+
+/// Purges another parent a test uses besides its own (see [`purge`]) when dropped, so that a test
+/// that fails before its own cleanup leaks nothing there either.
+#[derive(Debug)]
+pub struct PurgeOnDrop {
+    /// The parent, relative to each hierarchy's root.
+    pub prefix: String,
+    /// The state dir whose processes go too.
+    pub state_dir: PathBuf,
+}
+
+impl Drop for PurgeOnDrop {
     fn drop(&mut self) {
         purge(&self.prefix, &self.state_dir);
     }
@@ -331,10 +370,11 @@ pub fn purge(prefix: &str, state_dir: &Path) {
 }
 
 /// A process runtime over `state_dir`, under cgroup parent `prefix`.
-fn open_process_runtime(state_dir: &Path, prefix: &str, start_timeout: Duration) -> ProcessRuntime {
+fn open_process_runtime(state_dir: &Path, prefix: &str, options: &Options) -> ProcessRuntime {
     let mut config = ProcessConfig::new(state_dir, env!("CARGO_BIN_EXE_sandhost"));
-    config.cgroup_parent = prefix.to_owned();
-    config.start_timeout = start_timeout;
+    config.cgroup_parent = prefix.into();
+    config.start_timeout = options.start_timeout;
+    config.host_paths = options.host_paths.clone();
     ProcessRuntime::open(config).expect("open the process runtime")
 }
 
@@ -394,7 +434,11 @@ pub fn leftover_cgroups(prefix: &str) -> Vec<PathBuf> {
     all_cgroups_under(prefix)
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose command line mentions `needle`, or that hold a file under it open: runsc's
+/// processes name the state dir; a process sandbox's init names no host path (its command line is
+/// `sandhost-init __init`) but holds its lifecycle's directory open as long as it lives. (Where the
+/// state dir is on a mount of its own, the init's fds read as paths inside that mount once it has
+/// detached the host's root: [`processes_in_cgroups_under`] finds the init there.)
 pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id();
     let mut out = Vec::new();
@@ -405,13 +449,47 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         if pid.cast_unsigned() == me {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
+        if let Some(cmdline) = names_or_holds(&entry.path(), needle) {
             out.push((pid, cmdline));
         }
+    }
+    out
+}
+
+/// The command line of the process whose `/proc` directory is `proc_dir` if it mentions `needle` or
+/// the process holds a file under `needle` open.
+pub fn names_or_holds(proc_dir: &Path, needle: &str) -> Option<String> {
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if cmdline.contains(needle) {
+        return Some(cmdline);
+    }
+    let fds = std::fs::read_dir(proc_dir.join("fd")).ok()?;
+    let holds = fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.starts_with(needle)));
+    holds.then_some(cmdline)
+}
+
+/// Processes in a cgroup under `prefix` (in any hierarchy): every process of a sandbox, its init
+/// included. Zombies aside: an init whose agent was killed is reaped by whoever inherited it, maybe
+/// late, and holds nothing meanwhile.
+pub fn processes_in_cgroups_under(prefix: &str) -> Vec<(i32, String)> {
+    let me = std::process::id();
+    let marker = format!(":/{prefix}/");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
+        if pid.cast_unsigned() == me || !cgroups.contains(&marker) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        out.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
     }
     out
 }

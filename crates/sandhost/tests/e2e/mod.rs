@@ -53,7 +53,23 @@ pub struct ServeOptions {
     pub env: Vec<(String, String)>,
     /// Use this state dir instead of a fresh one.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Variables removed after the harness's own and `env` are set (`SANDHOST_CGROUP_PARENT`:
+    /// leave the parent to the agent).
+    pub env_remove: Vec<String>,
+    /// Cgroup directories the serve starts in, as systemd starts a service's process in its
+    /// cgroup: it is spawned through `sh`, which writes its own pid to each one's `cgroup.procs`
+    /// and execs the serve (the same pid), exporting `SYSTEMD_EXEC_PID` as systemd does when
+    /// `INVOCATION_ID` is set.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
+
+/// What `sh` runs for [`ServeOptions::cgroups`]: `$0` is the serve's binary, `$@` its arguments.
+const JOIN_CGROUPS_AND_EXEC: &str = r#"for dir in $SANDHOST_TEST_CGROUPS; do
+    echo $$ > "$dir/cgroup.procs" || exit 97
+done
+unset SANDHOST_TEST_CGROUPS
+if [ -n "$INVOCATION_ID" ]; then export SYSTEMD_EXEC_PID=$$; fi
+exec "$0" "$@""#;
 
 /// A running `sandhost serve`. Dropping it stops the serve with `FORCE_STOP` semantics (SIGTERM: every
 /// sandbox is stopped at once), and SIGKILLs it if it does not exit within the hang guard.
@@ -112,7 +128,16 @@ impl Serve {
         let grpc = free_addr();
         let http = free_addr();
         let log = tempfile::NamedTempFile::new().expect("serve log file");
-        let mut command = Command::new(BIN);
+        let mut command = if options.cgroups.is_empty() {
+            Command::new(BIN)
+        } else {
+            let dirs: Vec<String> =
+                options.cgroups.iter().map(|d| d.to_string_lossy().into_owned()).collect();
+            assert!(dirs.iter().all(|d| !d.contains(char::is_whitespace)), "{dirs:?}");
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(JOIN_CGROUPS_AND_EXEC).arg(BIN).env("SANDHOST_TEST_CGROUPS", dirs.join(" "));
+            sh
+        };
         command
             .arg("serve")
             .arg("--listen")
@@ -131,11 +156,16 @@ impl Serve {
             .stderr(log.reopen().expect("serve log file"));
         // A cgroup parent of its own (unless the test names one), so what it leaves is attributable.
         command.env("SANDHOST_CGROUP_PARENT", cgroup_parent_for(&state_dir));
+        // Not a systemd service, even when the tests run in one (unless the test says so).
+        command.env_remove("INVOCATION_ID").env_remove("SYSTEMD_EXEC_PID");
         if let Some(token) = &options.token {
             command.env("SANDHOST_TOKEN", token);
         }
         for (key, value) in &options.env {
             command.env(key, value);
+        }
+        for key in &options.env_remove {
+            command.env_remove(key);
         }
         // A process group of its own, led by the serve, as a shell gives a foreground job: a
         // terminal's Ctrl-C goes to the whole group (see `signal_group`).
@@ -248,22 +278,21 @@ impl Serve {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The sandboxes' processes of this serve: those with its state dir on their command line, the
-    /// serve aside: a sandbox's `sandhost __init` (process: the sandbox's processes die with it, its
-    /// pid 1), or runsc's gofer and sandbox (gvisor). Empty once every sandbox is gone.
+    /// The sandboxes' processes of this serve: those in a cgroup under its cgroup parent, or with
+    /// its state dir on their command line or a file under it open, the serve aside: a sandbox's
+    /// `sandhost-init` (process: the sandbox's processes die with it, its pid 1), or runsc's gofer
+    /// and sandbox (gvisor). Empty once every sandbox is gone.
     pub fn leftover_processes(&self) -> Vec<String> {
         let needle = self.state_dir.to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-            .filter_map(|e| {
-                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                // A sandbox's init (process) or runsc's processes (gvisor); not the serve itself.
-                let ours = cmdline.contains(&needle) && !cmdline.contains(" serve ");
-                ours.then(|| format!("{}: {}", e.file_name().to_string_lossy(), cmdline.trim()))
-            })
+        let mut found = crate::common::processes_naming(&needle);
+        found.extend(crate::common::processes_in_cgroups_under(&cgroup_parent_for(&self.state_dir)));
+        found.sort();
+        found.dedup();
+        found
+            .into_iter()
+            // A sandbox's init (process) or runsc's processes (gvisor); not the serve itself.
+            .filter(|(_, cmdline)| !cmdline.contains(" serve "))
+            .map(|(pid, cmdline)| format!("{pid}: {}", cmdline.trim()))
             .collect()
     }
 

@@ -1,9 +1,16 @@
 //! The in-sandbox init: pid 1 of every sandbox is the sandhost binary, re-executed through
 //! `init_exe` with the hidden subcommand [`INIT_SUBCOMMAND`] (the binary calls [`init_main`]).
 //!
+//! Its command line is `sandhost-init __init` ([`INIT_ARGV0`]) and its environment empty: any
+//! process of the sandbox can read `/proc/1/cmdline`, so no host path is on it. What it needs (where
+//! to build the root, the state dir to hide, the log bound, the host template's allow list) comes
+//! as [`InitArgs`] in a memfd ([`INIT_ARGS_FD`]), read and closed first. Re-adoption never reads
+//! the command line (an init is known by its pid and start time, `files::InitRecord`).
+//!
 //! It runs single-threaded, as root in the sandbox's fresh namespaces and cgroup, and:
-//! 1. reads the spec through the state dir fd it was handed ([`STATE_DIR_FD`], close-on-exec),
-//!    names the host, brings loopback up and builds the filesystem (`mounts`), then `pivot_root`s;
+//! 1. reads its arguments, then the spec through the state dir fd it was handed ([`STATE_DIR_FD`],
+//!    close-on-exec), names the host, brings loopback up and builds the filesystem (`mounts`), then
+//!    `pivot_root`s;
 //! 2. forks the command (`command`), which drops every privilege and execs; a failure up to the
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
@@ -18,7 +25,7 @@ mod mounts;
 pub(crate) use mounts::HOME;
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -31,13 +38,15 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
 
 use super::logs::LogWriter;
-use super::spawn::STATE_DIR_FD;
+use super::spawn::{INIT_ARGS_FD, STATE_DIR_FD};
 use super::status_pipe::{Report, STATUS_FD};
 use super::{files, sys};
-use crate::{Exit, SandboxSpec, log_index};
+use crate::{Exit, HostPaths, SandboxSpec, log_index};
 
-/// The hidden subcommand of the sandhost binary that runs the init: `sandhost __init ...`.
+/// The hidden subcommand of the sandhost binary that runs the init: `sandhost-init __init`.
 pub const INIT_SUBCOMMAND: &str = "__init";
+/// The init's `argv[0]`: what the sandbox sees of it instead of the binary's host path.
+pub const INIT_ARGV0: &str = "sandhost-init";
 
 const FORWARDED: [Signal; 5] =
     [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
@@ -60,8 +69,8 @@ impl SetupError {
     }
 }
 
-/// The arguments `start` passes after the subcommand.
-#[derive(Debug)]
+/// What `start` hands the init, in a memfd ([`INIT_ARGS_FD`]) rather than on its command line.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct InitArgs {
     /// Where to mount the sandbox's root (an empty dir in its state dir).
     pub(crate) new_root: PathBuf,
@@ -69,32 +78,45 @@ pub(crate) struct InitArgs {
     pub(crate) state_dir: PathBuf,
     /// The bound of the log.
     pub(crate) log_limit: u64,
+    /// What the `host` template shows of the host.
+    pub(crate) host_paths: HostPaths,
 }
 
 impl InitArgs {
-    pub(crate) fn to_args(&self) -> Vec<OsString> {
-        vec![self.new_root.clone().into(), self.state_dir.clone().into(), self.log_limit.to_string().into()]
+    /// A memfd holding the arguments, its offset at their start.
+    ///
+    /// # Errors
+    ///
+    /// The failed `memfd_create` or write.
+    pub(crate) fn to_memfd(&self) -> io::Result<OwnedFd> {
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let fd =
+            nix::sys::memfd::memfd_create(c"sandhost-init-args", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&bytes)?;
+        file.rewind()?;
+        Ok(file.into())
     }
 
-    fn parse(args: Vec<OsString>) -> Option<Self> {
-        let [new_root, state_dir, log_limit]: [OsString; 3] = args.try_into().ok()?;
-        Some(Self {
-            new_root: new_root.into(),
-            state_dir: state_dir.into(),
-            log_limit: log_limit.to_str()?.parse().ok()?,
-        })
+    /// Reads the arguments from `fd` (and closes it).
+    fn read_from(fd: OwnedFd) -> Result<Self, String> {
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 }
 
-/// Runs the init; `args` are the arguments after [`INIT_SUBCOMMAND`]. Never returns.
+/// Runs the init; `args` are the arguments after [`INIT_SUBCOMMAND`] (none: they come in
+/// [`INIT_ARGS_FD`]). Never returns.
 ///
-/// Only meaningful when started by the process runtime (which hands it fds 3 and 4).
-pub fn init_main(args: Vec<OsString>) -> ! {
-    // Nothing but fds 0-4 was meant for us (the agent's other fds are close-on-exec anyway).
-    sys::close_from(5);
-    // SAFETY: fds 3 and 4 were set up by `spawn` for this process and nothing else owns them.
-    let (status, dir) = unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD)) };
-    let code = match run(args, status, &dir) {
+/// Only meaningful when started by the process runtime (which hands it fds 3, 4 and 5).
+pub fn init_main(args: &[OsString]) -> ! {
+    // Nothing but fds 0-5 was meant for us (the agent's other fds are close-on-exec anyway).
+    sys::close_from(6);
+    // SAFETY: fds 3, 4 and 5 were set up by `spawn` for this process and nothing else owns them.
+    let (status, dir, init_args) =
+        unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD), sys::adopt_fd(INIT_ARGS_FD)) };
+    let code = match run(args.is_empty(), init_args, status, &dir) {
         Ok(code) => code,
         Err((status, e)) => {
             eprintln!("sandhost init: {}: {}", e.step, e.message);
@@ -109,17 +131,18 @@ pub fn init_main(args: Vec<OsString>) -> ! {
 
 type RunError = (Option<OwnedFd>, SetupError);
 
-fn run(args: Vec<OsString>, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunError> {
-    for fd in [status.as_raw_fd(), dir.as_raw_fd()] {
+fn run(no_args: bool, init_args: OwnedFd, status: OwnedFd, dir: &OwnedFd) -> Result<i32, RunError> {
+    for fd in [status.as_raw_fd(), dir.as_raw_fd(), init_args.as_raw_fd()] {
         if let Err(e) = sys::set_cloexec(fd, true) {
             return Err((Some(status), SetupError::new("fds", e)));
         }
     }
-    let Some(args) = InitArgs::parse(args) else {
-        return Err((
-            Some(status),
-            SetupError::msg("arguments", "usage: __init NEW_ROOT STATE_DIR LOG_LIMIT"),
-        ));
+    if !no_args {
+        return Err((Some(status), SetupError::msg("arguments", "usage: sandhost-init __init")));
+    }
+    let args = match InitArgs::read_from(init_args) {
+        Ok(args) => args,
+        Err(e) => return Err((Some(status), SetupError::msg("arguments", &e))),
     };
     match setup(&args, dir.as_fd()) {
         Ok((spec, home)) => supervise(&spec, &home, status, dir.as_fd(), args.log_limit),
@@ -141,7 +164,7 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     sethostname(spec.key.id.as_str()).map_err(|e| SetupError::new("sethostname", e.into()))?;
     sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
-    let home = mounts::build_root(&spec, &args.new_root, &args.state_dir)?;
+    let home = mounts::build_root(&spec, args)?;
     Ok((spec, home))
 }
 

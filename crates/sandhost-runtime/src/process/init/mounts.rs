@@ -1,12 +1,16 @@
 //! The sandbox's filesystem, built by its init inside its own mount namespace, then `pivot_root`:
 //!
-//! - the root: the host's `/` (template `host`) or a rootfs directory, bound recursively and made
-//!   read-only, nosuid and nodev in one `mount_setattr`;
+//! - the root: on the `host` template a fresh tmpfs holding only the skeleton of
+//!   `crate::host_paths` (the sandbox's own directories, the allow list's parents and symlinks, a
+//!   mount point per entry), each allowed host path bound recursively at its place and made
+//!   read-only, nosuid and nodev in one `mount_setattr`, the tmpfs itself read-only once every
+//!   mount is made; on a rootfs template its directory, bound and made read-only alike;
 //! - its own `/proc` (with `/proc/sys` and `/proc/sysrq-trigger` read-only), a fresh read-only
 //!   `/sys` for its network namespace, a minimal `/dev` (null, zero, full, random, urandom, tty, a
 //!   private devpts with `ptmx`, `shm`);
 //! - private tmpfs at `/tmp`, `/home` (with the user's home) and `/run` (which hides the agent's
-//!   sockets), and an empty read-only tmpfs over the state dir if it is visible at all;
+//!   sockets), an empty read-only tmpfs over the state dir if it is visible at all, and on the
+//!   host template the host's secrets masked where the allow list shows them;
 //! - then `pivot_root` and a lazy unmount of the old root: nothing else of the host is reachable.
 //!
 //! Every mount happens in the sandbox's mount namespace (made private first), so none reaches the
@@ -21,7 +25,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid, chdir, chown, pivot_root};
 
-use super::SetupError;
+use super::{InitArgs, SetupError};
+use crate::host_paths::{self, Entry, HostPaths};
 use crate::process::sys;
 use crate::view::{MASKED_DIRS, MASKED_FILES};
 use crate::{SandboxSpec, Template};
@@ -39,30 +44,22 @@ fn io_step(what: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
     move |e| SetupError::new(what, e)
 }
 
-/// Builds the root at `new_root` (an empty directory) and pivots into it. Returns the home
+/// Builds the root at `args.new_root` (an empty directory) and pivots into it. Returns the home
 /// directory of the command, as seen inside.
-pub(super) fn build_root(
-    spec: &SandboxSpec,
-    new_root: &Path,
-    state_dir: &Path,
-) -> Result<PathBuf, SetupError> {
+pub(super) fn build_root(spec: &SandboxSpec, args: &InitArgs) -> Result<PathBuf, SetupError> {
+    let (new_root, state_dir) = (args.new_root.as_path(), args.state_dir.as_path());
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(step("make mounts private"))?;
 
-    let source: &Path = match &spec.template {
-        Template::Host => Path::new("/"),
-        Template::Rootfs { path, .. } => path,
-    };
-    mount(Some(source), new_root, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-        .map_err(step("bind root"))?;
-    let root_c = CString::new(new_root.as_os_str().as_bytes())
-        .map_err(|_| SetupError::msg("bind root", "NUL in path"))?;
-    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    sys::mount_setattr_recursive(&root_c, attrs).map_err(io_step("make root read-only"))?;
-
-    for sub in ["proc", "sys", "dev"] {
-        let _ = umount2(&new_root.join(sub), MntFlags::MNT_DETACH); // not a mount point: nothing to do
+    match &spec.template {
+        Template::Host => host_root(new_root, &args.host_paths)?,
+        Template::Rootfs { path, .. } => {
+            bind_read_only(path, new_root).map_err(|e| SetupError::new("bind root", e))?;
+            for sub in ["proc", "sys", "dev"] {
+                let _ = umount2(&new_root.join(sub), MntFlags::MNT_DETACH); // not a mount point: nothing to do
+            }
+        }
     }
     mount_proc(&new_root.join("proc"))?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -97,13 +94,43 @@ pub(super) fn build_root(
     }
     if spec.template == Template::Host {
         mask_host_secrets(new_root, ro)?;
+        // Every mount point is made: nothing may be added to the root from here on.
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | rw;
+        mount(none, new_root, none, flags, none).map_err(step("make root read-only"))?;
     }
-
     chdir(new_root).map_err(step("chdir to new root"))?;
     pivot_root(".", ".").map_err(step("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
     chdir("/").map_err(step("chdir /"))?;
     Ok(home)
+}
+
+/// The host template's root at `new_root`: a tmpfs with the skeleton of `host_paths`, each allowed
+/// directory or file bound read-only at its place.
+fn host_root(new_root: &Path, host_paths: &HostPaths) -> Result<(), SetupError> {
+    tmpfs(new_root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=755,size=1m", "mount root")?;
+    let entries = host_paths.entries();
+    host_paths::make_skeleton(new_root, &entries).map_err(io_step("make root"))?;
+    for entry in &entries {
+        if let Entry::Bind { path, .. } = entry {
+            let at = new_root.join(path.strip_prefix("/").unwrap_or(path));
+            bind_read_only(path, &at).map_err(|e| SetupError {
+                step: "bind host path",
+                message: format!("{}: {e}", path.display()),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds `source` (recursively) at `at`, read-only, nosuid and nodev, submounts included.
+fn bind_read_only(source: &Path, at: &Path) -> std::io::Result<()> {
+    let none: Option<&str> = None;
+    mount(Some(source), at, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)?;
+    let at_c = CString::new(at.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    sys::mount_setattr_recursive(&at_c, attrs)
 }
 
 /// Masks the host files that even a capability-less root inside the sandbox could read (it owns
