@@ -68,6 +68,13 @@ pub enum Call {
         /// The most bytes asked for.
         max: usize,
     },
+    /// [`Runtime::log_offset_at`].
+    LogOffsetAt {
+        /// The sandbox.
+        key: SandboxKey,
+        /// The time asked for.
+        since: SystemTime,
+    },
     /// [`Runtime::cleanup`].
     Cleanup(SandboxKey),
     /// [`Runtime::forget`].
@@ -105,6 +112,7 @@ impl Call {
             Self::Cleanup(_) => Some(Op::Cleanup),
             Self::Checkpoint { .. } => Some(Op::Checkpoint),
             Self::ReadLogs { .. }
+            | Self::LogOffsetAt { .. }
             | Self::Forget(_)
             | Self::Recover
             | Self::ListSnapshots
@@ -212,11 +220,21 @@ struct Sandbox {
     /// `None` while it runs; set once, when it exits.
     exit: watch::Sender<Option<Exit>>,
     log: Vec<u8>,
+    /// Each write to the log: the log's length after it, and when it was made.
+    log_writes: Vec<(u64, SystemTime)>,
 }
 
 impl Sandbox {
     fn new(spec: SandboxSpec, pid: i32) -> Self {
-        Self { spec, pid, paused: false, cleaned_up: false, exit: watch::Sender::new(None), log: Vec::new() }
+        Self {
+            spec,
+            pid,
+            paused: false,
+            cleaned_up: false,
+            exit: watch::Sender::new(None),
+            log: Vec::new(),
+            log_writes: Vec::new(),
+        }
     }
 
     fn is_running(&self) -> bool {
@@ -357,9 +375,21 @@ impl FakeRuntime {
         exited
     }
 
-    /// Appends bytes to a sandbox's log. Returns whether the sandbox is known.
+    /// Appends bytes to a sandbox's log, written now. Returns whether the sandbox is known.
     pub fn write_log(&self, key: &SandboxKey, bytes: &[u8]) -> bool {
-        self.lock().sandboxes.get_mut(key).map(|sandbox| sandbox.log.extend_from_slice(bytes)).is_some()
+        self.write_log_at(key, bytes, SystemTime::now())
+    }
+
+    /// Appends bytes to a sandbox's log, written at `at` (what [`Runtime::log_offset_at`] goes by:
+    /// the fake dates every write exactly). Returns whether the sandbox is known.
+    pub fn write_log_at(&self, key: &SandboxKey, bytes: &[u8], at: SystemTime) -> bool {
+        let mut state = self.lock();
+        let Some(sandbox) = state.sandboxes.get_mut(key) else {
+            return false;
+        };
+        sandbox.log.extend_from_slice(bytes);
+        sandbox.log_writes.push((sandbox.log.len() as u64, at));
+        true
     }
 
     /// Sets how the sandbox `key` (started already or later) reacts to [`Runtime::stop`].

@@ -16,7 +16,8 @@
 //! The floor both real backends stand on, so that neither reaches into the other: `cgroup` (the
 //! host's hierarchies, limits, freeze, kill, removal), `state` (the state dir's lifecycle
 //! directories) and [`state_file`] (the one checked, atomic file format, which the agent uses for
-//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`),
+//! its own files too), `fswatch` (inotify, for logs and `cgroup.events`), `log_index` (the time
+//! index of a log, for reads that start at a time),
 //! `background` (work that outlives a call, which [`Runtime::settle`] awaits), and what a sandbox
 //! sees: [`HostPaths`] (the `host` template's allow list and the skeleton of its root) and `view`
 //! (the whole view, for the checks before a start).
@@ -37,6 +38,7 @@ mod cgroup;
 mod errors;
 mod fswatch;
 mod host_paths;
+mod log_index;
 mod procfs;
 mod recovery;
 mod spec;
@@ -240,6 +242,20 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// A [`LogsError`].
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError>;
+
+    /// The logical offset of the sandbox's log from which to read ([`Runtime::read_logs`]) to get
+    /// the bytes written at or after `since`: every byte before it was written before `since`;
+    /// from it on, bytes written shortly before `since` may come too, within the granularity of
+    /// the write times the backend records (about a second on both real backends, each saying
+    /// how in its `logs` module; exact on the fake). It is 0 when nothing kept can be excluded
+    /// (a `since` older than every time kept: a read from there reports the dropped bytes), and
+    /// the log's end when all of it was written before `since`. A log written before times were
+    /// recorded is read from 0.
+    ///
+    /// # Errors
+    ///
+    /// [`LogsError::NotFound`] for a sandbox without a log; [`LogsError::Io`].
+    async fn log_offset_at(&self, key: &SandboxKey, since: SystemTime) -> Result<u64, LogsError>;
 
     /// Releases what an exited sandbox held (cgroup, mounts, state), keeping its log until
     /// [`Runtime::forget`]. Idempotent.

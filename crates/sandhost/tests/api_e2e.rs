@@ -24,6 +24,7 @@ on_both_backends!(sync:
     logs_follow_streams_until_the_sandbox_exits,
     a_second_serve_on_the_same_state_dir_is_refused,
     a_restarted_serve_readopts_the_sandboxes_of_a_killed_one,
+    logs_since_holds_across_a_restart_of_the_agent,
 );
 
 on_both_backends!(async:
@@ -38,6 +39,7 @@ on_both_backends!(async:
     an_oversized_request_is_refused_and_changes_nothing,
     a_sandbox_is_bounded_by_the_node_s_defaults_its_tmp_included,
     a_log_longer_than_its_bound_says_how_much_was_dropped,
+    logs_since_a_time_start_at_what_was_written_then,
 );
 
 /// The sandbox of `get --json` (the Get reply, in the proto3 JSON mapping).
@@ -370,7 +372,7 @@ async fn a_log_longer_than_its_bound_says_how_much_was_dropped(backend: Backend)
     let total = 2000 * 61 + "last-line\n".len() as u64;
 
     let mut sandboxes = serve.sandboxes().await;
-    let request = pb::LogsRequest { id: "chatty".into(), follow: false };
+    let request = pb::LogsRequest { id: "chatty".into(), follow: false, since: None };
     let mut stream = sandboxes.logs(request).await.expect("logs").into_inner();
     let (mut dropped, mut kept) = (0u64, Vec::new());
     while let Some(reply) = stream.message().await.expect("a reply") {
@@ -386,6 +388,61 @@ async fn a_log_longer_than_its_bound_says_how_much_was_dropped(backend: Backend)
     let cli = serve.cli(&["logs", "chatty"]);
     assert!(stderr(&cli).contains(&format!("{dropped} bytes of this log were dropped")), "{}", stderr(&cli));
     assert!(stdout(&cli).trim_end().ends_with("last-line"), "{}", stdout(&cli));
+}
+
+/// Sleeps until the time of day `time` (one the test set itself).
+fn sleep_until(time: std::time::SystemTime) {
+    while let Ok(left) = time.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left.max(std::time::Duration::from_millis(1)));
+    }
+}
+
+async fn logs_since_a_time_start_at_what_was_written_then(backend: Backend) {
+    let serve = Serve::start_on(backend.name());
+    // "early" at once; "late" only when the test says so (a graceful kill: SIGTERM).
+    let script = "trap 'echo late; exit 0' TERM; echo early; while :; do sleep 1; done";
+    ok(&serve.cli(&["create", "--id", "clock", "--", "sh", "-c", script]));
+    let mut follower = serve.spawn_cli(&["logs", "clock", "-f"]);
+    assert_eq!(follower.next_line().as_deref(), Some("early"));
+    // "early" was written before it was read here; the node dates its logs to about a second, so a
+    // second later is after it for sure. "late" is written only once that time has passed.
+    let since = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let when = humantime::format_rfc3339_nanos(since).to_string();
+    // Following from a time still to come: the node waits for it, then follows.
+    let from_since = serve.spawn_cli(&["logs", "clock", "-f", "--since", &when]);
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", &when])), "", "a time to come: nothing yet");
+    sleep_until(since);
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", &when])), "", "\"early\" is from before");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", "1h"])), "early", "a duration before now");
+
+    ok(&serve.cli(&["kill", "clock"]));
+    assert_eq!(follower.finish(), (vec!["late".to_owned()], Some(0)));
+    assert_eq!(from_since.finish(), (vec!["late".to_owned()], Some(0)), "waited for the time, then followed");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", &when])), "late");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", &when, "--tail", "5"])), "late");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", "1h", "--tail", "1"])), "late");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", "1h"])), "early\nlate");
+
+    // A time to come prints nothing; following, it ends with the sandbox, which has exited.
+    let future =
+        humantime::format_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+    let future = future.to_string();
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "--since", &future])), "");
+    assert_eq!(ok(&serve.cli(&["logs", "clock", "-f", "--since", &future])), "");
+
+    // A bad --since is refused naming it, before any call.
+    let bad = serve.cli(&["logs", "clock", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("invalid --since"), "{}", stderr(&bad));
+    // Over gRPC, a Timestamp the proto does not allow is INVALID_ARGUMENT naming `since`.
+    let mut sandboxes = serve.sandboxes().await;
+    for (seconds, nanos) in [(1, 1_000_000_000), (1, -1), (253_402_300_800, 0)] {
+        let since = Some(prost_types::Timestamp { seconds, nanos });
+        let request = pb::LogsRequest { id: "clock".into(), follow: false, since };
+        let status = sandboxes.logs(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{seconds}.{nanos}: {status:?}");
+        assert_eq!(bad_request_field(&status), "since");
+    }
 }
 
 async fn with_a_token_every_call_needs_it(backend: Backend) {
@@ -564,6 +621,31 @@ fn a_restarted_serve_readopts_the_sandboxes_of_a_killed_one(backend: Backend) {
     second.stop();
     assert_eq!(second.leftover_processes(), Vec::<String>::new());
     assert_eq!(e2e::leftover_cgroups(&parent), Vec::<std::path::PathBuf>::new());
+}
+
+fn logs_since_holds_across_a_restart_of_the_agent(backend: Backend) {
+    let state = tempfile::tempdir().expect("state dir");
+    let options =
+        ServeOptions { state_dir: Some(state.path().to_path_buf()), ..ServeOptions::on(backend.name()) };
+    let mut first = Serve::start_with(options.clone());
+    let script = "trap 'echo late; exit 0' TERM; echo early; while :; do sleep 1; done";
+    ok(&first.cli(&["create", "--id", "clock", "--", "sh", "-c", script]));
+    let mut follower = first.spawn_cli(&["logs", "clock", "-f"]);
+    assert_eq!(follower.next_line().as_deref(), Some("early"));
+    let since = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let when = humantime::format_rfc3339_nanos(since).to_string();
+    drop(follower);
+    first.kill();
+
+    // The next agent reads the times the first one (or the sandbox's init) recorded.
+    let mut second = Serve::start_with(options);
+    sleep_until(since);
+    assert_eq!(ok(&second.cli(&["logs", "clock", "--since", &when])), "", "\"early\" is from before");
+    ok(&second.cli(&["kill", "clock"]));
+    assert_eq!(ok(&second.cli(&["logs", "clock", "--since", &when])), "late");
+    assert_eq!(ok(&second.cli(&["logs", "clock"])), "early\nlate");
+    second.stop();
+    assert_eq!(second.leftover_processes(), Vec::<String>::new());
 }
 
 async fn wait_streams_end_when_the_server_shuts_down(backend: Backend) {

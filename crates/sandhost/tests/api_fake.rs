@@ -131,7 +131,7 @@ async fn long_streams_end_with_unavailable_when_the_server_shuts_down() {
 
     let mut logs = server
         .sandboxes()
-        .logs(pb::LogsRequest { id: "talker".into(), follow: true })
+        .logs(pb::LogsRequest { id: "talker".into(), follow: true, since: None })
         .await
         .unwrap()
         .into_inner();
@@ -158,7 +158,7 @@ async fn logs_follow_ends_when_the_sandbox_exits_and_wait_returns_its_exit() {
 
     let mut logs = server
         .sandboxes()
-        .logs(pb::LogsRequest { id: "short".into(), follow: true })
+        .logs(pb::LogsRequest { id: "short".into(), follow: true, since: None })
         .await
         .unwrap()
         .into_inner();
@@ -176,6 +176,37 @@ async fn logs_follow_ends_when_the_sandbox_exits_and_wait_returns_its_exit() {
     let exit = exited.exit.unwrap();
     assert_eq!(exit.status, Some(pb::sandbox_exit::Status::Code(7)));
     assert_eq!(exit.reason(), pb::ExitReason::Exited);
+}
+
+#[tokio::test]
+async fn logs_since_a_time_over_grpc_and_a_bad_timestamp_names_since() {
+    let node = TestNode::new();
+    let server = Server::start(&node, None).await;
+    let info = node.create("dated", DrainPolicy::Wait).await;
+    let key = support::key(&info);
+    let early = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    node.fake.write_log_at(&key, b"early\n", early);
+    node.fake.write_log_at(&key, b"late\n", early + std::time::Duration::from_secs(2));
+
+    let since = Some(prost_types::Timestamp::from(early + std::time::Duration::from_secs(1)));
+    let request = pb::LogsRequest { id: "dated".into(), follow: false, since };
+    let mut logs = server.sandboxes().logs(request).await.unwrap().into_inner();
+    let mut received = Vec::new();
+    while let Some(chunk) = within("a chunk", logs.message()).await.unwrap() {
+        assert_eq!(chunk.dropped_bytes, 0);
+        received.extend(chunk.data);
+    }
+    assert_eq!(received, b"late\n");
+
+    for (seconds, nanos) in [(1, 1_000_000_000), (1, -1), (-62_135_596_801, 0), (i64::MAX, 0)] {
+        let since = Some(prost_types::Timestamp { seconds, nanos });
+        let request = pb::LogsRequest { id: "dated".into(), follow: true, since };
+        let status = server.sandboxes().logs(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{seconds}.{nanos}: {status:?}");
+        let details = status.get_error_details();
+        let field = &details.bad_request().expect("a BadRequest detail").field_violations[0].field;
+        assert_eq!(field, "since");
+    }
 }
 
 #[tokio::test]

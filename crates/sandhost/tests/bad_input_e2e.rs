@@ -411,6 +411,24 @@ async fn rows(serve: &Serve, backend: Backend) -> Vec<Row> {
         })
     );
 
+    for (what, seconds, nanos) in [
+        ("Logs since bad nanos", 1_700_000_000, 2_000_000_000),
+        ("Logs since negative nanos", 1_700_000_000, -1),
+        ("Logs since after year 9999", 253_402_300_800, 0),
+        ("Logs since beyond any timestamp", i64::MIN, 0),
+    ] {
+        row!(
+            what,
+            invalid,
+            Some("since"),
+            logs(pb::LogsRequest {
+                id: "alive".into(),
+                follow: true,
+                since: Some(Timestamp { seconds, nanos })
+            })
+        );
+    }
+
     // Limits.
     for (what, limits, field) in [
         ("memory of 1 byte", resources(Some(1), None, None), "resources.memory_bytes"),

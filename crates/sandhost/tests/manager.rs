@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
 use sandhost::config::SandboxConfig;
@@ -315,16 +315,44 @@ async fn logs_stream_and_follow_until_exit() {
     let t = TestNode::new();
     let a = t.create("a", DrainPolicy::Wait).await;
     t.fake.write_log(&key(&a), b"hello ");
-    let mut all = t.node.logs("a", false).expect("logs");
+    let mut all = t.node.logs("a", false, None).expect("logs");
     assert_eq!(all.next().await.expect("chunk").expect("bytes").data, b"hello ");
     assert!(all.next().await.is_none(), "without follow the stream ends at the end of the log");
 
-    let mut follow = t.node.logs("a", true).expect("logs");
+    let mut follow = t.node.logs("a", true, None).expect("logs");
     assert_eq!(follow.next().await.expect("chunk").expect("bytes").data, b"hello ");
     t.fake.write_log(&key(&a), b"world");
     assert_eq!(within("more", follow.next()).await.expect("chunk").expect("bytes").data, b"world");
     t.fake.exit(&key(&a), Exit::Code(0));
     assert!(within("end", follow.next()).await.is_none(), "the stream ends when the sandbox exits");
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_since_a_time_start_where_the_runtime_says_and_a_future_one_gives_nothing() {
+    let t = TestNode::new();
+    let a = t.create("a", DrainPolicy::Wait).await;
+    let early = SystemTime::now() - Duration::from_secs(60);
+    t.fake.write_log_at(&key(&a), b"early\n", early);
+    t.fake.write_log_at(&key(&a), b"late\n", early + Duration::from_secs(2));
+    let since = early + Duration::from_secs(1);
+    let mut logs = t.node.logs("a", false, Some(since)).expect("logs");
+    assert_eq!(logs.next().await.expect("chunk").expect("bytes").data, b"late\n");
+    assert!(logs.next().await.is_none());
+    assert!(t.fake.calls().contains(&Call::LogOffsetAt { key: key(&a), since }));
+
+    // Following from that time: what is there, then what comes.
+    let mut follow = t.node.logs("a", true, Some(since)).expect("logs");
+    assert_eq!(follow.next().await.expect("chunk").expect("bytes").data, b"late\n");
+    t.fake.write_log(&key(&a), b"live\n");
+    assert_eq!(within("more", follow.next()).await.expect("chunk").expect("bytes").data, b"live\n");
+
+    // A time to come, without follow: nothing, and the runtime is not asked.
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let mut nothing = t.node.logs("a", false, Some(future)).expect("logs");
+    assert!(nothing.next().await.is_none());
+    assert!(!t.fake.calls().iter().any(|c| matches!(c, Call::LogOffsetAt { since, .. } if *since == future)));
+    t.fake.exit(&key(&a), Exit::Code(0));
+    assert!(within("end", follow.next()).await.is_none());
 }
 
 #[tokio::test(start_paused = true)]

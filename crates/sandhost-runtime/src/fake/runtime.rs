@@ -126,6 +126,14 @@ impl Runtime for FakeRuntime {
         Ok(LogChunk { data, next_offset, dropped: 0 })
     }
 
+    async fn log_offset_at(&self, key: &SandboxKey, since: SystemTime) -> Result<u64, LogsError> {
+        self.record(Call::LogOffsetAt { key: key.clone(), since });
+        let state = self.lock();
+        let sandbox = state.sandboxes.get(key).ok_or_else(|| LogsError::NotFound(key.clone()))?;
+        // Exact: the end of the last write made before `since`.
+        Ok(sandbox.log_writes.iter().take_while(|(_, at)| *at < since).last().map_or(0, |(end, _)| *end))
+    }
+
     async fn cleanup(&self, key: &SandboxKey) -> Result<(), CleanupError> {
         self.record(Call::Cleanup(key.clone()));
         self.scripted(Op::Cleanup).await.map_err(|failure| CleanupError::Host {

@@ -1,6 +1,6 @@
 //! The fake's own tests, all under tokio's paused clock: nothing here waits on real time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -165,6 +165,21 @@ async fn logs_return_what_the_test_wrote() {
     assert_eq!(chunk.next_offset, 11);
     assert!(matches!(fake.read_logs(&sandbox_key("zz"), 0, 1).await, Err(LogsError::NotFound(_))));
     assert!(!fake.write_log(&sandbox_key("zz"), b"x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_offset_at_a_time_is_where_the_first_write_at_or_after_it_begins() {
+    let fake = FakeRuntime::new();
+    let key = started(&fake, "a").await;
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    assert!(fake.write_log_at(&key, b"early\n", t0));
+    assert!(fake.write_log_at(&key, b"late\n", t0 + Duration::from_secs(2)));
+    assert_eq!(fake.log_offset_at(&key, t0).await.expect("known"), 0);
+    assert_eq!(fake.log_offset_at(&key, t0 + Duration::from_secs(1)).await.expect("known"), 6);
+    assert_eq!(fake.log_offset_at(&key, t0 + Duration::from_secs(2)).await.expect("known"), 6);
+    assert_eq!(fake.log_offset_at(&key, t0 + Duration::from_secs(3)).await.expect("known"), 11);
+    assert!(fake.calls().contains(&Call::LogOffsetAt { key: key.clone(), since: t0 }));
+    assert!(matches!(fake.log_offset_at(&sandbox_key("zz"), t0).await, Err(LogsError::NotFound(_))));
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::bundle::{self, BundleContext};
 use super::inner::Inner;
-use super::paths::{self, BUNDLE, CONTAINER, LEGACY_LOG, LOG, read_container};
+use super::paths::{self, BUNDLE, CONTAINER, LEGACY_LOG, LOG, LOG_TIMES, read_container};
 use super::recorder;
 use super::sandbox::{ExitSource, Sandbox};
 use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
@@ -132,7 +132,7 @@ pub(super) async fn launch(
                     Sandbox::exited(key.clone(), dir, cid, exit)
                 }
             };
-            sandbox.keep_log_bounded(inner.config.log_limit_bytes);
+            sandbox.watch_log(inner.config.log_limit_bytes);
             inner.insert(sandbox);
             Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
         }
@@ -244,10 +244,10 @@ fn remove_state_files(dir: &Path) -> Result<(), (&'static str, io::Error)> {
     }
 }
 
-/// Removes the log (under its name and under the one an earlier agent gave it) and the lifecycle's
-/// directory, once [`remove_state_files`] has emptied it.
+/// Removes the log (under its name and under the one an earlier agent gave it), its time index and
+/// the lifecycle's directory, once [`remove_state_files`] has emptied it.
 fn remove_log_and_dir(dir: &Path) -> Result<(), (&'static str, io::Error)> {
-    state::remove_files(dir, &[LOG, LEGACY_LOG])
+    state::remove_files(dir, &[LOG, LEGACY_LOG, LOG_TIMES])
         .and_then(|()| state::remove_lifecycle_dir(dir))
         .map_err(|e| ("state dir", e))
 }

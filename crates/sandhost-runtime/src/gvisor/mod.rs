@@ -25,8 +25,8 @@
 //!   restore over an existing name destroys it).
 //! - Every path is built from validated ids ([`SandboxKey`], [`SnapshotId`]).
 //! - The log is one file that runsc's processes write to directly: it survives the agent, and it is
-//!   bounded by punching out its head (`logs`) on every read and every second while the sandbox
-//!   runs.
+//!   bounded by punching out its head (`logs`) on every read and, while the sandbox runs, at most a
+//!   second after it grew; then it is dated too (its time index, `logs`).
 
 mod bundle;
 mod config;
@@ -41,7 +41,7 @@ mod sandbox;
 mod snapshot;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -177,8 +177,16 @@ impl Runtime for GvisorRuntime {
     }
 
     async fn read_logs(&self, key: &SandboxKey, offset: u64, max: usize) -> Result<LogChunk, LogsError> {
+        // Dated first, so that no reader gets a byte the time index was not given a chance to date.
+        if let Some(sandbox) = self.inner.get(key) {
+            sandbox.observe_log().await;
+        }
         let log = paths::log_path(&crate::state::sandbox_dir(&self.inner.config.state_dir, key));
         logs::read_logs(key, log, self.inner.config.log_limit_bytes, offset, max).await
+    }
+
+    async fn log_offset_at(&self, key: &SandboxKey, since: SystemTime) -> Result<u64, LogsError> {
+        logs::offset_at(key, crate::state::sandbox_dir(&self.inner.config.state_dir, key), since).await
     }
 
     async fn cleanup(&self, key: &SandboxKey) -> Result<(), CleanupError> {

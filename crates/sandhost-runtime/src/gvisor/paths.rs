@@ -3,7 +3,7 @@
 //! - `runsc/` ([`runsc_root`]): runsc's `--root`;
 //! - `sandboxes/<id>/<lifecycle>/` (`crate::state`): `spec.json`, [`CONTAINER`] naming the runsc
 //!   container that carries the lifecycle now, `exit.json`, the recorders' `exit.<container>.json`
-//!   (`recorder`), the log [`LOG`] and the OCI bundle [`BUNDLE`];
+//!   (`recorder`), the log [`LOG`], its time index [`LOG_TIMES`] and the OCI bundle [`BUNDLE`];
 //! - `snapshots/<snapshot>/` ([`snapshot_dir`]): runsc's image and `snapshot.json` (`snapshot`).
 //!
 //! The container of a lifecycle is `<id>.<lifecycle>.<generation>` ([`container_id`]): a
@@ -20,6 +20,8 @@ pub(crate) const CONTAINER: &str = "container.json";
 pub(crate) const BUNDLE: &str = "bundle";
 /// The log: the sandbox's stdout and stderr, which runsc's processes write to directly.
 pub(crate) const LOG: &str = "output.log";
+/// The log's time index (`super::logs`).
+pub(crate) const LOG_TIMES: &str = "output.times";
 /// The log's name before it was [`LOG`]: a sandbox an earlier agent started still writes to it.
 pub(crate) const LEGACY_LOG: &str = "log.0000000000000000";
 

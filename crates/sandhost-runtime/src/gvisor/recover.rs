@@ -129,7 +129,7 @@ async fn recover_one(inner: &Inner, key: SandboxKey, dir: PathBuf) -> Outcome {
         let paused = s == "paused" || frozen;
         let sandbox =
             Sandbox::running(key.clone(), dir, cid.clone(), ExitSource::Runsc(inner.runsc.clone()), paused);
-        sandbox.keep_log_bounded(inner.config.log_limit_bytes);
+        sandbox.watch_log(inner.config.log_limit_bytes);
         inner.insert(sandbox);
         let recovered = match spec {
             Some(spec) => Recovered::new(spec, started_at, RecoveredState::Running { paused }),
@@ -202,7 +202,7 @@ async fn recover_cgroups(
             )
         };
         let sandbox = Sandbox::running(key.clone(), dir, name.clone(), source, frozen);
-        sandbox.keep_log_bounded(inner.config.log_limit_bytes);
+        sandbox.watch_log(inner.config.log_limit_bytes);
         inner.insert(sandbox);
         adopted.insert(name);
         let why = format!("{why}; {how} (the runtime lost its command, limits and grace)");

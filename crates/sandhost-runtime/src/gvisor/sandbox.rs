@@ -16,16 +16,24 @@ use tokio::task::JoinHandle;
 use tokio::process::Child;
 
 use super::inner::ContainerCgroups;
+use super::logs::LogDating;
 use super::paths;
 use super::runsc::Runsc;
 use crate::cgroup::Cgroup;
+use crate::fswatch::FsWatch;
 use crate::{ControlError, Exit, SandboxKey, StopError};
 use crate::{state, state_file};
 
 /// How long a killed sandbox may take to stop before stop reports failure.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the log of a running sandbox is trimmed to its bound.
-const LOG_TRIM_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two observations of the log of a running sandbox (each trims it to its
+/// bound and may date it).
+const LOG_OBSERVE_GAP: Duration = Duration::from_secs(1);
+
+/// How long until the time of day `unix_ms` (zero if it has passed).
+fn until_unix_ms(unix_ms: u64) -> Duration {
+    Duration::from_millis(unix_ms.saturating_sub(crate::log_index::now_ms()))
+}
 
 /// Where a container's exit comes from.
 #[derive(Debug)]
@@ -60,6 +68,8 @@ pub(crate) struct Sandbox {
     pub(crate) op: tokio::sync::Mutex<()>,
     /// Deletes of containers this sandbox no longer uses (slow; awaited by cleanup).
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// The trimming and dating of its log, from [`Sandbox::watch_log`].
+    log_dating: Mutex<Option<LogDating>>,
 }
 
 impl Sandbox {
@@ -91,6 +101,7 @@ impl Sandbox {
             paused: Mutex::new(paused),
             op: tokio::sync::Mutex::new(()),
             background: Mutex::new(Vec::new()),
+            log_dating: Mutex::new(None),
         })
     }
 
@@ -138,24 +149,70 @@ impl Sandbox {
         });
     }
 
-    /// Keeps the log within `limit` while the sandbox runs: runsc writes it directly, so a timer
-    /// (every [`LOG_TRIM_EVERY`]) punches out its head; reads trim it too.
-    pub(crate) fn keep_log_bounded(self: &Arc<Self>, limit: u64) {
+    /// Keeps the log within `limit` and dated while the sandbox runs (runsc writes it directly:
+    /// see `logs`): an observation at once (which dates what was written while no agent ran), then
+    /// one when the log grows (inotify on the file) or when a pending entry of its time index falls
+    /// due, at most one every [`LOG_OBSERVE_GAP`]. Without inotify, one every gap, as a timer.
+    pub(crate) fn watch_log(self: &Arc<Self>, limit: u64) {
+        *self.log_dating.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(LogDating::new(&self.dir, limit));
         let sandbox = Arc::clone(self);
         tokio::spawn(async move {
-            let path = paths::log_path(&sandbox.dir);
+            let watch = match FsWatch::new(&paths::log_path(&sandbox.dir)) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::warn!(sandbox.id = %sandbox.key.id, error = %e, "no inotify watch of the log; observing it every second");
+                    None
+                }
+            };
+            let mut due = sandbox.observe_log().await;
             loop {
+                // Without a watch (or with a broken one), every gap is taken for a growth.
+                let grown = async {
+                    if let Some(watch) = &watch {
+                        let _ = watch.changed().await;
+                    }
+                };
+                let woken = async {
+                    tokio::time::sleep(LOG_OBSERVE_GAP).await;
+                    match due {
+                        Some(at) => tokio::select! {
+                            () = grown => {}
+                            () = tokio::time::sleep(until_unix_ms(at)) => {}
+                        },
+                        None => grown.await,
+                    }
+                };
                 tokio::select! {
                     _ = sandbox.wait_exit() => return,
-                    () = tokio::time::sleep(LOG_TRIM_EVERY) => {}
+                    () = woken => {}
                 }
-                let path = path.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || super::logs::trim(&path, limit)).await
-                {
-                    tracing::warn!(sandbox.id = %sandbox.key.id, error = %e, "trimming the log failed");
-                }
+                due = sandbox.observe_log().await;
             }
         });
+    }
+
+    /// Trims the log and records an observation in its time index if one is due (see `logs`), on a
+    /// blocking thread; when the next one falls due (the time of day in ms), if bytes are undated.
+    /// Nothing before [`Sandbox::watch_log`].
+    pub(crate) async fn observe_log(self: &Arc<Self>) -> Option<u64> {
+        let sandbox = Arc::clone(self);
+        let job = move || {
+            let mut dating = sandbox.log_dating.lock().unwrap_or_else(PoisonError::into_inner);
+            dating.as_mut().map(LogDating::observe)
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(Some(Ok(due))) => due,
+            Ok(None) => None,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(sandbox.id = %self.key.id, error = %e, "trimming or dating the log failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(sandbox.id = %self.key.id, error = %e, "trimming or dating the log failed");
+                None
+            }
+        }
     }
 
     /// Records and publishes the exit (once).

@@ -37,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tracing::Instrument;
@@ -278,6 +278,19 @@ impl Runtime for ProcessRuntime {
         let read = tokio::task::spawn_blocking(move || logs::read(&dir, offset, max)).await;
         match read {
             Ok(Ok(Some(chunk))) => Ok(chunk),
+            Ok(Ok(None)) => Err(LogsError::NotFound(key_owned)),
+            Ok(Err(source)) => Err(LogsError::Io { key: key_owned, source }),
+            Err(join) => {
+                Err(LogsError::Io { key: key_owned, source: std::io::Error::other(join.to_string()) })
+            }
+        }
+    }
+
+    async fn log_offset_at(&self, key: &SandboxKey, since: SystemTime) -> Result<u64, LogsError> {
+        let dir = state::sandbox_dir(&self.inner.config.state_dir, key);
+        let key_owned = key.clone();
+        match tokio::task::spawn_blocking(move || logs::offset_at(&dir, since)).await {
+            Ok(Ok(Some(offset))) => Ok(offset),
             Ok(Ok(None)) => Err(LogsError::NotFound(key_owned)),
             Ok(Err(source)) => Err(LogsError::Io { key: key_owned, source }),
             Err(join) => {

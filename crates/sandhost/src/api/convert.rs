@@ -22,6 +22,24 @@ pub(crate) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
+/// The seconds of 0001-01-01T00:00:00Z and of 9999-12-31T23:59:59Z: the range of a
+/// `google.protobuf.Timestamp`.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A timestamp field: refused naming `field` unless it is a valid `google.protobuf.Timestamp`
+/// (nanos from 0 to 999 999 999, from year 1 to year 9999) that this host can hold.
+pub(crate) fn time(field: &str, value: prost_types::Timestamp) -> Result<SystemTime, Status> {
+    // prost would carry nanos of a second or more (or negative ones) into the seconds: refused
+    // instead, as the Timestamp message defines them.
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(invalid_argument(field, "nanos must be from 0 to 999999999"));
+    }
+    if !TIMESTAMP_SECONDS.contains(&value.seconds) {
+        return Err(invalid_argument(field, "must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"));
+    }
+    SystemTime::try_from(value).map_err(|e| invalid_argument(field, &format!("not a valid time: {e}")))
+}
+
 /// A duration field: absent stays `None`; negative or out of range is refused naming `field`.
 pub(crate) fn duration(
     field: &str,
@@ -147,14 +165,18 @@ pub(crate) fn update_request(request: pb::UpdateRequest, now: SystemTime) -> Res
             duration("timeout", Some(timeout))?.map(NewEnd::Timeout)
         }
         Some(pb::update_request::End::EndTime(end)) => {
-            let end = SystemTime::try_from(end)
-                .map_err(|e| invalid_argument("end_time", &format!("not a valid time: {e}")))?;
+            let end = time("end_time", end)?;
             let timeout =
                 end.duration_since(now).map_err(|_| invalid_argument("end_time", "must be in the future"))?;
             Some(NewEnd::EndTime(timeout))
         }
     };
     Ok(UpdateRequest { end, labels: request.labels.map(|labels| labels.labels) })
+}
+
+/// The `since` of a `Logs` request.
+pub(crate) fn logs_since(request: &pb::LogsRequest) -> Result<Option<SystemTime>, Status> {
+    request.since.map(|since| time("since", since)).transpose()
 }
 
 /// Sandboxes in a `List` reply when the request names no page size.
@@ -410,6 +432,52 @@ mod tests {
         for nanos in [1_000_000_000, 1_500_000_000, -1] {
             assert_eq!(field_of(&at(1, nanos).expect_err("out of range")), "stop_grace", "{nanos}");
         }
+    }
+
+    #[test]
+    fn a_timestamp_is_refused_outside_its_range_naming_the_field_not_normalized() {
+        let since = |seconds, nanos| {
+            let request = pb::LogsRequest {
+                id: "sb-1".into(),
+                follow: false,
+                since: Some(prost_types::Timestamp { seconds, nanos }),
+            };
+            logs_since(&request)
+        };
+        assert_eq!(
+            since(1, 999_999_999).expect("valid"),
+            Some(SystemTime::UNIX_EPOCH + Duration::new(1, 999_999_999))
+        );
+        assert_eq!(
+            since(-1, 0).expect("before the epoch is a time"),
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(1))
+        );
+        assert!(since(253_402_300_799, 999_999_999).is_ok(), "9999-12-31T23:59:59.999999999Z");
+        for (seconds, nanos) in [
+            (1, 1_000_000_000),
+            (1, -1),
+            (1, i32::MAX),
+            (1, i32::MIN),
+            (253_402_300_800, 0),
+            (-62_135_596_801, 0),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+        ] {
+            let error = since(seconds, nanos).expect_err("out of range");
+            assert_eq!(field_of(&error), "since", "{seconds}.{nanos}");
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        }
+        assert_eq!(logs_since(&pb::LogsRequest::default()).expect("absent"), None);
+        // The same check for an Update's end time.
+        let request = pb::UpdateRequest {
+            id: "sb-1".into(),
+            end: Some(pb::update_request::End::EndTime(prost_types::Timestamp { seconds: 2_000, nanos: -5 })),
+            labels: None,
+        };
+        assert_eq!(
+            field_of(&update_request(request, SystemTime::UNIX_EPOCH).expect_err("bad nanos")),
+            "end_time"
+        );
     }
 
     #[test]

@@ -163,7 +163,8 @@ impl SandboxService for SandboxApi {
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         record_sandbox_id(&request.get_ref().id);
         let request = request.into_inner();
-        let logs = self.node.logs(&request.id, request.follow).map_err(|e| sandbox_error(&e))?;
+        let since = convert::logs_since(&request)?;
+        let logs = self.node.logs(&request.id, request.follow, since).map_err(|e| sandbox_error(&e))?;
         let stream = logs.map(|piece| {
             piece
                 .map(|piece| pb::LogsResponse { data: piece.data, dropped_bytes: piece.dropped })

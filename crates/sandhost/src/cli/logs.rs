@@ -1,27 +1,36 @@
 //! `sandhost logs`: a sandbox's combined stdout and stderr, from the Logs stream.
 //!
-//! The Logs RPC sends the log's bytes from its start (and, following, as they are written, until the
-//! sandbox exits); it keeps no times and takes no offset. So what this adds is done here, and means
-//! exactly this:
+//! The Logs RPC sends the log's bytes from its start, or from a time (`since`), and, following, as
+//! they are written, until the sandbox exits; it takes no offset and sends no times. So:
 //!
-//! - `--tail N`: the last N lines of the log as it is when the command starts (a last line without
-//!   its newline counts). With `-f`, the log is read once to its end, the tail printed, and the
-//!   follow stream then skips those bytes: the log only grows, so nothing is printed twice or lost.
-//! - `--timestamps` (with `-f` only): each line is prefixed with the time this client *received* its
-//!   first byte (RFC 3339, UTC, milliseconds), not the time it was written, which the node does not
-//!   record; the lines already in the log when the command starts are stamped with the time they
+//! - `--since WHEN`: what was written at or after WHEN, an RFC 3339 time with its zone
+//!   (`2026-01-02T15:04:05Z`, `...+02:00`) or a duration before now (`10m`, `1h30m`), as
+//!   `docker logs --since` takes it. The node dates its logs to about a second (the `since` of
+//!   `LogsRequest` in the proto says exactly how), so lines written up to about a second before
+//!   WHEN may be printed too; none written at or after it is left out. A WHEN older than what the
+//!   node keeps prints what is kept, and says on stderr how much was dropped, as without it. A
+//!   WHEN to come prints nothing; with `-f`, the node waits for it, then follows.
+//! - `--tail N`: the last N lines of the log (with `--since`, of what was written since) as it is
+//!   when the command starts (a last line without its newline counts). With `-f`, the log is read
+//!   once to its end, the tail printed, and the follow stream (from the same WHEN, so from the
+//!   same offset) then skips those bytes: the log only grows, so nothing is printed twice or lost,
+//!   unless the node drops its oldest bytes between the two reads (a log written faster than the
+//!   command runs).
+//! - `--timestamps` (with `-f` only): each line is prefixed with the time this client *received*
+//!   its first byte (RFC 3339, UTC, milliseconds), not the time it was written: the node dates the
+//!   bytes of a log only to about a second, for `since`, and the stream does not carry those
+//!   times. The lines already in the log when the command starts are stamped with the time they
 //!   were read.
-//! - No `--since`: it would need the time each line was written.
 
 use std::io::{self, Write as _};
 use std::time::SystemTime;
 
 use sandhost_proto::v1 as pb;
 
-use super::Target;
 use super::client::{Client, ClientError};
 use super::exit::Outcome;
 use super::json::JsonPrinter;
+use super::{Target, parse};
 
 /// The flags of `sandhost logs`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,11 +42,18 @@ pub struct LogsArgs {
     /// Keep printing as it is written, until the sandbox exits.
     #[arg(short, long)]
     follow: bool,
-    /// Print only the last N lines of what is in the log now (then follow, with -f).
+    /// Print only the last N lines of what is in the log now (of what was written since WHEN, with
+    /// --since; then follow, with -f).
     #[arg(long, value_name = "N")]
     tail: Option<usize>,
+    /// Print only what was written at or after WHEN: an RFC 3339 time with its zone
+    /// (2026-01-02T15:04:05Z, 2026-01-02T17:04:05+02:00) or a duration before now (10m, 1h30m).
+    /// The node dates its logs to about a second: lines from up to a second before may come too.
+    /// A WHEN to come prints nothing, or with -f waits for it.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
     /// Prefix each line with the time this client received it (not when it was written: the node
-    /// keeps no times). Needs -f.
+    /// dates its logs only to about a second, and does not send those times). Needs -f.
     #[arg(long, requires = "follow", conflicts_with = "json")]
     timestamps: bool,
     /// Print each piece of the stream as a JSON reply, one per line (the bytes in base64).
@@ -46,17 +62,24 @@ pub struct LogsArgs {
 }
 
 pub(crate) async fn logs(client: &mut Client, args: &LogsArgs) -> Result<Outcome, ClientError> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|text| parse::since(text, SystemTime::now()))
+        .transpose()
+        .map_err(|e| ClientError::usage("--since", e))?
+        .map(prost_types::Timestamp::from);
     let mut sink = Sink::new(args)?;
     let mut skip = 0;
     if let Some(lines) = args.tail {
-        let backlog = read_to_end(client, &args.id).await?;
+        let backlog = read_to_end(client, &args.id, since).await?;
         sink.write(last_lines(&backlog, lines), 0, SystemTime::now())?;
         if !args.follow {
             return Ok(Outcome::Done);
         }
         skip = backlog.len();
     }
-    let request = pb::LogsRequest { id: args.id.clone(), follow: args.follow };
+    let request = pb::LogsRequest { id: args.id.clone(), follow: args.follow, since };
     let mut stream = client.sandboxes.logs(request).await?.into_inner();
     while let Some(chunk) = stream.message().await? {
         // What --tail already printed is skipped, and so is what was dropped before it.
@@ -68,9 +91,13 @@ pub(crate) async fn logs(client: &mut Client, args: &LogsArgs) -> Result<Outcome
     Ok(Outcome::Done)
 }
 
-/// The whole log as it is now.
-async fn read_to_end(client: &mut Client, id: &str) -> Result<Vec<u8>, ClientError> {
-    let request = pb::LogsRequest { id: id.to_owned(), follow: false };
+/// The whole log as it is now (what was written since `since`, with one).
+async fn read_to_end(
+    client: &mut Client,
+    id: &str,
+    since: Option<prost_types::Timestamp>,
+) -> Result<Vec<u8>, ClientError> {
+    let request = pb::LogsRequest { id: id.to_owned(), follow: false, since };
     let mut stream = client.sandboxes.logs(request).await?.into_inner();
     let mut log = Vec::new();
     while let Some(chunk) = stream.message().await? {

@@ -1,7 +1,7 @@
-//! Parsing of the CLI's values: sizes, CPU counts, `K=V` pairs, labels, durations.
+//! Parsing of the CLI's values: sizes, CPU counts, `K=V` pairs, labels, durations, times.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::client::ClientError;
 
@@ -83,6 +83,57 @@ pub(crate) fn duration(text: &str) -> Result<prost_types::Duration, String> {
     prost_types::Duration::try_from(duration).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// A point in time given as `logs --since` takes it: an RFC 3339 time with its zone
+/// (`2026-01-02T15:04:05Z`, `2026-01-02T17:04:05.5+02:00`) or a duration before `now` (`90s`, `10m`,
+/// `1h30m`).
+pub(crate) fn since(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(ago) = crate::config::parse_duration(text) {
+        return now
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{text:?} before now is before any time this host can hold"));
+    }
+    rfc3339(text.trim()).map_err(|e| {
+        format!(
+            "{text:?}: {e}; expected an RFC 3339 time with its zone (2026-01-02T15:04:05Z, \
+             2026-01-02T17:04:05+02:00) or a duration before now (90s, 10m, 1h30m)"
+        )
+    })
+}
+
+/// An RFC 3339 time, in `Z` or with a numeric offset (humantime reads only `Z`).
+fn rfc3339(text: &str) -> Result<SystemTime, String> {
+    let text = text.to_ascii_uppercase();
+    let zone_at = text.len().saturating_sub(6);
+    let (utc, east) = match (text.get(..zone_at), text.get(zone_at..).and_then(offset_seconds)) {
+        (Some(local), Some(east)) => (format!("{local}Z"), east),
+        _ => (text, 0),
+    };
+    let time = humantime::parse_rfc3339(&utc).map_err(|e| e.to_string())?;
+    // 17:04:05+02:00 is 15:04:05Z.
+    let shifted = if east >= 0 {
+        time.checked_sub(Duration::from_secs(east.unsigned_abs()))
+    } else {
+        time.checked_add(Duration::from_secs(east.unsigned_abs()))
+    };
+    shifted.ok_or_else(|| "out of range".to_owned())
+}
+
+/// The seconds east of UTC of a zone `+HH:MM` or `-HH:MM`.
+fn offset_seconds(zone: &str) -> Option<i64> {
+    let (sign, rest) = match zone.as_bytes().first()? {
+        b'+' => (1, &zone[1..]),
+        b'-' => (-1, &zone[1..]),
+        _ => return None,
+    };
+    let (hours, minutes) = rest.split_once(':')?;
+    let all_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(hours) || !all_digits(minutes) {
+        return None;
+    }
+    let (hours, minutes): (i64, i64) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours < 24 && minutes < 60).then_some(sign * (hours * 3600 + minutes * 60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +182,33 @@ mod tests {
         assert!(duration("soon").is_err());
         assert_eq!(optional_duration("--x", None).ok(), Some(None));
         assert!(optional_duration("--x", Some("soon")).is_err_and(|e| e.to_string().contains("--x")));
+    }
+
+    #[test]
+    fn since_takes_an_rfc_3339_time_or_a_duration_before_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |secs, nanos| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        assert_eq!(since("10m", now), Ok(now - Duration::from_secs(600)));
+        assert_eq!(since("1h30m", now), Ok(now - Duration::from_secs(5_400)));
+        assert_eq!(since("2026-01-02T15:04:05Z", now), Ok(at(1_767_366_245, 0)));
+        assert_eq!(since("2026-01-02t15:04:05.25z", now), Ok(at(1_767_366_245, 250_000_000)));
+        assert_eq!(since("2026-01-02T17:04:05+02:00", now), Ok(at(1_767_366_245, 0)));
+        assert_eq!(since("2026-01-02T10:34:05-04:30", now), Ok(at(1_767_366_245, 0)));
+        assert_eq!(since("2026-01-02T15:04:05+00:00", now), Ok(at(1_767_366_245, 0)));
+        for bad in [
+            "",
+            "soon",
+            "10",
+            "2026-01-02",
+            "2026-01-02T15:04:05",
+            "2026-01-02T15:04:05+2:00",
+            "2026-01-02T15:04:05+24:00",
+            "-10m",
+        ] {
+            let error = since(bad, now).expect_err(bad);
+            assert!(error.contains("RFC 3339"), "{bad:?}: {error}");
+        }
+        assert!(since("100000000000000y", now).is_err(), "before any time");
     }
 
     #[test]

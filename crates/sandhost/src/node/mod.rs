@@ -138,13 +138,16 @@ impl Node {
         self.manager.wait(id).await
     }
 
-    /// The sandbox's log from the start; with `follow`, more as it is written, until it exits.
+    /// The sandbox's log from the start, or from `since` (what was written at or after it, to the
+    /// runtime's granularity: [`sandhost_runtime::Runtime::log_offset_at`]); with `follow`, more as
+    /// it is written, until it exits. A `since` in the future gives nothing, or with `follow`
+    /// waits for it.
     ///
     /// # Errors
     ///
     /// A [`SandboxError`].
-    pub fn logs(&self, id: &str, follow: bool) -> Result<LogStream, SandboxError> {
-        self.manager.logs(id, follow)
+    pub fn logs(&self, id: &str, follow: bool, since: Option<SystemTime>) -> Result<LogStream, SandboxError> {
+        self.manager.logs(id, follow, since)
     }
 
     /// Saves a sandbox as a snapshot; stops it afterwards if `stop`.

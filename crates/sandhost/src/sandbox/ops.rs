@@ -121,34 +121,50 @@ impl Manager {
         self.get(id)
     }
 
-    pub(crate) fn logs(self: &Arc<Self>, id: &str, follow: bool) -> Result<LogStream, SandboxError> {
+    /// The log of `id`, from its start or from `since` (see [`crate::node::Node::logs`]). The
+    /// offset for `since` is asked of the runtime at the stream's first read, after a `since` in
+    /// the future has come (with `follow`; without, the stream is empty).
+    pub(crate) fn logs(
+        self: &Arc<Self>,
+        id: &str,
+        follow: bool,
+        since: Option<SystemTime>,
+    ) -> Result<LogStream, SandboxError> {
         let (key, _) = self.key_of(id)?;
         let this = Arc::clone(self);
-        let state = (this, key, 0u64, false);
+        let state = (this, key, None, false);
         let stream = stream::unfold(state, move |(this, key, offset, done)| async move {
             if done {
                 return None;
             }
+            let offset = match offset {
+                Some(offset) => offset,
+                None => match this.log_start(&key, follow, since).await {
+                    Ok(Some(offset)) => offset,
+                    Ok(None) => return None,
+                    Err(error) => return Some((Err(error), (this, key, None, true))),
+                },
+            };
             loop {
                 let chunk = match this.runtime.read_logs(&key, offset, LOG_CHUNK).await {
                     Ok(chunk) => chunk,
                     Err(e) => {
                         let error =
                             SandboxError::Runtime { id: key.id.clone(), op: "logs", source: Box::new(e) };
-                        return Some((Err(error), (this, key, offset, true)));
+                        return Some((Err(error), (this, key, Some(offset), true)));
                     }
                 };
                 if !chunk.data.is_empty() {
                     let next = chunk.next_offset;
                     let piece = LogPiece { data: chunk.data, dropped: chunk.dropped };
-                    return Some((Ok(piece), (this, key, next, false)));
+                    return Some((Ok(piece), (this, key, Some(next), false)));
                 }
                 if !follow || this.is_exited(&key) {
                     // One last read after the exit was seen catches what was written before it.
                     let last = this.runtime.read_logs(&key, chunk.next_offset, LOG_CHUNK).await.ok()?;
                     let piece = LogPiece { data: last.data, dropped: chunk.dropped + last.dropped };
                     return (!piece.data.is_empty())
-                        .then(|| (Ok(piece), (this, key, last.next_offset, true)));
+                        .then(|| (Ok(piece), (this, key, Some(last.next_offset), true)));
                 }
                 let grown = async {
                     if let Err(e) = this.runtime.log_grown(&key, chunk.next_offset).await {
@@ -163,6 +179,34 @@ impl Manager {
             }
         });
         Ok(Box::pin(stream))
+    }
+
+    /// Where a read of the log starts: 0, or the runtime's offset for `since`. `None` when nothing
+    /// can come: a `since` in the future without `follow`, or one the sandbox exits before. With
+    /// `follow`, a `since` in the future is waited for (on the time of day, checked again at each
+    /// wake: the clock may be set meanwhile).
+    async fn log_start(
+        &self,
+        key: &SandboxKey,
+        follow: bool,
+        since: Option<SystemTime>,
+    ) -> Result<Option<u64>, SandboxError> {
+        let Some(since) = since else {
+            return Ok(Some(0));
+        };
+        while let Ok(left) = since.duration_since(SystemTime::now()) {
+            if !follow {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = self.wait_exited(key) => return Ok(None),
+                () = tokio::time::sleep(left.max(Duration::from_millis(1))) => {}
+            }
+        }
+        match self.runtime.log_offset_at(key, since).await {
+            Ok(offset) => Ok(Some(offset)),
+            Err(e) => Err(SandboxError::Runtime { id: key.id.clone(), op: "logs", source: Box::new(e) }),
+        }
     }
 
     fn is_exited(&self, key: &SandboxKey) -> bool {

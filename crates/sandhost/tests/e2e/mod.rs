@@ -209,6 +209,34 @@ impl Serve {
         run_bounded(command)
     }
 
+    /// Starts a client subcommand that keeps running (`logs -f`), its stdout read line by line as
+    /// it comes (its stderr goes to the test's); killed when dropped.
+    pub fn spawn_cli(&self, args: &[&str]) -> CliChild {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("SANDHOST_ADDR", self.url())
+            .env_remove("SANDHOST_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(token) = &self.token {
+            command.env("SANDHOST_TOKEN", token);
+        }
+        let mut child = command.spawn().expect("spawn the CLI");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        CliChild { child, lines }
+    }
+
     /// A sandbox client with this serve's token.
     pub async fn sandboxes(&self) -> SandboxServiceClient<InterceptedService<Channel, Bearer>> {
         SandboxServiceClient::with_interceptor(self.channel().await, Bearer(self.token.clone()))
@@ -326,6 +354,44 @@ impl Drop for Serve {
         // Whatever is left of its sandboxes (a test that failed after SIGKILLing its serve, say):
         // killed, with their cgroups, so that a failing test leaks nothing either.
         crate::common::purge(&cgroup_parent_for(&self.state_dir), &self.state_dir);
+    }
+}
+
+/// A client subcommand left running ([`Serve::spawn_cli`]); killed when dropped.
+#[derive(Debug)]
+pub struct CliChild {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CliChild {
+    /// The next line of its stdout, `None` once it is closed; panics after the hang guard.
+    pub fn next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(HANG_GUARD) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line from the CLI within the hang guard")
+            }
+        }
+    }
+
+    /// The rest of its stdout's lines and its exit code, once it exits (within the hang guard).
+    pub fn finish(mut self) -> (Vec<String>, Option<i32>) {
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line() {
+            rest.push(line);
+        }
+        let status = try_poll_until(HANG_GUARD, || self.child.try_wait().expect("try_wait"), Option::is_some)
+            .unwrap_or_else(|_| panic!("the CLI did not exit within the hang guard"));
+        (rest, status.and_then(|s| s.code()))
+    }
+}
+
+impl Drop for CliChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

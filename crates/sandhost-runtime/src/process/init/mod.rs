@@ -14,7 +14,8 @@
 //! 2. forks the command (`command`), which drops every privilege and execs; a failure up to the
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
-//!    reaps every orphan, copies the command's output into the bounded log, and when the command
+//!    reaps every orphan, copies the command's output into the bounded log and dates it (its time
+//!    index, `crate::log_index`: the poll wakes when an entry falls due), and when the command
 //!    exits writes `exit.json` atomically (`crate::state_file::write_at`, through the dir fd) and
 //!    exits, which makes the kernel kill whatever is left in the pid namespace.
 
@@ -40,7 +41,7 @@ use super::logs::LogWriter;
 use super::spawn::{INIT_ARGS_FD, STATE_DIR_FD};
 use super::status_pipe::{Report, STATUS_FD};
 use super::{files, sys};
-use crate::{Exit, HostPaths, SandboxSpec};
+use crate::{Exit, HostPaths, SandboxSpec, log_index};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost-init __init`.
 pub const INIT_SUBCOMMAND: &str = "__init";
@@ -234,7 +235,8 @@ fn supervise(
     Ok(exit.as_shell_code())
 }
 
-/// Forwards signals, reaps orphans and copies the log until `child` exits.
+/// Forwards signals, reaps orphans and copies the log until `child` exits. The log's time index
+/// may want an entry a while after the log grew: the poll then wakes at that time.
 fn reap_until(child: Pid, sigfd: &SignalFd, log_r: &OwnedFd, log: &mut LogWriter<'_>) -> Exit {
     let mut buf = vec![0u8; 64 * 1024];
     let mut log_open = true;
@@ -243,7 +245,13 @@ fn reap_until(child: Pid, sigfd: &SignalFd, log_r: &OwnedFd, log: &mut LogWriter
         if log_open {
             fds.push(PollFd::new(log_r.as_fd(), PollFlags::POLLIN));
         }
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        let now = log_index::now_ms();
+        let timeout = log.due_at(now).map_or(PollTimeout::NONE, |at| {
+            PollTimeout::try_from(at.saturating_sub(now)).unwrap_or(PollTimeout::MAX)
+        });
+        let polled = poll(&mut fds, timeout);
+        log.date(log_index::now_ms());
+        if polled.is_err() {
             continue; // EINTR
         }
         let log_ready = log_open && fds[1].revents().is_some_and(|r| !r.is_empty());
