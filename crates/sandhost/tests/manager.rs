@@ -106,6 +106,31 @@ async fn pause_and_resume_follow_the_state_machine() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pause_that_loses_the_race_with_the_sandbox_s_exit_is_a_failed_precondition() {
+    let t = TestNode::new();
+    let a = t.create("a", DrainPolicy::Wait).await;
+    t.fake.script(Op::Pause, Behaviour::Hang);
+    let pause = tokio::spawn({
+        let node = t.node.clone();
+        async move { node.pause("a").await }
+    });
+    within("the pause in flight", async {
+        while t.fake.hung(Op::Pause) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The command exits while the runtime's pause is under way.
+    assert!(t.fake.exit(&key(&a), Exit::Code(0)));
+    t.fake.release(Op::Pause);
+    let result = within("the pause", pause).await.expect("the task");
+    assert!(
+        matches!(result, Err(SandboxError::WrongState { state: SandboxState::Exited, op: "pause", .. })),
+        "not an internal error: {result:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_paused_sandbox_is_thawed_before_its_graceful_stop() {
     let t = TestNode::new();
     let a = t.create("a", DrainPolicy::Wait).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream;
-use sandhost_runtime::{SandboxKey, SnapshotId, SnapshotInfo};
+use sandhost_runtime::{ControlError, SandboxKey, SnapshotId, SnapshotInfo};
 
 use super::manager::{Manager, run_to_end};
 use super::stop::StopMode;
@@ -77,7 +77,14 @@ impl Manager {
             Freezing::Pause => self.runtime.pause(&key).await,
             Freezing::Resume => self.runtime.resume(&key).await,
         };
-        done.map_err(|e| SandboxError::Runtime { id: key.id.clone(), op, source: Box::new(e) })?;
+        done.map_err(|e| match e {
+            // It ended between the check above and the runtime's call: its supervisor is about to
+            // record the exit. The caller's precondition failed; nothing of the host did.
+            ControlError::NotRunning(_) | ControlError::NotFound(_) => {
+                SandboxError::WrongState { id: key.id.clone(), state: SandboxState::Exited, op }
+            }
+            other => SandboxError::Runtime { id: key.id.clone(), op, source: Box::new(other) },
+        })?;
         let mut table = self.lock();
         // A stop that began meanwhile wins; the sandbox is then Stopping, which is what we report.
         let _ = table.transition(&key, to);

@@ -2,6 +2,11 @@
 //! same dir refuses and a killed agent never blocks the next one, a stable node id, and a marker of a
 //! clean exit so that an agent starting after an unclean one says so.
 //!
+//! A flock belongs to the open file, which a process forked by the agent shares until its exec: an
+//! agent killed just after forking a sandbox's init leaves that child holding the lock for a few
+//! milliseconds (longer under load, while it joins its cgroups). So a lock whose recorded agent is
+//! gone is waited for, within [`ORPHANED_LOCK_WAIT`]; one whose agent lives is refused at once.
+//!
 //! The node id and the marker are state files (`sandhost_runtime::state_file`): written
 //! atomically, checked when read. A damaged node id stops the agent with an error naming the file:
 //! the fleet knows the node by it, so it is never silently replaced.
@@ -11,7 +16,7 @@ use std::io::{Read as _, Seek as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -20,6 +25,9 @@ use sandhost_runtime::state_file;
 const LOCK_FILE: &str = "lock";
 const NODE_ID_FILE: &str = "node-id";
 const CLEAN_EXIT_FILE: &str = "clean-exit";
+
+/// How long a new agent waits for a lock whose agent is gone (see the module's doc).
+const ORPHANED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// An open, locked state dir. The lock is released when this is dropped (or the process dies).
 #[derive(Debug)]
@@ -46,18 +54,23 @@ impl StateDir {
             .with_context(|| format!("opening {}", lock_path.display()))?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            Err((mut file, errno)) => {
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                if errno == nix::errno::Errno::EWOULDBLOCK {
-                    bail!(
-                        "another sandhost serve (pid {}) is using the state dir {}",
-                        holder.trim(),
-                        path.display()
-                    );
+                let holder = holder.trim().to_owned();
+                if is_alive(&holder) {
+                    bail!("another sandhost serve (pid {holder}) is using the state dir {}", path.display());
                 }
-                bail!("locking {}: {errno}", lock_path.display());
+                tracing::info!(pid = %holder, "the agent that locked the state dir is gone; waiting for the lock a child of it still holds");
+                wait_for_lock(file, ORPHANED_LOCK_WAIT).with_context(|| {
+                    format!(
+                        "the state dir {} is still locked {}s after its agent (pid {holder}) was gone",
+                        path.display(),
+                        ORPHANED_LOCK_WAIT.as_secs()
+                    )
+                })?
             }
+            Err((_, errno)) => bail!("locking {}: {errno}", lock_path.display()),
         };
         lock.set_len(0).context("writing the lock file")?;
         lock.rewind().context("writing the lock file")?;
@@ -138,6 +151,34 @@ fn is_node_id(id: &str) -> bool {
     })
 }
 
+/// Whether the process `pid` (as the lock file records it) exists and is no zombie.
+fn is_alive(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<i32>() else { return false };
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // A zombie has closed its files: what holds the lock is another process.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z'))
+}
+
+/// Takes the lock, waiting at most `bound` (a blocking flock in a thread of its own, which the
+/// kernel wakes when the lock is released).
+fn wait_for_lock(file: File, bound: Duration) -> anyhow::Result<Flock<File>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("state-dir-lock".into())
+        .spawn(move || {
+            let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno));
+        })
+        .context("starting the lock's thread")?;
+    match rx.recv_timeout(bound) {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err(errno)) => bail!("locking: {errno}"),
+        Err(_) => bail!("timed out waiting for the lock"),
+    }
+}
+
 fn uuid_like() -> String {
     use rand::RngCore as _;
     let mut bytes = [0u8; 8];
@@ -160,6 +201,42 @@ mod tests {
         drop(first);
         let again = StateDir::open(dir.path()).expect("open after release");
         assert_eq!(again.node_id(), id, "the node id is stable");
+    }
+
+    #[test]
+    fn a_lock_held_after_its_agent_is_gone_is_waited_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // An agent that is gone (a process that exited and was reaped)...
+        let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
+        gone.wait().expect("wait");
+        fs::write(dir.path().join(LOCK_FILE), gone.id().to_string()).expect("write the lock file");
+        // ...and a child of it that still holds the lock for a moment, as one between its fork and
+        // its exec would: util-linux's flock, on the same file, until its `read` returns.
+        let mut holder = std::process::Command::new("flock")
+            .arg(dir.path().join(LOCK_FILE))
+            .args(["sh", "-c", "echo locked; read line"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let mut locked = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+            &mut locked,
+        )
+        .expect("read");
+        assert_eq!(locked.trim(), "locked");
+        let stdin = holder.stdin.take().expect("stdin");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(stdin); // `read` ends, the holder exits, the lock is free
+        });
+        let state = StateDir::open(dir.path()).expect("the lock, once its holder let go");
+        release.join().expect("release");
+        holder.wait().expect("wait");
+        let recorded = fs::read_to_string(dir.path().join(LOCK_FILE)).expect("read");
+        assert_eq!(recorded, std::process::id().to_string(), "the lock file names this agent now");
+        drop(state);
     }
 
     #[test]

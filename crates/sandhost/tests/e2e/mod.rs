@@ -181,7 +181,10 @@ impl Serve {
             HANG_GUARD,
             || {
                 if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                    panic!("sandhost serve exited early: {status}");
+                    let holders = holders_of(&self.state_dir.join("lock"));
+                    panic!(
+                        "sandhost serve exited early: {status} (the state dir's lock is held by {holders:?})"
+                    );
                 }
                 self.http_get("/health/live")
             },
@@ -486,4 +489,23 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// The processes with `file` open (pid and command line), for a failure's message.
+fn holders_of(file: &std::path::Path) -> Vec<String> {
+    let mut holders = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == file)) {
+            let cmdline = std::fs::read(proc_entry.path().join("cmdline")).unwrap_or_default();
+            let status = std::fs::read_to_string(proc_entry.path().join("status")).unwrap_or_default();
+            let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or_default().to_owned();
+            holders.push(format!(
+                "{} {:?} {state}",
+                proc_entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    holders
 }
