@@ -75,6 +75,24 @@ impl FsWatch {
         Ok(Self { fd: fd.map_err(|e| e.into_parts().1)? })
     }
 
+    /// Waits for a change to a file of the watched directory whose name contains `part` (or for an
+    /// overflow of the event queue, which may have hidden one).
+    pub(crate) async fn changed_named(&self, part: &str) -> io::Result<()> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let Ok(events) = ready.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) else {
+                continue; // would block
+            };
+            let matched = events?.iter().any(|event| {
+                event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                    || event.name.as_ref().is_some_and(|name| name.to_string_lossy().contains(part))
+            });
+            if matched {
+                return Ok(());
+            }
+        }
+    }
+
     /// Waits for the next change (spurious ones are possible: a trim of the log is one).
     pub(crate) async fn changed(&self) -> io::Result<()> {
         loop {
@@ -105,6 +123,26 @@ mod tests {
             .open(&file)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"b"))
             .expect("append");
+        tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .expect("hang guard")
+            .expect("join")
+            .expect("event");
+    }
+
+    #[tokio::test]
+    async fn a_named_wait_wakes_only_for_files_whose_name_holds_the_part() {
+        let dir = tempfile::tempdir().expect("dir");
+        let watch = FsWatch::new(dir.path()).expect("watch");
+        let root = dir.path().to_path_buf();
+        let waiter = tokio::spawn(async move { watch.changed_named("box.ab.0").await });
+        std::fs::write(root.join("other.cd.0_sandbox:other.cd.0.state"), b"{}").expect("write");
+        // The other container's event is read and passed over: the waiter still waits.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "woke for another container's file");
+        std::fs::write(root.join("box.ab.0_sandbox:box.ab.0.state"), b"{}").expect("write");
         tokio::time::timeout(Duration::from_secs(60), waiter)
             .await
             .expect("hang guard")

@@ -12,6 +12,7 @@ use super::bundle::{self, BundleContext};
 use super::inner::Inner;
 use super::paths::{self, BUNDLE, CONTAINER, LEGACY_LOG, LOG, LOG_TIMES, read_container};
 use super::recorder;
+use super::runsc::Ready;
 use super::sandbox::{ExitSource, Sandbox};
 use crate::{CleanupError, Exit, SandboxKey, SandboxSpec, SnapshotId, StartError, Started};
 use crate::{state, state_file};
@@ -81,8 +82,8 @@ pub(super) async fn run_container(
         }
     };
     let child_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let exited = match runsc.until_running(cid, &mut child, &log_path, inner.config.start_timeout).await {
-        Ok(exited) => exited,
+    let ready = match runsc.until_running(cid, &mut child, &log_path, inner.config.start_timeout).await {
+        Ok(ready) => ready,
         Err(e) => {
             // The whole foreground group: the recorder, runsc and its gofer. Killing the recorder
             // alone orphaned a live runsc, whose sandbox `runsc delete` then could not stop. The
@@ -96,9 +97,11 @@ pub(super) async fn run_container(
             return Err(e);
         }
     };
-    let pid = match exited {
-        Some(_) => child_pid,
-        None => runsc.state(cid).await.ok().flatten().map_or(child_pid, |s| s.pid),
+    // The pid the last `runsc state` gave: no second call to learn it again.
+    let (pid, exited) = match ready {
+        Ready::Running { pid } if pid > 0 => (pid, None),
+        Ready::Running { .. } => (child_pid, None),
+        Ready::Exited(exit) => (child_pid, Some(exit)),
     };
     Ok(Launched { pid, source: ExitSource::Child(child), exited })
 }
