@@ -249,11 +249,11 @@ fn waiter_woken_then_reopened_waits_again() {
     assert_eq!(waker.wakes(), 1);
     assert!(gate.reopen());
     assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1, "registered again after the wake-up");
+    assert_eq!(gate.inner.common.waiters.registered(), 1, "registered again after the wake-up");
     assert!(gate.start_draining());
     assert_eq!(waker.wakes(), 2);
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
 }
 
 /// A `WaitIdle` dropped mid-wait takes its waker out of the gate: nothing stays registered and the
@@ -267,18 +267,18 @@ fn dropped_wait_idle_leaks_nothing() {
     let waker = CountingWaker::new();
     let mut wait = gate.wait_idle();
     assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1);
+    assert_eq!(gate.inner.common.waiters.registered(), 1);
     assert_eq!(StdArc::strong_count(&waker), 2, "the gate holds one clone");
 
     // Polled again with another waker: the registration is replaced, not added to.
     let other = CountingWaker::new();
     assert_eq!(poll_with(&mut wait, &other), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1);
+    assert_eq!(gate.inner.common.waiters.registered(), 1);
     assert_eq!(StdArc::strong_count(&waker), 1, "the replaced waker is released");
     assert_eq!(StdArc::strong_count(&other), 2);
 
     drop(wait);
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&other), 1, "dropping the future released its waker");
 
     // Many abandoned waits leave nothing behind either.
@@ -286,7 +286,7 @@ fn dropped_wait_idle_leaks_nothing() {
         let mut wait = gate.wait_idle();
         assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
     }
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 
     drop(permit);
@@ -306,7 +306,7 @@ fn wait_idle_dropped_after_wake_leaks_nothing() {
     drop(permit);
     assert_eq!(waker.wakes(), 1);
     drop(wait);
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 }
 
@@ -318,7 +318,7 @@ fn wait_idle_on_an_idle_gate_is_ready_at_once() {
     let waker = CountingWaker::new();
     let mut wait = gate.wait_idle();
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 }
 
