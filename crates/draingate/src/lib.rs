@@ -3,9 +3,13 @@
 //! A service that drains (stops taking new work, lets admitted work finish, then exits) needs one
 //! place that answers "admit or reject" and counts what it admitted. If the answer and the count are
 //! two steps, a request can read "open", lose the CPU while the drain starts and the drain sees a zero
-//! count, then be counted: work that the drain never waits for. [`Gate`] makes them one step: a single
-//! atomic word holds the draining bit and the number of admitted entries, so every [`Gate::enter`] is
-//! ordered either before [`Gate::start_draining`] (admitted and counted) or after it (rejected).
+//! count, then be counted: work that the drain never waits for. [`Gate`] makes them one step: an
+//! atomic word holds a draining bit and a number of admitted entries, so every [`Gate::enter`] is
+//! ordered either before [`Gate::start_draining`] closes that word (admitted and counted) or after
+//! it (rejected). There is one such word per *shard* (each on cache lines of its own, a thread always
+//! entering on its own shard), so that threads entering at once do not all write one cache line; the
+//! drain closes every shard, and a separate word says when the last of them is empty ([`Gate`],
+//! "How the drain counts").
 //!
 //! ```
 //! use draingate::Gate;
@@ -26,13 +30,15 @@
 //!
 //! # Invariants
 //!
-//! - **Admission is linearizable.** `enter` admits only by a compare-and-swap of a word whose
-//!   draining bit is clear; `start_draining` sets that bit in the same word. Once any thread has
-//!   seen `is_draining() == true`, no later `enter` is admitted (until [`Gate::reopen`]).
+//! - **Admission is one atomic step.** `enter` admits only by a compare-and-swap of its shard's
+//!   word while the word's draining bit is clear; `start_draining` sets that bit in every shard's
+//!   word before it returns. Once `start_draining` has returned, or any thread has seen
+//!   `is_draining() == true`, no later `enter` is admitted (until [`Gate::reopen`]). While a
+//!   `start_draining` call is still running, an enter may already be rejected on a closed shard.
 //! - **A permit releases exactly once**, on drop or on [`Permit::release`], on whatever thread holds it.
-//! - **`wait_idle` completes only when the gate is draining and nothing is in flight**, and it is
-//!   woken by the transition into that state (the last release, or a drain of an already empty gate):
-//!   no polling.
+//! - **`wait_idle` completes only when the gate is draining and nothing is in flight**, on any
+//!   shard, and it is woken by the transition into that state (the last release, whichever shard
+//!   it is on, or a drain of an already empty gate): no polling.
 //!
 //! # Nested work: carry the permit, never re-enter
 //!
@@ -150,12 +156,8 @@ impl Gate {
             assert!(state & COUNT_MASK < COUNT_MASK, "draingate: permit count overflow");
             // Acquire on success: work done under the permit happens after admission (and after a
             // reopen that cleared the bit); the failure path only retries with the fresh value.
-            let admission = shard.state.compare_exchange_weak(
-                state,
-                state + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            );
+            let admission =
+                shard.state.compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Relaxed);
             match admission {
                 Ok(_) => return Ok(Permit { shard: Some(shard.clone()) }),
                 Err(actual) => state = actual,
@@ -177,7 +179,7 @@ impl Gate {
         // decrements `pending` after this increment.
         common.pending.fetch_add(shards.len(), Ordering::AcqRel);
         let mut empty = 0;
-        for shard in shards.iter() {
+        for shard in shards {
             // AcqRel: the drain is ordered after every admission and release on this shard that it
             // observes (their count), and before any enter or release that observes the bit.
             let previous = shard.state.fetch_or(DRAINING, Ordering::AcqRel);
@@ -206,7 +208,7 @@ impl Gate {
         // permit admitted by this reopen also sees this increment (the fetch_and below is Release).
         common.pending.fetch_add(1, Ordering::AcqRel);
         let mut busy = 0;
-        for shard in self.inner.shards.iter() {
+        for shard in &self.inner.shards {
             // AcqRel: pairs with start_draining's fetch_or and the releases seen; enters that see the
             // cleared bit are admitted after it.
             let previous = shard.state.fetch_and(!DRAINING, Ordering::AcqRel);
