@@ -63,7 +63,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use shards::{COUNT_MASK, Common, DRAINING, Shard};
+use shards::{COUNT_MASK, Common, DRAINING, SLOTS, Shard};
 use sync::{Arc, AtomicUsize, Mutex, Ordering};
 use waiters::{WaiterKey, Waiters};
 
@@ -109,8 +109,11 @@ pub struct Gate {
 }
 
 struct Inner {
-    /// `shard_count()` shards; the length is a power of two.
+    /// `shard_count()` shards; the length is a power of two, at most `SLOTS`.
     shards: Box<[Arc<Shard>]>,
+    /// `slots[i]` is `shards[i % shards.len()]`: where `enter` finds the thread's shard, by a mask
+    /// of a constant (no load of the length, no bounds check on the hot path).
+    slots: [Arc<Shard>; SLOTS],
     /// The same `Common` that every shard holds.
     common: Arc<Common>,
     /// Whether the gate is draining, as far as the transitions are concerned: held while a
@@ -124,10 +127,11 @@ impl Gate {
     pub fn new() -> Self {
         // The open bias: an open gate is never idle.
         let common = Arc::new(Common { pending: AtomicUsize::new(1), waiters: Waiters::new() });
-        let shards = (0..shards::shard_count())
+        let shards: Box<[Arc<Shard>]> = (0..shards::shard_count())
             .map(|_| Arc::new(Shard { state: AtomicUsize::new(0), common: common.clone() }))
             .collect();
-        Self { inner: Arc::new(Inner { shards, common, transition: Mutex::new(false) }) }
+        let slots = std::array::from_fn(|i| shards[i % shards.len()].clone());
+        Self { inner: Arc::new(Inner { shards, slots, common, transition: Mutex::new(false) }) }
     }
 
     /// Admits one entry, or refuses it because the gate is draining.
@@ -145,8 +149,7 @@ impl Gate {
     /// If more than `usize::MAX / 2` permits are held at once on one shard.
     #[inline]
     pub fn enter(&self) -> Result<Permit, Draining> {
-        let shards = &self.inner.shards;
-        let shard = &shards[shards::thread_index() & (shards.len() - 1)];
+        let shard = &self.inner.slots[shards::thread_index() % SLOTS];
         // Relaxed: the CAS below re-reads the word and carries the ordering.
         let mut state = shard.state.load(Ordering::Relaxed);
         loop {

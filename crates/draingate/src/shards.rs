@@ -41,14 +41,20 @@ impl Common {
     }
 }
 
+/// The most shards a gate has, and the number of slots a thread's index is masked into.
+#[cfg(not(loom))]
+pub(crate) const SLOTS: usize = 64;
+#[cfg(loom)]
+pub(crate) const SLOTS: usize = 2;
+
 /// How many shards a new gate gets: four per CPU (threads outnumber CPUs, and a thread keeps its
-/// shard), a power of two so that a thread's index maps to a shard with a mask, at most 64.
+/// shard), a power of two (so that it divides `SLOTS`), at most `SLOTS`.
 #[cfg(not(loom))]
 pub(crate) fn shard_count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *COUNT.get_or_init(|| {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        cpus.saturating_mul(4).next_power_of_two().min(64)
+        cpus.saturating_mul(4).next_power_of_two().min(SLOTS)
     })
 }
 
@@ -58,7 +64,7 @@ pub(crate) fn shard_count() -> usize {
     2
 }
 
-/// The calling thread's shard index (to be masked by the gate's shard count), assigned
+/// The calling thread's shard index (to be reduced modulo `SLOTS`), assigned
 /// round-robin on the thread's first enter.
 #[cfg(not(loom))]
 #[inline]
