@@ -330,3 +330,101 @@ fn permit_and_wait_idle_are_send() {
     assert_send::<WaitIdle>();
     assert_send::<Gate>();
 }
+
+/// `pending` while nothing races: the open bias alone on an open gate, zero on a drained idle one.
+fn pending(gate: &Gate) -> usize {
+    // SeqCst: test code, clarity over speed.
+    gate.inner.common.pending.load(StdOrdering::SeqCst)
+}
+
+/// Permits admitted on several threads (so on several shards) are all counted, a thread keeps its
+/// shard, and a shard's permits release on that shard whichever thread drops them.
+#[test]
+fn permits_from_many_threads_are_summed_over_the_shards() {
+    let gate = Gate::new();
+    let permits: Vec<Permit> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let first = gate.enter().expect("open");
+                    let second = gate.enter().expect("open");
+                    let same_shard = Arc::ptr_eq(
+                        first.shard.as_ref().expect("live"),
+                        second.shard.as_ref().expect("live"),
+                    );
+                    assert!(same_shard, "a thread enters on one shard");
+                    [first, second]
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|thread| thread.join().expect("no panic")).collect()
+    });
+    assert_eq!(gate.in_flight(), 16);
+    assert!(gate.inner.shards.len().is_power_of_two() && gate.inner.shards.len() <= SLOTS);
+    for (i, slot) in gate.inner.slots.iter().enumerate() {
+        assert!(Arc::ptr_eq(slot, &gate.inner.shards[i % gate.inner.shards.len()]));
+    }
+    assert!(gate.start_draining());
+    drop(permits);
+    assert!(gate.is_idle());
+    assert_eq!(gate.in_flight(), 0);
+}
+
+/// Every closed shard's debt is paid exactly once, by the drain (empty at the drain), by the release
+/// that empties it, or by the reopen that finds it busy: across drains and reopens `pending` is
+/// back to the open bias whenever the gate is open and nothing is in flight, and zero when it is
+/// drained and idle.
+#[test]
+fn each_shard_pays_its_debt_once_across_drains_and_reopens() {
+    let gate = Gate::new();
+    assert_eq!(pending(&gate), 1, "the open bias");
+    assert!(gate.start_draining());
+    assert_eq!(pending(&gate), 0, "an empty gate: the drain pays every shard");
+    assert!(gate.reopen());
+    assert_eq!(pending(&gate), 1);
+
+    for round in 0..4 {
+        // Permits on several shards: one per thread, each thread on its own shard (or sharing).
+        let mut permits: Vec<Permit> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4).map(|_| scope.spawn(|| gate.enter().expect("open"))).collect();
+            threads.into_iter().map(|thread| thread.join().expect("no panic")).collect()
+        });
+        assert!(gate.start_draining());
+        assert!(pending(&gate) >= 1, "busy shards owe");
+        assert!(!gate.is_idle());
+        // Some released while closed (their shards pay), the rest held through a reopen (it pays).
+        permits.truncate(round % 4);
+        assert!(gate.reopen());
+        assert!(!gate.is_idle());
+        assert_eq!(pending(&gate), 1, "open: only the bias, whatever was held");
+        drop(permits);
+        assert_eq!(pending(&gate), 1, "releases on an open gate owe nothing");
+    }
+    assert!(gate.start_draining());
+    assert_eq!(pending(&gate), 0);
+    assert!(gate.is_idle());
+}
+
+/// `is_draining` turns true only once every shard is closed, and false again at a reopen; an enter
+/// on any shard follows it.
+#[test]
+fn is_draining_follows_every_shard() {
+    let gate = Gate::new();
+    let closed = |gate: &Gate| {
+        gate.inner
+            .shards
+            .iter()
+            // SeqCst: test code, clarity over speed.
+            .filter(|shard| shard.state.load(StdOrdering::SeqCst) & DRAINING != 0)
+            .count()
+    };
+    assert_eq!(closed(&gate), 0);
+    assert!(gate.start_draining());
+    assert!(!gate.start_draining(), "only the call that made the transition returns true");
+    assert_eq!(closed(&gate), gate.inner.shards.len());
+    assert!(gate.is_draining());
+    assert!(gate.reopen());
+    assert_eq!(closed(&gate), 0);
+    assert!(!gate.is_draining());
+    assert!(gate.enter().is_ok());
+}
