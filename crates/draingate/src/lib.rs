@@ -98,8 +98,11 @@ impl std::error::Error for Draining {}
 ///   already empty when its bit was set), or the release that takes the closed shard from 1 to 0, or
 ///   a reopen that finds it still busy. A closed, empty shard stays empty (no enter is admitted
 ///   there, and `split` needs a permit held on it), so a paid shard stays idle;
-/// - the drain removes the open bias last, so `pending` cannot reach zero before every shard is
-///   closed; `reopen` puts it back first, before it opens any shard.
+/// - the drain removes the open bias after closing every shard (before that, the debts of the
+///   shards not yet closed keep `pending` above zero anyway); `reopen` puts it back first, before it
+///   opens any shard, so an open or reopening gate never reads idle. A release's payment can land
+///   after a reopen or even after the next drain began: `pending` is only ever added to and
+///   subtracted from, never reset, so a late payment still settles the debt it belongs to.
 ///
 /// Whoever takes `pending` to zero wakes the waiters. `start_draining` and `reopen` are serialized
 /// by a mutex (they are rare); `enter` and the release take no lock.

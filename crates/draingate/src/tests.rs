@@ -428,3 +428,45 @@ fn is_draining_follows_every_shard() {
     assert!(!gate.is_draining());
     assert!(gate.enter().is_ok());
 }
+
+/// A thread keeps its shard index; two threads get different ones (the round-robin counter hands
+/// out each index once, whatever other tests run at the same time).
+#[test]
+fn a_thread_keeps_its_index_and_threads_get_different_ones() {
+    let [first, second] = [(); 2].map(|()| {
+        std::thread::spawn(|| {
+            let index = shards::thread_index();
+            assert_eq!(shards::thread_index(), index, "a thread keeps its index");
+            index
+        })
+        .join()
+        .expect("no panic")
+    });
+    assert_ne!(first, second);
+}
+
+/// Four shards per CPU, a power of two, at most `SLOTS`.
+#[test]
+fn shard_count_is_four_per_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let expected = (cpus * 4).next_power_of_two().min(SLOTS);
+    assert_eq!(shards::shard_count(), expected);
+    assert_eq!(Gate::new().inner.shards.len(), expected);
+}
+
+/// The `Debug` output says what a reader needs: the gate's state, whether a waiter is registered.
+#[test]
+fn debug_output() {
+    let gate = Gate::new();
+    let permit = gate.enter().expect("open");
+    assert_eq!(format!("{gate:?}"), "Gate { draining: false, in_flight: 1 }");
+    assert_eq!(format!("{permit:?}"), "Permit { .. }");
+    assert!(gate.start_draining());
+    let waker = CountingWaker::new();
+    let mut wait = gate.wait_idle();
+    assert_eq!(format!("{wait:?}"), "WaitIdle { registered: false }");
+    assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
+    assert_eq!(format!("{wait:?}"), "WaitIdle { registered: true }");
+    drop(permit);
+    assert_eq!(format!("{gate:?}"), "Gate { draining: true, in_flight: 0 }");
+}
