@@ -470,3 +470,26 @@ fn debug_output() {
     drop(permit);
     assert_eq!(format!("{gate:?}"), "Gate { draining: true, in_flight: 0 }");
 }
+
+/// Two async waiters each keep their own registration: both are woken, and dropping one leaves the
+/// other registered.
+#[test]
+fn two_waiters_are_registered_apart_and_both_woken() {
+    let gate = Gate::new();
+    let permit = gate.enter().expect("open");
+    assert!(gate.start_draining());
+    let [first_waker, second_waker, third_waker] = [(); 3].map(|()| CountingWaker::new());
+    let mut first = gate.wait_idle();
+    let mut second = gate.wait_idle();
+    let mut third = gate.wait_idle();
+    assert_eq!(poll_with(&mut first, &first_waker), Poll::Pending);
+    assert_eq!(poll_with(&mut second, &second_waker), Poll::Pending);
+    assert_eq!(poll_with(&mut third, &third_waker), Poll::Pending);
+    assert_eq!(gate.inner.common.waiters.registered(), 3);
+    drop(third);
+    assert_eq!(gate.inner.common.waiters.registered(), 2);
+    drop(permit);
+    assert_eq!((first_waker.wakes(), second_waker.wakes(), third_waker.wakes()), (1, 1, 0));
+    assert_eq!(poll_with(&mut first, &first_waker), Poll::Ready(()));
+    assert_eq!(poll_with(&mut second, &second_waker), Poll::Ready(()));
+}
