@@ -249,11 +249,11 @@ fn waiter_woken_then_reopened_waits_again() {
     assert_eq!(waker.wakes(), 1);
     assert!(gate.reopen());
     assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1, "registered again after the wake-up");
+    assert_eq!(gate.inner.common.waiters.registered(), 1, "registered again after the wake-up");
     assert!(gate.start_draining());
     assert_eq!(waker.wakes(), 2);
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
 }
 
 /// A `WaitIdle` dropped mid-wait takes its waker out of the gate: nothing stays registered and the
@@ -267,18 +267,18 @@ fn dropped_wait_idle_leaks_nothing() {
     let waker = CountingWaker::new();
     let mut wait = gate.wait_idle();
     assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1);
+    assert_eq!(gate.inner.common.waiters.registered(), 1);
     assert_eq!(StdArc::strong_count(&waker), 2, "the gate holds one clone");
 
     // Polled again with another waker: the registration is replaced, not added to.
     let other = CountingWaker::new();
     assert_eq!(poll_with(&mut wait, &other), Poll::Pending);
-    assert_eq!(gate.inner.waiters.registered(), 1);
+    assert_eq!(gate.inner.common.waiters.registered(), 1);
     assert_eq!(StdArc::strong_count(&waker), 1, "the replaced waker is released");
     assert_eq!(StdArc::strong_count(&other), 2);
 
     drop(wait);
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&other), 1, "dropping the future released its waker");
 
     // Many abandoned waits leave nothing behind either.
@@ -286,7 +286,7 @@ fn dropped_wait_idle_leaks_nothing() {
         let mut wait = gate.wait_idle();
         assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
     }
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 
     drop(permit);
@@ -306,7 +306,7 @@ fn wait_idle_dropped_after_wake_leaks_nothing() {
     drop(permit);
     assert_eq!(waker.wakes(), 1);
     drop(wait);
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 }
 
@@ -318,7 +318,7 @@ fn wait_idle_on_an_idle_gate_is_ready_at_once() {
     let waker = CountingWaker::new();
     let mut wait = gate.wait_idle();
     assert_eq!(poll_with(&mut wait, &waker), Poll::Ready(()));
-    assert_eq!(gate.inner.waiters.registered(), 0);
+    assert_eq!(gate.inner.common.waiters.registered(), 0);
     assert_eq!(StdArc::strong_count(&waker), 1);
 }
 
@@ -329,4 +329,167 @@ fn permit_and_wait_idle_are_send() {
     assert_send::<Permit>();
     assert_send::<WaitIdle>();
     assert_send::<Gate>();
+}
+
+/// `pending` while nothing races: the open bias alone on an open gate, zero on a drained idle one.
+fn pending(gate: &Gate) -> usize {
+    // SeqCst: test code, clarity over speed.
+    gate.inner.common.pending.load(StdOrdering::SeqCst)
+}
+
+/// Permits admitted on several threads (so on several shards) are all counted, a thread keeps its
+/// shard, and a shard's permits release on that shard whichever thread drops them.
+#[test]
+fn permits_from_many_threads_are_summed_over_the_shards() {
+    let gate = Gate::new();
+    let permits: Vec<Permit> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let first = gate.enter().expect("open");
+                    let second = gate.enter().expect("open");
+                    let same_shard = Arc::ptr_eq(
+                        first.shard.as_ref().expect("live"),
+                        second.shard.as_ref().expect("live"),
+                    );
+                    assert!(same_shard, "a thread enters on one shard");
+                    [first, second]
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|thread| thread.join().expect("no panic")).collect()
+    });
+    assert_eq!(gate.in_flight(), 16);
+    assert!(gate.inner.shards.len().is_power_of_two() && gate.inner.shards.len() <= SLOTS);
+    for (i, slot) in gate.inner.slots.iter().enumerate() {
+        assert!(Arc::ptr_eq(slot, &gate.inner.shards[i % gate.inner.shards.len()]));
+    }
+    assert!(gate.start_draining());
+    drop(permits);
+    assert!(gate.is_idle());
+    assert_eq!(gate.in_flight(), 0);
+}
+
+/// Every closed shard's debt is paid exactly once, by the drain (empty at the drain), by the release
+/// that empties it, or by the reopen that finds it busy: across drains and reopens `pending` is
+/// back to the open bias whenever the gate is open and nothing is in flight, and zero when it is
+/// drained and idle.
+#[test]
+fn each_shard_pays_its_debt_once_across_drains_and_reopens() {
+    let gate = Gate::new();
+    assert_eq!(pending(&gate), 1, "the open bias");
+    assert!(gate.start_draining());
+    assert_eq!(pending(&gate), 0, "an empty gate: the drain pays every shard");
+    assert!(gate.reopen());
+    assert_eq!(pending(&gate), 1);
+
+    for round in 0..4 {
+        // Permits on several shards: one per thread, each thread on its own shard (or sharing).
+        let mut permits: Vec<Permit> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4).map(|_| scope.spawn(|| gate.enter().expect("open"))).collect();
+            threads.into_iter().map(|thread| thread.join().expect("no panic")).collect()
+        });
+        assert!(gate.start_draining());
+        assert!(pending(&gate) >= 1, "busy shards owe");
+        assert!(!gate.is_idle());
+        // Some released while closed (their shards pay), the rest held through a reopen (it pays).
+        permits.truncate(round % 4);
+        assert!(gate.reopen());
+        assert!(!gate.is_idle());
+        assert_eq!(pending(&gate), 1, "open: only the bias, whatever was held");
+        drop(permits);
+        assert_eq!(pending(&gate), 1, "releases on an open gate owe nothing");
+    }
+    assert!(gate.start_draining());
+    assert_eq!(pending(&gate), 0);
+    assert!(gate.is_idle());
+}
+
+/// `is_draining` turns true only once every shard is closed, and false again at a reopen; an enter
+/// on any shard follows it.
+#[test]
+fn is_draining_follows_every_shard() {
+    let gate = Gate::new();
+    let closed = |gate: &Gate| {
+        gate.inner
+            .shards
+            .iter()
+            // SeqCst: test code, clarity over speed.
+            .filter(|shard| shard.state.load(StdOrdering::SeqCst) & DRAINING != 0)
+            .count()
+    };
+    assert_eq!(closed(&gate), 0);
+    assert!(gate.start_draining());
+    assert!(!gate.start_draining(), "only the call that made the transition returns true");
+    assert_eq!(closed(&gate), gate.inner.shards.len());
+    assert!(gate.is_draining());
+    assert!(gate.reopen());
+    assert_eq!(closed(&gate), 0);
+    assert!(!gate.is_draining());
+    assert!(gate.enter().is_ok());
+}
+
+/// A thread keeps its shard index; two threads get different ones (the round-robin counter hands
+/// out each index once, whatever other tests run at the same time).
+#[test]
+fn a_thread_keeps_its_index_and_threads_get_different_ones() {
+    let [first, second] = [(); 2].map(|()| {
+        std::thread::spawn(|| {
+            let index = shards::thread_index();
+            assert_eq!(shards::thread_index(), index, "a thread keeps its index");
+            index
+        })
+        .join()
+        .expect("no panic")
+    });
+    assert_ne!(first, second);
+}
+
+/// Four shards per CPU, a power of two, at most `SLOTS`.
+#[test]
+fn shard_count_is_four_per_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let expected = (cpus * 4).next_power_of_two().min(SLOTS);
+    assert_eq!(shards::shard_count(), expected);
+    assert_eq!(Gate::new().inner.shards.len(), expected);
+}
+
+/// The `Debug` output says what a reader needs: the gate's state, whether a waiter is registered.
+#[test]
+fn debug_output() {
+    let gate = Gate::new();
+    let permit = gate.enter().expect("open");
+    assert_eq!(format!("{gate:?}"), "Gate { draining: false, in_flight: 1 }");
+    assert_eq!(format!("{permit:?}"), "Permit { .. }");
+    assert!(gate.start_draining());
+    let waker = CountingWaker::new();
+    let mut wait = gate.wait_idle();
+    assert_eq!(format!("{wait:?}"), "WaitIdle { registered: false }");
+    assert_eq!(poll_with(&mut wait, &waker), Poll::Pending);
+    assert_eq!(format!("{wait:?}"), "WaitIdle { registered: true }");
+    drop(permit);
+    assert_eq!(format!("{gate:?}"), "Gate { draining: true, in_flight: 0 }");
+}
+
+/// Two async waiters each keep their own registration: both are woken, and dropping one leaves the
+/// other registered.
+#[test]
+fn two_waiters_are_registered_apart_and_both_woken() {
+    let gate = Gate::new();
+    let permit = gate.enter().expect("open");
+    assert!(gate.start_draining());
+    let [first_waker, second_waker, third_waker] = [(); 3].map(|()| CountingWaker::new());
+    let mut first = gate.wait_idle();
+    let mut second = gate.wait_idle();
+    let mut third = gate.wait_idle();
+    assert_eq!(poll_with(&mut first, &first_waker), Poll::Pending);
+    assert_eq!(poll_with(&mut second, &second_waker), Poll::Pending);
+    assert_eq!(poll_with(&mut third, &third_waker), Poll::Pending);
+    assert_eq!(gate.inner.common.waiters.registered(), 3);
+    drop(third);
+    assert_eq!(gate.inner.common.waiters.registered(), 2);
+    drop(permit);
+    assert_eq!((first_waker.wakes(), second_waker.wakes(), third_waker.wakes()), (1, 1, 0));
+    assert_eq!(poll_with(&mut first, &first_waker), Poll::Ready(()));
+    assert_eq!(poll_with(&mut second, &second_waker), Poll::Ready(()));
 }
