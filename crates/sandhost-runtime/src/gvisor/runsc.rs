@@ -286,7 +286,8 @@ mod tests {
         let cid = "box.ab.0";
         let file = root.path().join(format!("{cid}_sandbox:{cid}.state"));
         assert!(runsc.state_file(cid).is_none(), "no file yet");
-        let whole = r#"{"id":"box.ab.0","status":"running","sandbox":{"id":"box.ab.0","pid":4242},"goferPid":7}"#;
+        let whole =
+            r#"{"id":"box.ab.0","status":"running","sandbox":{"id":"box.ab.0","pid":4242},"goferPid":7}"#;
         std::fs::write(&file, whole).expect("write");
         let state = runsc.state_file(cid).expect("read");
         assert_eq!((state.status.as_str(), state.pid), ("running", 4242));

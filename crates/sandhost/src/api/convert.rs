@@ -628,5 +628,13 @@ mod tests {
         })
         .expect_err("negative");
         assert_eq!(field_of(&error), "timeout");
+        // At most the longest a sandbox may run: that much is accepted, a second more is not.
+        let longest = i64::try_from(crate::config::MAX_SANDBOX_TIMEOUT.as_secs()).expect("fits");
+        let at = |seconds| pb::DrainRequest {
+            timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            force: false,
+        };
+        assert!(drain_request(&at(longest)).is_ok());
+        assert_eq!(field_of(&drain_request(&at(longest + 1)).expect_err("too long")), "timeout");
     }
 }

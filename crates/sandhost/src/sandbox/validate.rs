@@ -249,6 +249,10 @@ mod tests {
             assert_eq!(cwd(Some(bad)).unwrap_err().field, "cwd", "{bad}");
         }
         assert_eq!(cwd(Some("/tmp/.hidden")), Ok(Some(PathBuf::from("/tmp/.hidden"))));
+        // At most MAX_PATH bytes.
+        let longest = format!("/{}", "a".repeat(MAX_PATH - 1));
+        assert_eq!(cwd(Some(&longest)), Ok(Some(PathBuf::from(&longest))));
+        assert_eq!(cwd(Some(&format!("{longest}a"))).unwrap_err().field, "cwd");
     }
 
     #[test]
