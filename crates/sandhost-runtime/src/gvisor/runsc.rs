@@ -59,20 +59,6 @@ pub(crate) struct ContainerState {
     pub(crate) pid: i32,
 }
 
-/// The part of runsc's state file of a container (its metadata, as runsc 20221219 writes it) that
-/// says whether it runs.
-#[derive(Debug, Deserialize)]
-struct StateFile {
-    id: String,
-    status: String,
-    sandbox: StateFileSandbox,
-}
-
-#[derive(Debug, Deserialize)]
-struct StateFileSandbox {
-    pid: i32,
-}
-
 #[derive(Debug, Deserialize)]
 struct WaitResult {
     #[serde(rename = "exitStatus")]
@@ -184,26 +170,12 @@ impl Runsc {
             if tokio::time::Instant::now() >= deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "the container did not start in time"));
             }
-            let state = match self.state_file(cid) {
-                Some(state) => Some(state),
-                None => self.state(cid).await?,
-            };
-            if let Some(state) = state
+            if let Some(state) = self.state(cid).await?
                 && state.status == "running"
             {
                 return Ok(Ready::Running { pid: state.pid });
             }
         }
-    }
-
-    /// What runsc's own state file of container `cid` (`<root>/<cid>_sandbox:<cid>.state`, which
-    /// `runsc state` reads) says, read directly: a `runsc state` costs 20 to 25 ms of CPU, the
-    /// file a read. `None` when it is missing, torn (runsc rewrites it) or not in the form this
-    /// version of runsc writes: the caller then asks `runsc state`.
-    fn state_file(&self, cid: &str) -> Option<ContainerState> {
-        let bytes = std::fs::read(self.root.join(format!("{cid}_sandbox:{cid}.state"))).ok()?;
-        let file: StateFile = serde_json::from_slice(&bytes).ok()?;
-        (file.id == cid).then_some(ContainerState { status: file.status, pid: file.sandbox.pid })
     }
 
     pub(crate) async fn run(&self, args: &[&OsStr]) -> io::Result<()> {
@@ -266,39 +238,6 @@ impl Runsc {
         match self.run(&["delete".as_ref(), "--force".as_ref(), cid.as_ref()]).await {
             Err(e) if e.to_string().contains("does not exist") => Ok(()),
             other => other,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_state_file_is_read_when_it_is_whole_and_of_the_container() {
-        let root = tempfile::tempdir().expect("root");
-        let runsc = Runsc {
-            bin: PathBuf::from("runsc"),
-            root: root.path().to_path_buf(),
-            platform: "ptrace".into(),
-            recorder: None,
-        };
-        let cid = "box.ab.0";
-        let file = root.path().join(format!("{cid}_sandbox:{cid}.state"));
-        assert!(runsc.state_file(cid).is_none(), "no file yet");
-        let whole =
-            r#"{"id":"box.ab.0","status":"running","sandbox":{"id":"box.ab.0","pid":4242},"goferPid":7}"#;
-        std::fs::write(&file, whole).expect("write");
-        let state = runsc.state_file(cid).expect("read");
-        assert_eq!((state.status.as_str(), state.pid), ("running", 4242));
-        // Torn, of another container, or of another form: the caller asks runsc instead.
-        for other in [
-            &whole[..40],
-            r#"{"id":"other.cd.0","status":"running","sandbox":{"pid":1}}"#,
-            r#"{"id":"box.ab.0","status":2,"sandbox":{"pid":1}}"#,
-        ] {
-            std::fs::write(&file, other).expect("write");
-            assert!(runsc.state_file(cid).is_none(), "{other}");
         }
     }
 }
