@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::*;
-use crate::{CleanupError, LifecycleId, LogsError, RecoveredState, Runtime, SandboxId, WaitError};
+use crate::{
+    CleanupError, LifecycleId, LogsError, RecoveredState, Runtime, SandboxId, SnapshotId, WaitError,
+};
 
 /// Bound on waits that must finish; under the paused clock it only fires if the fake hangs.
 const HANG_GUARD: Duration = Duration::from_secs(3600);

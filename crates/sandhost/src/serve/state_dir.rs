@@ -227,12 +227,24 @@ mod tests {
         .expect("read");
         assert_eq!(locked.trim(), "locked");
         let stdin = holder.stdin.take().expect("stdin");
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            drop(stdin); // `read` ends, the holder exits, the lock is free
-        });
-        let state = StateDir::open(dir.path()).expect("the lock, once its holder let go");
-        release.join().expect("release");
+        let path = dir.path().to_path_buf();
+        let opening = std::thread::spawn(move || StateDir::open(&path));
+        // Released only once the open is seen waiting for the lock (a blocked request in
+        // /proc/locks, on the lock file's inode): the wait is what this test is about.
+        let inode =
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir.path().join(LOCK_FILE)).expect("stat"));
+        let waiting = |text: &str| {
+            text.lines()
+                .any(|l| l.contains("->") && l.contains(" FLOCK ") && l.contains(&format!(":{inode} ")))
+        };
+        let guard = std::time::Instant::now() + Duration::from_secs(60);
+        while !waiting(&fs::read_to_string("/proc/locks").expect("/proc/locks")) {
+            assert!(std::time::Instant::now() < guard, "the open never waited for the lock");
+            assert!(!opening.is_finished(), "the open ended without waiting: {:?}", opening.join());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(stdin); // `read` ends, the holder exits, the lock is free
+        let state = opening.join().expect("the opening thread").expect("the lock, once its holder let go");
         holder.wait().expect("wait");
         let recorded = fs::read_to_string(dir.path().join(LOCK_FILE)).expect("read");
         assert_eq!(recorded, std::process::id().to_string(), "the lock file names this agent now");
