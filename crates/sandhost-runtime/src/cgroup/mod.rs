@@ -47,6 +47,9 @@ const POLL_STEP: Duration = Duration::from_millis(1);
 const REMOVAL_RECHECK: Duration = Duration::from_millis(20);
 /// How long a freeze may take to reach every task before it is given up (and thawed).
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a v1 freeze may stay incomplete before it is thawed and started again (see
+/// `Cgroup::freeze_v1`).
+const V1_FREEZE_RETRY: Duration = Duration::from_millis(100);
 /// How long exiting tasks may hold a cgroup that is being removed.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a cgroup that notifies nothing is checked for emptiness while a sandbox known by its
@@ -283,19 +286,43 @@ impl Cgroup {
         let events = match &self.freezer {
             Some(Freezer::V2(dir)) => {
                 write(&dir.join("cgroup.freeze"), "1").map_err(step("freeze"))?;
-                Some(dir.join("cgroup.events"))
+                dir.join("cgroup.events")
             }
-            Some(Freezer::V1(dir)) => {
-                write(&dir.join("freezer.state"), "FROZEN").map_err(step("freeze"))?;
-                None
-            }
+            Some(Freezer::V1(dir)) => return self.freeze_v1(&dir.join("freezer.state")).await,
             None => return Err(missing("freeze")),
         };
-        if wait_until(events.as_deref(), FREEZE_TIMEOUT, || self.is_frozen()).await {
+        if wait_until(Some(&events), FREEZE_TIMEOUT, || self.is_frozen()).await {
             return Ok(());
         }
         let _ = self.thaw();
         Err(timed_out("freeze"))
+    }
+
+    /// The v1 freezer asks each task of the cgroup to stop once, when `FROZEN` is written, and
+    /// reports `FREEZING` until all have. A task that misses the request (one forked or woken at that
+    /// moment: a gVisor sandbox's threads often are) is not asked again, and the cgroup can stay
+    /// `FREEZING` for good. So each look writes `FROZEN` again (which asks every task now in the
+    /// cgroup), and a freeze still not complete after [`V1_FREEZE_RETRY`] is thawed and started
+    /// afresh.
+    async fn freeze_v1(&self, state: &Path) -> Result<(), CgroupError> {
+        let start = Instant::now();
+        let mut round = start;
+        loop {
+            write(state, "FROZEN").map_err(step("freeze"))?;
+            if self.is_frozen() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= start + FREEZE_TIMEOUT {
+                let _ = self.thaw();
+                return Err(timed_out("freeze"));
+            }
+            if now >= round + V1_FREEZE_RETRY {
+                self.thaw()?;
+                round = now;
+            }
+            tokio::time::sleep(POLL_STEP).await;
+        }
     }
 
     /// Thaws every process (at once: nothing to wait for).

@@ -446,7 +446,7 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if pid.cast_unsigned() == me {
+        if pid.cast_unsigned() == me || is_our_unexeced_child(&entry.path()) {
             continue;
         }
         if let Some(cmdline) = names_or_holds(&entry.path(), needle) {
@@ -454,6 +454,18 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// Whether the process of `proc_dir` is a child of this test process that has not exec'd yet: one
+/// that another test (in this process) is spawning at this very moment. Until its exec it runs this
+/// binary and holds a copy of every fd this process has, this test's open files included, and a
+/// process sandbox's init joins its cgroup just before its exec: none of that is a leak.
+fn is_our_unexeced_child(proc_dir: &Path) -> bool {
+    let ppid = std::fs::read_to_string(proc_dir.join("stat")).ok().and_then(|stat| {
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+    });
+    ppid == Some(std::process::id())
+        && std::fs::read_link(proc_dir.join("exe")).ok() == std::fs::read_link("/proc/self/exe").ok()
 }
 
 /// The command line of the process whose `/proc` directory is `proc_dir` if it mentions `needle` or
@@ -481,7 +493,7 @@ pub fn processes_in_cgroups_under(prefix: &str) -> Vec<(i32, String)> {
             continue;
         };
         let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else { continue };
-        if pid.cast_unsigned() == me || !cgroups.contains(&marker) {
+        if pid.cast_unsigned() == me || !cgroups.contains(&marker) || is_our_unexeced_child(&entry.path()) {
             continue;
         }
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
