@@ -281,8 +281,12 @@ fn create_takes_a_working_directory_and_a_stop_grace() {
         "--",
         "sh",
         "-c",
-        "trap '' TERM; sleep 1000",
+        "trap '' TERM; echo ready; sleep 1000",
     ]));
+    // Only once the trap is set: a SIGTERM before it would end `sh` at once.
+    let mut follow = serve.spawn_cli(&["logs", "-f", "stubborn"]);
+    assert_eq!(follow.next_line().as_deref(), Some("ready"));
+    drop(follow);
     let killed = ok(&serve.cli(&["kill", "stubborn"]));
     assert!(killed.contains("signal 9"), "killed after the grace: {killed}");
     stop_and_check_clean(serve);
