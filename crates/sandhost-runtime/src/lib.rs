@@ -284,7 +284,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// A [`RecoverError`] when the state dir cannot be read.
     async fn recover(&self) -> Result<Vec<Recovered>, RecoverError>;
 
-    /// Saves the whole sandbox as snapshot `snapshot`; stops it afterwards if `stop`.
+    /// Saves the whole sandbox as snapshot `snapshot`; stops it afterwards if `stop`. Otherwise it
+    /// runs on afterwards: a paused one may have been thawed (a frozen sandbox cannot be saved),
+    /// whether the checkpoint succeeded or not, and pausing it again is its caller's (who keeps
+    /// its state).
     ///
     /// # Errors
     ///

@@ -253,6 +253,29 @@ async fn checkpoints_on_a_backend_that_can() {
 }
 
 #[tokio::test]
+async fn a_paused_sandbox_is_paused_again_after_a_checkpoint_and_the_table_follows_a_failed_pause() {
+    use sandhost::sandbox::SandboxState;
+    use sandhost_runtime::fake::{Behaviour, Op};
+    let node = TestNode::with(FakeRuntime::with_checkpoint(), sandhost::config::SandboxConfig::default());
+    let server = Server::start(&node, None).await;
+    let mut sandboxes = server.sandboxes();
+    let key = |id: &str| node.fake.running().into_iter().find(|k| k.id.as_str() == id).unwrap();
+    for id in ["kept", "failed"] {
+        sandboxes.create(create(id)).await.unwrap();
+        node.node.pause(id).await.unwrap();
+    }
+    // The checkpoint thaws it (as gvisor must); the manager pauses it again.
+    sandboxes.checkpoint(pb::CheckpointRequest { id: "kept".into(), stop: false }).await.unwrap();
+    assert_eq!(node.node.get("kept").unwrap().state, SandboxState::Paused);
+    assert!(node.fake.is_paused(&key("kept")));
+    // Where pausing again fails, it runs, and the table says so.
+    node.fake.script(Op::Pause, Behaviour::Fail);
+    sandboxes.checkpoint(pb::CheckpointRequest { id: "failed".into(), stop: false }).await.unwrap();
+    assert_eq!(node.node.get("failed").unwrap().state, SandboxState::Running);
+    assert!(!node.fake.is_paused(&key("failed")));
+}
+
+#[tokio::test]
 async fn force_stop_through_the_api_reports_what_it_stopped() {
     let node = TestNode::new();
     let server = Server::start(&node, None).await;

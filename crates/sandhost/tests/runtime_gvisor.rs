@@ -65,21 +65,24 @@ async fn checkpoint_and_continue_keeps_the_memory_of_the_sandbox() {
         .wait_for_log_where(&spec.key, "counting after the 2nd checkpoint", |l| last_number(l) >= at + 2)
         .await;
     assert_counts_on(&log);
-    // A paused sandbox stays paused across checkpoint-and-continue, and counts on once resumed. The
-    // witness that it had time to run: an unpaused twin, the same counter, counts on meanwhile.
+    // A paused sandbox can be checkpointed: the checkpoint thaws it and it runs on, then it is
+    // paused again (as the manager does) and counts on once resumed. The witness that it had time to
+    // run: an unpaused twin, the same counter, counts on meanwhile.
     let twin = counter(&t);
     t.runtime.start(&twin).await.expect("start the twin");
     t.runtime.pause(&spec.key).await.expect("pause");
     let third = SnapshotId::parse("cont-3").expect("snapshot id");
     t.runtime.checkpoint(&spec.key, &third, false).await.expect("checkpoint while paused");
+    assert!(!t.is_frozen(&spec.key), "a checkpoint leaves the sandbox running");
+    t.runtime.pause(&spec.key).await.expect("pause again");
     let frozen = last_number(&t.log(&spec.key).await);
     let from = last_number(&t.log(&twin.key).await);
     t.wait_for_log_where(&twin.key, "the unpaused twin to count on", |l| {
         last_number(l) >= from + WITNESS_TICKS
     })
     .await;
-    // One tick may land between the restore and the freeze that follows it; a sandbox left running
-    // would have counted about as many as the twin.
+    // One tick may land between the log's read and the freeze; a sandbox left running would have
+    // counted about as many as the twin.
     let after = last_number(&t.log(&spec.key).await);
     assert!(
         after <= frozen + 1,

@@ -216,6 +216,9 @@ impl Runtime for FakeRuntime {
         };
         if stop {
             self.end(key, Exit::Signal(libc::SIGKILL));
+        } else if let Some(sandbox) = self.lock().sandboxes.get_mut(key) {
+            // As on gvisor: a checkpoint thaws a paused sandbox, and it runs on.
+            sandbox.paused = false;
         }
         Ok(info)
     }

@@ -79,9 +79,8 @@ pub(super) async fn checkpoint(
         Err(e) => return Err(host("read spec")(e.into())),
     };
     let old = sandbox.cid();
-    // A frozen sandbox cannot be checkpointed: thaw it for the checkpoint, freeze it again after.
-    let was_paused = sandbox.is_paused();
-    if was_paused {
+    // A frozen sandbox cannot be checkpointed: thaw it (the caller pauses it again afterwards).
+    if sandbox.is_paused() {
         inner.container_cgroup(&old).thaw().map_err(|e| host("thaw cgroup")(e.source))?;
         sandbox.set_paused_flag(false);
     }
@@ -89,9 +88,6 @@ pub(super) async fn checkpoint(
     let args: [&OsStr; 4] = ["checkpoint".as_ref(), "--image-path".as_ref(), partial.as_ref(), old.as_ref()];
     if let Err(e) = inner.runsc.run(&args).await {
         let _ = std::fs::remove_dir_all(&partial);
-        if was_paused && inner.container_cgroup(&old).freeze().await.is_ok() {
-            sandbox.set_paused_flag(true);
-        }
         if let Some(exit) = sandbox.unsuspend() {
             sandbox.publish(exit);
         }
@@ -138,21 +134,10 @@ pub(super) async fn checkpoint(
     let runsc = inner.runsc.clone();
     let cgroups = inner.cgroups.clone();
     let mut stale = vec![old];
-    match &restored {
-        Ok(()) => {
-            // A paused sandbox stays paused across checkpoint-and-continue (the restore runs it).
-            let cid = sandbox.cid();
-            let paused = was_paused && inner.container_cgroup(&cid).freeze().await.is_ok();
-            if was_paused && !paused {
-                tracing::warn!(sandbox.id = %key.id, "re-pausing after the checkpoint failed; it runs");
-            }
-            sandbox.set_paused_flag(paused);
-        }
-        Err(_) => {
-            stale.push(new);
-            let exit = sandbox.unsuspend().unwrap_or(Exit::Signal(libc::SIGKILL));
-            sandbox.publish(exit);
-        }
+    if restored.is_err() {
+        stale.push(new);
+        let exit = sandbox.unsuspend().unwrap_or(Exit::Signal(libc::SIGKILL));
+        sandbox.publish(exit);
     }
     sandbox.keep_background(inner.background.spawn(async move {
         for cid in stale {

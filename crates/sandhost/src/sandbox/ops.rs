@@ -251,8 +251,11 @@ impl Manager {
         run_to_end(async move {
             let _permit = permit;
             let snapshot = snapshot_id_for(&key);
-            let info =
-                this.runtime.checkpoint(&key, &snapshot, stop).await.map_err(SandboxError::Checkpoint)?;
+            let info = this.runtime.checkpoint(&key, &snapshot, stop).await;
+            if !stop && state == SandboxState::Paused {
+                this.pause_again(&key).await;
+            }
+            let info = info.map_err(SandboxError::Checkpoint)?;
             if stop {
                 this.stop_lifecycle(&key, ExitReason::Checkpointed, StopMode::Now).await?;
                 this.wait_exited(&key).await;
@@ -260,6 +263,18 @@ impl Manager {
             Ok(info)
         })
         .await?
+    }
+
+    /// Pauses a sandbox that was paused before a checkpoint-and-continue thawed it: the table first
+    /// says what it is (running), then it is paused as a Pause call would, so that the table follows
+    /// the runtime whatever happens meanwhile (a Resume, a stop, a pause that fails).
+    async fn pause_again(&self, key: &SandboxKey) {
+        if self.lock().transition(key, SandboxState::Running).is_err() {
+            return; // a stop began meanwhile, or it ended: that wins
+        }
+        if let Err(e) = self.change_freezing(key.id.as_str(), Freezing::Pause).await {
+            tracing::warn!(sandbox.id = %key.id, error = %e, "pausing again after a checkpoint failed; it runs");
+        }
     }
 
     /// Checkpoints a sandbox and stops it (the drain's evacuation). Returns the snapshot's id.
