@@ -268,6 +268,11 @@ async fn a_paused_sandbox_is_paused_again_after_a_checkpoint_and_the_table_follo
     sandboxes.checkpoint(pb::CheckpointRequest { id: "kept".into(), stop: false }).await.unwrap();
     assert_eq!(node.node.get("kept").unwrap().state, SandboxState::Paused);
     assert!(node.fake.is_paused(&key("kept")));
+    // A running one is not paused by it.
+    sandboxes.create(create("running")).await.unwrap();
+    sandboxes.checkpoint(pb::CheckpointRequest { id: "running".into(), stop: false }).await.unwrap();
+    assert_eq!(node.node.get("running").unwrap().state, SandboxState::Running);
+    assert!(!node.fake.is_paused(&key("running")));
     // Where pausing again fails, it runs, and the table says so.
     node.fake.script(Op::Pause, Behaviour::Fail);
     sandboxes.checkpoint(pb::CheckpointRequest { id: "failed".into(), stop: false }).await.unwrap();
