@@ -76,11 +76,17 @@ pub struct Options {
     pub start_timeout: Duration,
     /// What the `host` template shows of the host.
     pub host_paths: HostPaths,
+    /// The process runtime's warm pool (none by default).
+    pub warm_pool: Vec<sandhost_runtime::process::WarmTemplate>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT, host_paths: HostPaths::defaults() }
+        Self {
+            start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
+            warm_pool: Vec::new(),
+        }
     }
 }
 
@@ -375,6 +381,8 @@ fn open_process_runtime(state_dir: &Path, prefix: &str, options: &Options) -> Pr
     config.cgroup_parent = prefix.into();
     config.start_timeout = options.start_timeout;
     config.host_paths = options.host_paths.clone();
+    config.warm_pool.clone_from(&options.warm_pool);
+    config.warm_pool_parallelism = 4;
     ProcessRuntime::open(config).expect("open the process runtime")
 }
 

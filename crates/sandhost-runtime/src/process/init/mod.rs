@@ -38,10 +38,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
 
 use super::logs::LogWriter;
-use super::spawn::{INIT_ARGS_FD, STATE_DIR_FD};
-use super::status_pipe::{Report, STATUS_FD};
+use super::spawn::{CLAIM_FD, INIT_ARGS_FD, STATE_DIR_FD};
+use super::status_pipe::{self, Report, STATUS_FD};
 use super::{files, sys};
-use crate::{Exit, HostPaths, SandboxSpec, log_index};
+use crate::{Exit, HostPaths, SandboxSpec, Template, log_index};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost-init __init`.
 pub const INIT_SUBCOMMAND: &str = "__init";
@@ -80,6 +80,11 @@ pub(crate) struct InitArgs {
     pub(crate) log_limit: u64,
     /// What the `host` template shows of the host.
     pub(crate) host_paths: HostPaths,
+    /// The root to build: the spec's own must be the same.
+    pub(crate) template: Template,
+    /// A warm pool member: once the root is built, report [`Report`]-less readiness
+    /// (`status_pipe::READY`) and wait on [`CLAIM_FD`] for the claim before reading the spec.
+    pub(crate) wait_for_claim: bool,
 }
 
 impl InitArgs {
@@ -111,8 +116,8 @@ impl InitArgs {
 ///
 /// Only meaningful when started by the process runtime (which hands it fds 3, 4 and 5).
 pub fn init_main(args: &[OsString]) -> ! {
-    // Nothing but fds 0-5 was meant for us (the agent's other fds are close-on-exec anyway).
-    sys::close_from(6);
+    // Nothing but fds 0-6 was meant for us (the agent's other fds are close-on-exec anyway).
+    sys::close_from(7);
     // SAFETY: fds 3, 4 and 5 were set up by `spawn` for this process and nothing else owns them.
     let (status, dir, init_args) =
         unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD), sys::adopt_fd(INIT_ARGS_FD)) };
@@ -144,13 +149,68 @@ fn run(no_args: bool, init_args: OwnedFd, status: OwnedFd, dir: &OwnedFd) -> Res
         Ok(args) => args,
         Err(e) => return Err((Some(status), SetupError::msg("arguments", &e))),
     };
-    match setup(&args, dir.as_fd()) {
-        Ok((spec, home)) => supervise(&spec, &home, status, dir.as_fd(), args.log_limit),
+    // The claim pipe is there only for a pool member; a cold start has nothing at fd 6.
+    let claim = if args.wait_for_claim {
+        // SAFETY: `spawn` set up fd 6 for a member and nothing else owns it.
+        let claim = unsafe { sys::adopt_fd(CLAIM_FD) };
+        if let Err(e) = sys::set_cloexec(claim.as_raw_fd(), true) {
+            return Err((Some(status), SetupError::new("fds", e)));
+        }
+        Some(claim)
+    } else {
+        sys::close_from(6);
+        None
+    };
+    let home = match prepare(&args) {
+        Ok(home) => home,
+        Err(e) => return Err((Some(status), e)),
+    };
+    if let Some(claim) = claim {
+        if let Err(e) = status_pipe::send_ready(status.as_fd()) {
+            return Err((Some(status), SetupError::new("report ready", e)));
+        }
+        if !wait_for_claim(&claim) {
+            // The member was destroyed (or its agent died) before any claim: nothing ran.
+            sys::exit_now(0);
+        }
+    }
+    match continue_with_request(&args, &home, dir.as_fd()) {
+        Ok(spec) => supervise(&spec, &home, status, dir.as_fd(), args.log_limit),
         Err(e) => Err((Some(status), e)),
     }
 }
 
-fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf), SetupError> {
+/// Everything that does not depend on the request: the init's OOM score, loopback, the root of
+/// the template. A cold start continues at once; a pool member waits for its claim after this.
+fn prepare(args: &InitArgs) -> Result<PathBuf, SetupError> {
+    // The init should outlive its command under memory pressure (the command resets this). Without
+    // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
+    mounts::build_root(&args.template, args)
+}
+
+/// Blocks until the agent claims this member (one byte) or lets it go (end of file: the agent
+/// closed its end, or died). Whatever else is read is a release too.
+fn wait_for_claim(claim: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match read(claim, &mut byte) {
+            Ok(1) => return byte[0] == status_pipe::CLAIM_BYTE,
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The request's part, the same for a cold start and a claimed member: the spec (written by the
+/// agent into the state dir, which is now the sandbox's), checked against the root that was
+/// built, then the hostname and what the request decides of the filesystem.
+fn continue_with_request(
+    args: &InitArgs,
+    home: &std::path::Path,
+    dir: BorrowedFd<'_>,
+) -> Result<SandboxSpec, SetupError> {
     let spec_fd =
         openat(dir, files::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(|e| SetupError::new("read spec", e.into()))?;
@@ -159,13 +219,12 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
         .map_err(|e| SetupError::new("read spec", e))?;
     let spec: SandboxSpec =
         crate::state_file::decode(&bytes).map_err(|reason| SetupError::msg("read spec", &reason))?;
-    // The init should outlive its command under memory pressure (the command resets this). Without
-    // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    if spec.template != args.template {
+        return Err(SetupError::msg("read spec", "the spec's template is not the one built"));
+    }
     sethostname(spec.key.id.as_str()).map_err(|e| SetupError::new("sethostname", e.into()))?;
-    sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
-    let home = mounts::build_root(&spec, args)?;
-    Ok((spec, home))
+    mounts::apply_request(&spec, home)?;
+    Ok(spec)
 }
 
 fn last_cap() -> u32 {
