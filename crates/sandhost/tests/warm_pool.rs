@@ -216,3 +216,32 @@ async fn a_restarted_runtime_destroys_the_members_it_did_not_make_and_keeps_clai
     // The first runtime's members are gone under it: turning it off reaps them.
     close_and_assert_clean(&t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_init_died_is_never_handed_out() {
+    let t = pooled(1);
+    assert_eq!(filled(&t).await.ready, 1);
+    let pids: Vec<i32> = member_cgroups(&t)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|procs| procs.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+        .collect();
+    let init = *pids.first().expect("the member's init");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    // It is this process's child: it stays a zombie until the pool reaps it.
+    let stat = format!("/proc/{init}/stat");
+    common::poll_until(
+        "the member's init to have exited",
+        common::HANG_GUARD,
+        || std::fs::read_to_string(&stat).unwrap_or_default(),
+        |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    );
+    let spec = t.spec(&["true"]);
+    let started = t.runtime.start(&spec).await.expect("a dead member costs a cold start, not a failure");
+    assert!(!started.warm);
+    assert_eq!(stats(&t.runtime).misses, 1);
+    assert_eq!(t.runtime.wait(&spec.key).await.expect("wait"), Exit::Code(0));
+    t.runtime.forget(&spec.key).await.expect("forget");
+    close_and_assert_clean(&t).await;
+}

@@ -23,6 +23,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -79,6 +80,14 @@ pub(super) struct Member {
 }
 
 impl Member {
+    /// Whether its init has ended (killed from outside, say): then it is destroyed, never handed
+    /// out. One `poll` of its pidfd, which is readable once the process has exited.
+    fn has_exited(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(self.init.pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
     /// Kills and reaps its init, removes its cgroup and directory.
     async fn destroy(self) {
         let made = Made { dir: Some(self.dir), cgroup: Some(self.cgroup), init: Some(self.init.pidfd) };
@@ -144,7 +153,7 @@ impl WarmPool {
             let mut state = pool.lock();
             let member = loop {
                 match state.ready.pop_front() {
-                    Some(m) if m.built_at.elapsed() >= self.max_age => expired.push(m),
+                    Some(m) if m.built_at.elapsed() >= self.max_age || m.has_exited() => expired.push(m),
                     other => break other,
                 }
             };
@@ -425,7 +434,7 @@ pub(super) async fn remove_leftovers(
         if !is_member_name(&name) || is_live(&name) || in_use(&name) {
             continue;
         }
-        tracing::info!(member = %name, "destroying a warm pool member an earlier agent left");
+        tracing::info!(member = %name, "destroying a warm pool member that an earlier agent left");
         let cgroup = inner.cgroup_named(&name);
         if let Err(e) = cgroup.kill_until_empty(super::control::KILL_TIMEOUT).await {
             tracing::warn!(step = e.step, error = %e.source, "a warm pool member's processes left behind");
@@ -444,8 +453,6 @@ fn remove_member_dir(dir: &Path) {
         tracing::warn!(dir = %dir.display(), error = %e, "a warm pool member's directory left behind");
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 #[cfg(test)]
 mod tests {
