@@ -7,7 +7,8 @@
 //! - `seccomp`, `logs`, `files`: the filter, the bounded log, this backend's files in the state dir
 //!   (the cgroups and the state dir themselves are `crate::cgroup` and `crate::state`);
 //! - `status_pipe`: how a starting sandbox tells the agent that its command runs, or what failed;
-//! - `start`, `control`, `recover`: the [`Runtime`] operations.
+//! - `start`, `control`, `recover`: the [`Runtime`] operations;
+//! - `warm`: the warm pool, members built up to their command that a start claims.
 //!
 //! # Invariants
 //!

@@ -88,11 +88,13 @@ impl Member {
         nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
     }
 
-    /// Kills and reaps its init, removes its cgroup and directory.
+    /// Kills and reaps its init, removes its cgroup and directory (not `warm/` itself, where
+    /// other members are being built).
     async fn destroy(self) {
-        let made = Made { dir: Some(self.dir), cgroup: Some(self.cgroup), init: Some(self.init.pidfd) };
+        let made = Made { dir: None, cgroup: Some(self.cgroup), init: Some(self.init.pidfd) };
         drop(self.claim);
         made.undo().await;
+        remove_member_dir(&self.dir);
     }
 }
 
