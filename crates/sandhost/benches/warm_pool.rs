@@ -235,9 +235,9 @@ async fn runtime_anchor(dir: &std::path::Path, total: usize) {
         let elapsed = t.elapsed();
         assert_eq!(started.warm, is_warm);
         if is_warm {
-            warm.push(elapsed)
+            warm.push(elapsed);
         } else {
-            cold.push(elapsed)
+            cold.push(elapsed);
         }
         let _ = runtime.wait(&spec.key).await;
         let _ = runtime.forget(&spec.key).await;
