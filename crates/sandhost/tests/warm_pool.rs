@@ -245,3 +245,22 @@ async fn a_member_whose_init_died_is_never_handed_out() {
     t.runtime.forget(&spec.key).await.expect("forget");
     close_and_assert_clean(&t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_past_its_age_is_replaced() {
+    let warm_pool = vec![WarmTemplate { name: "host".into(), template: Template::Host, size: 1 }];
+    let options =
+        Options { warm_pool, warm_pool_max_age: std::time::Duration::from_millis(200), ..Options::default() };
+    let t = TestEnv::with(Backend::Process, options);
+    assert_eq!(filled(&t).await.ready, 1);
+    let first = member_dirs(&t);
+    assert_eq!(first.len(), 1);
+    // Its timer destroys it and builds another (the test waits for that outcome, within the guard).
+    common::poll_until(
+        "the member to be replaced",
+        common::HANG_GUARD,
+        || member_dirs(&t),
+        |now| now.len() == 1 && now != &first && stats(&t.runtime).ready == 1,
+    );
+    close_and_assert_clean(&t).await;
+}
