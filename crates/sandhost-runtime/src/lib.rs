@@ -384,7 +384,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Releases what the backend holds on the host for all its sandboxes (the parent cgroups of
-    /// the process and gvisor backends), once every sandbox is gone.
+    /// the process and gvisor backends, the process backend's warm pool members, which are
+    /// destroyed first), once every sandbox is gone.
     ///
     /// Call it last, at a clean shutdown: after every sandbox has been stopped and forgotten (or
     /// was handed over to the next agent) and after [`Runtime::settle`]. It does not stop or touch

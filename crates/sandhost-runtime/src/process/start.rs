@@ -121,7 +121,7 @@ async fn run_claimed(
     let made = guard.made();
     made.init = Some(pidfd.try_clone().map_err(host("watch init"))?);
     made.cgroup = Some(cgroup.clone());
-    made.dir = Some(member_dir.clone());
+    made.member_dir = Some(member_dir.clone());
 
     state_file::write(&member_dir, files::SPEC, spec).map_err(host("write spec"))?;
     let started_at = SystemTime::now();
@@ -142,7 +142,11 @@ async fn run_claimed(
             .map_err(host("create state dir"))?;
     }
     match files::rename_no_replace(&member_dir, &dir) {
-        Ok(()) => guard.made().dir = Some(dir.clone()),
+        Ok(()) => {
+            let made = guard.made();
+            made.member_dir = None;
+            made.dir = Some(dir.clone());
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(StartError::AlreadyExists(key.clone()));
         }
@@ -311,6 +315,8 @@ pub(super) struct Made {
     pub(super) cgroup: Option<Cgroup>,
     /// The init's pidfd (it is our child).
     pub(super) init: Option<OwnedFd>,
+    /// A warm pool member's directory, removed without its parent (`warm/`, shared by builds).
+    pub(super) member_dir: Option<PathBuf>,
 }
 
 impl Made {
@@ -335,6 +341,9 @@ impl Made {
             && let Err(e) = files::remove_all(&dir)
         {
             tracing::error!(dir = %dir.display(), error = %e, "undoing a failed start: state left behind");
+        }
+        if let Some(dir) = self.member_dir {
+            super::warm::remove_member_dir(&dir);
         }
     }
 }

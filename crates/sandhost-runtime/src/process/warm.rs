@@ -91,10 +91,14 @@ impl Member {
     /// Kills and reaps its init, removes its cgroup and directory (not `warm/` itself, where
     /// other members are being built).
     async fn destroy(self) {
-        let made = Made { dir: None, cgroup: Some(self.cgroup), init: Some(self.init.pidfd) };
+        let made = Made {
+            dir: None,
+            cgroup: Some(self.cgroup),
+            init: Some(self.init.pidfd),
+            member_dir: Some(self.dir),
+        };
         drop(self.claim);
         made.undo().await;
-        remove_member_dir(&self.dir);
     }
 }
 
@@ -364,7 +368,7 @@ async fn build_steps(
         .map_err(text("create warm dir"))?;
     let dir = parent.join(name);
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(text("create member dir"))?;
-    guard.made().dir = Some(dir.clone());
+    guard.made().member_dir = Some(dir.clone());
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir.join(files::ROOT))
@@ -447,7 +451,8 @@ pub(super) async fn remove_leftovers(
     }
 }
 
-fn remove_member_dir(dir: &Path) {
+/// Removes a member's directory and what is in it, leaving `warm/` (other builds use it).
+pub(super) fn remove_member_dir(dir: &Path) {
     if let Err(e) = files::remove_state_files(dir).and_then(|()| super::logs::remove_segments(dir)) {
         tracing::warn!(dir = %dir.display(), error = %e, "a warm pool member's files left behind");
     }
