@@ -401,7 +401,7 @@ impl FakeRuntime {
         let pid = state.next_pid;
         state.next_pid += 1;
         state.sandboxes.insert(key.clone(), Sandbox::new(spec.clone(), pid));
-        Ok(Started { pid, started_at: SystemTime::now() })
+        Ok(Started { pid, started_at: SystemTime::now(), warm: false })
     }
 
     /// A subscription to the sandbox's exit, or `None` if the fake does not know it.

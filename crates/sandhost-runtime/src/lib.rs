@@ -98,6 +98,23 @@ pub struct Started {
     pub pid: i32,
     /// When it started.
     pub started_at: SystemTime,
+    /// Whether a warm pool member was claimed for it (a cold start otherwise).
+    pub warm: bool,
+}
+
+/// One template's warm pool, as [`Runtime::warm_pool`] reports it for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPoolStats {
+    /// The template's name (`host`, or a registered rootfs).
+    pub template: String,
+    /// How many members the pool keeps ready.
+    pub target: u64,
+    /// How many are ready now.
+    pub ready: u64,
+    /// Starts served by a member, since the runtime opened.
+    pub claims: u64,
+    /// Starts of this template that found no ready member and started cold.
+    pub misses: u64,
 }
 
 /// A sandbox found by [`Runtime::recover`] in the state dir (or the cgroups) of an earlier agent.
@@ -343,6 +360,19 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// in the call return at once.
     async fn settle(&self) {}
 
+    /// Turns the warm pool's refill on (it fills up to each template's target in the background),
+    /// or off: then every unclaimed member is destroyed at once, in the background (members are
+    /// not sandboxes: a drain never waits for them, [`Runtime::settle`] does). The node follows
+    /// its status with it: on while READY, off while it drains. Backends without a pool ignore it.
+    fn set_warm_pool_active(&self, active: bool) {
+        let _ = active;
+    }
+
+    /// The warm pool of each configured template (none without a pool).
+    fn warm_pool(&self) -> Vec<WarmPoolStats> {
+        Vec::new()
+    }
+
     /// Refuses, before anything is made, a spec that could never start: a working directory that
     /// is not a directory of the sandbox's view of its root, a command that is not an executable
     /// file there. Cheap (a few `openat2` and `stat` calls); the caller admits the sandbox only
@@ -357,7 +387,8 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Releases what the backend holds on the host for all its sandboxes (the parent cgroups of
-    /// the process and gvisor backends), once every sandbox is gone.
+    /// the process and gvisor backends, the process backend's warm pool members, which are
+    /// destroyed first), once every sandbox is gone.
     ///
     /// Call it last, at a clean shutdown: after every sandbox has been stopped and forgotten (or
     /// was handed over to the next agent) and after [`Runtime::settle`]. It does not stop or touch

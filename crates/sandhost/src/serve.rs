@@ -166,6 +166,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
         &config.cgroup_parent,
         config.log_max_bytes,
         &config.host_paths,
+        &config.warm_pool,
+        config.sandbox.start_parallelism,
     )?;
     let mut registry = Registry::default();
     let settings = NodeSettings {

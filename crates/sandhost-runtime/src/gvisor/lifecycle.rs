@@ -137,7 +137,7 @@ pub(super) async fn launch(
             };
             sandbox.watch_log(inner.config.log_limit_bytes);
             inner.insert(sandbox);
-            Ok(Started { pid: launched.pid, started_at: SystemTime::now() })
+            Ok(Started { pid: launched.pid, started_at: SystemTime::now(), warm: false })
         }
         Err(source) => {
             discard(inner, &cid, &dir).await;

@@ -39,6 +39,10 @@ pub(crate) struct InitRecord {
     /// still finds its cgroup).
     #[serde(default)]
     pub(crate) cgroup_parent: Option<String>,
+    /// The cgroup's name under the parent when it is not `<id>.<lifecycle>`: a claimed warm pool
+    /// member's (`super::warm`), made before the request named the sandbox.
+    #[serde(default)]
+    pub(crate) cgroup_name: Option<String>,
 }
 
 impl InitRecord {
@@ -61,6 +65,19 @@ pub(crate) fn is_zombie(pid: i32) -> bool {
 /// Whether `record` still names a live process: same pid, same start time, not a zombie.
 pub(crate) fn is_same_process(record: &InitRecord) -> bool {
     crate::procfs::start_ticks(record.pid).is_ok_and(|t| t == record.start_time) && !is_zombie(record.pid)
+}
+
+/// Renames the directory `from` to `to`, failing with `AlreadyExists` rather than replacing an
+/// empty directory there (as `rename(2)` would).
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Removes the state files of a lifecycle except its log segments. Missing files are fine.
@@ -87,12 +104,19 @@ mod tests {
     fn start_time_identifies_this_process() {
         let me = i32::try_from(std::process::id()).expect("pid");
         let start_time = crate::procfs::start_ticks(me).expect("stat");
-        assert!(is_same_process(&InitRecord { pid: me, start_time, started_at_ms: 0, cgroup_parent: None }));
+        assert!(is_same_process(&InitRecord {
+            pid: me,
+            start_time,
+            started_at_ms: 0,
+            cgroup_parent: None,
+            cgroup_name: None
+        }));
         assert!(!is_same_process(&InitRecord {
             pid: me,
             start_time: start_time + 1,
             started_at_ms: 0,
             cgroup_parent: None,
+            cgroup_name: None,
         }));
     }
 }

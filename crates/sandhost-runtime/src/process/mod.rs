@@ -7,7 +7,8 @@
 //! - `seccomp`, `logs`, `files`: the filter, the bounded log, this backend's files in the state dir
 //!   (the cgroups and the state dir themselves are `crate::cgroup` and `crate::state`);
 //! - `status_pipe`: how a starting sandbox tells the agent that its command runs, or what failed;
-//! - `start`, `control`, `recover`: the [`Runtime`] operations.
+//! - `start`, `control`, `recover`: the [`Runtime`] operations;
+//! - `warm`: the warm pool, members built up to their command that a start claims.
 //!
 //! # Invariants
 //!
@@ -30,6 +31,7 @@ mod spawn;
 mod start;
 mod status_pipe;
 mod sys;
+mod warm;
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -43,6 +45,7 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 pub use init::{INIT_ARGV0, INIT_SUBCOMMAND, init_main};
+pub use warm::{DEFAULT_MAX_AGE as DEFAULT_WARM_POOL_MAX_AGE, WarmTemplate};
 
 use crate::HostPaths;
 use crate::background::Background;
@@ -78,6 +81,12 @@ pub struct ProcessConfig {
     pub start_timeout: Duration,
     /// What a sandbox on the `host` template sees of the host (default: [`HostPaths::defaults`]).
     pub host_paths: HostPaths,
+    /// The warm pool: members kept ready per template (default: none).
+    pub warm_pool: Vec<WarmTemplate>,
+    /// How many members are built at once, over all templates (the start parallelism).
+    pub warm_pool_parallelism: usize,
+    /// How long a member stays ready before it is replaced.
+    pub warm_pool_max_age: Duration,
 }
 
 impl ProcessConfig {
@@ -91,6 +100,9 @@ impl ProcessConfig {
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             start_timeout: crate::DEFAULT_START_TIMEOUT,
             host_paths: HostPaths::defaults(),
+            warm_pool: Vec::new(),
+            warm_pool_parallelism: 1,
+            warm_pool_max_age: DEFAULT_WARM_POOL_MAX_AGE,
         }
     }
 }
@@ -139,8 +151,10 @@ struct Inner {
     init_exe: CString,
     layout: Layout,
     sandboxes: Mutex<HashMap<SandboxKey, Arc<control::Sandbox>>>,
-    /// The undoing of starts whose callers went away.
+    /// The undoing of starts whose callers went away, the warm pool's builds and destroys.
     background: Background,
+    /// The warm pool (empty unless configured).
+    pool: warm::WarmPool,
 }
 
 impl Inner {
@@ -151,6 +165,11 @@ impl Inner {
     /// The cgroup of `key` under this runtime's parent (made by its start).
     fn cgroup(&self, key: &SandboxKey) -> Cgroup {
         self.layout.cgroup(&cgroup_name(key))
+    }
+
+    /// The cgroup `name` under this runtime's parent (a warm pool member's).
+    fn cgroup_named(&self, name: &str) -> Cgroup {
+        self.layout.cgroup(name)
     }
 }
 
@@ -200,8 +219,11 @@ impl ProcessRuntime {
             state_dir = %config.state_dir.display(),
             "process runtime opened"
         );
+        let pool =
+            warm::WarmPool::new(&config.warm_pool, config.warm_pool_parallelism, config.warm_pool_max_age);
         Ok(Self {
             inner: Arc::new(Inner {
+                pool,
                 config,
                 init_exe,
                 layout,
@@ -336,7 +358,18 @@ impl Runtime for ProcessRuntime {
         self.inner.background.settled().await;
     }
 
+    fn set_warm_pool_active(&self, active: bool) {
+        self.inner.pool.set_active(&self.inner, active);
+    }
+
+    fn warm_pool(&self) -> Vec<crate::WarmPoolStats> {
+        self.inner.pool.stats()
+    }
+
     async fn close(&self) -> Result<(), CloseError> {
+        // The members go first: their cgroups are under the parents.
+        self.inner.pool.close().await;
+        self.inner.background.settled().await;
         self.inner.layout.remove_parents()
     }
 }

@@ -14,9 +14,11 @@
 //! that is damaged too, through its cgroup ([`Sandbox::watched_by_cgroup`]), and reported with
 //! what was lost ([`Lost::State`](crate::Lost::State)). Then every cgroup under the parent that no
 //! lifecycle accounted for is adopted from its name (`<id>.<lifecycle>`) if it holds processes,
-//! removed if it is empty, and killed and reported if its name is no sandbox's.
+//! removed if it is empty, and killed and reported if its name is no sandbox's. Last, what warm
+//! pool members an earlier agent left is destroyed (`warm::remove_leftovers`): they are never
+//! adopted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -25,7 +27,7 @@ use std::time::SystemTime;
 
 use super::control::{KILL_TIMEOUT, Sandbox};
 use super::files::{self, InitRecord};
-use super::{Inner, sys};
+use super::{Inner, sys, warm};
 use crate::cgroup::Cgroup;
 use crate::{Exit, LifecycleId, RecoverError, Recovered, RecoveredState, SandboxId, SandboxKey};
 use crate::{recovery, state, state_file};
@@ -39,6 +41,8 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
     let mut found = Vec::new();
     // Lifecycles whose state was lost, left for the cgroup pass: why.
     let mut lost: HashMap<SandboxKey, String> = HashMap::new();
+    // The cgroups of claimed warm pool members that lifecycles name.
+    let mut claimed: HashSet<String> = HashSet::new();
     for id_entry in fs::read_dir(&root).map_err(read_err(&root))? {
         let id_entry = id_entry.map_err(read_err(&root))?;
         let Some(id) = id_entry.file_name().to_str().and_then(|n| SandboxId::parse(n).ok()) else {
@@ -56,7 +60,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
             if inner.get(&key).is_some() {
                 continue;
             }
-            match recover_one(inner, key).await {
+            match recover_one(inner, key, &mut claimed).await {
                 Outcome::Found(recovered) => found.push(*recovered),
                 Outcome::Lost(key, why) => {
                     lost.insert(key, why);
@@ -66,6 +70,8 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> Result<Vec<Recovered>, Recove
         }
     }
     found.extend(recover_cgroups(inner, lost).await);
+    // Members are not sandboxes: what an earlier agent's pool left is destroyed, never adopted.
+    warm::remove_leftovers(inner, |name| inner.pool.is_live(name), |name| claimed.contains(name)).await;
     Ok(found)
 }
 
@@ -77,7 +83,7 @@ enum Outcome {
     Nothing,
 }
 
-async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Outcome {
+async fn recover_one(inner: &Arc<Inner>, key: SandboxKey, claimed: &mut HashSet<String>) -> Outcome {
     let dir = state::sandbox_dir(&inner.config.state_dir, &key);
     // What was lost, for people.
     let mut lost: Vec<String> = Vec::new();
@@ -107,9 +113,18 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Outcome {
             None
         }
     };
+    // A claimed member's cgroup keeps the member's name; the record is hostile input, so the
+    // name is used only if it is a member's.
+    let name = match record.as_ref().and_then(|r| r.cgroup_name.as_deref()) {
+        Some(name) if warm::is_member_name(name) => {
+            claimed.insert(name.to_owned());
+            name.to_owned()
+        }
+        _ => super::cgroup_name(&key),
+    };
     let cgroup = match record.as_ref().and_then(|r| other_parent(r, inner.layout.parent())) {
-        Some(parent) => inner.layout.with_parent(parent).cgroup(&super::cgroup_name(&key)),
-        None => inner.cgroup(&key),
+        Some(parent) => inner.layout.with_parent(parent).cgroup(&name),
+        None => inner.layout.cgroup(&name),
     };
     if let Some(record) = &record
         && let Some(pidfd) = open_same_process(record)
@@ -157,6 +172,9 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey) -> Outcome {
 async fn recover_cgroups(inner: &Arc<Inner>, mut lost: HashMap<SandboxKey, String>) -> Vec<Recovered> {
     let mut found = Vec::new();
     for name in inner.layout.children() {
+        if warm::is_member_name(&name) {
+            continue; // a warm pool member's: see `warm::remove_leftovers`
+        }
         let Some(key) = key_of(&name) else {
             found.extend(recovery::kill_unidentified(&inner.layout, &name).await);
             continue;
@@ -238,6 +256,7 @@ mod tests {
             start_time: 0,
             started_at_ms: 0,
             cgroup_parent: parent.map(str::to_owned),
+            cgroup_name: None,
         };
         let current = "system.slice/sandhost.service/sandboxes";
         // Started under the root parent before the agent became a systemd service, or the reverse.

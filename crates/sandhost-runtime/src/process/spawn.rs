@@ -4,7 +4,8 @@
 //!
 //! Fds handed to the init: 0 and 1 are `/dev/null`, 2 its diagnostics file, 3 the status pipe
 //! ([`STATUS_FD`], see `status_pipe`), 4 the sandbox's state dir ([`STATE_DIR_FD`]), 5 its
-//! arguments ([`INIT_ARGS_FD`], `init::InitArgs`). Everything else the agent holds is
+//! arguments ([`INIT_ARGS_FD`], `init::InitArgs`), and for a warm pool member 6 its claim pipe
+//! ([`CLAIM_FD`]). Everything else the agent holds is
 //! close-on-exec. Its environment is empty.
 
 use std::ffi::CString;
@@ -18,6 +19,9 @@ use super::sys;
 pub(crate) const STATE_DIR_FD: RawFd = 4;
 /// The init's fd of its arguments (a memfd): its command line shows no host path.
 pub(crate) const INIT_ARGS_FD: RawFd = 5;
+
+/// A warm pool member's fd of its claim pipe (`init`'s wait for a claim); a cold start has none.
+pub(crate) const CLAIM_FD: RawFd = 6;
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7; libc's constant has the wrong width).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -46,6 +50,8 @@ pub(crate) struct InitPlan {
     pub(crate) state_dir: OwnedFd,
     /// The init's arguments.
     pub(crate) args: OwnedFd,
+    /// The read end of a pool member's claim pipe ([`CLAIM_FD`]).
+    pub(crate) claim: Option<OwnedFd>,
 }
 
 /// The init, as seen from the agent.
@@ -74,6 +80,7 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
     let status = sys::dup_cloexec_above(plan.status.as_fd(), 10)?;
     let state_dir = sys::dup_cloexec_above(plan.state_dir.as_fd(), 10)?;
     let args = sys::dup_cloexec_above(plan.args.as_fd(), 10)?;
+    let claim = plan.claim.as_ref().map(|fd| sys::dup_cloexec_above(fd.as_fd(), 10)).transpose()?;
     drop(plan.status);
 
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
@@ -87,6 +94,7 @@ pub(crate) fn spawn_init(plan: InitPlan) -> io::Result<SpawnedInit> {
         status: status.as_raw_fd(),
         state_dir: state_dir.as_raw_fd(),
         args: args.as_raw_fd(),
+        claim: claim.as_ref().map(AsRawFd::as_raw_fd),
     };
     let (with_cgroup, without_cgroup) = (fds(true), fds(false));
 
@@ -140,6 +148,7 @@ struct ChildFds<'a> {
     status: RawFd,
     state_dir: RawFd,
     args: RawFd,
+    claim: Option<RawFd>,
 }
 
 /// Reports the failed step (`tag`) and `errno` on the status pipe, then `_exit`s.
@@ -191,6 +200,11 @@ unsafe fn child_exec(
             if libc::dup2(from, to) < 0 {
                 child_fail(fds.status, Tag::InitExec);
             }
+        }
+        if let Some(claim) = fds.claim
+            && libc::dup2(claim, CLAIM_FD) < 0
+        {
+            child_fail(STATUS_FD, Tag::InitExec);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut empty);

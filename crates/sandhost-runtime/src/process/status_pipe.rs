@@ -12,6 +12,9 @@
 //!
 //! # Protocol
 //!
+//! A warm pool member's init first writes [`READY`] alone once its root is built, then waits for
+//! its claim ([`CLAIM_BYTE`] on its claim pipe); from there on the pipe is a cold start's.
+//!
 //! End of file with nothing read means the command runs. Anything read is one report: a [`Tag`]
 //! byte, then the errno as 4 bytes little-endian ([`Tag::CgroupJoin`], [`Tag::InitExec`]) or text
 //! to the end ([`Tag::Setup`], [`Tag::Exec`]; invalid UTF-8 is replaced, never refused). Anything
@@ -25,6 +28,27 @@ use tokio::io::AsyncReadExt;
 
 /// The init's (and the command's) number of the write end.
 pub(crate) const STATUS_FD: RawFd = 3;
+
+/// What a pool member's init writes once it is ready to be claimed; never the first byte of a
+/// [`Report`].
+pub(crate) const READY: u8 = b'R';
+/// What the agent writes on a member's claim pipe to claim it.
+pub(crate) const CLAIM_BYTE: u8 = b'G';
+
+/// Tells the agent that this member is ready to be claimed.
+///
+/// # Errors
+///
+/// The failed `write`.
+pub(crate) fn send_ready(status: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(status, &[READY]) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// The length of a report that carries an errno: the tag and 4 bytes.
 pub(crate) const ERRNO_REPORT_LEN: usize = 5;
@@ -154,6 +178,32 @@ pub(crate) fn pipe() -> io::Result<(StatusReader, OwnedFd)> {
 }
 
 impl StatusReader {
+    /// Waits for a pool member's init to say it is ready: `Ok(Ok(self))` to go on reading the
+    /// claimed start's outcome with [`outcome`](Self::outcome) later, or `Ok(Err(report))` when it
+    /// failed first (`None`: it ended without a word).
+    ///
+    /// # Errors
+    ///
+    /// The failed read, or [`io::ErrorKind::InvalidData`] carrying a [`MalformedReport`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe (the member is destroyed when its build stops waiting).
+    pub(crate) async fn ready(self) -> io::Result<Result<Self, Option<Report>>> {
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(self.fd)?;
+        let mut first = [0u8; 1];
+        if pipe.read(&mut first).await? == 0 {
+            return Ok(Err(None));
+        }
+        if first[0] == READY {
+            return Ok(Ok(Self { fd: pipe.into_nonblocking_fd()? }));
+        }
+        let mut bytes = first.to_vec();
+        pipe.read_to_end(&mut bytes).await?;
+        let report = Report::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Err(Some(report)))
+    }
+
     /// Reads until every write end is closed: `Ok(None)` if nothing was written (the command
     /// runs), or the report of the step that failed.
     ///
@@ -221,6 +271,21 @@ mod tests {
         let (reader, writer) = pipe().expect("pipe");
         drop(writer);
         assert_eq!(reader.outcome().await.expect("read"), None);
+
+        // A member: ready, then the claimed start's outcome on the same pipe.
+        let (reader, writer) = pipe().expect("pipe");
+        send_ready(writer.as_fd()).expect("ready");
+        let reader = reader.ready().await.expect("read").expect("ready");
+        Report::Exec("exec: ENOENT".to_owned()).send(writer.as_fd()).expect("send");
+        drop(writer);
+        assert_eq!(reader.outcome().await.expect("read"), Some(Report::Exec("exec: ENOENT".to_owned())));
+        let (reader, writer) = pipe().expect("pipe");
+        Report::Setup("mount root: EPERM".to_owned()).send(writer.as_fd()).expect("send");
+        drop(writer);
+        assert_eq!(
+            reader.ready().await.expect("read").expect_err("failed"),
+            Some(Report::Setup("mount root: EPERM".to_owned()))
+        );
 
         let (reader, writer) = pipe().expect("pipe");
         nix::unistd::write(&writer, b"Q").expect("write");

@@ -113,6 +113,13 @@ pub struct ServeArgs {
     /// /bin,/sbin,/lib,/lib32,/lib64,/libx32,/usr,/etc, those the host has].
     #[arg(long, env = "SANDHOST_HOST_PATHS", value_name = "PATHS")]
     pub host_paths: Option<String>,
+    /// Process runtime: members kept ready per template, claimed by Creates of that template
+    /// (`host` or a `--template` name), e.g. `host=16,img=4`.
+    #[arg(long, env = "SANDHOST_WARM_POOL", value_name = "TEMPLATE=N[,TEMPLATE=N...]")]
+    pub warm_pool: Option<String>,
+    /// How long a warm pool member stays ready before it is replaced [default: 10m].
+    #[arg(long, env = "SANDHOST_WARM_POOL_MAX_AGE")]
+    pub warm_pool_max_age: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SANDHOST_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -206,6 +213,8 @@ pub struct ServeConfig {
     pub templates: Vec<(String, PathBuf)>,
     /// What the `host` template shows of the host.
     pub host_paths: HostPaths,
+    /// The warm pool (process runtime).
+    pub warm_pool: WarmPoolConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Where the sandboxes' cgroups go: a path, or left to the agent.
@@ -503,6 +512,17 @@ impl ServeArgs {
         let templates = self.templates.iter().map(|t| parse_template(t)).collect::<Result<Vec<_>, _>>()?;
         let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
         let host_paths = host_paths(self.host_paths.as_deref(), &state_dir)?;
+        let warm_pool = warm_pool(
+            self.warm_pool.as_deref(),
+            duration(
+                "--warm-pool-max-age / SANDHOST_WARM_POOL_MAX_AGE",
+                self.warm_pool_max_age.as_ref(),
+                sandhost_runtime::process::DEFAULT_WARM_POOL_MAX_AGE,
+            )?,
+            runtime,
+            &templates,
+            &sandbox,
+        )?;
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -558,41 +578,16 @@ impl ServeArgs {
             sandbox,
             templates,
             host_paths,
+            warm_pool,
             log_format,
         })
     }
 }
 
-/// `--host-paths`, or the defaults; none of them may show the state dir.
-fn host_paths(value: Option<&str>, state_dir: &std::path::Path) -> Result<HostPaths, ConfigError> {
-    const NAME: &str = "--host-paths / SANDHOST_HOST_PATHS";
-    let host_paths = match value {
-        Some(list) => HostPaths::parse(list).map_err(|e| ConfigError::new(NAME, list, e.to_string()))?,
-        None => HostPaths::defaults(),
-    };
-    host_paths.check_state_dir(state_dir).map_err(|e| {
-        let list: Vec<String> = host_paths.paths().iter().map(|p| p.display().to_string()).collect();
-        ConfigError::new(NAME, &list.join(","), format!("{e}; choose another --state-dir or --host-paths"))
-    })?;
-    Ok(host_paths)
-}
+mod templates;
 
-fn parse_template(value: &str) -> Result<(String, PathBuf), ConfigError> {
-    let (name, dir) =
-        value.split_once('=').ok_or_else(|| ConfigError::new("--template", value, "expected NAME=DIR"))?;
-    if sandhost_runtime::SandboxId::parse(name).is_err() || name == "host" {
-        return Err(ConfigError::new(
-            "--template",
-            value,
-            "NAME must match [a-z0-9][a-z0-9-]{0,62} and not be `host`",
-        ));
-    }
-    let dir = PathBuf::from(dir);
-    if !dir.is_absolute() || !dir.is_dir() {
-        return Err(ConfigError::new("--template", value, "DIR must be an existing absolute directory"));
-    }
-    Ok((name.to_owned(), dir))
-}
+pub use templates::WarmPoolConfig;
+use templates::{host_paths, parse_template, warm_pool};
 
 #[cfg(test)]
 mod tests;

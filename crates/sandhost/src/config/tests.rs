@@ -132,6 +132,41 @@ fn templates_are_checked() {
 }
 
 #[test]
+fn the_warm_pool_names_known_templates_with_a_bounded_size() {
+    let none = args(&[]).validate(None).expect("valid");
+    assert!(none.warm_pool.templates.is_empty());
+    let config =
+        args(&["--template", "img=/tmp", "--warm-pool", "host=16,img=2", "--warm-pool-max-age", "5m"])
+            .validate(None)
+            .expect("valid");
+    let pool: Vec<(&str, usize)> =
+        config.warm_pool.templates.iter().map(|t| (t.name.as_str(), t.size)).collect();
+    assert_eq!(pool, [("host", 16), ("img", 2)]);
+    assert_eq!(
+        config.warm_pool.templates[1].template,
+        sandhost_runtime::Template::Rootfs { name: "img".into(), path: "/tmp".into() }
+    );
+    assert_eq!(config.warm_pool.max_age, Duration::from_secs(300));
+    for (bad, why) in [
+        ("host", "expected TEMPLATE=N"),
+        ("host=", "N must be a whole number"),
+        ("host=0", "N must be a whole number"),
+        ("host=-1", "N must be a whole number"),
+        ("host=99999999", "N must be a whole number"),
+        ("nope=1", "`host` or a name registered"),
+        ("host=1,host=2", "named once"),
+        ("../x=1", "`host` or a name registered"),
+    ] {
+        let error = args(&["--warm-pool", bad]).validate(None).expect_err(bad).to_string();
+        assert!(error.contains("SANDHOST_WARM_POOL") && error.contains(why), "{bad}: {error}");
+    }
+    let gvisor = args(&["--runtime", "gvisor", "--warm-pool", "host=1"]).validate(None).expect_err("gvisor");
+    assert!(gvisor.to_string().contains("only the process runtime"), "{gvisor}");
+    let zero = args(&["--warm-pool", "host=1", "--warm-pool-max-age", "0s"]).validate(None).expect_err("age");
+    assert!(zero.to_string().contains("SANDHOST_WARM_POOL_MAX_AGE"), "{zero}");
+}
+
+#[test]
 fn the_host_paths_default_to_the_system_directories_and_a_list_replaces_them() {
     let config = args(&["--state-dir", "/var/lib/sandhost"]).validate(None).expect("valid");
     assert_eq!(config.host_paths, HostPaths::defaults());

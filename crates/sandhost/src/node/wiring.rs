@@ -15,8 +15,8 @@ use prometheus_client::registry::Registry;
 use sandhost_runtime::{CgroupParent, HostPaths, RecoverError, Runtime};
 
 use super::Node;
-use crate::admission;
-use crate::config::{RuntimeKind, SandboxConfig};
+use crate::admission::{self, NodeStatus};
+use crate::config::{RuntimeKind, SandboxConfig, WarmPoolConfig};
 use crate::drain::{DrainCoordinator, DrainSettings, Resumed};
 use crate::metrics::Metrics;
 use crate::sandbox::{Manager, ManagerParts, Resources};
@@ -67,7 +67,9 @@ impl Node {
         registry: &mut Registry,
     ) -> Self {
         let metrics = Metrics::register(registry);
+        crate::metrics::register_warm_pool(registry, Arc::clone(&runtime));
         metrics.set_capacity(settings.capacity);
+        let pool_runtime = Arc::clone(&runtime);
         let (control, admission) = admission::channel();
         let manager = Manager::new(ManagerParts {
             runtime,
@@ -85,6 +87,7 @@ impl Node {
             state_dir.join("drain.json"),
             metrics,
         );
+        tokio::spawn(follow_status(pool_runtime, drain.watch_status()));
         Self { manager, drain, node_id: settings.node_id, started_at: SystemTime::now() }
     }
 
@@ -100,10 +103,25 @@ impl Node {
     }
 }
 
+/// The warm pool follows the node's status: refilled while READY; while the node drains its
+/// unclaimed members are destroyed at once and none is built (members never hold a drain: they
+/// are not sandboxes). Ends when the coordinator is gone.
+async fn follow_status(runtime: Arc<dyn Runtime>, mut status: tokio::sync::watch::Receiver<NodeStatus>) {
+    loop {
+        let ready = *status.borrow_and_update() == NodeStatus::Ready;
+        runtime.set_warm_pool_active(ready);
+        if status.changed().await.is_err() {
+            runtime.set_warm_pool_active(false);
+            return;
+        }
+    }
+}
+
 /// Opens the backend `kind` with its state under `state_dir`, its sandboxes' cgroups under
 /// `cgroup_parent` (a path, or left to the backend: see [`CgroupParent`]), `log_max_bytes` of each
-/// sandbox's log kept (its newest), and `host_paths` what the `host` template shows of the host. The
-/// one place a backend is chosen by kind.
+/// sandbox's log kept (its newest), `host_paths` what the `host` template shows of the host, and
+/// its warm pool (process only: checked by the configuration) built `start_parallelism` members at
+/// a time. The one place a backend is chosen by kind.
 ///
 /// # Errors
 ///
@@ -115,6 +133,8 @@ pub fn open_runtime(
     cgroup_parent: &CgroupParent,
     log_max_bytes: u64,
     host_paths: &HostPaths,
+    warm_pool: &WarmPoolConfig,
+    start_parallelism: u64,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let sandhost = std::env::current_exe().context("finding the sandhost binary for the sandboxes")?;
     Ok(match kind {
@@ -124,6 +144,9 @@ pub fn open_runtime(
             config.cgroup_parent = cgroup_parent.clone();
             config.log_limit_bytes = log_max_bytes;
             config.host_paths = host_paths.clone();
+            config.warm_pool.clone_from(&warm_pool.templates);
+            config.warm_pool_max_age = warm_pool.max_age;
+            config.warm_pool_parallelism = usize::try_from(start_parallelism).unwrap_or(usize::MAX);
             Arc::new(
                 sandhost_runtime::process::ProcessRuntime::open(config)
                     .context("opening the process runtime")?,

@@ -161,7 +161,11 @@ impl Manager {
                 drop(permit);
                 return Err(CreateError::StoppedBeforeStart { id: key.id, reason });
             }
+            let began = Instant::now();
             let started = self.runtime.start(&spec).await;
+            if started.as_ref().is_ok_and(|s| s.warm) {
+                self.metrics.observe_warm_claim(began.elapsed());
+            }
             drop(turn);
             started
         };

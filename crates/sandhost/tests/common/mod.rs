@@ -76,11 +76,20 @@ pub struct Options {
     pub start_timeout: Duration,
     /// What the `host` template shows of the host.
     pub host_paths: HostPaths,
+    /// The process runtime's warm pool (none by default).
+    pub warm_pool: Vec<sandhost_runtime::process::WarmTemplate>,
+    /// How long its members stay ready.
+    pub warm_pool_max_age: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT, host_paths: HostPaths::defaults() }
+        Self {
+            start_timeout: sandhost_runtime::DEFAULT_START_TIMEOUT,
+            host_paths: HostPaths::defaults(),
+            warm_pool: Vec::new(),
+            warm_pool_max_age: sandhost_runtime::process::DEFAULT_WARM_POOL_MAX_AGE,
+        }
     }
 }
 
@@ -375,6 +384,9 @@ fn open_process_runtime(state_dir: &Path, prefix: &str, options: &Options) -> Pr
     config.cgroup_parent = prefix.into();
     config.start_timeout = options.start_timeout;
     config.host_paths = options.host_paths.clone();
+    config.warm_pool.clone_from(&options.warm_pool);
+    config.warm_pool_parallelism = 4;
+    config.warm_pool_max_age = options.warm_pool_max_age;
     ProcessRuntime::open(config).expect("open the process runtime")
 }
 

@@ -32,7 +32,14 @@ pub(super) struct CommandPlan {
 }
 
 impl CommandPlan {
-    pub(super) fn new(spec: &SandboxSpec, home: &Path, last_cap: u32) -> Result<Self, SetupError> {
+    /// The plan of `spec`'s command, with the filters and the last capability made before the
+    /// request (`init::prepare`).
+    pub(super) fn new(
+        spec: &SandboxSpec,
+        home: &Path,
+        last_cap: u32,
+        filters: Vec<BpfProgram>,
+    ) -> Result<Self, SetupError> {
         let cstring = |s: &[u8]| CString::new(s).map_err(|_| SetupError::msg("prepare command", "NUL byte"));
         let argv = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
         if argv.is_empty() {
@@ -49,7 +56,6 @@ impl CommandPlan {
         }
         let path =
             spec.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str()).to_owned();
-        let filters = super::super::seccomp::default_filters().map_err(|m| SetupError::msg("seccomp", &m))?;
         Ok(Self {
             argv,
             env,

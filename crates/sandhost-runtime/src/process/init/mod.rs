@@ -8,9 +8,14 @@
 //! the command line (an init is known by its pid and start time, `files::InitRecord`).
 //!
 //! It runs single-threaded, as root in the sandbox's fresh namespaces and cgroup, and:
-//! 1. reads its arguments, then the spec through the state dir fd it was handed ([`STATE_DIR_FD`],
-//!    close-on-exec), names the host, brings loopback up and builds the filesystem (`mounts`), then
-//!    `pivot_root`s;
+//! 1. reads its arguments, brings loopback up and builds the template's filesystem (`mounts`), then
+//!    `pivot_root`s: nothing of this depends on the request. A warm pool member
+//!    (`InitArgs::wait_for_claim`) then says it is ready and blocks on its claim pipe
+//!    ([`CLAIM_FD`]) until the agent claims it (or lets it go: end of file, and it exits); a cold
+//!    start goes straight on. Both read the spec through the state dir fd they were handed
+//!    ([`STATE_DIR_FD`], close-on-exec; the agent wrote it there before the claim), check that it
+//!    names the template built, name the host, size the private tmpfs and hand the home to the
+//!    command's user;
 //! 2. forks the command (`command`), which drops every privilege and execs; a failure up to the
 //!    exec is reported on the status pipe ([`STATUS_FD`]), whose closing tells `start` it ran;
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
@@ -38,10 +43,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, read, sethostname};
 
 use super::logs::LogWriter;
-use super::spawn::{INIT_ARGS_FD, STATE_DIR_FD};
-use super::status_pipe::{Report, STATUS_FD};
+use super::spawn::{CLAIM_FD, INIT_ARGS_FD, STATE_DIR_FD};
+use super::status_pipe::{self, Report, STATUS_FD};
 use super::{files, sys};
-use crate::{Exit, HostPaths, SandboxSpec, log_index};
+use crate::{Exit, HostPaths, SandboxSpec, Template, log_index};
 
 /// The hidden subcommand of the sandhost binary that runs the init: `sandhost-init __init`.
 pub const INIT_SUBCOMMAND: &str = "__init";
@@ -80,6 +85,11 @@ pub(crate) struct InitArgs {
     pub(crate) log_limit: u64,
     /// What the `host` template shows of the host.
     pub(crate) host_paths: HostPaths,
+    /// The root to build: the spec's own must be the same.
+    pub(crate) template: Template,
+    /// A warm pool member: once the root is built, say so on the status pipe
+    /// (`status_pipe::READY`) and wait on [`CLAIM_FD`] for the claim before reading the spec.
+    pub(crate) wait_for_claim: bool,
 }
 
 impl InitArgs {
@@ -111,8 +121,8 @@ impl InitArgs {
 ///
 /// Only meaningful when started by the process runtime (which hands it fds 3, 4 and 5).
 pub fn init_main(args: &[OsString]) -> ! {
-    // Nothing but fds 0-5 was meant for us (the agent's other fds are close-on-exec anyway).
-    sys::close_from(6);
+    // Nothing but fds 0-6 was meant for us (the agent's other fds are close-on-exec anyway).
+    sys::close_from(7);
     // SAFETY: fds 3, 4 and 5 were set up by `spawn` for this process and nothing else owns them.
     let (status, dir, init_args) =
         unsafe { (sys::adopt_fd(STATUS_FD), sys::adopt_fd(STATE_DIR_FD), sys::adopt_fd(INIT_ARGS_FD)) };
@@ -144,13 +154,70 @@ fn run(no_args: bool, init_args: OwnedFd, status: OwnedFd, dir: &OwnedFd) -> Res
         Ok(args) => args,
         Err(e) => return Err((Some(status), SetupError::msg("arguments", &e))),
     };
-    match setup(&args, dir.as_fd()) {
-        Ok((spec, home)) => supervise(&spec, &home, status, dir.as_fd(), args.log_limit),
+    // The claim pipe is there only for a pool member; a cold start has nothing at fd 6.
+    let claim = if args.wait_for_claim {
+        // SAFETY: `spawn` set up fd 6 for a member and nothing else owns it.
+        let claim = unsafe { sys::adopt_fd(CLAIM_FD) };
+        if let Err(e) = sys::set_cloexec(claim.as_raw_fd(), true) {
+            return Err((Some(status), SetupError::new("fds", e)));
+        }
+        Some(claim)
+    } else {
+        sys::close_from(6);
+        None
+    };
+    let (home, supervision) = match prepare(&args, dir.as_fd()) {
+        Ok(prepared) => prepared,
+        Err(e) => return Err((Some(status), e)),
+    };
+    if let Some(claim) = claim {
+        if let Err(e) = status_pipe::send_ready(status.as_fd()) {
+            return Err((Some(status), SetupError::new("report ready", e)));
+        }
+        if !wait_for_claim(&claim) {
+            // The member was destroyed (or its agent died) before any claim: nothing ran.
+            sys::exit_now(0);
+        }
+    }
+    match continue_with_request(&args, &home, dir.as_fd()) {
+        Ok(spec) => supervise(&spec, &home, status, dir.as_fd(), supervision),
         Err(e) => Err((Some(status), e)),
     }
 }
 
-fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf), SetupError> {
+/// Everything that does not depend on the request: the init's OOM score, loopback, the root of
+/// the template, what supervising the command needs. A cold start continues at once; a pool
+/// member waits for its claim after this.
+fn prepare<'a>(args: &InitArgs, dir: BorrowedFd<'a>) -> Result<(PathBuf, Supervision<'a>), SetupError> {
+    // The init should outlive its command under memory pressure (the command resets this). Without
+    // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
+    let home = mounts::build_root(&args.template, args)?;
+    Ok((home, Supervision::prepare(dir, args.log_limit)?))
+}
+
+/// Blocks until the agent claims this member (one byte) or lets it go (end of file: the agent
+/// closed its end, or died). Whatever else is read is a release too.
+fn wait_for_claim(claim: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match read(claim, &mut byte) {
+            Ok(1) => return byte[0] == status_pipe::CLAIM_BYTE,
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The request's part, the same for a cold start and a claimed member: the spec (written by the
+/// agent into the state dir, which is now the sandbox's), checked against the root that was
+/// built, then the hostname and what the request decides of the filesystem.
+fn continue_with_request(
+    args: &InitArgs,
+    home: &std::path::Path,
+    dir: BorrowedFd<'_>,
+) -> Result<SandboxSpec, SetupError> {
     let spec_fd =
         openat(dir, files::SPEC, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(|e| SetupError::new("read spec", e.into()))?;
@@ -159,13 +226,12 @@ fn setup(args: &InitArgs, dir: BorrowedFd<'_>) -> Result<(SandboxSpec, PathBuf),
         .map_err(|e| SetupError::new("read spec", e))?;
     let spec: SandboxSpec =
         crate::state_file::decode(&bytes).map_err(|reason| SetupError::msg("read spec", &reason))?;
-    // The init should outlive its command under memory pressure (the command resets this). Without
-    // CAP_SYS_RESOURCE this fails; the OOM killer still picks the larger command first.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    if spec.template != args.template {
+        return Err(SetupError::msg("read spec", "the spec's template is not the one built"));
+    }
     sethostname(spec.key.id.as_str()).map_err(|e| SetupError::new("sethostname", e.into()))?;
-    sys::loopback_up().map_err(|e| SetupError::new("loopback up", e))?;
-    let home = mounts::build_root(&spec, args)?;
-    Ok((spec, home))
+    mounts::apply_request(&spec, home)?;
+    Ok(spec)
 }
 
 fn last_cap() -> u32 {
@@ -176,48 +242,57 @@ fn last_cap() -> u32 {
 }
 
 /// Forks the command and supervises it until it exits.
+/// What the init makes for the command before it knows the request: the seccomp filters, the
+/// log and its pipe, stdin, the signals it forwards. A pool member has all of it ready when it
+/// is claimed.
+struct Supervision<'a> {
+    filters: Vec<seccompiler::BpfProgram>,
+    last_cap: u32,
+    log: LogWriter<'a>,
+    log_r: OwnedFd,
+    log_w: OwnedFd,
+    stdin: OwnedFd,
+    sigfd: SignalFd,
+}
+
+impl<'a> Supervision<'a> {
+    fn prepare(dir: BorrowedFd<'a>, log_limit: u64) -> Result<Self, SetupError> {
+        let filters = super::seccomp::default_filters().map_err(|m| SetupError::msg("seccomp", &m))?;
+        let log = LogWriter::create(dir, log_limit).map_err(|e| SetupError::new("create log", e))?;
+        let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| SetupError::new("log pipe", e.into()))?;
+        let stdin = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| SetupError::new("open /dev/null", e.into()))?;
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGCHLD);
+        for sig in FORWARDED {
+            signals.add(sig);
+        }
+        signals.thread_block().map_err(|e| SetupError::new("block signals", e.into()))?;
+        let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| SetupError::new("signalfd", e.into()))?;
+        Ok(Self { filters, last_cap: last_cap(), log, log_r, log_w, stdin, sigfd })
+    }
+}
+
+/// Forks the command and supervises it until it exits.
 fn supervise(
     spec: &SandboxSpec,
     home: &std::path::Path,
     status: OwnedFd,
     dir: BorrowedFd<'_>,
-    log_limit: u64,
+    ready: Supervision<'_>,
 ) -> Result<i32, RunError> {
-    let fail = |status, step, e: io::Error| Err((status, SetupError::new(step, e)));
-    let plan = match command::CommandPlan::new(spec, home, last_cap()) {
+    let Supervision { filters, last_cap, mut log, log_r, log_w, stdin, sigfd } = ready;
+    let plan = match command::CommandPlan::new(spec, home, last_cap, filters) {
         Ok(plan) => plan,
         Err(e) => return Err((Some(status), e)),
-    };
-    let mut log = match LogWriter::create(dir, log_limit) {
-        Ok(log) => log,
-        Err(e) => return fail(Some(status), "create log", e),
-    };
-    let (log_r, log_w) = match pipe2(OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => return fail(Some(status), "log pipe", e.into()),
-    };
-    let stdin = match nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(e) => return fail(Some(status), "open /dev/null", e.into()),
-    };
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGCHLD);
-    for sig in FORWARDED {
-        signals.add(sig);
-    }
-    if let Err(e) = signals.thread_block() {
-        return fail(Some(status), "block signals", e.into());
-    }
-    let sigfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
-        Ok(fd) => fd,
-        Err(e) => return fail(Some(status), "signalfd", e.into()),
     };
     // SAFETY: this process is single-threaded (the init never starts threads), so the child may
     // run arbitrary code until it execs.
     let child = match unsafe { fork() } {
         Ok(ForkResult::Child) => command::exec_command(&plan, &stdin, &log_w, status.as_fd()),
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return fail(Some(status), "fork command", e.into()),
+        Err(e) => return Err((Some(status), SetupError::new("fork command", e.into()))),
     };
     // The command (until it execs) holds the only other copies of these.
     drop((status, log_w, stdin));

@@ -44,15 +44,19 @@ fn io_step(what: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
     move |e| SetupError::new(what, e)
 }
 
-/// Builds the root at `args.new_root` (an empty directory) and pivots into it. Returns the home
-/// directory of the command, as seen inside.
-pub(super) fn build_root(spec: &SandboxSpec, args: &InitArgs) -> Result<PathBuf, SetupError> {
+/// Builds the root of `template` at `args.new_root` (an empty directory) and pivots into it.
+/// Returns the home directory of the command, as seen inside.
+///
+/// Nothing here depends on the request (a warm pool member runs it before any request exists):
+/// the private tmpfs are mounted without a size and the home belongs to root until
+/// [`apply_request`] sizes and hands them over.
+pub(super) fn build_root(template: &Template, args: &InitArgs) -> Result<PathBuf, SetupError> {
     let (new_root, state_dir) = (args.new_root.as_path(), args.state_dir.as_path());
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(step("make mounts private"))?;
 
-    match &spec.template {
+    match template {
         Template::Host => host_root(new_root, &args.host_paths)?,
         Template::Rootfs { path, .. } => {
             bind_read_only(path, new_root).map_err(|e| SetupError::new("bind root", e))?;
@@ -70,16 +74,12 @@ pub(super) fn build_root(spec: &SandboxSpec, args: &InitArgs) -> Result<PathBuf,
     }
     mount_dev(&new_root.join("dev"))?;
 
-    let size = spec.limits.memory_bytes.map(|b| format!(",size={b}")).unwrap_or_default();
     let rw = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    tmpfs(&new_root.join("tmp"), rw, &format!("mode=1777{size}"), "mount /tmp")?;
-    let uid = Uid::from_raw(spec.user.uid);
-    let gid = Gid::from_raw(spec.user.gid);
+    tmpfs(&new_root.join("tmp"), rw, "mode=1777", "mount /tmp")?;
     let home = if new_root.join("home").is_dir() {
-        tmpfs(&new_root.join("home"), rw, &format!("mode=755{size}"), "mount /home")?;
+        tmpfs(&new_root.join("home"), rw, "mode=755", "mount /home")?;
         let home = new_root.join(HOME.trim_start_matches('/'));
         fs::DirBuilder::new().mode(0o700).create(&home).map_err(io_step("create home"))?;
-        chown(&home, Some(uid), Some(gid)).map_err(step("chown home"))?;
         PathBuf::from(HOME)
     } else {
         PathBuf::from("/tmp")
@@ -92,7 +92,7 @@ pub(super) fn build_root(spec: &SandboxSpec, args: &InitArgs) -> Result<PathBuf,
     if hidden.is_dir() {
         tmpfs(&hidden, MsFlags::MS_RDONLY | ro, "size=4k,mode=000", "hide state dir")?;
     }
-    if spec.template == Template::Host {
+    if *template == Template::Host {
         mask_host_secrets(new_root, ro)?;
         // Every mount point is made: nothing may be added to the root from here on.
         let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | rw;
@@ -103,6 +103,26 @@ pub(super) fn build_root(spec: &SandboxSpec, args: &InitArgs) -> Result<PathBuf,
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
     chdir("/").map_err(step("chdir /"))?;
     Ok(home)
+}
+
+/// What the request decides of the filesystem, once the root is built (inside it): the private
+/// `/tmp` and `/home` bounded by the memory limit (as the cold start always did), and the home
+/// handed to the command's user.
+pub(super) fn apply_request(spec: &SandboxSpec, home: &Path) -> Result<(), SetupError> {
+    let none: Option<&str> = None;
+    if let Some(bytes) = spec.limits.memory_bytes {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let data = format!("size={bytes}");
+        let homes = if home == Path::new(HOME) { &["/tmp", "/home"][..] } else { &["/tmp"][..] };
+        for at in homes {
+            mount(none, *at, none, flags, Some(data.as_str())).map_err(step("size private tmpfs"))?;
+        }
+    }
+    if home == Path::new(HOME) {
+        let (uid, gid) = (Uid::from_raw(spec.user.uid), Gid::from_raw(spec.user.gid));
+        chown(home, Some(uid), Some(gid)).map_err(step("chown home"))?;
+    }
+    Ok(())
 }
 
 /// The host template's root at `new_root`: a tmpfs with the skeleton of `host_paths`, each allowed
