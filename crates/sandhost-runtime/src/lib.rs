@@ -35,6 +35,7 @@
 
 mod background;
 mod cgroup;
+pub mod durable;
 mod errors;
 mod fswatch;
 mod host_paths;

@@ -8,7 +8,9 @@
 //!
 //! - A file is either absent or whole: it is written to `<name>.tmp`, synced, renamed over
 //!   `<name>`, and the directory synced ([`write`], or [`write_at`] through a directory fd), so
-//!   neither a crash nor a concurrent reader sees half of one.
+//!   neither a crash nor a concurrent reader sees half of one. A record on the path of a Create or
+//!   an exit is synced soon after instead ([`write_soon`], `crate::durable`): whole at once, on disk
+//!   within a round of the background sync.
 //! - A file is read whole and checked, or reported [`StateFileError::Damaged`]: never half-read.
 //! - A file written before the checksum (a bare JSON object, array or string, which a tear cannot
 //!   leave parseable) is still read when it parses whole as the value, so an upgraded agent
@@ -138,15 +140,58 @@ pub fn write<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> 
 ///
 /// The first step that failed.
 pub(crate) fn write_at<T: Serialize>(dir: BorrowedFd<'_>, name: &str, value: &T) -> io::Result<()> {
+    put(dir, name, value, true)
+}
+
+/// Writes `value` to `dir/name` atomically, and durably soon after: a state file on the path of a
+/// Create or an exit (see `crate::durable`, which says what this gives up).
+///
+/// # Errors
+///
+/// The first step that failed; `dir` must exist.
+pub fn write_soon<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    put(File::open(dir)?.as_fd(), name, value, false)?;
+    crate::durable::queue(&dir.join(name));
+    Ok(())
+}
+
+/// [`write_soon`] without the queueing: for a file whose directory is renamed before the caller
+/// queues it by its final path (`crate::durable::queue`).
+///
+/// # Errors
+///
+/// The first step that failed; `dir` must exist.
+pub(crate) fn write_unqueued<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    put(File::open(dir)?.as_fd(), name, value, false)
+}
+
+/// [`write_soon`] without the sync that makes it durable: for the process backend's init, which
+/// ends right after; the agent, which sees the end, has the file synced ([`crate::durable`]).
+///
+/// # Errors
+///
+/// The first step that failed.
+pub(crate) fn write_at_unsynced<T: Serialize>(dir: BorrowedFd<'_>, name: &str, value: &T) -> io::Result<()> {
+    put(dir, name, value, false)
+}
+
+/// Writes aside, renames into place; with `sync`, the file before the rename and the directory
+/// after it.
+fn put<T: Serialize>(dir: BorrowedFd<'_>, name: &str, value: &T, sync: bool) -> io::Result<()> {
     let bytes = encode(value)?;
     let temp = temp_name(name);
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let mut file = File::from(openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(0o600))?);
     file.write_all(&bytes)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     drop(file);
     renameat(dir, temp.as_str(), dir, name)?;
-    nix::unistd::fsync(dir).map_err(io::Error::from)
+    if sync {
+        nix::unistd::fsync(dir)?;
+    }
+    Ok(())
 }
 
 /// Reads `dir/name`; `Ok(None)` if it does not exist.
@@ -225,6 +270,20 @@ mod tests {
         assert_eq!(json["body"]["end_ms"], 1_700_000_000_123_u64);
         assert_eq!(read::<Record>(dir.path(), "r.json").expect("read"), Some(record()));
         assert_eq!(read::<Record>(dir.path(), "absent.json").expect("read"), None);
+    }
+
+    #[test]
+    fn a_file_written_soon_is_whole_at_once_and_synced_by_the_next_round() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write_soon(dir.path(), "r.json", &record()).expect("write");
+        assert!(!dir.path().join("r.json.tmp").exists(), "the temporary was renamed");
+        assert_eq!(read::<Record>(dir.path(), "r.json").expect("read"), Some(record()));
+        // Replaced, then removed, before its round: the round skips what is gone.
+        write_soon(dir.path(), "r.json", &Record { end_ms: 1, labels: Vec::new() }).expect("write");
+        write_soon(dir.path(), "gone.json", &record()).expect("write");
+        std::fs::remove_file(dir.path().join("gone.json")).expect("remove");
+        crate::durable::sync();
+        assert_eq!(read::<Record>(dir.path(), "r.json").expect("read").map(|r| r.end_ms), Some(1));
     }
 
     #[test]

@@ -265,6 +265,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<Outcome> {
     if let Err(error) = runtime.close().await {
         outcome.teardown_failures.push(format!("runtime: {}", crate::error_chain(&error)));
     }
+    // The records written on the way (synced in the background) are on disk before the clean exit
+    // is.
+    let _ = tokio::task::spawn_blocking(sandhost_runtime::durable::sync).await;
     if let Err(error) = state_dir.close_cleanly() {
         outcome.teardown_failures.push(format!("state dir: {error:#}"));
     }

@@ -189,8 +189,10 @@ async fn watch_exit(pidfd: OwnedFd, dir: PathBuf, tx: watch::Sender<Option<Exit>
     let _ = tx.send(Some(exit));
 }
 
-/// The exit the init recorded in `dir`, if it could (a damaged record is none).
+/// The exit the init recorded in `dir`, if it could (a damaged record is none); it is synced soon
+/// (the init did not).
 async fn recorded_exit(dir: PathBuf) -> Option<Exit> {
+    crate::durable::queue(&dir.join(files::EXIT));
     tokio::task::spawn_blocking(move || state_file::read::<Exit>(&dir, files::EXIT))
         .await
         .ok()

@@ -370,6 +370,8 @@ impl Runtime for ProcessRuntime {
         // The members go first: their cgroups are under the parents.
         self.inner.pool.close().await;
         self.inner.background.settled().await;
+        // What the runtime wrote on the way (records and exits) is on disk before it is gone.
+        let _ = tokio::task::spawn_blocking(crate::durable::sync).await;
         self.inner.layout.remove_parents()
     }
 }

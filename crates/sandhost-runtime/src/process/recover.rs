@@ -153,6 +153,7 @@ async fn recover_one(inner: &Arc<Inner>, key: SandboxKey, claimed: &mut HashSet<
         return Outcome::Lost(key, lost.join("; "));
     }
     // It ended (or its init cannot be watched).
+    crate::durable::queue(&dir.join(files::EXIT)); // the init did not sync it
     let exit = state_file::read::<Exit>(&dir, files::EXIT).ok().flatten();
     cleanup_ended(inner, &key, &dir, cgroup, exit).await;
     let started_at = record.as_ref().map_or_else(SystemTime::now, InitRecord::started_at);

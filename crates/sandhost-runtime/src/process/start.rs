@@ -83,7 +83,7 @@ async fn run_steps(
         Err(e) => return Err(host("create state dir")(e)),
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir.join(files::ROOT)).map_err(host("create state dir"))?;
-    state_file::write(&dir, files::SPEC, spec).map_err(host("write spec"))?;
+    state_file::write_soon(&dir, files::SPEC, spec).map_err(host("write spec"))?;
 
     let cgroup = inner.cgroup(key);
     cgroup.create().map_err(|e| cgroup_error(key, e))?;
@@ -95,7 +95,7 @@ async fn run_steps(
         LaunchError::Host(step, source) => StartError::Host { key: key.clone(), step, source },
     })?;
     let record = launched.record(inner, None);
-    state_file::write(&dir, files::INIT, &record).map_err(host("write init record"))?;
+    state_file::write_soon(&dir, files::INIT, &record).map_err(host("write init record"))?;
     let (pid, started_at) = (launched.pid, record.started_at());
     running(spec, launched.status, deadline).await?;
     let sandbox = Sandbox::running(key.clone(), dir, cgroup, launched.pidfd).map_err(host("watch init"))?;
@@ -123,7 +123,8 @@ async fn run_claimed(
     made.cgroup = Some(cgroup.clone());
     made.member_dir = Some(member_dir.clone());
 
-    state_file::write(&member_dir, files::SPEC, spec).map_err(host("write spec"))?;
+    // Durable soon, by their final paths (below): the directory is renamed first.
+    state_file::write_unqueued(&member_dir, files::SPEC, spec).map_err(host("write spec"))?;
     let started_at = SystemTime::now();
     let record = files::InitRecord {
         cgroup_parent: Some(inner.layout.parent().to_owned()),
@@ -132,7 +133,7 @@ async fn run_claimed(
         start_time,
         started_at_ms: state::millis_since_epoch(started_at),
     };
-    state_file::write(&member_dir, files::INIT, &record).map_err(host("write init record"))?;
+    state_file::write_unqueued(&member_dir, files::INIT, &record).map_err(host("write init record"))?;
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new()
@@ -151,6 +152,10 @@ async fn run_claimed(
             return Err(StartError::AlreadyExists(key.clone()));
         }
         Err(e) => return Err(host("claim state dir")(e)),
+    }
+    // The directory itself too: its entry under the sandbox's is the rename's.
+    for path in [dir.join(files::SPEC), dir.join(files::INIT), dir.clone()] {
+        crate::durable::queue(&path);
     }
     cgroup.set_limits(&spec.limits).map_err(|e| cgroup_error(key, e))?;
     nix::unistd::write(&claim, &[status_pipe::CLAIM_BYTE]).map_err(|e| host("claim member")(e.into()))?;

@@ -187,7 +187,8 @@ impl MetaStore {
 
     pub(crate) fn save(&self, meta: &SandboxMeta) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        state_file::write(&self.dir, &file_name(&meta.key()), meta)
+        // On the path of every Create and exit: durable soon after, not before (see `durable`).
+        state_file::write_soon(&self.dir, &file_name(&meta.key()), meta)
     }
 
     /// Every record, by key, each read or the reason it could not be (a file whose name is no

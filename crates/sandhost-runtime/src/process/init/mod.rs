@@ -21,7 +21,7 @@
 //! 3. stays as the reaper: forwards SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the command,
 //!    reaps every orphan, copies the command's output into the bounded log and dates it (its time
 //!    index, `crate::log_index`: the poll wakes when an entry falls due), and when the command
-//!    exits writes `exit.json` atomically (`crate::state_file::write_at`, through the dir fd) and
+//!    exits writes `exit.json` atomically (`crate::state_file::write_at_unsynced`, through the dir fd) and
 //!    exits, which makes the kernel kill whatever is left in the pid namespace.
 
 mod command;
@@ -380,6 +380,8 @@ fn drain(log_r: &OwnedFd, log: &mut LogWriter<'_>, buf: &mut [u8]) {
     }
 }
 
+/// Not synced here: the agent has it synced once it sees the init end (`crate::durable`), so the
+/// sandbox's end does not wait for the disk.
 fn record_exit(dir: BorrowedFd<'_>, exit: Exit) -> io::Result<()> {
-    crate::state_file::write_at(dir, files::EXIT, &exit)
+    crate::state_file::write_at_unsynced(dir, files::EXIT, &exit)
 }
