@@ -50,8 +50,8 @@ use crate::cgroup::{Cgroup, CgroupParent, CgroupSetupError, InvalidCgroupParent,
 use crate::state;
 use crate::{
     CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
-    Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError,
-    WaitError,
+    Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopDone,
+    StopError, WaitError,
 };
 
 /// The backend's name.
@@ -246,6 +246,32 @@ impl Runtime for ProcessRuntime {
             }
             None => Ok(()),
         }
+    }
+
+    /// SIGTERM to every sandbox in one pass (before any wait), then each one's grace and kill
+    /// concurrently, its exit taken when its pidfd says so.
+    async fn stop_many(&self, stops: &[(SandboxKey, Duration)], done: &StopDone<'_>) {
+        let sandboxes: Vec<_> = {
+            let table = self.inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner);
+            stops.iter().map(|(key, _)| table.get(key).cloned()).collect()
+        };
+        let terminated: Vec<_> = sandboxes.iter().map(|s| s.as_ref().map(|s| s.terminate())).collect();
+        let finishes = sandboxes.into_iter().zip(terminated).zip(stops).enumerate().map(
+            |(i, ((sandbox, terminated), (key, grace)))| {
+                let span =
+                    tracing::info_span!("sandbox.stop", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+                async move {
+                    let stopped = match (sandbox, terminated) {
+                        (Some(sandbox), Some(Ok(()))) => sandbox.finish_stop(Some(*grace)).await,
+                        (_, Some(Err(error))) => Err(error),
+                        (None, _) | (_, None) => Ok(()),
+                    };
+                    done(i, stopped);
+                }
+                .instrument(span)
+            },
+        );
+        futures::future::join_all(finishes).await;
     }
 
     async fn kill(&self, key: &SandboxKey) -> Result<(), StopError> {
