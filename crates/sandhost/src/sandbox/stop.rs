@@ -60,20 +60,21 @@ impl Manager {
         mode: StopMode,
         done: &(dyn Fn(usize, Result<(), SandboxError>) + Send + Sync),
     ) {
-        let pending: Vec<(usize, PendingStop)> = {
+        let mut pending = Vec::with_capacity(stops.len());
+        let mut nothing_to_do = Vec::new();
+        {
             let mut table = self.lock();
-            stops
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (key, reason))| match begin_stop_locked(&mut table, key, *reason, mode) {
-                    Some(stop) => Some((i, stop)),
-                    None => {
-                        done(i, Ok(()));
-                        None
-                    }
-                })
-                .collect()
-        };
+            for (i, (key, reason)) in stops.iter().enumerate() {
+                match begin_stop_locked(&mut table, key, *reason, mode) {
+                    Some(stop) => pending.push((i, stop)),
+                    None => nothing_to_do.push(i),
+                }
+            }
+        }
+        // Outside the lock: `done` is the caller's.
+        for i in nothing_to_do {
+            done(i, Ok(()));
+        }
         if mode == StopMode::Now {
             let kills =
                 pending.into_iter().map(|(i, stop)| async move { done(i, self.execute_stop(stop).await) });
@@ -138,7 +139,6 @@ fn begin_stop_locked(
     mode: StopMode,
 ) -> Option<PendingStop> {
     let entry = table.entry_mut(key)?;
-
     let state = entry.info.state;
     let grace = entry.spec.stop_grace;
     match state {
