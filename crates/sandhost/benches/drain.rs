@@ -4,7 +4,11 @@
 //!    the same run: a drain that polls the live count every 5 s, as the origin's does.
 //! 2. Forced stop of N = 1, 100, 1000 live real sandboxes (the process runtime): wall time from
 //!    ForceStop to DRAINED, and its ratio to N = 1.
-//! 3. Admission rejection latency while draining (p50, p99): what a Create costs a draining node.
+//! 3. Forced stop of 1000 `sleep 1000` sandboxes against the kernel's floor measured in the same
+//!    run on 1000 sandboxes of the same kind: one `cgroup.kill` on their common parent (v2; where
+//!    the host has no v2 hierarchy, SIGKILL to every pid of their `cgroup.procs`, one pass) and a
+//!    plain loop removing their cgroup directories in every hierarchy.
+//! 4. Admission rejection latency while draining (p50, p99): what a Create costs a draining node.
 //!
 //! It prints one table per part; BENCHMARKS.md has the figures of a run and this command.
 
@@ -172,7 +176,138 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
     println!();
 }
 
-/// Part 3: what a refused Create costs while draining.
+/// Starts `n` sandboxes running `argv` on `node`, 32 at a time.
+async fn start_many(node: &Node, n: usize, argv: &[&str]) -> Vec<SandboxInfo> {
+    let mut creates = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(32));
+    for _ in 0..n {
+        let node = node.clone();
+        let permits = Arc::clone(&permits);
+        let request = request(argv);
+        creates.spawn(async move {
+            let _permit = permits.acquire().await.expect("semaphore");
+            node.create(request).await.expect("create")
+        });
+    }
+    let mut created = Vec::with_capacity(n);
+    while let Some(info) = creates.join_next().await {
+        created.push(info.expect("join"));
+    }
+    created
+}
+
+/// A node on the process runtime under the cgroup parent `parent`, sized for `n` sandboxes.
+fn process_node(dir: &std::path::Path, parent: &str, grace: Duration) -> (Node, ProcessRuntime) {
+    let mut config = ProcessConfig::new(dir.join("runtime"), env!("CARGO_BIN_EXE_sandhost"));
+    config.cgroup_parent = parent.into();
+    let runtime = ProcessRuntime::open(config).expect("open the process runtime (run as root)");
+    let limits = SandboxConfig {
+        max_sandboxes: 10_000,
+        max_admitted_starts: 64,
+        stop_grace: grace,
+        memory_overcommit: 1000.0,
+        ..SandboxConfig::default()
+    };
+    (node(Arc::new(runtime.clone()), dir, limits), runtime)
+}
+
+/// The cgroup hierarchies' mount points (from `/proc/self/mountinfo`), and whether each is v2.
+fn cgroup_mounts() -> Vec<(std::path::PathBuf, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut mounts = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fstype = right.split_whitespace().next().unwrap_or("");
+        let Some(point) = left.split_whitespace().nth(4) else { continue };
+        if fstype == "cgroup2" || fstype == "cgroup" {
+            let point = std::path::PathBuf::from(point);
+            if !mounts.iter().any(|(p, _)| *p == point) {
+                mounts.push((point, fstype == "cgroup2"));
+            }
+        }
+    }
+    mounts
+}
+
+/// The kernel's floor for stopping the sandboxes under `parent`: one `cgroup.kill` on the parent
+/// where the v2 hierarchy has it (else SIGKILL to every pid listed in each sandbox's
+/// `cgroup.procs`, one pass), then a plain loop removing every sandbox cgroup directory of every
+/// hierarchy, again and again while some are still held by exiting tasks.
+fn kernel_floor(parent: &str) -> Duration {
+    let mounts: Vec<_> = cgroup_mounts().into_iter().filter(|(m, _)| m.join(parent).is_dir()).collect();
+    let mut dirs = Vec::new();
+    for (mount, _) in &mounts {
+        for entry in std::fs::read_dir(mount.join(parent)).expect("parent cgroup") {
+            let entry = entry.expect("entry");
+            if entry.file_type().expect("type").is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    let v2_kill = mounts.iter().find(|(_, v2)| *v2).map(|(m, _)| m.join(parent).join("cgroup.kill"));
+    let start = Instant::now();
+    match v2_kill.filter(|k| k.exists()) {
+        Some(kill) => std::fs::write(kill, "1").expect("cgroup.kill"),
+        None => {
+            let (first, _) = mounts.first().expect("a hierarchy");
+            for entry in std::fs::read_dir(first.join(parent)).expect("parent cgroup") {
+                let procs = std::fs::read_to_string(entry.expect("entry").path().join("cgroup.procs"));
+                for pid in procs.unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
+        }
+    }
+    while !dirs.is_empty() {
+        dirs.retain(|dir| match std::fs::remove_dir(dir) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => true,
+            Err(e) => panic!("removing {}: {e}", dir.display()),
+        });
+    }
+    start.elapsed()
+}
+
+/// Part 3: ForceStop of `n` `sleep 1000` sandboxes to DRAINED, against the kernel's floor over `n`
+/// sandboxes of the same kind, in the same run.
+async fn forced_stop_against_floor(n: usize) {
+    let argv = ["sleep", "1000"];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let floor_parent = format!("bench-floor-{}-{n}", std::process::id());
+    let (floor_node, floor_runtime) = process_node(dir.path(), &floor_parent, Duration::from_secs(10));
+    start_many(&floor_node, n, &argv).await;
+    let floor = tokio::task::spawn_blocking(move || kernel_floor(&floor_parent)).await.expect("floor");
+    // The node sees its sandboxes gone and records them; then the parent can go.
+    let mut counts = floor_node.watch_drain();
+    counts.wait_for(|c| c.live == 0).await.expect("counts");
+    floor_runtime.close().await.expect("the floor's parent cgroups are empty");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parent = format!("bench-force-{}-{n}", std::process::id());
+    let (node, runtime) = process_node(dir.path(), &parent, Duration::from_secs(10));
+    start_many(&node, n, &argv).await;
+    // For a profiler attached from outside (see BENCHMARKS.md): the bench's pid, then a moment.
+    if std::env::var_os("SANDHOST_BENCH_PROFILE_MARK").is_some() {
+        eprintln!("PROFILE-MARK force {}", std::process::id());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let start = Instant::now();
+    node.force_stop().expect("force stop");
+    node.coordinator().wait_drained().await;
+    let took = start.elapsed();
+    let report = node.coordinator().report();
+    assert_eq!(report.force_stopped, n as u64, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+    runtime.close().await.expect("the parent cgroups are empty after the drain");
+    println!("## ForceStop of {n} `sleep 1000` sandboxes against the kernel's floor (same run)");
+    println!("| N | kernel floor (kill + remove cgroups) | ForceStop -> DRAINED | ratio |");
+    println!("| --- | --- | --- | --- |");
+    println!("| {n} | {floor:?} | {took:?} | {:.2}x |\n", took.as_secs_f64() / floor.as_secs_f64());
+}
+
+/// Part 4: what a refused Create costs while draining.
 async fn rejection_latency() {
     const CALLS: usize = 100_000;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -216,6 +351,10 @@ fn main() {
                 Duration::from_secs(1),
             )
             .await;
+        }
+        if wants("forced-stop-floor") {
+            let n = std::env::var("SANDHOST_BENCH_FLOOR_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+            forced_stop_against_floor(n).await;
         }
         if wants("rejection") {
             rejection_latency().await;

@@ -88,21 +88,40 @@ impl Sandbox {
 
     /// With `grace`: SIGTERM to the init, then after `grace` kill the cgroup. Without: kill at once.
     /// Returns once no process is left and the exit is known. Idempotent.
+    pub(crate) async fn stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
+        if grace.is_some() {
+            self.terminate()?;
+        }
+        self.finish_stop(grace).await
+    }
+
+    /// The first half of a stop with a grace: SIGTERM to the init (to every process of the cgroup
+    /// for a sandbox known by its cgroup alone), and a thaw, so that a paused sandbox sees it.
+    /// Synchronous: a bulk stop signals every sandbox in one pass before it waits for any.
+    pub(crate) fn terminate(&self) -> Result<(), StopError> {
+        if self.has_exited() {
+            return Ok(());
+        }
+        match &self.pidfd {
+            Some(pidfd) => {
+                sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
+            }
+            // Known by its cgroup alone: every process gets the SIGTERM its init would forward.
+            None => {
+                self.cgroup.signal_all(Signal::SIGTERM).map_err(|e| self.host(e.step)(e.source))?;
+            }
+        }
+        let _ = self.cgroup.thaw(); // a paused sandbox must see its SIGTERM
+        Ok(())
+    }
+
+    /// The second half of a stop, once [`Sandbox::terminate`] has run (with a grace): the exit
+    /// awaited for `grace`, then whatever is left killed. Without a grace, the kill at once.
     ///
     /// The grace is waited for outside the operation lock, so a kill (or a stop with a shorter
     /// grace) that comes during it is not held up behind it.
-    pub(crate) async fn stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
+    pub(crate) async fn finish_stop(&self, grace: Option<Duration>) -> Result<(), StopError> {
         if let (Some(grace), false) = (grace, self.has_exited()) {
-            match &self.pidfd {
-                Some(pidfd) => {
-                    sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).map_err(self.host("signal init"))?;
-                }
-                // Known by its cgroup alone: every process gets the SIGTERM its init would forward.
-                None => {
-                    self.cgroup.signal_all(Signal::SIGTERM).map_err(|e| self.host(e.step)(e.source))?;
-                }
-            }
-            let _ = self.cgroup.thaw(); // a paused sandbox must see its SIGTERM
             let _ = tokio::time::timeout(grace, self.wait_exit()).await;
         }
         let _op = self.op.lock().await;

@@ -53,8 +53,8 @@ use crate::cgroup::{Cgroup, CgroupParent, CgroupSetupError, InvalidCgroupParent,
 use crate::state;
 use crate::{
     CheckpointError, CleanupError, CloseError, ControlError, Exit, LogChunk, LogsError, RecoverError,
-    Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopError,
-    WaitError,
+    Recovered, Runtime, SandboxKey, SandboxSpec, SnapshotId, SnapshotInfo, StartError, Started, StopDone,
+    StopError, WaitError,
 };
 
 /// The backend's name.
@@ -267,6 +267,45 @@ impl Runtime for ProcessRuntime {
                 sandbox.stop(Some(grace)).instrument(span).await
             }
             None => Ok(()),
+        }
+    }
+
+    /// SIGTERM to every sandbox in one pass (before any wait), then each one's grace and kill in a
+    /// task of its own (so that a thousand kills and waits spread over every worker thread, and a
+    /// caller that goes away does not abandon a sandbox between its SIGTERM and its kill), its exit
+    /// taken when its pidfd says so; `done` is called as each task ends.
+    async fn stop_many(&self, stops: &[(SandboxKey, Duration)], done: &StopDone<'_>) {
+        let sandboxes: Vec<_> = {
+            let table = self.inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner);
+            stops.iter().map(|(key, _)| table.get(key).cloned()).collect()
+        };
+        let mut finishing = futures::stream::FuturesUnordered::new();
+        for (i, (sandbox, (key, grace))) in sandboxes.into_iter().zip(stops).enumerate() {
+            let Some(sandbox) = sandbox else {
+                done(i, Ok(()));
+                continue;
+            };
+            if let Err(error) = sandbox.terminate() {
+                done(i, Err(error));
+                continue;
+            }
+            let span =
+                tracing::info_span!("sandbox.stop", sandbox.id = %key.id, lifecycle.id = %key.lifecycle);
+            let grace = *grace;
+            let task = tokio::spawn(async move { sandbox.finish_stop(Some(grace)).await }.instrument(span));
+            finishing.push(async move { (i, task.await) });
+        }
+        while let Some((i, finished)) = futures::StreamExt::next(&mut finishing).await {
+            done(
+                i,
+                finished.unwrap_or_else(|join| {
+                    Err(StopError::Host {
+                        key: stops[i].0.clone(),
+                        step: "stop task",
+                        source: std::io::Error::other(join.to_string()),
+                    })
+                }),
+            );
         }
     }
 

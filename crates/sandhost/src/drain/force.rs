@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::StopFailure;
 use super::coordinator::Inner;
 use super::report::StopOutcome;
-use crate::sandbox::{Counts, DrainPolicy, ExitReason, StopMode};
+use crate::sandbox::{Counts, DrainPolicy, ExitReason, SandboxError, StopMode};
 
 impl Inner {
     /// Stops every live sandbox, concurrently, within the forced phase's bound.
@@ -70,7 +70,10 @@ impl Inner {
         }
     }
 
-    /// Starts a stop for every live sandbox not yet seen; returns how many it started.
+    /// Starts a stop for every live sandbox not yet seen; returns how many it started. Those to be
+    /// checkpointed first go one by one (each checkpoint is a backend's long operation of its own);
+    /// the others go together to the manager's bulk stop, so that the runtime signals all of them
+    /// before it waits for any.
     fn force_pass(
         self: &Arc<Self>,
         seen: &mut HashSet<SandboxKey>,
@@ -78,38 +81,71 @@ impl Inner {
         bound: Duration,
     ) -> usize {
         let mut started = 0;
+        let mut bulk = Vec::new();
+        let can_checkpoint = self.manager.can_checkpoint();
         for (key, policy, _) in self.manager.live_keys() {
             if !seen.insert(key.clone()) {
                 continue;
             }
             started += 1;
+            if policy == DrainPolicy::Checkpoint && can_checkpoint {
+                let this = Arc::clone(self);
+                let results = results.clone();
+                tokio::spawn(async move {
+                    let outcome = this.checkpoint_one(&key, bound).await;
+                    let _ = results.send((key, outcome));
+                });
+            } else {
+                bulk.push((key, policy));
+            }
+        }
+        if !bulk.is_empty() {
             let this = Arc::clone(self);
             let results = results.clone();
-            tokio::spawn(async move {
-                let outcome = this.force_one(&key, policy, bound).await;
-                let _ = results.send((key, outcome));
-            });
+            tokio::spawn(async move { this.force_many(bulk, bound, &results).await });
         }
         started
     }
 
-    /// Stops (or, by its policy, checkpoints and stops) one sandbox.
-    async fn force_one(&self, key: &SandboxKey, policy: DrainPolicy, bound: Duration) -> StopOutcome {
+    /// Stops sandboxes that are not to be checkpointed (by their policy, or because the backend
+    /// cannot), all in one bulk stop; sends each one's outcome as soon as it is stopped, so that
+    /// the report has every stop that ended before the phase's bound, whatever the others do.
+    async fn force_many(
+        &self,
+        sandboxes: Vec<(SandboxKey, DrainPolicy)>,
+        bound: Duration,
+        results: &mpsc::UnboundedSender<(SandboxKey, StopOutcome)>,
+    ) {
+        let manager = &self.manager;
+        let stops: Vec<(SandboxKey, ExitReason)> = sandboxes
+            .iter()
+            .map(|(key, policy)| {
+                let reason = match policy {
+                    DrainPolicy::Checkpoint => ExitReason::DrainStopped,
+                    DrainPolicy::Wait | DrainPolicy::Stop => ExitReason::ForceStopped,
+                };
+                (key.clone(), reason)
+            })
+            .collect();
+        let backend = manager.runtime_name();
+        let done = |i: usize, stopped: Result<(), SandboxError>| {
+            let (key, policy) = &sandboxes[i];
+            let outcome = match (stopped, policy) {
+                (Err(error), _) => StopOutcome::Failed(StopFailure::Stop(Arc::new(error))),
+                (Ok(()), DrainPolicy::Checkpoint) => StopOutcome::StoppedWithoutCheckpoint { backend },
+                (Ok(()), DrainPolicy::Wait | DrainPolicy::Stop) => StopOutcome::Stopped,
+            };
+            let _ = results.send((key.clone(), outcome));
+        };
+        // Half the bound for SIGTERM, so the kill and the cleanup still fit in it.
+        manager.stop_many(&stops, StopMode::Within(bound / 2), &done).await;
+    }
+
+    /// Checkpoints one sandbox and stops it (a failed checkpoint still stops it, and says so).
+    async fn checkpoint_one(&self, key: &SandboxKey, bound: Duration) -> StopOutcome {
         let manager = &self.manager;
         // Half the bound for SIGTERM, so the kill and the cleanup still fit in it.
         let mode = StopMode::Within(bound / 2);
-        if policy != DrainPolicy::Checkpoint {
-            return match manager.stop_lifecycle(key, ExitReason::ForceStopped, mode).await {
-                Ok(()) => StopOutcome::Stopped,
-                Err(error) => StopOutcome::Failed(StopFailure::Stop(Arc::new(error))),
-            };
-        }
-        if !manager.can_checkpoint() {
-            return match manager.stop_lifecycle(key, ExitReason::DrainStopped, mode).await {
-                Ok(()) => StopOutcome::StoppedWithoutCheckpoint { backend: manager.runtime_name() },
-                Err(error) => StopOutcome::Failed(StopFailure::Stop(Arc::new(error))),
-            };
-        }
         let checkpoint = match manager.evacuate(key).await {
             Ok(snapshot) => return StopOutcome::Checkpointed(snapshot),
             Err(error) => error,
