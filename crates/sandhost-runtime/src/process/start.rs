@@ -40,7 +40,12 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
     let mut guard = StartGuard::new(inner.background.clone());
     // Taken before anything else is made: a member goes to this start alone, or to none.
     let steps = match inner.pool.claim(inner, &spec.template) {
-        Some(member) => run_claimed(inner, spec, member, deadline, &mut guard).await,
+        Some(member) => {
+            // The member's replacement once this start is done, however it ends (also when the
+            // caller goes away).
+            let _refill = RefillWhenDone { inner, template: &spec.template };
+            run_claimed(inner, spec, member, deadline, &mut guard).await
+        }
         None => run_steps(inner, spec, deadline, &mut guard).await,
     };
     match steps {
@@ -54,6 +59,18 @@ pub(super) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec) -> Result<Star
             guard.undo().await;
             Err(e)
         }
+    }
+}
+
+/// Refills the pool of a start's template when dropped (see `WarmPool::claim` in `warm.rs`).
+struct RefillWhenDone<'a> {
+    inner: &'a Arc<Inner>,
+    template: &'a crate::Template,
+}
+
+impl Drop for RefillWhenDone<'_> {
+    fn drop(&mut self) {
+        self.inner.pool.refill_for(self.inner, self.template);
     }
 }
 

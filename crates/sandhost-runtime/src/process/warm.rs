@@ -149,8 +149,9 @@ impl WarmPool {
         }
     }
 
-    /// Takes a ready member of `template`, if there is one (and starts its replacement).
-    /// Never waits: `None` means start cold.
+    /// Takes a ready member of `template`, if there is one. Never waits: `None` means start cold.
+    /// The replacement of a member taken is built once its start is done ([`Self::refill_for`]): a
+    /// build beside the start would take the CPU and the kernel's cgroup locks from it.
     pub(super) fn claim(&self, inner: &Arc<Inner>, template: &Template) -> Option<Member> {
         let index = self.templates.iter().position(|t| t.config.template == *template)?;
         let pool = &self.templates[index];
@@ -177,8 +178,17 @@ impl WarmPool {
         for m in expired {
             inner.background.spawn(m.destroy());
         }
-        refill(inner, index);
+        if member.is_none() {
+            refill(inner, index);
+        }
         member
+    }
+
+    /// Brings `template`'s pool back to its target (after a start that took a member ended).
+    pub(super) fn refill_for(&self, inner: &Arc<Inner>, template: &Template) {
+        if let Some(index) = self.templates.iter().position(|t| t.config.template == *template) {
+            refill(inner, index);
+        }
     }
 
     /// Refill on, or off and every ready member destroyed (in counted background work).
