@@ -135,21 +135,7 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
         let cgroups = runtime.clone();
         let node = node(Arc::new(runtime), dir.path(), limits);
         let started = Instant::now();
-        let mut creates = tokio::task::JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(32));
-        for _ in 0..n {
-            let node = node.clone();
-            let permits = Arc::clone(&permits);
-            let request = request(argv);
-            creates.spawn(async move {
-                let _permit = permits.acquire().await.expect("semaphore");
-                node.create(request).await.expect("create")
-            });
-        }
-        let mut created = Vec::with_capacity(n);
-        while let Some(info) = creates.join_next().await {
-            created.push(info.expect("join"));
-        }
+        let created = start_many(&node, n, argv).await;
         let start_all = started.elapsed();
         // A command that announces itself ("ready") has installed what it needs (a trap, say)
         // only once it said so: the stop must not race its start.

@@ -74,6 +74,14 @@ impl Drop for RefillWhenDone<'_> {
     }
 }
 
+/// Makes the sandbox's directory (private) that holds a lifecycle's `dir`.
+fn make_parent(dir: &std::path::Path) -> io::Result<()> {
+    match dir.parent() {
+        Some(parent) => std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent),
+        None => Ok(()),
+    }
+}
+
 /// The steps of a cold start, each recorded in `guard` once done.
 async fn run_steps(
     inner: &Inner,
@@ -85,13 +93,7 @@ async fn run_steps(
     let host =
         |step: &'static str| move |source: io::Error| StartError::Host { key: key.clone(), step, source };
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(host("create state dir"))?;
-    }
+    make_parent(&dir).map_err(host("create state dir"))?;
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => guard.made().dir = Some(dir.clone()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -152,13 +154,7 @@ async fn run_claimed(
     };
     state_file::write_unqueued(&member_dir, files::INIT, &record).map_err(host("write init record"))?;
     let dir = state::sandbox_dir(&inner.config.state_dir, key);
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(host("create state dir"))?;
-    }
+    make_parent(&dir).map_err(host("create state dir"))?;
     match files::rename_no_replace(&member_dir, &dir) {
         Ok(()) => {
             let made = guard.made();
