@@ -273,6 +273,18 @@ mod tests {
     }
 
     #[test]
+    fn a_link_planted_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"host file").expect("write");
+        std::os::unix::fs::symlink(&outside, dir.path().join("r.json.tmp")).expect("link");
+        for result in [write(dir.path(), "r.json", &record()), write_soon(dir.path(), "r.json", &record())] {
+            assert!(result.is_err(), "{result:?}");
+        }
+        assert_eq!(std::fs::read(&outside).expect("read"), b"host file");
+    }
+
+    #[test]
     fn a_file_written_soon_is_whole_at_once_and_synced_by_the_next_round() {
         let dir = tempfile::tempdir().expect("tmp");
         write_soon(dir.path(), "r.json", &record()).expect("write");
