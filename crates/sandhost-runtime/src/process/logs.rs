@@ -78,30 +78,42 @@ impl<'a> LogWriter<'a> {
         self.write_at(data, log_index::now_ms())
     }
 
-    /// Appends `data`, rotating first if the current segment is full, then dates it if an entry is
-    /// due at `now_ms` (the time of day in ms; the tests set it).
-    pub(crate) fn write_at(&mut self, data: &[u8], now_ms: u64) -> io::Result<()> {
-        if self.current_len >= self.segment_max {
-            let start = self.end();
-            self.current = open_append(self.dir, &segment_name(start))?;
-            self.current_start = start;
-            self.current_len = 0;
-            self.segments.push_back(start);
-            self.index = None;
-            self.cadence.restart();
-            while self.segments.len() > 2 {
-                if let Some(old) = self.segments.pop_front() {
-                    unlinkat(self.dir, segment_name(old).as_str(), UnlinkatFlags::NoRemoveDir)?;
-                    match unlinkat(self.dir, index_name(old).as_str(), UnlinkatFlags::NoRemoveDir) {
-                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+    /// Appends `data`, never more than a segment's room at a time (a busy host lets the pipe fill,
+    /// and one read can be many segments' worth), rotating whenever the current segment is full,
+    /// then dates it if an entry is due at `now_ms` (the time of day in ms; the tests set it).
+    pub(crate) fn write_at(&mut self, mut data: &[u8], now_ms: u64) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.current_len >= self.segment_max {
+                self.rotate()?;
+            }
+            let room = usize::try_from(self.segment_max - self.current_len).unwrap_or(usize::MAX);
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.current.write_all(now)?;
+            self.current_len += now.len() as u64;
+            data = rest;
+        }
+        self.date(now_ms);
+        Ok(())
+    }
+
+    /// Starts a new segment at the end, and deletes the oldest beyond two.
+    fn rotate(&mut self) -> io::Result<()> {
+        let start = self.end();
+        self.current = open_append(self.dir, &segment_name(start))?;
+        self.current_start = start;
+        self.current_len = 0;
+        self.segments.push_back(start);
+        self.index = None;
+        self.cadence.restart();
+        while self.segments.len() > 2 {
+            if let Some(old) = self.segments.pop_front() {
+                unlinkat(self.dir, segment_name(old).as_str(), UnlinkatFlags::NoRemoveDir)?;
+                match unlinkat(self.dir, index_name(old).as_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        self.current.write_all(data)?;
-        self.current_len += data.len() as u64;
-        self.date(now_ms);
         Ok(())
     }
 
@@ -292,6 +304,22 @@ mod tests {
         let past = read(tmp.path(), total + 5, 10).expect("read").expect("log");
         assert!(past.data.is_empty());
         assert_eq!(past.next_offset, total + 5);
+    }
+
+    #[test]
+    fn one_write_larger_than_the_bound_keeps_the_bound() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = File::open(tmp.path()).expect("open dir");
+        let mut writer = LogWriter::create(dir.as_fd(), 16 << 10).expect("writer");
+        // A pipe that filled while the init waited for a CPU: one read of 64 KiB, after a little.
+        let small = vec![b'a'; 100];
+        let big: Vec<u8> = (0..64 << 10).map(|i: u32| b'0' + (i % 10) as u8).collect();
+        writer.write(&small).expect("write");
+        writer.write(&big).expect("write");
+        let chunk = read(tmp.path(), 0, usize::MAX).expect("read").expect("some log");
+        assert!(chunk.data.len() <= 16 << 10, "kept {} bytes under a bound of 16 KiB", chunk.data.len());
+        assert_eq!(chunk.dropped + chunk.data.len() as u64, (small.len() + big.len()) as u64);
+        assert!(big.ends_with(&chunk.data), "the newest bytes are kept");
     }
 
     fn at(ms: u64) -> SystemTime {
