@@ -121,19 +121,7 @@ async fn forced_stop(sizes: &[usize], argv: &[&str], grace: Duration) {
     for &n in sizes {
         let dir = tempfile::tempdir().expect("temp dir");
         let parent = format!("bench-drain-{}-{n}", std::process::id());
-        let mut config = ProcessConfig::new(dir.path().join("runtime"), env!("CARGO_BIN_EXE_sandhost"));
-        config.cgroup_parent = parent.into();
-        let runtime = ProcessRuntime::open(config).expect("open the process runtime (run as root)");
-        let limits = SandboxConfig {
-            max_sandboxes: 10_000,
-            max_admitted_starts: 64,
-            stop_grace: grace,
-            // A thousand sandboxes of the default size are more than this host's memory.
-            memory_overcommit: 1000.0,
-            ..SandboxConfig::default()
-        };
-        let cgroups = runtime.clone();
-        let node = node(Arc::new(runtime), dir.path(), limits);
+        let (node, cgroups) = process_node(dir.path(), &parent, grace);
         let started = Instant::now();
         let created = start_many(&node, n, argv).await;
         let start_all = started.elapsed();
@@ -191,6 +179,7 @@ fn process_node(dir: &std::path::Path, parent: &str, grace: Duration) -> (Node, 
         max_sandboxes: 10_000,
         max_admitted_starts: 64,
         stop_grace: grace,
+        // A thousand sandboxes of the default size are more than this host's memory.
         memory_overcommit: 1000.0,
         ..SandboxConfig::default()
     };
