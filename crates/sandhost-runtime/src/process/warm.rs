@@ -346,7 +346,8 @@ fn arm_expiry(inner: &Arc<Inner>, index: usize, name: String) {
 
 /// Builds one member of `pool`: its directory and cgroup, then its init, until it says ready.
 async fn build(inner: &Inner, pool: &TemplatePool) -> Result<Member, String> {
-    let name = format!("warm-{:016x}", rand_u64());
+    // Random: unique across agents that share nothing but the state dir.
+    let name = format!("warm-{:016x}", rand::random::<u64>());
     pool.lock().live.insert(name.clone());
     let mut guard = StartGuard::new(inner.background.clone());
     let result = build_steps(inner, pool, &name, &mut guard).await;
@@ -410,24 +411,6 @@ async fn build_steps(
         claim: claim_w,
         built_at: Instant::now(),
     })
-}
-
-/// A random number for a member's name (unique across agents sharing nothing but the state dir).
-fn rand_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
-        // Unique enough within one agent: the time and a counter.
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        // Relaxed: only uniqueness matters.
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        return (nanos as u64) ^ n.rotate_left(48);
-    }
-    u64::from_le_bytes(bytes)
 }
 
 /// Removes what members of an earlier agent left: directories under `<state>/warm/` and the
